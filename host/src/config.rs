@@ -1,0 +1,486 @@
+//! The configuration file: one `Config` tree, loaded and validated as a whole.
+//!
+//! Every table denies unknown keys, because a typo in a mail gateway's policy must never be
+//! silently ignored. Errors name the file, the line and the dotted key path
+//! (`config.toml:7: listener[0].address: invalid socket address syntax`), so an operator
+//! can fix them without guessing. Values are checked while they are deserialised (through
+//! newtypes such as [`DomainName`] and [`Duration`]), which is what lets serde report the
+//! exact position of a bad value; the few checks that span several keys run afterwards and
+//! still point at a line.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+pub use crate::inbound::body::BareLineEndings;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The name this gateway uses in its greeting, EHLO reply and `Received:` headers.
+    pub hostname: DomainName,
+    /// How long sessions in progress may go on after SIGTERM/SIGINT before the process exits.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Duration,
+    /// The sockets to accept SMTP on; several may run at once.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Where accepted messages are kept.
+    pub spool: SpoolConfig,
+    /// Who may send mail to where.
+    #[serde(default)]
+    pub relay: RelayConfig,
+    /// Bounds on sessions and messages.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Protocol choices for the inbound SMTP server.
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// A short name used in logs and `Received:` headers.
+    pub name: String,
+    /// The address and port to bind; IPv6 is written `[::1]:2525`.
+    pub address: SocketAddr,
+    /// What the listener speaks.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Plain SMTP (port 25): mail from anyone to the accepted domains.
+    #[default]
+    Smtp,
+    /// Message submission (port 587): STARTTLS and AUTH required.
+    Submission,
+    /// Submission over implicit TLS (port 465).
+    Smtps,
+}
+
+/// The spool: where messages are kept, durably, from the 250 reply until delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// The spool directory; a relative path is relative to the configuration file.
+    pub path: PathBuf,
+}
+
+/// Relay control: the rules that keep the gateway from being an open relay.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Recipient domains accepted from any client (exact names, case-insensitive).
+    #[serde(default)]
+    pub accept_domains: Vec<DomainName>,
+    /// Client networks allowed to relay to any domain.
+    #[serde(default)]
+    pub relay_networks: Vec<IpNet>,
+}
+
+/// Bounds on sessions and messages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// The largest message accepted, in octets (advertised with SIZE).
+    pub max_message_size: u64,
+    /// Recipients accepted per transaction; more get 452 4.5.3.
+    pub max_recipients: usize,
+    /// Simultaneous sessions over all listeners.
+    pub max_connections: usize,
+    /// Simultaneous sessions from one client IP address.
+    pub max_connections_per_ip: usize,
+    /// How long the server waits for the next command (RFC 5321 §4.5.3.2.7 suggests 5 minutes).
+    pub command_timeout_secs: u64,
+    /// How long the server waits for each read while receiving message data.
+    pub data_timeout_secs: u64,
+    /// Error replies (5xx) a session may cause before it is disconnected with 421.
+    pub max_errors: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 10 * 1024 * 1024,
+            max_recipients: 100,
+            max_connections: 1000,
+            max_connections_per_ip: 50,
+            command_timeout_secs: 300,
+            data_timeout_secs: 180,
+            max_errors: 20,
+        }
+    }
+}
+
+/// Protocol choices for the inbound SMTP server.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// What to do with a bare CR or LF inside DATA (the SMTP smuggling vector).
+    pub bare_line_endings: BareLineEndings,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `tidegate=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+fn default_shutdown_grace() -> Duration {
+    Duration(std::time::Duration::from_secs(30))
+}
+
+/// A DNS domain name, checked and lowercased when the configuration is read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct DomainName(String);
+
+impl DomainName {
+    /// The name in lowercase, without a trailing dot.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DomainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for DomainName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if name.is_empty() || name.len() > 253 {
+            return Err(format!("`{name}` is not a domain name (1 to 253 octets)"));
+        }
+        for label in name.split('.') {
+            let ok = !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !ok {
+                return Err(format!(
+                    "`{name}` is not a domain name (label `{label}`: letters, digits and inner hyphens only; IDNs go in their xn-- form)"
+                ));
+            }
+        }
+        Ok(DomainName(name))
+    }
+}
+
+/// A duration written the usual way: `30s`, `5m`, `2h`, `5d` (or `500ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Duration(pub std::time::Duration);
+
+impl TryFrom<String> for Duration {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        let bad = || format!("`{text}` is not a duration (write e.g. 500ms, 30s, 5m, 2h, 5d)");
+        let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (digits, unit) = text.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        let millis_per_unit = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        let millis = n.checked_mul(millis_per_unit).ok_or_else(bad)?;
+        Ok(Duration(std::time::Duration::from_millis(millis)))
+    }
+}
+
+/// A configuration problem, located in the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {key}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// The 1-based line of the problem, when it is known.
+    pub line: Option<usize>,
+    /// The dotted key path, e.g. `listener[0].address`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file, resolving relative paths against
+    /// the file's directory.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            line: None,
+            key: "(file)".to_owned(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let mut config = Config::parse(&text, file)?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        if config.spool.path.is_relative() {
+            config.spool.path = base.join(&config.spool.path);
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates configuration text; `file` is used only in error messages.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let locate = |span: Option<std::ops::Range<usize>>| {
+            span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+        };
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            line: locate(e.span()),
+            key: "(syntax)".to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError {
+                file: file.to_owned(),
+                line: locate(inner.span()),
+                key,
+                message: inner.message().to_owned(),
+            }
+        })?;
+        config.validate().map_err(|(key, message)| ConfigError {
+            file: file.to_owned(),
+            line: line_of_key(text, &key),
+            key,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks that span several keys; returns the key path and the problem.
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.listeners.is_empty() {
+            return Err((
+                "listener".into(),
+                "at least one [[listener]] is needed".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut addresses = HashSet::new();
+        for (i, listener) in self.listeners.iter().enumerate() {
+            if listener.name.is_empty() || !listener.name.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err((
+                    format!("listener[{i}].name"),
+                    "a listener name is printable ASCII without spaces".into(),
+                ));
+            }
+            if !names.insert(listener.name.as_str()) {
+                return Err((
+                    format!("listener[{i}].name"),
+                    format!("listener name `{}` is used twice", listener.name),
+                ));
+            }
+            if !addresses.insert(listener.address) {
+                return Err((
+                    format!("listener[{i}].address"),
+                    format!("address {} is used by two listeners", listener.address),
+                ));
+            }
+            if listener.protocol != Protocol::Smtp {
+                return Err((
+                    format!("listener[{i}].protocol"),
+                    "`submission` and `smtps` need TLS and AUTH, which this build does not have yet; use `smtp`".into(),
+                ));
+            }
+        }
+        let limits = &self.limits;
+        for (key, value) in [
+            ("max_message_size", limits.max_message_size),
+            ("max_recipients", limits.max_recipients as u64),
+            ("max_connections", limits.max_connections as u64),
+            (
+                "max_connections_per_ip",
+                limits.max_connections_per_ip as u64,
+            ),
+            ("command_timeout_secs", limits.command_timeout_secs),
+            ("data_timeout_secs", limits.data_timeout_secs),
+            ("max_errors", u64::from(limits.max_errors)),
+        ] {
+            if value == 0 {
+                return Err((format!("limits.{key}"), "must be greater than 0".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Finds the line that sets the last segment of a key path such as `listener[1].name`, for
+/// errors found after deserialisation. A best effort: it returns the first line that
+/// assigns that key inside the right table (counting `[[array]]` headers).
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let mut segments: Vec<&str> = key.split('.').collect();
+    let leaf = segments.pop()?;
+    let (table, index) = match segments.first() {
+        Some(first) => match first.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (*first, None),
+        },
+        None => ("", None),
+    };
+    let (leaf, _) = leaf.split_once('[').unwrap_or((leaf, ""));
+    let mut current = "";
+    let mut seen = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if let Some(header) = trimmed.strip_prefix("[[") {
+            current = header.trim_end_matches("]]").trim();
+            if current == table {
+                seen += 1;
+            }
+            continue;
+        }
+        if let Some(header) = trimmed.strip_prefix('[') {
+            current = header.trim_end_matches(']').trim();
+            continue;
+        }
+        let in_table = current == table && index.is_none_or(|i| seen == i + 1);
+        let assigns = trimmed
+            .split_once('=')
+            .is_some_and(|(k, _)| k.trim() == leaf);
+        if in_table && assigns {
+            return Some(n + 1);
+        }
+        if table.is_empty() && current.is_empty() && trimmed.starts_with(leaf) {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+hostname = "relay.example.test"
+
+[[listener]]
+name = "mx"
+address = "127.0.0.1:2525"
+protocol = "smtp"            # later also "submission" and "smtps"
+
+[spool]
+path = "var/spool"
+
+[relay]
+accept_domains = ["example.test"]     # recipients accepted from any client
+relay_networks = ["127.0.0.1/32"]     # clients allowed to relay to any domain
+
+[limits]
+max_message_size = 10485760
+max_recipients = 100
+max_connections = 1000
+max_connections_per_ip = 50
+command_timeout_secs = 300
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn the_documented_example_is_accepted() {
+        let config = parse(EXAMPLE).expect("example parses");
+        assert_eq!(config.hostname.as_str(), "relay.example.test");
+        assert_eq!(config.listeners[0].address.port(), 2525);
+        assert_eq!(config.relay.accept_domains[0].as_str(), "example.test");
+        assert_eq!(config.limits.max_recipients, 100);
+        assert_eq!(config.shutdown_grace.0.as_secs(), 30);
+    }
+
+    #[test]
+    fn an_unknown_key_names_key_and_line() {
+        let text = EXAMPLE.replace("max_recipients = 100", "max_recipient = 100");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.line, Some(18), "{err}");
+        assert!(err.message.contains("max_recipient"), "{err}");
+        assert!(err.to_string().starts_with("t.toml:18: limits"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_value_names_key_and_line() {
+        let text = EXAMPLE.replace("127.0.0.1:2525", "127.0.0.1:99999");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.key, "listener[0].address");
+        assert_eq!(err.line, Some(6), "{err}");
+
+        let text = EXAMPLE.replace("\"127.0.0.1/32\"", "\"127.0.0.1/33\"");
+        let err = parse(&text).unwrap_err();
+        assert!(err.key.starts_with("relay.relay_networks"), "{err}");
+        assert_eq!(err.line, Some(14), "{err}");
+    }
+
+    #[test]
+    fn cross_key_problems_point_at_a_line() {
+        let text =
+            format!("{EXAMPLE}\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2526\"\n");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.key, "listener[1].name");
+        assert_eq!(err.line, Some(24), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_in_the_usual_units() {
+        for (text, secs) in [("30s", 30), ("5m", 300), ("2h", 7200), ("5d", 432_000)] {
+            assert_eq!(
+                Duration::try_from(text.to_owned()).unwrap().0.as_secs(),
+                secs
+            );
+        }
+        for bad in ["", "5", "m", "5x", "-1s", "99999999999999999999d"] {
+            assert!(Duration::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn domain_names_are_checked_and_lowercased() {
+        assert_eq!(
+            DomainName::try_from("Example.TEST.".to_owned())
+                .unwrap()
+                .as_str(),
+            "example.test"
+        );
+        for bad in ["", "a..b", "-a.test", "a_b.test", "a b"] {
+            assert!(DomainName::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
+    }
+}

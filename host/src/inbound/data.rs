@@ -1,0 +1,371 @@
+//! DATA (RFC 5321 §4.1.1.4) and BDAT (RFC 3030): receiving the message into the spool.
+//!
+//! Both stream what arrives through a decoder from `body.rs` into a spool
+//! [`MessageWriter`], so memory stays bounded whatever the message size. A message that
+//! breaks a rule (too big, bare line endings, over-long lines) is drained to its end and
+//! then refused; nothing of it stays on disk. A good one is committed durably before the
+//! 250 reply is queued.
+
+use std::time::SystemTime;
+
+use super::body::{ChunkScanner, DotReader, Violations};
+use super::connection::{FillEvent, Stream};
+use super::received::Trace;
+use super::reply::{Reply, codes};
+use super::session::{Flow, Helo, Session, State, Transaction};
+use crate::spool::MessageWriter;
+use crate::spool::envelope::{self, ClientInfo, Envelope};
+
+/// RFC 5321 §4.5.3.1.6: a text line is at most 998 octets without its CRLF.
+const MAX_TEXT_LINE: usize = 998;
+
+/// A message arriving in BDAT chunks.
+#[derive(Debug)]
+pub struct ChunkedMessage {
+    /// `None` once the message is known to be refused (too big, or a spool failure).
+    writer: Option<MessageWriter>,
+    scanner: ChunkScanner,
+    spool_failed: bool,
+}
+
+/// Why reading the data stopped early.
+enum Interrupted {
+    Closed,
+    TimedOut,
+}
+
+/// How a message stands once all its data has been read.
+struct Outcome {
+    violations: Violations,
+    octets: u64,
+    spool_failed: bool,
+}
+
+impl<S: Stream> Session<S> {
+    /// Handles DATA: 354, then the data up to `CRLF.CRLF`, then the verdict.
+    pub(super) async fn data(&mut self) -> Flow {
+        if let Some(refusal) = self.refuse_data_now(false) {
+            self.respond(refusal);
+            return Flow::Continue;
+        }
+        let State::Transaction(helo, tx) = std::mem::replace(&mut self.state, State::AwaitingHelo)
+        else {
+            return Flow::Continue;
+        };
+        self.io
+            .queue(&Reply::bare(354, "End data with <CR><LF>.<CR><LF>"));
+        let mut writer = Some(self.start_message(&helo, &tx));
+        let policy = self.ctx.config.smtp.bare_line_endings;
+        let mut reader = DotReader::new(policy, MAX_TEXT_LINE);
+        let mut spool_failed = false;
+        let timeout = self.data_timeout();
+        loop {
+            if self.io.buffered().is_empty() {
+                match self.io.fill(timeout).await {
+                    Ok(FillEvent::Filled) => {}
+                    Ok(FillEvent::Closed) | Err(_) => return self.interrupted(Interrupted::Closed),
+                    Ok(FillEvent::TimedOut) => return self.interrupted(Interrupted::TimedOut),
+                }
+            }
+            let fed = reader.feed(self.io.buffered(), writer.as_mut().map(|w| w.buffer()));
+            self.io.consume(fed.consumed);
+            if reader.octets() > self.ctx.config.limits.max_message_size {
+                writer = None;
+            }
+            if fed.complete {
+                break;
+            }
+            if let Some(w) = writer.as_mut()
+                && let Err(e) = w.flush_if_full().await
+            {
+                tracing::error!(error = %e, "spool write failed");
+                writer = None;
+                spool_failed = true;
+            }
+        }
+        let outcome = Outcome {
+            violations: reader.violations(),
+            octets: reader.octets(),
+            spool_failed,
+        };
+        let reply = self.finish_message(&helo, tx, writer, outcome).await;
+        self.state = State::Ready(helo);
+        self.respond(reply);
+        Flow::Continue
+    }
+
+    /// Handles `BDAT size [LAST]`. The chunk is always read, even when the command is
+    /// refused, so that its bytes are never taken for commands.
+    pub(super) async fn bdat(&mut self, size: u64, last: bool) -> Flow {
+        let refusal = self.refuse_data_now(true);
+        let timeout = self.data_timeout();
+        let max_size = self.ctx.config.limits.max_message_size;
+        let policy = self.ctx.config.smtp.bare_line_endings;
+        let mut chunk = None;
+        if refusal.is_none() {
+            let existing = match &mut self.state {
+                State::Transaction(_, tx) => tx.chunks.take(),
+                _ => None,
+            };
+            chunk = match (existing, &self.state) {
+                (Some(existing), _) => Some(existing),
+                (None, State::Transaction(helo, tx)) => Some(Box::new(ChunkedMessage {
+                    writer: Some(self.start_message(helo, tx)),
+                    scanner: ChunkScanner::new(policy, MAX_TEXT_LINE),
+                    spool_failed: false,
+                })),
+                (None, _) => None,
+            };
+        }
+        let mut remaining = size;
+        while remaining > 0 {
+            if self.io.buffered().is_empty() {
+                match self.io.fill(timeout).await {
+                    Ok(FillEvent::Filled) => {}
+                    Ok(FillEvent::Closed) | Err(_) => return self.interrupted(Interrupted::Closed),
+                    Ok(FillEvent::TimedOut) => return self.interrupted(Interrupted::TimedOut),
+                }
+            }
+            let available = self.io.buffered();
+            let take = available
+                .len()
+                .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            if let Some(chunk) = chunk.as_mut() {
+                let out = chunk.writer.as_mut().map(|w| w.buffer());
+                chunk.scanner.feed(&available[..take], out);
+                if chunk.scanner.octets() > max_size {
+                    chunk.writer = None;
+                }
+                if let Some(w) = chunk.writer.as_mut()
+                    && let Err(e) = w.flush_if_full().await
+                {
+                    tracing::error!(error = %e, "spool write failed");
+                    chunk.writer = None;
+                    chunk.spool_failed = true;
+                }
+            }
+            self.io.consume(take);
+            remaining -= take as u64;
+        }
+        if let Some(refusal) = refusal {
+            self.respond(refusal);
+            return Flow::Continue;
+        }
+        let Some(mut chunk) = chunk else {
+            return Flow::Continue;
+        };
+        if last {
+            chunk
+                .scanner
+                .finish(chunk.writer.as_mut().map(|w| w.buffer()));
+        }
+        let outcome = Outcome {
+            violations: chunk.scanner.violations(),
+            octets: chunk.scanner.octets(),
+            spool_failed: chunk.spool_failed,
+        };
+        // A chunk that already dooms the message is refused at once (RFC 3030 §2: the
+        // client must then stop sending chunks); pipelined chunks after it find no
+        // transaction and are drained.
+        let doomed = self.refusal_for(&outcome).is_some();
+        if !last && !doomed {
+            if let State::Transaction(_, tx) = &mut self.state {
+                tx.chunks = Some(chunk);
+            }
+            self.respond(Reply::new(
+                250,
+                codes::OK,
+                format!("Ok: {size} octets received"),
+            ));
+            return Flow::Continue;
+        }
+        let State::Transaction(helo, tx) = std::mem::replace(&mut self.state, State::AwaitingHelo)
+        else {
+            return Flow::Continue;
+        };
+        let reply = self.finish_message(&helo, tx, chunk.writer, outcome).await;
+        self.state = State::Ready(helo);
+        self.respond(reply);
+        Flow::Continue
+    }
+
+    /// The refusal for DATA or BDAT in the current state, if any.
+    fn refuse_data_now(&self, bdat: bool) -> Option<Reply> {
+        match &self.state {
+            State::AwaitingHelo | State::Ready(_) => Some(Reply::new(
+                503,
+                codes::INVALID_COMMAND,
+                "Need MAIL and RCPT first",
+            )),
+            State::Transaction(_, tx) if tx.recipients.is_empty() => Some(Reply::new(
+                554,
+                codes::INVALID_COMMAND,
+                "No valid recipients",
+            )),
+            State::Transaction(_, tx) if tx.chunks.is_some() && !bdat => Some(Reply::new(
+                503,
+                codes::INVALID_COMMAND,
+                "DATA during a BDAT transfer",
+            )),
+            State::Transaction(..) => None,
+        }
+    }
+
+    /// Opens a spool message and writes the `Received:` header at its top.
+    fn start_message(&self, helo: &Helo, tx: &Transaction) -> MessageWriter {
+        let mut writer = self.ctx.spool.new_message();
+        let id = writer.id().to_string();
+        let single = match tx.recipients.as_slice() {
+            [(only, _)] => Some(only.as_str()),
+            _ => None,
+        };
+        let hostname = self.ctx.config.hostname.to_string();
+        let trace = Trace {
+            helo: &helo.name,
+            client: self.peer,
+            hostname: &hostname,
+            protocol: protocol_keyword(helo, tx),
+            id: &id,
+            single_recipient: single,
+            time: SystemTime::now(),
+        };
+        trace.write_to(writer.buffer());
+        writer
+    }
+
+    /// The reply that refuses a fully read message, if it must be refused.
+    fn refusal_for(&self, outcome: &Outcome) -> Option<Reply> {
+        if outcome.octets > self.ctx.config.limits.max_message_size {
+            Some(Reply::new(
+                552,
+                codes::TOO_BIG,
+                "Message size exceeds fixed maximum message size",
+            ))
+        } else if outcome.violations.bare_line_ending {
+            Some(Reply::new(
+                550,
+                codes::SYNTAX_ERROR,
+                "Message contains bare CR or LF line endings, refused (see RFC 5321 section 2.3.8)",
+            ))
+        } else if outcome.violations.line_too_long {
+            Some(Reply::new(
+                500,
+                codes::SYNTAX_ERROR,
+                "Message line longer than 998 octets",
+            ))
+        } else if outcome.spool_failed {
+            Some(Reply::new(
+                451,
+                codes::SYSTEM_TEMPORARY,
+                "Temporary local problem, try again later",
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Refuses or commits a fully read message and returns the final reply.
+    async fn finish_message(
+        &mut self,
+        helo: &Helo,
+        tx: Transaction,
+        writer: Option<MessageWriter>,
+        outcome: Outcome,
+    ) -> Reply {
+        if let Some(refusal) = self.refusal_for(&outcome) {
+            tracing::info!(peer = %self.peer, reply = %refusal, "message refused");
+            return refusal;
+        }
+        let Some(writer) = writer else {
+            return Reply::new(
+                451,
+                codes::SYSTEM_TEMPORARY,
+                "Temporary local problem, try again later",
+            );
+        };
+        let id = writer.id();
+        let envelope = Envelope {
+            version: envelope::ENVELOPE_VERSION,
+            id: id.to_string(),
+            received_at: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            sender: match &tx.sender {
+                super::address::ReversePath::Null => None,
+                super::address::ReversePath::Mailbox(mailbox) => Some(mailbox.to_string()),
+            },
+            mail_params: tx.mail_params.iter().map(to_envelope_param).collect(),
+            recipients: tx
+                .recipients
+                .iter()
+                .map(|(address, params)| envelope::Recipient {
+                    address: address.clone(),
+                    params: params.iter().map(to_envelope_param).collect(),
+                })
+                .collect(),
+            body: tx.body,
+            smtputf8: tx.smtputf8,
+            client: ClientInfo {
+                address: self.peer,
+                helo: helo.name.clone(),
+                listener: self.listener.to_string(),
+                protocol: protocol_keyword(helo, &tx).to_owned(),
+            },
+            size: writer.size(),
+        };
+        match writer.commit(&envelope).await {
+            Ok(id) => {
+                tracing::info!(
+                    id = %id,
+                    peer = %self.peer,
+                    from = envelope.sender.as_deref().unwrap_or("<>"),
+                    recipients = envelope.recipients.len(),
+                    size = envelope.size,
+                    "message accepted"
+                );
+                Reply::new(250, codes::OK, format!("Ok: queued as {id}"))
+            }
+            Err(e) => {
+                tracing::error!(id = %id, error = %e, "spool commit failed");
+                Reply::new(
+                    451,
+                    codes::SYSTEM_TEMPORARY,
+                    "Temporary local problem, try again later",
+                )
+            }
+        }
+    }
+
+    /// The client vanished or stalled in the middle of the data: the message is dropped
+    /// (its writer removes the partial file) and nothing was acknowledged.
+    fn interrupted(&mut self, why: Interrupted) -> Flow {
+        self.state = State::AwaitingHelo;
+        match why {
+            Interrupted::Closed => {
+                tracing::info!(peer = %self.peer, "connection lost during message data");
+                Flow::Close
+            }
+            Interrupted::TimedOut => self.close_with(Reply::new(
+                421,
+                codes::TIMEOUT,
+                format!("{} Error: timeout exceeded", self.ctx.config.hostname),
+            )),
+        }
+    }
+}
+
+fn to_envelope_param(param: &super::address::Param) -> envelope::Param {
+    envelope::Param {
+        keyword: param.keyword.clone(),
+        value: param.value.clone(),
+    }
+}
+
+/// The `with` keyword of RFC 3848 / RFC 6531 for the `Received:` header.
+fn protocol_keyword(helo: &Helo, tx: &Transaction) -> &'static str {
+    match (helo.extended, tx.smtputf8) {
+        (false, _) => "SMTP",
+        (true, false) => "ESMTP",
+        (true, true) => "UTF8SMTP",
+    }
+}

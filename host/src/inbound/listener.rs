@@ -1,0 +1,92 @@
+//! Listening sockets: accept connections, admit them, and start a session for each.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+
+use super::InboundContext;
+use super::admission::Refusal;
+use super::reply::{Reply, codes};
+use super::session::Session;
+use crate::config::ListenerConfig;
+
+/// A bound listening socket.
+#[derive(Debug)]
+pub struct Listener {
+    name: Arc<str>,
+    socket: TcpListener,
+}
+
+impl Listener {
+    /// Binds the socket of one `[[listener]]`.
+    pub async fn bind(config: &ListenerConfig) -> io::Result<Listener> {
+        let socket = TcpListener::bind(config.address).await?;
+        Ok(Listener {
+            name: Arc::from(config.name.as_str()),
+            socket,
+        })
+    }
+
+    /// The address actually bound (useful when the configured port is 0).
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Accepts connections until shutdown; sessions are spawned on `sessions` so the
+    /// server can wait for them.
+    pub async fn serve(self, ctx: Arc<InboundContext>, sessions: TaskTracker) {
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.socket.accept() => accepted,
+                () = ctx.shutdown.cancelled() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = %self.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            match ctx.admission.admit(peer.ip()) {
+                Ok(permit) => {
+                    let ctx = Arc::clone(&ctx);
+                    let name = Arc::clone(&self.name);
+                    sessions.spawn(async move {
+                        let _permit = permit;
+                        tracing::debug!(%peer, listener = %name, "session start");
+                        Session::new(stream, peer, name, ctx).run().await;
+                    });
+                }
+                Err(refusal) => {
+                    tracing::info!(%peer, listener = %self.name, %refusal, "connection refused");
+                    let hostname = ctx.config.hostname.to_string();
+                    sessions.spawn(refuse(stream, hostname, refusal));
+                }
+            }
+        }
+        tracing::info!(listener = %self.name, "listener closed");
+    }
+}
+
+/// Tells a client it was not admitted (RFC 5321 §3.1 allows 421 in place of the greeting).
+async fn refuse(mut stream: TcpStream, hostname: String, refusal: Refusal) {
+    let reply = Reply::new(
+        421,
+        codes::SECURITY_TEMPORARY,
+        format!("{hostname} {refusal}, try again later"),
+    );
+    let mut wire = Vec::new();
+    reply.write_to(&mut wire);
+    let send = async {
+        stream.write_all(&wire).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), send).await;
+}

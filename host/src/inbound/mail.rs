@@ -1,0 +1,108 @@
+//! MAIL FROM (RFC 5321 §4.1.1.2): opens a transaction, with SIZE (RFC 1870), BODY
+//! (RFC 6152) and SMTPUTF8 (RFC 6531).
+
+use super::address::{AddressError, ReversePath, parse_reverse_path};
+use super::connection::Stream;
+use super::reply::{Reply, codes};
+use super::session::{Session, State, Transaction};
+use crate::spool::envelope::BodyType;
+
+impl<S: Stream> Session<S> {
+    /// Handles `MAIL FROM:<path> [params]`.
+    pub(super) fn mail(&mut self, args: &str) -> Reply {
+        let helo = match &self.state {
+            State::AwaitingHelo => {
+                return Reply::new(503, codes::INVALID_COMMAND, "Send HELO/EHLO first");
+            }
+            State::Transaction(..) => {
+                return Reply::new(503, codes::INVALID_COMMAND, "Nested MAIL command");
+            }
+            State::Ready(helo) => helo.clone(),
+        };
+        let (sender, params) = match parse_reverse_path(args, helo.extended) {
+            Ok(parsed) => parsed,
+            Err(error) => return sender_error(&error),
+        };
+        if !helo.extended && !params.is_empty() {
+            return Reply::new(555, codes::INVALID_ARGUMENTS, "MAIL parameters need EHLO");
+        }
+        let mut body = BodyType::SevenBit;
+        let mut smtputf8 = false;
+        for param in &params {
+            let value = param.value.as_deref();
+            match (param.keyword.as_str(), value) {
+                ("SIZE", Some(size)) => {
+                    let declared = size
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|_| size.len() <= 20 && size.bytes().all(|b| b.is_ascii_digit()));
+                    match declared {
+                        Some(n) if n > self.ctx.config.limits.max_message_size => {
+                            return Reply::new(
+                                552,
+                                codes::TOO_BIG,
+                                "Message size exceeds fixed maximum message size",
+                            );
+                        }
+                        Some(_) => {}
+                        None => {
+                            return Reply::new(501, codes::INVALID_ARGUMENTS, "Bad SIZE value");
+                        }
+                    }
+                }
+                ("BODY", Some(kind)) if kind.eq_ignore_ascii_case("7BIT") => {
+                    body = BodyType::SevenBit;
+                }
+                ("BODY", Some(kind)) if kind.eq_ignore_ascii_case("8BITMIME") => {
+                    body = BodyType::EightBitMime;
+                }
+                ("SMTPUTF8", None) => smtputf8 = true,
+                (keyword, _) => {
+                    return Reply::new(
+                        555,
+                        codes::INVALID_ARGUMENTS,
+                        format!("Unsupported parameter {keyword}"),
+                    );
+                }
+            }
+        }
+        if let ReversePath::Mailbox(mailbox) = &sender
+            && mailbox.is_utf8()
+            && !smtputf8
+        {
+            return Reply::new(
+                553,
+                codes::UTF8_NOT_PERMITTED,
+                "Non-ASCII sender address needs SMTPUTF8",
+            );
+        }
+        self.state = State::Transaction(
+            helo,
+            Transaction {
+                sender,
+                mail_params: params,
+                body,
+                smtputf8,
+                recipients: Vec::new(),
+                chunks: None,
+            },
+        );
+        Reply::new(250, codes::SENDER_OK, "Ok")
+    }
+}
+
+fn sender_error(error: &AddressError) -> Reply {
+    match error {
+        AddressError::Utf8NotPermitted => Reply::new(
+            553,
+            codes::UTF8_NOT_PERMITTED,
+            "Non-ASCII address needs SMTPUTF8",
+        ),
+        AddressError::BadParameter(why) => Reply::new(501, codes::INVALID_ARGUMENTS, *why),
+        other => Reply::new(
+            501,
+            codes::BAD_SENDER_SYNTAX,
+            format!("Bad sender address syntax: {other}"),
+        ),
+    }
+}

@@ -1,0 +1,63 @@
+//! RCPT TO (RFC 5321 §4.1.1.3): recipient syntax, the recipient limit and relay control.
+
+use super::address::{AddressError, ForwardPath, parse_forward_path};
+use super::connection::Stream;
+use super::relay::RelayDecision;
+use super::reply::{Reply, codes};
+use super::session::{Session, State};
+
+impl<S: Stream> Session<S> {
+    /// Handles `RCPT TO:<path> [params]`.
+    pub(super) fn rcpt(&mut self, args: &str) -> Reply {
+        let State::Transaction(_, tx) = &mut self.state else {
+            return Reply::new(503, codes::INVALID_COMMAND, "Need MAIL before RCPT");
+        };
+        if tx.chunks.is_some() {
+            return Reply::new(503, codes::INVALID_COMMAND, "RCPT during a BDAT transfer");
+        }
+        let (path, params) = match parse_forward_path(args, tx.smtputf8) {
+            Ok(parsed) => parsed,
+            Err(error) => return recipient_error(&error),
+        };
+        if let Some(param) = params.first() {
+            return Reply::new(
+                555,
+                codes::INVALID_ARGUMENTS,
+                format!("Unsupported parameter {}", param.keyword),
+            );
+        }
+        let limits = &self.ctx.config.limits;
+        if tx.recipients.len() >= limits.max_recipients {
+            return Reply::new(452, codes::TOO_MANY_RECIPIENTS, "Too many recipients");
+        }
+        if self.ctx.relay.decide(&path, self.may_relay) == RelayDecision::Denied {
+            tracing::info!(peer = %self.peer, recipient = %path, "relay access denied");
+            return Reply::new(554, codes::NOT_AUTHORIZED, "Relay access denied");
+        }
+        let address = match &path {
+            ForwardPath::Postmaster => format!("postmaster@{}", self.ctx.config.hostname),
+            ForwardPath::Mailbox(mailbox) => mailbox.to_string(),
+        };
+        // The same recipient twice must not mean two deliveries.
+        if !tx.recipients.iter().any(|(known, _)| *known == address) {
+            tx.recipients.push((address, params));
+        }
+        Reply::new(250, codes::RECIPIENT_OK, "Ok")
+    }
+}
+
+fn recipient_error(error: &AddressError) -> Reply {
+    match error {
+        AddressError::Utf8NotPermitted => Reply::new(
+            553,
+            codes::UTF8_NOT_PERMITTED,
+            "Non-ASCII address needs SMTPUTF8",
+        ),
+        AddressError::BadParameter(why) => Reply::new(501, codes::INVALID_ARGUMENTS, *why),
+        other => Reply::new(
+            501,
+            codes::BAD_RECIPIENT_SYNTAX,
+            format!("Bad recipient address syntax: {other}"),
+        ),
+    }
+}

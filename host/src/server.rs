@@ -1,0 +1,89 @@
+//! The server: opens the spool, binds the listeners, runs until a signal, and shuts down
+//! gracefully.
+//!
+//! Shutdown (SIGTERM or SIGINT): listeners stop accepting at once; idle sessions are told
+//! 421 and closed; sessions inside a transaction may finish it, for up to the configured
+//! grace period. A message is acknowledged only after its spool commit, so cutting a
+//! session off at the end of the grace period loses nothing that got a 250.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::inbound::InboundContext;
+use crate::inbound::listener::Listener;
+use crate::spool::Spool;
+
+/// Runs the gateway with `config` until SIGTERM or SIGINT.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let spool_path = &config.spool.path;
+    let (spool, recovery) = Spool::open(spool_path)
+        .with_context(|| format!("opening the spool {}", spool_path.display()))?;
+    tracing::info!(
+        spool = %spool_path.display(),
+        messages = recovery.messages.len(),
+        partial_files_removed = recovery.removed_partials,
+        corrupt_set_aside = recovery.set_aside.len(),
+        "spool opened"
+    );
+
+    let mut listeners = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        let bound = Listener::bind(listener).await.with_context(|| {
+            format!(
+                "binding listener `{}` to {}",
+                listener.name, listener.address
+            )
+        })?;
+        let address = bound.local_addr().context("reading a bound address")?;
+        tracing::info!(listener = %listener.name, %address, "listening");
+        listeners.push(bound);
+    }
+
+    let shutdown = CancellationToken::new();
+    let ctx = Arc::new(InboundContext::new(
+        Arc::clone(&config),
+        spool,
+        shutdown.clone(),
+    ));
+    let sessions = TaskTracker::new();
+    let accepting = TaskTracker::new();
+    for listener in listeners {
+        accepting.spawn(listener.serve(Arc::clone(&ctx), sessions.clone()));
+    }
+    accepting.close();
+
+    wait_for_signal().await?;
+    let grace = config.shutdown_grace.0;
+    tracing::info!(
+        grace_secs = grace.as_secs_f64(),
+        sessions = ctx.admission.running(),
+        "shutting down"
+    );
+    shutdown.cancel();
+    accepting.wait().await;
+    sessions.close();
+    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+        tracing::warn!(
+            sessions = ctx.admission.running(),
+            "grace period over, closing the remaining sessions"
+        );
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! The spool: accepted messages on disk, durably, until the queue is done with them.
+//!
+//! # Layout
+//! ```text
+//! <spool>/lock         held (flock) by the running server: one server per spool
+//! <spool>/tmp/<ID>     a message being received; garbage after a crash, removed at start-up
+//! <spool>/msg/<ID>     a committed message
+//! <spool>/corrupt/<ID> a file in msg/ that could not be read, set aside for the operator
+//! ```
+//!
+//! # File format (version 1)
+//! One file per message, written front to back while DATA streams in:
+//! ```text
+//! [message octets, `Received:` header first]
+//! [envelope record: UTF-8 JSON of `Envelope`, whose `version` field is 1]
+//! [footer: envelope length as u64 little-endian (8 octets)]["TGSPOOL1" (8 octets)]
+//! ```
+//! The envelope goes last because it is only complete once the data has been read; the
+//! fixed-size footer lets a reader find it from the end. The magic carries the version.
+//!
+//! # Durability
+//! A message is written to `tmp/`, `fdatasync`ed, renamed into `msg/`, and `msg/` itself is
+//! `fsync`ed; only then does the session send 250. A crash at any point before the rename
+//! leaves at most a file in `tmp/`, which start-up deletes (that message never got a 250);
+//! after the directory fsync the message survives `kill -9` and power loss. Renames are
+//! done by one commit task in batches, so one directory fsync serves every session that
+//! finished DATA at the same moment (group commit).
+
+mod commit;
+pub mod envelope;
+pub mod queue_id;
+mod writer;
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use envelope::Envelope;
+pub use queue_id::QueueId;
+pub use writer::MessageWriter;
+
+use commit::Committer;
+use queue_id::QueueIdGenerator;
+
+/// The footer's magic: it names the format and its version.
+const MAGIC: &[u8; 8] = b"TGSPOOL1";
+/// Footer length: envelope length (8) plus magic (8).
+const FOOTER_LEN: u64 = 16;
+/// The largest envelope record a reader accepts; a corrupt length must not make it allocate
+/// gigabytes. 1,000 recipients with long parameters fit easily.
+const MAX_ENVELOPE_LEN: u64 = 16 * 1024 * 1024;
+
+/// Spool failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// An I/O error, with what was being done.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What the spool was doing.
+        what: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Another process holds the spool lock.
+    #[error("spool {} is in use by another tidegate process", .0.display())]
+    Locked(PathBuf),
+    /// A file in `msg/` is not a valid spool file.
+    #[error("{}: not a valid spool file: {why}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The commit task is gone (the server is stopping).
+    #[error("the spool is shutting down")]
+    Closed,
+}
+
+fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
+    move |source| SpoolError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A handle on an open spool; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tmp_dir: PathBuf,
+    msg_dir: PathBuf,
+    ids: QueueIdGenerator,
+    committer: Committer,
+    /// Held for the life of the spool: the flock is released when the file is closed.
+    _lock: File,
+}
+
+/// A message found in the spool.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    /// Its queue ID.
+    pub id: QueueId,
+    /// Its envelope.
+    pub envelope: Envelope,
+    /// The length of the message octets (the file minus envelope and footer).
+    pub message_len: u64,
+}
+
+/// What [`Spool::open`] found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Committed messages, in queue-ID order.
+    pub messages: Vec<StoredMessage>,
+    /// Partial files removed from `tmp/`.
+    pub removed_partials: usize,
+    /// Unreadable files moved to `corrupt/`.
+    pub set_aside: Vec<PathBuf>,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool at `root`, takes its lock, deletes partial files
+    /// and reads every committed message. Must be called inside a tokio runtime: it starts
+    /// the commit task.
+    pub fn open(root: &Path) -> Result<(Spool, Recovery), SpoolError> {
+        let tmp_dir = root.join("tmp");
+        let msg_dir = root.join("msg");
+        for dir in [root, &tmp_dir, &msg_dir] {
+            fs::create_dir_all(dir).map_err(io_error("cannot create", dir))?;
+        }
+        let lock_path = root.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error("cannot open", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked(root.to_owned())),
+            Err(fs::TryLockError::Error(e)) => return Err(io_error("cannot lock", &lock_path)(e)),
+        }
+
+        let mut recovery = Recovery::default();
+        for entry in fs::read_dir(&tmp_dir).map_err(io_error("cannot read", &tmp_dir))? {
+            let path = entry.map_err(io_error("cannot read", &tmp_dir))?.path();
+            fs::remove_file(&path).map_err(io_error("cannot remove", &path))?;
+            recovery.removed_partials += 1;
+        }
+        for result in scan(&msg_dir)? {
+            match result {
+                Ok(message) => recovery.messages.push(message),
+                Err(SpoolError::Corrupt { path, why }) => {
+                    let corrupt_dir = root.join("corrupt");
+                    fs::create_dir_all(&corrupt_dir)
+                        .map_err(io_error("cannot create", &corrupt_dir))?;
+                    let target = corrupt_dir.join(path.file_name().unwrap_or_default());
+                    fs::rename(&path, &target).map_err(io_error("cannot move", &path))?;
+                    tracing::error!(file = %path.display(), %why, moved_to = %target.display(), "corrupt spool file set aside");
+                    recovery.set_aside.push(target);
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        recovery.messages.sort_by_key(|m| m.id);
+        let floor = recovery.messages.last().map(|m| m.id);
+        let inner = Inner {
+            ids: QueueIdGenerator::new(floor),
+            committer: Committer::start(msg_dir.clone()),
+            tmp_dir,
+            msg_dir,
+            _lock: lock,
+        };
+        Ok((
+            Spool {
+                inner: Arc::new(inner),
+            },
+            recovery,
+        ))
+    }
+
+    /// Starts a new message: allocates its queue ID. Nothing touches the disk until the
+    /// message outgrows the writer's buffer or is committed.
+    pub fn new_message(&self) -> MessageWriter {
+        let id = self.inner.ids.next();
+        MessageWriter::new(self.clone(), id)
+    }
+
+    fn tmp_path(&self, id: QueueId) -> PathBuf {
+        self.inner.tmp_dir.join(id.to_string())
+    }
+
+    fn msg_path(&self, id: QueueId) -> PathBuf {
+        self.inner.msg_dir.join(id.to_string())
+    }
+
+    /// Lists the committed messages of the spool at `root` without locking or changing it
+    /// (for `tidegate spool list`, safe while a server runs).
+    pub fn list(root: &Path) -> Result<Vec<Result<StoredMessage, SpoolError>>, SpoolError> {
+        let mut found = scan(&root.join("msg"))?;
+        found.sort_by_key(|r| r.as_ref().map(|m| m.id).ok());
+        Ok(found)
+    }
+}
+
+/// Reads every file of a `msg/` directory.
+fn scan(msg_dir: &Path) -> Result<Vec<Result<StoredMessage, SpoolError>>, SpoolError> {
+    let mut found = Vec::new();
+    let entries = match fs::read_dir(msg_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(io_error("cannot read", msg_dir)(e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(io_error("cannot read", msg_dir))?.path();
+        found.push(read_stored(&path));
+    }
+    Ok(found)
+}
+
+/// Reads the envelope of one committed file.
+pub fn read_stored(path: &Path) -> Result<StoredMessage, SpoolError> {
+    let corrupt = |why: String| SpoolError::Corrupt {
+        path: path.to_owned(),
+        why,
+    };
+    let id: QueueId = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| corrupt("the file name is not a queue ID".into()))?;
+    let mut file = File::open(path).map_err(io_error("cannot open", path))?;
+    let file_len = file
+        .metadata()
+        .map_err(io_error("cannot stat", path))?
+        .len();
+    if file_len < FOOTER_LEN {
+        return Err(corrupt(format!("{file_len} octets is too short")));
+    }
+    let mut footer = [0u8; FOOTER_LEN as usize];
+    file.seek(SeekFrom::Start(file_len - FOOTER_LEN))
+        .and_then(|_| file.read_exact(&mut footer))
+        .map_err(io_error("cannot read", path))?;
+    let (len_bytes, magic) = footer.split_at(8);
+    if magic != MAGIC {
+        return Err(corrupt("no TGSPOOL1 footer".into()));
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(len_bytes);
+    let envelope_len = u64::from_le_bytes(len);
+    if envelope_len > MAX_ENVELOPE_LEN || envelope_len > file_len - FOOTER_LEN {
+        return Err(corrupt(format!(
+            "envelope length {envelope_len} is impossible"
+        )));
+    }
+    let message_len = file_len - FOOTER_LEN - envelope_len;
+    let mut record = vec![0u8; envelope_len as usize];
+    file.seek(SeekFrom::Start(message_len))
+        .and_then(|_| file.read_exact(&mut record))
+        .map_err(io_error("cannot read", path))?;
+    let envelope: Envelope =
+        serde_json::from_slice(&record).map_err(|e| corrupt(format!("envelope: {e}")))?;
+    if envelope.version != envelope::ENVELOPE_VERSION || envelope.id != id.to_string() {
+        return Err(corrupt(format!(
+            "envelope version {} / id {} does not match",
+            envelope.version, envelope.id
+        )));
+    }
+    Ok(StoredMessage {
+        id,
+        envelope,
+        message_len,
+    })
+}
+
+/// Encodes the envelope record and footer that close a spool file.
+fn encode_trailer(envelope: &Envelope) -> Vec<u8> {
+    // Serialising plain data with string keys cannot fail; fall back to an empty record
+    // (which recovery would flag) rather than panic if that ever changes.
+    let mut trailer = serde_json::to_vec(envelope).unwrap_or_default();
+    let len = trailer.len() as u64;
+    trailer.extend_from_slice(&len.to_le_bytes());
+    trailer.extend_from_slice(MAGIC);
+    trailer
+}
+
+/// Reads the message octets of a stored message (its bytes without the envelope record).
+pub fn read_message(path: &Path, message_len: u64) -> Result<Vec<u8>, SpoolError> {
+    let file = File::open(path).map_err(io_error("cannot open", path))?;
+    let mut bytes = Vec::with_capacity(message_len.min(64 * 1024 * 1024) as usize);
+    file.take(message_len)
+        .read_to_end(&mut bytes)
+        .map_err(io_error("cannot read", path))?;
+    Ok(bytes)
+}
