@@ -1,1 +1,594 @@
-//! Test harness (filled below).
+//! The end-to-end test harness: starts the real `tidegate` binary on loopback ports it
+//! picks itself, and speaks SMTP to it over TCP.
+//!
+//! Nothing here is mocked: [`Gateway`] runs the binary built from `host/` with a
+//! configuration written into a temporary directory, learns the bound ports from its log,
+//! and reads the spool through `tidegate spool list`. [`SmtpClient`] is a deliberately
+//! plain, blocking SMTP client that sends exactly the bytes a test gives it.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long the harness waits for the gateway to do anything before failing the test.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The path of the `tidegate` binary under test.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TIDEGATE_BIN") {
+        return PathBuf::from(path);
+    }
+    // target/<profile>/deps/<test-binary> → target/<profile>/tidegate
+    let exe = std::env::current_exe().expect("current test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = profile_dir.join("tidegate");
+    assert!(
+        path.exists(),
+        "{} not found: build it first (`cargo build -p tidegate`, which scripts/test does) or set TIDEGATE_BIN",
+        path.display()
+    );
+    path
+}
+
+/// A configuration for a test gateway; [`Default`] is the documented edge-relay shape with
+/// one listener on an ephemeral loopback port.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `hostname`
+    pub hostname: String,
+    /// `(name, address)` of each listener.
+    pub listeners: Vec<(String, String)>,
+    /// `[relay] accept_domains`
+    pub accept_domains: Vec<String>,
+    /// `[relay] relay_networks`
+    pub relay_networks: Vec<String>,
+    /// Extra `key = value` lines for `[limits]`.
+    pub limits: Vec<(String, String)>,
+    /// Extra `key = value` lines for `[smtp]`.
+    pub smtp: Vec<(String, String)>,
+    /// Extra top-level `key = value` lines.
+    pub top: Vec<(String, String)>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            hostname: "relay.example.test".into(),
+            listeners: vec![("mx".into(), "127.0.0.1:0".into())],
+            accept_domains: vec!["example.test".into()],
+            relay_networks: vec!["127.0.0.1/32".into()],
+            limits: Vec::new(),
+            smtp: Vec::new(),
+            top: Vec::new(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Sets a `[limits]` key.
+    pub fn limit(mut self, key: &str, value: impl ToString) -> Self {
+        self.limits.push((key.into(), value.to_string()));
+        self
+    }
+
+    /// Sets an `[smtp]` key (the value is written as TOML, so quote strings).
+    pub fn smtp(mut self, key: &str, value: &str) -> Self {
+        self.smtp.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets a top-level key (the value is written as TOML, so quote strings).
+    pub fn top(mut self, key: &str, value: &str) -> Self {
+        self.top.push((key.into(), value.into()));
+        self
+    }
+
+    /// The TOML text.
+    pub fn render(&self) -> String {
+        let quote_list = |items: &[String]| {
+            items
+                .iter()
+                .map(|i| format!("{i:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut text = format!("hostname = {:?}\n", self.hostname);
+        for (key, value) in &self.top {
+            text.push_str(&format!("{key} = {value}\n"));
+        }
+        for (name, address) in &self.listeners {
+            text.push_str(&format!(
+                "\n[[listener]]\nname = {name:?}\naddress = {address:?}\nprotocol = \"smtp\"\n"
+            ));
+        }
+        text.push_str("\n[spool]\npath = \"spool\"\n");
+        text.push_str(&format!(
+            "\n[relay]\naccept_domains = [{}]\nrelay_networks = [{}]\n",
+            quote_list(&self.accept_domains),
+            quote_list(&self.relay_networks)
+        ));
+        text.push_str("\n[limits]\n");
+        for (key, value) in &self.limits {
+            text.push_str(&format!("{key} = {value}\n"));
+        }
+        text.push_str("\n[smtp]\n");
+        for (key, value) in &self.smtp {
+            text.push_str(&format!("{key} = {value}\n"));
+        }
+        text
+    }
+}
+
+/// A running `tidegate serve`.
+pub struct Gateway {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+    addresses: HashMap<String, SocketAddr>,
+}
+
+impl Gateway {
+    /// Starts a gateway with the default configuration.
+    pub fn start() -> Gateway {
+        Gateway::start_with(&GatewayConfig::default())
+    }
+
+    /// Starts a gateway with `config` in a fresh directory.
+    pub fn start_with(config: &GatewayConfig) -> Gateway {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        std::fs::write(dir.path().join("tidegate.toml"), config.render()).expect("write config");
+        let mut gateway = Gateway {
+            child: None,
+            dir,
+            log: Arc::new(Mutex::new(String::new())),
+            addresses: HashMap::new(),
+        };
+        gateway.launch(config.listeners.len());
+        gateway
+    }
+
+    fn launch(&mut self, listeners: usize) {
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .arg("-c")
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tidegate");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("TIDEGATE_TEST_LOG").is_some() {
+                    eprintln!("[tidegate] {line}");
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        self.log = log;
+        self.child = Some(child);
+        self.addresses.clear();
+        let deadline = Instant::now() + PATIENCE;
+        while self.addresses.len() < listeners {
+            assert!(
+                Instant::now() < deadline,
+                "tidegate did not start listening:\n{}",
+                self.log()
+            );
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("tidegate exited with {status}:\n{}", self.log());
+            }
+            for line in self.log().lines() {
+                if let Some((name, address)) = parse_listening(line) {
+                    self.addresses.insert(name, address);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The directory holding the configuration and the spool.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("tidegate.toml")
+    }
+
+    /// The spool directory.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// The address of the first listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr_of("mx")
+    }
+
+    /// The address of the named listener.
+    pub fn addr_of(&self, name: &str) -> SocketAddr {
+        *self
+            .addresses
+            .get(name)
+            .unwrap_or_else(|| panic!("no listener {name}: {:?}", self.addresses))
+    }
+
+    /// Everything the gateway has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "log never said {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal to the gateway.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// `kill -9`: the gateway gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait_exit();
+    }
+
+    /// Waits for the process to end and returns its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + PATIENCE * 2;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("tidegate did not exit:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the gateway again on the same directory (after [`kill9`](Self::kill9) or an
+    /// exit). Listener ports are new unless the configuration fixed them.
+    pub fn restart(&mut self, listeners: usize) {
+        assert!(self.child.is_none(), "still running");
+        self.launch(listeners);
+    }
+
+    /// The messages in the spool, as `tidegate spool list` reports them.
+    pub fn spool_list(&self) -> Vec<SpoolEntry> {
+        let output = Command::new(binary())
+            .args(["spool", "list", "-c"])
+            .arg(self.config_path())
+            .output()
+            .expect("run tidegate spool list");
+        assert!(
+            output.status.success(),
+            "spool list failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| {
+                let mut fields = line.splitn(4, ' ');
+                let mut next = || fields.next().unwrap_or_default().to_owned();
+                let (id, size, sender, recipients) = (next(), next(), next(), next());
+                SpoolEntry {
+                    id,
+                    size: size.parse().unwrap_or(0),
+                    sender: sender.trim_matches(['<', '>']).to_owned(),
+                    recipients: recipients
+                        .split(',')
+                        .filter(|r| !r.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The stored message octets of a spooled message (the file without its envelope
+    /// record, whose length `spool list` reports).
+    pub fn spool_message(&self, id: &str) -> Vec<u8> {
+        let entry = self
+            .spool_list()
+            .into_iter()
+            .find(|e| e.id == id)
+            .unwrap_or_else(|| panic!("{id} is not in the spool"));
+        let bytes = std::fs::read(self.spool_dir().join("msg").join(id)).expect("read spool file");
+        bytes[..entry.size as usize].to_vec()
+    }
+
+    /// Names of the files in `spool/tmp`.
+    pub fn spool_partials(&self) -> Vec<String> {
+        std::fs::read_dir(self.spool_dir().join("tmp"))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
+    if !line.contains(" listening ") {
+        return None;
+    }
+    let field = |key: &str| {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(key))
+            .map(str::to_owned)
+    };
+    let name = field("listener=")?;
+    let address = field("address=")?.parse().ok()?;
+    Some((name, address))
+}
+
+/// One line of `tidegate spool list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolEntry {
+    /// The queue ID.
+    pub id: String,
+    /// The size of the stored message octets.
+    pub size: u64,
+    /// The sender, empty for `<>`.
+    pub sender: String,
+    /// The recipients.
+    pub recipients: Vec<String>,
+}
+
+/// A reply as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The basic code.
+    pub code: u16,
+    /// The text of each line, after the code and separator.
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    /// The whole text, lines joined with `\n`.
+    pub fn text(&self) -> String {
+        self.lines.join("\n")
+    }
+
+    /// The enhanced status code at the start of the first line, if any.
+    pub fn enhanced(&self) -> Option<&str> {
+        let first = self.lines.first()?.split(' ').next()?;
+        let parts: Vec<&str> = first.split('.').collect();
+        (parts.len() == 3 && parts.iter().all(|p| p.parse::<u16>().is_ok())).then_some(first)
+    }
+
+    /// Asserts the code and enhanced code, e.g. `reply.expect(250, "2.0.0")`.
+    #[track_caller]
+    pub fn expect(&self, code: u16, enhanced: &str) -> &Self {
+        assert_eq!(
+            (self.code, self.enhanced()),
+            (code, Some(enhanced)),
+            "unexpected reply {self:?}"
+        );
+        self
+    }
+
+    /// The queue ID of a `250 ... queued as ID` reply.
+    pub fn queue_id(&self) -> Option<String> {
+        self.text()
+            .split("queued as ")
+            .nth(1)
+            .map(|id| id.trim().to_owned())
+    }
+}
+
+/// A plain blocking SMTP client.
+pub struct SmtpClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// The greeting the server sent.
+    pub greeting: Reply,
+}
+
+impl SmtpClient {
+    /// Connects and reads the greeting.
+    pub fn connect(addr: SocketAddr) -> SmtpClient {
+        let stream = TcpStream::connect_timeout(&addr, PATIENCE).expect("connect");
+        SmtpClient::wrap(stream)
+    }
+
+    /// Connects from a chosen local address (e.g. 127.0.0.2, outside the relay networks).
+    pub fn connect_from(local: IpAddr, addr: SocketAddr) -> SmtpClient {
+        let socket = match local {
+            IpAddr::V4(_) => {
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            }
+            IpAddr::V6(_) => {
+                socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
+            }
+        }
+        .expect("socket");
+        socket
+            .bind(&SocketAddr::new(local, 0).into())
+            .expect("bind local address");
+        socket
+            .connect_timeout(&addr.into(), PATIENCE)
+            .expect("connect");
+        SmtpClient::wrap(socket.into())
+    }
+
+    /// Wraps a connected stream and reads the greeting.
+    pub fn wrap(stream: TcpStream) -> SmtpClient {
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let mut client = SmtpClient {
+            stream,
+            buf: Vec::new(),
+            greeting: Reply {
+                code: 0,
+                lines: Vec::new(),
+            },
+        };
+        client.greeting = client.read_reply();
+        client
+    }
+
+    /// Connects and says EHLO, asserting both succeed.
+    pub fn ehlo(addr: SocketAddr) -> SmtpClient {
+        let mut client = SmtpClient::connect(addr);
+        assert_eq!(client.greeting.code, 220, "{:?}", client.greeting);
+        let reply = client.command("EHLO client.example.org");
+        assert_eq!(reply.code, 250, "{reply:?}");
+        client
+    }
+
+    /// Sends raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Sends a command line (CRLF appended) and reads its reply.
+    pub fn command(&mut self, line: &str) -> Reply {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.read_reply()
+    }
+
+    /// Reads one (possibly multi-line) reply; panics if the server closes first.
+    pub fn read_reply(&mut self) -> Reply {
+        self.try_read_reply()
+            .unwrap_or_else(|| panic!("connection closed while waiting for a reply"))
+    }
+
+    /// Reads one reply, or `None` if the connection closed cleanly first.
+    pub fn try_read_reply(&mut self) -> Option<Reply> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.read_line()?;
+            assert!(line.len() >= 3, "short reply line {line:?}");
+            let code: u16 = line[..3]
+                .parse()
+                .unwrap_or_else(|_| panic!("bad reply {line:?}"));
+            let more = line.as_bytes().get(3) == Some(&b'-');
+            lines.push(line.get(4..).unwrap_or_default().to_owned());
+            if !more {
+                return Some(Reply { code, lines });
+            }
+        }
+    }
+
+    fn read_line(&mut self) -> Option<String> {
+        loop {
+            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.buf.drain(..pos + 2).collect();
+                return Some(String::from_utf8_lossy(&line[..pos]).into_owned());
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    /// Whether the server has closed the connection (reads until EOF, ignoring data).
+    pub fn is_closed(&mut self) -> bool {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Runs a whole transaction one command at a time; returns the reply to the data.
+    pub fn send_mail(&mut self, from: &str, to: &[&str], message: &str) -> Reply {
+        self.command(&format!("MAIL FROM:<{from}>"))
+            .expect(250, "2.1.0");
+        for rcpt in to {
+            self.command(&format!("RCPT TO:<{rcpt}>"))
+                .expect(250, "2.1.5");
+        }
+        self.command("DATA");
+        self.send(&dot_stuff(message.as_bytes()));
+        self.send(b".\r\n");
+        self.read_reply()
+    }
+
+    /// The underlying stream, for tests that need socket options.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+/// Dot-stuffs a message for DATA (RFC 5321 §4.5.2) and makes sure it ends with CRLF.
+pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 16);
+    let mut at_line_start = true;
+    for &b in message {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// A small RFC 5322 message.
+pub fn sample_message(subject: &str, body: &str) -> String {
+    format!(
+        "From: sender@example.org\r\nTo: user@example.test\r\nSubject: {subject}\r\nMessage-ID: <{subject}@example.org>\r\n\r\n{body}\r\n"
+    )
+}
