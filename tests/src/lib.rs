@@ -491,6 +491,19 @@ impl SmtpClient {
         self.stream.write_all(bytes).expect("send");
     }
 
+    /// Sends raw bytes, returning the error instead of panicking: for tests in which the
+    /// server may vanish at any moment (`kill -9` under load, shutdown).
+    pub fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Sends a command line and reads its reply, or `None` if the connection broke (a
+    /// failed write, a reset or EOF) instead of panicking.
+    pub fn try_command(&mut self, line: &str) -> Option<Reply> {
+        self.try_send(format!("{line}\r\n").as_bytes()).ok()?;
+        self.try_read_reply()
+    }
+
     /// Sends a command line (CRLF appended) and reads its reply.
     pub fn command(&mut self, line: &str) -> Reply {
         self.send(format!("{line}\r\n").as_bytes());
@@ -567,6 +580,22 @@ impl SmtpClient {
     pub fn stream(&self) -> &TcpStream {
         &self.stream
     }
+
+    /// Reads one (possibly multi-line) reply and returns it exactly as it came over the
+    /// wire, every line with its CRLF, for tests about the reply format itself.
+    pub fn read_raw_reply(&mut self) -> String {
+        let mut raw = String::new();
+        loop {
+            let line = self
+                .read_line()
+                .unwrap_or_else(|| panic!("connection closed inside a reply: {raw:?}"));
+            raw.push_str(&line);
+            raw.push_str("\r\n");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return raw;
+            }
+        }
+    }
 }
 
 /// Dot-stuffs a message for DATA (RFC 5321 §4.5.2) and makes sure it ends with CRLF.
@@ -584,6 +613,29 @@ pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out
+}
+
+/// The stored message without the `Received:` trace header the gateway put at its top
+/// (the header's first line and its folded continuation lines), i.e. the octets the
+/// client sent after unstuffing. Panics if the message does not start with that header.
+pub fn without_trace_header(stored: &[u8]) -> &[u8] {
+    assert!(
+        stored.starts_with(b"Received: "),
+        "no trace header: {:?}",
+        String::from_utf8_lossy(stored)
+    );
+    let mut pos = 0;
+    loop {
+        let end = stored[pos..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|i| pos + i + 2)
+            .unwrap_or_else(|| panic!("unterminated trace header"));
+        pos = end;
+        if !matches!(stored.get(pos), Some(b' ' | b'\t')) {
+            return &stored[pos..];
+        }
+    }
 }
 
 /// A small RFC 5322 message.

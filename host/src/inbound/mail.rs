@@ -32,10 +32,12 @@ impl<S: Stream> Session<S> {
             let value = param.value.as_deref();
             match (param.keyword.as_str(), value) {
                 ("SIZE", Some(size)) => {
-                    let declared = size
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|_| size.len() <= 20 && size.bytes().all(|b| b.is_ascii_digit()));
+                    // RFC 1870: size-value = 1*20DIGIT; a valid value beyond u64 is
+                    // simply too big, not a syntax error.
+                    let declared = (!size.is_empty()
+                        && size.len() <= 20
+                        && size.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| size.parse::<u64>().unwrap_or(u64::MAX));
                     match declared {
                         Some(n) if n > self.ctx.config.limits.max_message_size => {
                             return Reply::new(
