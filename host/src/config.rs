@@ -44,6 +44,86 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// DNS resolution for plugins (and, later, delivery).
+    #[serde(default)]
+    pub dns: DnsConfig,
+    /// The plugin runtime's shared settings.
+    #[serde(default)]
+    pub plugins: PluginRuntimeConfig,
+    /// The plugins, in chain order.
+    #[serde(default, rename = "plugin")]
+    pub plugin_list: Vec<PluginConfig>,
+}
+
+/// One `[[plugin]]`: a WebAssembly component and how to run it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The name used in logs, metrics and listener chains.
+    pub name: String,
+    /// The component file; a relative path is relative to the configuration file.
+    pub path: PathBuf,
+    /// What happens when the plugin fails (trap, CPU or memory limit, invalid answer).
+    #[serde(default)]
+    pub on_error: OnError,
+    /// The most linear memory one instance may use, in MiB.
+    #[serde(default = "default_plugin_memory_mib")]
+    pub memory_limit_mib: u64,
+    /// The CPU budget of one hook call, in milliseconds of guest execution. It is counted
+    /// in instructions (fuel), so a busy machine never cuts a healthy plugin short.
+    #[serde(default = "default_plugin_cpu_ms")]
+    pub cpu_limit_ms: u64,
+    /// The plugin's own configuration, handed to it as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+fn default_plugin_memory_mib() -> u64 {
+    64
+}
+
+fn default_plugin_cpu_ms() -> u64 {
+    100
+}
+
+/// What a failing plugin means for the session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Answer 451 4.3.0 at that stage (the default: never accept what policy could not check).
+    #[default]
+    Tempfail,
+    /// Skip the plugin and go on with the chain.
+    Continue,
+}
+
+/// Shared plugin-runtime settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginRuntimeConfig {
+    /// Where precompiled components are cached; relative to the configuration file.
+    pub cache_dir: PathBuf,
+    /// Plugin instances that may exist at once (sessions × plugins), bounding memory.
+    pub max_instances: u32,
+}
+
+impl Default for PluginRuntimeConfig {
+    fn default() -> Self {
+        PluginRuntimeConfig {
+            cache_dir: PathBuf::from("var/plugin-cache"),
+            max_instances: 2000,
+        }
+    }
+}
+
+/// DNS settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Name servers (`ip:port`) to use instead of the system's `/etc/resolv.conf`.
+    pub nameservers: Vec<SocketAddr>,
+    /// Per-query timeout in milliseconds (default 2000).
+    pub timeout_ms: Option<u64>,
 }
 
 /// One listening socket.
@@ -57,6 +137,9 @@ pub struct ListenerConfig {
     /// What the listener speaks.
     #[serde(default)]
     pub protocol: Protocol,
+    /// The plugin chain of this listener, by name; all plugins in order when absent.
+    #[serde(default)]
+    pub plugins: Option<Vec<String>>,
 }
 
 /// What a listener speaks.
@@ -253,6 +336,14 @@ impl Config {
         if config.spool.path.is_relative() {
             config.spool.path = base.join(&config.spool.path);
         }
+        if config.plugins.cache_dir.is_relative() {
+            config.plugins.cache_dir = base.join(&config.plugins.cache_dir);
+        }
+        for plugin in &mut config.plugin_list {
+            if plugin.path.is_relative() {
+                plugin.path = base.join(&plugin.path);
+            }
+        }
         Ok(config)
     }
 
@@ -320,6 +411,43 @@ impl Config {
                     format!("listener[{i}].protocol"),
                     "`submission` and `smtps` need TLS and AUTH, which this build does not have yet; use `smtp`".into(),
                 ));
+            }
+        }
+        let mut plugin_names = HashSet::new();
+        for (i, plugin) in self.plugin_list.iter().enumerate() {
+            if plugin.name.is_empty() || !plugin.name.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err((
+                    format!("plugin[{i}].name"),
+                    "a plugin name is printable ASCII without spaces".into(),
+                ));
+            }
+            if !plugin_names.insert(plugin.name.as_str()) {
+                return Err((
+                    format!("plugin[{i}].name"),
+                    format!("plugin name `{}` is used twice", plugin.name),
+                ));
+            }
+            if plugin.memory_limit_mib == 0 || plugin.memory_limit_mib > 4096 {
+                return Err((
+                    format!("plugin[{i}].memory_limit_mib"),
+                    "must be between 1 and 4096".into(),
+                ));
+            }
+            if plugin.cpu_limit_ms == 0 || plugin.cpu_limit_ms > 60_000 {
+                return Err((
+                    format!("plugin[{i}].cpu_limit_ms"),
+                    "must be between 1 and 60000".into(),
+                ));
+            }
+        }
+        for (i, listener) in self.listeners.iter().enumerate() {
+            for name in listener.plugins.iter().flatten() {
+                if !plugin_names.contains(name.as_str()) {
+                    return Err((
+                        format!("listener[{i}].plugins"),
+                        format!("no [[plugin]] is named `{name}`"),
+                    ));
+                }
             }
         }
         let limits = &self.limits;

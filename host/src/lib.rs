@@ -7,5 +7,6 @@
 
 pub mod config;
 pub mod inbound;
+pub mod plugins;
 pub mod server;
 pub mod spool;

@@ -1,4 +1,176 @@
-//! The Tidegate plugin SDK.
+//! The Tidegate plugin SDK: write mail policy in plain Rust, test it with `cargo test`,
+//! compile it to a WebAssembly component for `wasm32-wasip2`, and drop it into a gateway.
 //!
-//! The WIT contract, the Rust bindings and the native test harness arrive with the
-//! plugin-platform work; this crate exists now so the workspace has its final shape.
+//! ```ignore
+//! use tidegate_plugin_sdk::prelude::*;
+//!
+//! struct NoBlocked;
+//!
+//! impl Plugin for NoBlocked {
+//!     fn init(_host: &dyn Host) -> Result<Self, String> { Ok(NoBlocked) }
+//!     fn hooks(&self) -> Hooks { Hooks { rcpt_to: true, ..Hooks::default() } }
+//!     fn on_rcpt_to(&mut self, _host: &dyn Host, info: &RcptToInfo) -> Response {
+//!         if info.recipient == "blocked@example.test" {
+//!             Verdict::reject(550, "5.1.1", "No such user").into()
+//!         } else {
+//!             Response::next()
+//!         }
+//!     }
+//! }
+//!
+//! tidegate_plugin_sdk::export!(NoBlocked);
+//! ```
+//!
+//! The contract itself is `wit/tidegate.wit`; this crate wraps the bindings generated from
+//! it so plugin code sees ordinary Rust types ([`types`]), and [`testing`] runs a plugin
+//! natively against an in-memory host.
+
+// Lets the generated bindings name this crate by its public path from inside it too.
+extern crate self as tidegate_plugin_sdk;
+
+pub mod types;
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod guest;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod inspect;
+
+pub use types::*;
+
+/// The WIT contract, for tools that want to generate bindings of their own.
+pub const WIT: &str = include_str!("../wit/tidegate.wit");
+
+/// What the host offers a plugin. In a gateway these are calls into the host; under
+/// [`testing`] they are served from memory.
+pub trait Host {
+    /// Writes a structured log line tagged with the plugin's name.
+    fn log(&self, level: Level, message: &str, fields: &[(&str, &str)]);
+    /// Looks up DNS records through the host's resolver.
+    fn resolve(&self, name: &str, kind: RecordType) -> Result<Vec<String>, DnsError>;
+    /// Reads a key from the plugin's key/value namespace.
+    fn kv_get(&self, key: &str) -> Option<Vec<u8>>;
+    /// Writes a key with an optional time to live.
+    fn kv_set(&self, key: &str, value: &[u8], ttl_ms: Option<u64>);
+    /// Adds to a counter key atomically; returns the new value.
+    fn kv_incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> i64;
+    /// Deletes a key.
+    fn kv_delete(&self, key: &str);
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+    /// Adds to a named counter in the host's metrics.
+    fn counter_add(&self, name: &str, delta: u64);
+    /// The plugin's `[plugin.config]` table as JSON text.
+    fn config_json(&self) -> String;
+    /// A transaction tag set by this or an earlier plugin or stage.
+    fn tag(&self, key: &str) -> Option<String>;
+}
+
+impl dyn Host + '_ {
+    /// Deserialises the plugin's `[plugin.config]` table into `T`.
+    pub fn config<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        serde_json::from_str(&self.config_json()).map_err(|e| format!("plugin config: {e}"))
+    }
+}
+
+/// Read access to the message in `on_data`.
+pub trait Message {
+    /// The size of the raw message in octets.
+    fn raw_size(&self) -> u64;
+    /// The decoded value of the first field with this name (case-insensitive).
+    fn header(&self, name: &str) -> Option<String>;
+    /// The decoded values of every field with this name.
+    fn headers(&self, name: &str) -> Vec<String>;
+    /// The names of all header fields, in order.
+    fn header_names(&self) -> Vec<String>;
+    /// The decoded text of each text part, at most `max_bytes` each.
+    fn text_parts(&self, max_bytes: u32) -> Vec<String>;
+    /// The attachments.
+    fn attachments(&self) -> Vec<Attachment>;
+    /// Raw octets from `offset`, at most `len`.
+    fn raw_range(&self, offset: u64, len: u32) -> Vec<u8>;
+}
+
+/// A Tidegate plugin. Every hook has a default that changes nothing, so a plugin writes
+/// only the hooks it declares in [`hooks`](Plugin::hooks).
+///
+/// One value lives for one SMTP session: fields may carry state from hook to hook.
+pub trait Plugin: Sized + 'static {
+    /// Builds the plugin for a session, reading its configuration from the host. An error
+    /// refuses the plugin at load time, leaving any previous version running.
+    fn init(host: &dyn Host) -> Result<Self, String>;
+
+    /// The stages this plugin wants to be called at.
+    fn hooks(&self) -> Hooks;
+
+    /// A client connected.
+    fn on_connect(&mut self, _host: &dyn Host, _info: &ConnectInfo) -> Response {
+        Response::next()
+    }
+
+    /// HELO/EHLO.
+    fn on_helo(&mut self, _host: &dyn Host, _info: &HeloInfo) -> Response {
+        Response::next()
+    }
+
+    /// AUTH.
+    fn on_auth(&mut self, _host: &dyn Host, _info: &AuthInfo) -> Response {
+        Response::next()
+    }
+
+    /// MAIL FROM.
+    fn on_mail_from(&mut self, _host: &dyn Host, _info: &MailFromInfo) -> Response {
+        Response::next()
+    }
+
+    /// RCPT TO.
+    fn on_rcpt_to(&mut self, _host: &dyn Host, _info: &RcptToInfo) -> Response {
+        Response::next()
+    }
+
+    /// The message data is complete.
+    fn on_data(
+        &mut self,
+        _host: &dyn Host,
+        _envelope: &Envelope,
+        _message: &dyn Message,
+    ) -> Response {
+        Response::next()
+    }
+
+    /// Where a recipient goes next; `None` leaves it to others.
+    fn on_route(&mut self, _host: &dyn Host, _recipient: &str) -> Option<Route> {
+        None
+    }
+
+    /// The outcome of a delivery attempt.
+    fn on_delivery(&mut self, _host: &dyn Host, _info: &DeliveryInfo) {}
+}
+
+/// Everything a plugin usually needs.
+pub mod prelude {
+    pub use crate::types::*;
+    pub use crate::{Host, Message, Plugin};
+}
+
+/// Exports a [`Plugin`] type as the component's `hooks`.
+#[cfg(target_arch = "wasm32")]
+#[macro_export]
+macro_rules! export {
+    ($plugin:ty) => {
+        type __TidegatePluginAdapter = $crate::guest::Adapter<$plugin>;
+        $crate::guest::bindings::export!(__TidegatePluginAdapter with_types_in $crate::guest::bindings);
+    };
+}
+
+/// Exports a [`Plugin`] type as the component's `hooks` (a no-op outside WebAssembly, so the
+/// same crate builds natively for its tests).
+#[cfg(not(target_arch = "wasm32"))]
+#[macro_export]
+macro_rules! export {
+    ($plugin:ty) => {};
+}

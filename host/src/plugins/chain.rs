@@ -1,0 +1,435 @@
+//! Loaded plugins, chains, and running a chain for one stage of one session.
+//!
+//! A session takes a snapshot of its listener's chain when it connects and keeps it to the
+//! end, so a reload never changes the plugins under a session in progress. Each plugin gets
+//! one instance per session, created at the first hook it subscribes to and dropped with
+//! the session; an instance that fails (trap, fuel or memory exhausted, bad answer) is
+//! dropped at once and the plugin's failure policy decides what the session sees.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tidegate_plugin_sdk::inspect::ParsedMessage;
+use wasmtime::Store;
+use wasmtime::component::Component;
+
+use super::bindings::tidegate::plugin::types as w;
+use super::bindings::{Plugin, PluginPre};
+use super::engine::{FUEL_PER_MS, PluginEngine};
+use super::services::{HostServices, PluginState};
+use crate::config::{OnError, PluginConfig};
+
+/// The stages of a session, as hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// on-connect
+    Connect,
+    /// on-helo
+    Helo,
+    /// on-mail-from
+    MailFrom,
+    /// on-rcpt-to
+    RcptTo,
+    /// on-data
+    Data,
+}
+
+impl Hook {
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Connect => "on-connect",
+            Hook::Helo => "on-helo",
+            Hook::MailFrom => "on-mail-from",
+            Hook::RcptTo => "on-rcpt-to",
+            Hook::Data => "on-data",
+        }
+    }
+
+    fn flag(self) -> w::Hooks {
+        match self {
+            Hook::Connect => w::Hooks::CONNECT,
+            Hook::Helo => w::Hooks::HELO,
+            Hook::MailFrom => w::Hooks::MAIL_FROM,
+            Hook::RcptTo => w::Hooks::RCPT_TO,
+            Hook::Data => w::Hooks::DATA,
+        }
+    }
+
+    /// Whether an edit may be asked for at this stage.
+    fn allows(self, edit: &w::Edit) -> bool {
+        match edit {
+            w::Edit::SetTag(_) => true,
+            w::Edit::SetSender(_) => matches!(self, Hook::MailFrom | Hook::Data),
+            w::Edit::AddRecipient(_) | w::Edit::RemoveRecipient(_) | w::Edit::RewriteRecipient(_) => {
+                matches!(self, Hook::RcptTo | Hook::Data)
+            }
+            w::Edit::AddHeader(_) | w::Edit::RemoveHeader(_) | w::Edit::ReplaceHeader(_) => {
+                self == Hook::Data
+            }
+        }
+    }
+}
+
+/// One version of one plugin, compiled, linked and validated.
+pub struct LoadedPlugin {
+    /// The configured name.
+    pub name: Arc<str>,
+    /// The component file.
+    pub path: PathBuf,
+    /// SHA-256 of the component's bytes.
+    pub hash: String,
+    /// The hooks it declared.
+    pub hooks: w::Hooks,
+    /// The configuration it was loaded with.
+    pub config: PluginConfig,
+    config_json: Arc<str>,
+    pre: PluginPre<PluginState>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("hash", &self.hash)
+            .field("hooks", &self.hooks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedPlugin {
+    /// Compiles (or loads from cache), links, instantiates once and calls `init`, so a
+    /// plugin that cannot run is refused here and never reaches a session.
+    pub async fn load(
+        engine: &Arc<PluginEngine>,
+        config: &PluginConfig,
+        services: &Arc<HostServices>,
+    ) -> Result<Arc<LoadedPlugin>, String> {
+        let compile_engine = Arc::clone(engine);
+        let path = config.path.clone();
+        let (component, hash): (Component, String) =
+            tokio::task::spawn_blocking(move || compile_engine.compile(&path))
+                .await
+                .map_err(|e| format!("compilation task failed: {e}"))?
+                .map_err(|e| e.to_string())?;
+        let instance_pre = engine
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(|e| format!("does not fit the host's imports: {e:#}"))?;
+        let pre = PluginPre::new(instance_pre)
+            .map_err(|e| format!("does not export the tidegate:plugin hooks: {e:#}"))?;
+        let config_json: Arc<str> = serde_json::to_string(&config.config)
+            .map_err(|e| format!("config cannot be passed as JSON: {e}"))?
+            .into();
+        let mut plugin = LoadedPlugin {
+            name: Arc::from(config.name.as_str()),
+            path: config.path.clone(),
+            hash,
+            hooks: w::Hooks::empty(),
+            config: config.clone(),
+            config_json,
+            pre,
+        };
+        let probe = Instance::create(&plugin, engine, services).await?;
+        plugin.hooks = probe.hooks;
+        Ok(Arc::new(plugin))
+    }
+
+    fn fuel(&self) -> u64 {
+        self.config.cpu_limit_ms.saturating_mul(FUEL_PER_MS)
+    }
+}
+
+/// One live instance of a plugin, serving one session.
+struct Instance {
+    store: Store<PluginState>,
+    bindings: Plugin,
+    hooks: w::Hooks,
+}
+
+impl Instance {
+    async fn create(
+        plugin: &LoadedPlugin,
+        engine: &PluginEngine,
+        services: &Arc<HostServices>,
+    ) -> Result<Instance, String> {
+        let memory = usize::try_from(plugin.config.memory_limit_mib)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(1024 * 1024);
+        let state = PluginState::new(
+            Arc::clone(&plugin.name),
+            Arc::clone(&plugin.config_json),
+            memory,
+            Arc::clone(services),
+        );
+        let mut store = Store::new(engine.engine(), state);
+        store.limiter(|state| &mut state.limits);
+        store
+            .set_fuel(plugin.fuel())
+            .map_err(|e| format!("fuel: {e}"))?;
+        store.epoch_deadline_async_yield_and_update(1);
+        let bindings = plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| format!("instantiation failed: {e:#}"))?;
+        let hooks = bindings
+            .tidegate_plugin_hooks()
+            .call_init(&mut store)
+            .await
+            .map_err(|e| format!("init trapped: {e:#}"))?
+            .map_err(|e| format!("init refused: {e}"))?;
+        Ok(Instance {
+            store,
+            bindings,
+            hooks,
+        })
+    }
+}
+
+/// The plugins of one listener, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Chain {
+    /// The plugins, in the order they run.
+    pub plugins: Vec<Arc<LoadedPlugin>>,
+}
+
+/// What the session gives a stage.
+pub enum StageInput {
+    /// on-connect
+    Connect(w::ConnectInfo),
+    /// on-helo
+    Helo(w::HeloInfo),
+    /// on-mail-from
+    MailFrom(w::MailFromInfo),
+    /// on-rcpt-to
+    RcptTo(w::RcptToInfo),
+    /// on-data
+    Data(w::Envelope, Arc<ParsedMessage>),
+}
+
+impl StageInput {
+    fn hook(&self) -> Hook {
+        match self {
+            StageInput::Connect(_) => Hook::Connect,
+            StageInput::Helo(_) => Hook::Helo,
+            StageInput::MailFrom(_) => Hook::MailFrom,
+            StageInput::RcptTo(_) => Hook::RcptTo,
+            StageInput::Data(..) => Hook::Data,
+        }
+    }
+}
+
+/// The chain's decision for a stage.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Nobody objected (every plugin said continue, or there are none).
+    Continue,
+    /// A plugin accepted; the rest of the chain was skipped.
+    Accept,
+    /// Refuse with this reply (5xx).
+    Reject(w::Reply),
+    /// Refuse with this reply (4xx); also what a failing plugin with `on_error =
+    /// "tempfail"` produces.
+    Tempfail(w::Reply),
+    /// Accept and drop the message.
+    Discard(String),
+    /// Accept into quarantine.
+    Quarantine(String),
+}
+
+/// The outcome of a stage: the decision and the edits (tags already applied).
+#[derive(Debug)]
+pub struct StageOutcome {
+    /// The decision.
+    pub decision: Decision,
+    /// Edits other than tags, in order.
+    pub edits: Vec<w::Edit>,
+}
+
+/// A session's plugins: its chain snapshot and its instances.
+pub struct SessionPlugins {
+    chain: Arc<Chain>,
+    engine: Arc<PluginEngine>,
+    services: Arc<HostServices>,
+    instances: Vec<Option<Instance>>,
+}
+
+impl SessionPlugins {
+    /// The plugins for a new session.
+    pub fn new(chain: Arc<Chain>, engine: Arc<PluginEngine>, services: Arc<HostServices>) -> Self {
+        let instances = chain.plugins.iter().map(|_| None).collect();
+        SessionPlugins {
+            chain,
+            engine,
+            services,
+            instances,
+        }
+    }
+
+    /// Whether any plugin of the chain subscribes to `hook` (lets the session skip work,
+    /// such as parsing the message, that nobody would look at).
+    pub fn wants(&self, hook: Hook) -> bool {
+        self.chain.plugins.iter().any(|p| p.hooks.contains(hook.flag()))
+    }
+
+    /// Runs the chain for one stage. Tags set by a plugin are written to `tags` at once,
+    /// so later plugins in the chain see them.
+    pub async fn run(&mut self, input: StageInput, tags: &mut BTreeMap<String, String>) -> StageOutcome {
+        let hook = input.hook();
+        let mut edits = Vec::new();
+        for index in 0..self.chain.plugins.len() {
+            let plugin = Arc::clone(&self.chain.plugins[index]);
+            if !plugin.hooks.contains(hook.flag()) {
+                continue;
+            }
+            let result = self.call(index, &plugin, &input, tags).await;
+            let response = match result.and_then(|r| validate(hook, r)) {
+                Ok(response) => response,
+                Err(why) => {
+                    // The instance may be poisoned (a trap leaves it unusable): drop it so
+                    // a later hook gets a fresh one.
+                    self.instances[index] = None;
+                    tracing::warn!(plugin = %plugin.name, hook = hook.name(), error = %why, policy = ?plugin.config.on_error, "plugin failed");
+                    match plugin.config.on_error {
+                        OnError::Continue => continue,
+                        OnError::Tempfail => {
+                            return StageOutcome {
+                                decision: Decision::Tempfail(w::Reply {
+                                    code: 451,
+                                    enhanced: "4.3.0".into(),
+                                    text: "Temporary policy failure, try again later".into(),
+                                }),
+                                edits,
+                            };
+                        }
+                    }
+                }
+            };
+            for edit in response.edits {
+                match edit {
+                    w::Edit::SetTag((key, value)) => {
+                        tags.insert(key, value);
+                    }
+                    other => edits.push(other),
+                }
+            }
+            let decision = match response.verdict {
+                w::Verdict::Continue => continue,
+                w::Verdict::Accept => Decision::Accept,
+                w::Verdict::Reject(reply) => Decision::Reject(reply),
+                w::Verdict::Tempfail(reply) => Decision::Tempfail(reply),
+                w::Verdict::Discard(why) => Decision::Discard(why),
+                w::Verdict::Quarantine(why) => Decision::Quarantine(why),
+            };
+            tracing::debug!(plugin = %plugin.name, hook = hook.name(), ?decision, "plugin decided");
+            return StageOutcome { decision, edits };
+        }
+        StageOutcome {
+            decision: Decision::Continue,
+            edits,
+        }
+    }
+
+    async fn call(
+        &mut self,
+        index: usize,
+        plugin: &LoadedPlugin,
+        input: &StageInput,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<w::Response, String> {
+        if self.instances[index].is_none() {
+            let instance = Instance::create(plugin, &self.engine, &self.services).await?;
+            self.instances[index] = Some(instance);
+        }
+        let Some(instance) = self.instances[index].as_mut() else {
+            return Err("no instance".into());
+        };
+        if !instance.hooks.contains(input.hook().flag()) {
+            // This instance declared otherwise than the probe at load time: treat it as
+            // having nothing to say rather than calling an export it disowned.
+            return Ok(w::Response {
+                verdict: w::Verdict::Continue,
+                edits: Vec::new(),
+            });
+        }
+        instance.store.data_mut().tags.clone_from(tags);
+        instance
+            .store
+            .set_fuel(plugin.fuel())
+            .map_err(|e| format!("fuel: {e}"))?;
+        let hooks = instance.bindings.tidegate_plugin_hooks();
+        let store = &mut instance.store;
+        let result = match input {
+            StageInput::Connect(info) => hooks.call_on_connect(&mut *store, info).await,
+            StageInput::Helo(info) => hooks.call_on_helo(&mut *store, info).await,
+            StageInput::MailFrom(info) => hooks.call_on_mail_from(&mut *store, info).await,
+            StageInput::RcptTo(info) => hooks.call_on_rcpt_to(&mut *store, info).await,
+            StageInput::Data(envelope, message) => {
+                let handle = store
+                    .data_mut()
+                    .lend_message(Arc::clone(message))
+                    .map_err(|e| format!("{e:#}"))?;
+                let borrowed = wasmtime::component::Resource::new_borrow(handle.rep());
+                let result = hooks.call_on_data(&mut *store, envelope, borrowed).await;
+                store.data_mut().reclaim_message(handle);
+                result
+            }
+        };
+        result.map_err(|e| describe_trap(&e))
+    }
+}
+
+/// A readable reason for a failed call: fuel exhaustion and memory limits are named as such.
+fn describe_trap(error: &wasmtime::Error) -> String {
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => "CPU budget exhausted (cpu_limit_ms)".to_owned(),
+        Some(trap) => format!("trap: {trap}"),
+        None => format!("{error:#}"),
+    }
+}
+
+/// Checks that a plugin's answer makes sense at this stage.
+fn validate(hook: Hook, response: w::Response) -> Result<w::Response, String> {
+    let check_reply = |reply: &w::Reply, class: u16| -> Result<(), String> {
+        let enhanced_ok = {
+            let parts: Vec<&str> = reply.enhanced.split('.').collect();
+            parts.len() == 3
+                && parts[0] == class.to_string()
+                && parts[1..].iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+        };
+        if reply.code / 100 != class || !(200..=599).contains(&reply.code) {
+            return Err(format!("reply code {} is not {class}xx", reply.code));
+        }
+        if !enhanced_ok {
+            return Err(format!("enhanced code `{}` is not {class}.x.y", reply.enhanced));
+        }
+        if reply.text.len() > 400 || reply.text.chars().any(|c| c.is_control()) {
+            return Err("reply text is too long or has control characters".into());
+        }
+        Ok(())
+    };
+    match &response.verdict {
+        w::Verdict::Reject(reply) => check_reply(reply, 5)?,
+        w::Verdict::Tempfail(reply) => check_reply(reply, 4)?,
+        w::Verdict::Discard(_) | w::Verdict::Quarantine(_) if hook != Hook::Data => {
+            return Err("discard and quarantine are verdicts of on-data only".into());
+        }
+        _ => {}
+    }
+    if let Some(edit) = response.edits.iter().find(|e| !hook.allows(e)) {
+        return Err(format!("edit {edit:?} is not allowed in {}", hook.name()));
+    }
+    for edit in &response.edits {
+        if let w::Edit::AddHeader((name, value)) | w::Edit::ReplaceHeader((name, value)) = edit {
+            let name_ok = !name.is_empty()
+                && name.len() <= 76
+                && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+            let value_ok = value.len() <= 998 && !value.contains(['\r', '\n']);
+            if !name_ok || !value_ok {
+                return Err(format!("header edit `{name}` is malformed"));
+            }
+        }
+    }
+    Ok(response)
+}

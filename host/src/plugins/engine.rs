@@ -1,0 +1,174 @@
+//! The wasmtime engine: compilation, the on-disk cache of precompiled components, and the
+//! sandbox settings every instance runs under.
+//!
+//! CPU is budgeted in fuel (instructions), not wall-clock time, so a plugin gets the same
+//! budget on an idle machine and on one saturated by other work. Epoch interruption is
+//! used only to make long calls yield to tokio every tick, so one busy plugin never holds
+//! a worker thread that other sessions need.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::Plugin;
+use super::services::PluginState;
+use crate::config::PluginRuntimeConfig;
+
+/// Fuel per millisecond of budget: compiled Wasm retires roughly a billion simple
+/// instructions a second, so a million units is about a millisecond of CPU.
+pub const FUEL_PER_MS: u64 = 1_000_000;
+/// The epoch tick: how often a running guest yields to the async runtime.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// The largest linear memory any plugin may be configured with.
+pub const MAX_PLUGIN_MEMORY: usize = 1024 * 1024 * 1024;
+
+/// Why a plugin could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid component, or it does not fit the contract.
+    #[error("{0:#}")]
+    Invalid(wasmtime::Error),
+}
+
+/// The shared engine and linker.
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    cache_dir: PathBuf,
+}
+
+impl std::fmt::Debug for PluginEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEngine")
+            .field("cache_dir", &self.cache_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginEngine {
+    /// Builds the engine with pooling allocation sized for `max_instances` instances.
+    pub fn new(config: &PluginRuntimeConfig) -> wasmtime::Result<Arc<PluginEngine>> {
+        let mut pool = PoolingAllocationConfig::default();
+        let instances = config.max_instances.max(1);
+        pool.total_component_instances(instances)
+            // A Rust wasip2 component holds a handful of core modules (the program and
+            // the WASI adapter pieces); leave room for them.
+            .total_core_instances(instances.saturating_mul(8))
+            .total_memories(instances.saturating_mul(2))
+            .total_tables(instances.saturating_mul(4))
+            .total_stacks(instances)
+            .max_memory_size(MAX_PLUGIN_MEMORY)
+            .max_core_instances_per_component(32)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            // Reserve only what a plugin may use: thousands of instances must fit in the
+            // address space.
+            .memory_reservation(MAX_PLUGIN_MEMORY as u64)
+            .memory_guard_size(64 * 1024)
+            .memory_reservation_for_growth(0)
+            .max_wasm_stack(1024 * 1024)
+            .async_stack_size(2 * 1024 * 1024);
+        let engine = Engine::new(&wasm)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("tidegate-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(wasmtime::Error::from)?;
+
+        Ok(Arc::new(PluginEngine {
+            engine,
+            linker,
+            cache_dir: config.cache_dir.clone(),
+        }))
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker with the host's imports.
+    pub fn linker(&self) -> &Linker<PluginState> {
+        &self.linker
+    }
+
+    /// Reads and compiles a component, using the precompiled cache when it holds this exact
+    /// file for this exact engine configuration. Blocking: call it off the async runtime.
+    pub fn compile(&self, path: &Path) -> Result<(Component, String), LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let hash = hex(&Sha256::digest(&bytes));
+        let cached = self.cache_path(&hash);
+        if let Some(cached) = &cached
+            && cached.exists()
+        {
+            // SAFETY: the cache directory is written only by this process (below), from
+            // bytes produced by `precompile_component` of an engine with the same
+            // compatibility hash (part of the file name); wasmtime also checks the
+            // header and refuses artifacts of another configuration.
+            match unsafe { Component::deserialize_file(&self.engine, cached) } {
+                Ok(component) => return Ok((component, hash)),
+                Err(e) => {
+                    tracing::warn!(file = %cached.display(), error = %e, "ignoring a stale plugin cache entry");
+                }
+            }
+        }
+        let component = Component::new(&self.engine, &bytes).map_err(LoadError::Invalid)?;
+        if let Some(cached) = cached
+            && let Ok(artifact) = component.serialize()
+        {
+            let tmp = cached.with_extension("tmp");
+            let written = std::fs::create_dir_all(&self.cache_dir)
+                .and_then(|()| std::fs::write(&tmp, artifact))
+                .and_then(|()| std::fs::rename(&tmp, &cached));
+            if let Err(e) = written {
+                tracing::warn!(dir = %self.cache_dir.display(), error = %e, "cannot write the plugin cache");
+            }
+        }
+        Ok((component, hash))
+    }
+
+    fn cache_path(&self, hash: &str) -> Option<PathBuf> {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_key = hasher.finish();
+        Some(
+            self.cache_dir
+                .join(format!("{hash}-{engine_key:016x}.cwasm")),
+        )
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

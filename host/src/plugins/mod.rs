@@ -1,0 +1,166 @@
+//! The plugin runtime: sandboxed WebAssembly components called at every SMTP stage.
+//!
+//! [`engine`] owns wasmtime (pooling allocation, fuel, epochs, the precompiled cache);
+//! [`chain`] holds loaded plugins and runs a listener's chain for a session; [`services`]
+//! implements the host functions of the contract (with [`kv`] and [`dns`]); [`reload`]
+//! swaps plugin versions while mail keeps flowing. The set of loaded plugins is an
+//! `ArcSwap` snapshot: a session takes its chain at connect and keeps it.
+
+pub mod bindings;
+pub mod chain;
+pub mod dns;
+pub mod engine;
+pub mod kv;
+pub mod reload;
+pub mod services;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, PluginConfig};
+use chain::{Chain, LoadedPlugin, SessionPlugins};
+use engine::PluginEngine;
+use services::HostServices;
+
+/// The loaded plugins and each listener's chain: one immutable snapshot.
+#[derive(Debug, Default)]
+pub struct PluginSet {
+    /// Plugins by name.
+    pub plugins: HashMap<String, Arc<LoadedPlugin>>,
+    /// Chains by listener name.
+    pub chains: HashMap<String, Arc<Chain>>,
+}
+
+/// The plugin runtime of a running server.
+#[derive(Debug)]
+pub struct PluginHost {
+    engine: Arc<PluginEngine>,
+    services: Arc<HostServices>,
+    current: ArcSwap<PluginSet>,
+}
+
+impl PluginHost {
+    /// Builds the runtime and loads every configured plugin; any plugin that fails to load
+    /// is an error at start-up (a gateway must not start without the policy it was given).
+    pub async fn start(config: &Config) -> anyhow::Result<Arc<PluginHost>> {
+        let engine = PluginEngine::new(&config.plugins)
+            .map_err(|e| anyhow::anyhow!("plugin engine: {e:#}"))?;
+        let dns = dns::Dns::new(&config.dns).map_err(|e| anyhow::anyhow!(e))?;
+        let services = Arc::new(HostServices {
+            dns,
+            ..HostServices::default()
+        });
+        let host = PluginHost {
+            engine,
+            services,
+            current: ArcSwap::from_pointee(PluginSet::default()),
+        };
+        let set = host
+            .build_set(config, &PluginSet::default(), true)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        host.current.store(Arc::new(set));
+        Ok(Arc::new(host))
+    }
+
+    /// The plugins for a new session on `listener`.
+    pub fn session(&self, listener: &str) -> SessionPlugins {
+        let chain = self
+            .current
+            .load()
+            .chains
+            .get(listener)
+            .cloned()
+            .unwrap_or_default();
+        SessionPlugins::new(chain, Arc::clone(&self.engine), Arc::clone(&self.services))
+    }
+
+    /// The shared host services (counters for metrics, the KV store).
+    pub fn services(&self) -> &Arc<HostServices> {
+        &self.services
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<PluginSet> {
+        self.current.load_full()
+    }
+
+    /// Reloads against `config`: plugins whose file and settings are unchanged are kept;
+    /// changed ones are loaded afresh; one that fails to load keeps its previous version
+    /// (or, if it is new, stays out of the chains) and the failure is logged. Returns the
+    /// names of the plugins that changed.
+    pub async fn reload(&self, config: &Config) -> Vec<String> {
+        let old = self.current.load_full();
+        let set = match self.build_set(config, &old, false).await {
+            Ok(set) => set,
+            Err(e) => {
+                tracing::error!(error = %e, "plugin reload failed, keeping the running plugins");
+                return Vec::new();
+            }
+        };
+        let changed: Vec<String> = set
+            .plugins
+            .iter()
+            .filter(|(name, p)| old.plugins.get(*name).is_none_or(|o| !Arc::ptr_eq(o, p)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.current.store(Arc::new(set));
+        changed
+    }
+
+    async fn build_set(&self, config: &Config, old: &PluginSet, strict: bool) -> Result<PluginSet, String> {
+        let mut plugins = HashMap::new();
+        for plugin_config in &config.plugin_list {
+            let previous = old.plugins.get(&plugin_config.name);
+            match self.load_one(plugin_config, previous).await {
+                Ok(loaded) => {
+                    plugins.insert(plugin_config.name.clone(), loaded);
+                }
+                Err(e) if strict => {
+                    return Err(format!("plugin `{}` ({}): {e}", plugin_config.name, plugin_config.path.display()));
+                }
+                Err(e) => {
+                    tracing::error!(plugin = %plugin_config.name, path = %plugin_config.path.display(), error = %e, "plugin failed to load, keeping the previous version");
+                    if let Some(previous) = previous {
+                        plugins.insert(plugin_config.name.clone(), Arc::clone(previous));
+                    }
+                }
+            }
+        }
+        let mut chains = HashMap::new();
+        for listener in &config.listeners {
+            let names: Vec<&str> = match &listener.plugins {
+                Some(names) => names.iter().map(String::as_str).collect(),
+                None => config.plugin_list.iter().map(|p| p.name.as_str()).collect(),
+            };
+            let chain = Chain {
+                plugins: names.iter().filter_map(|n| plugins.get(*n).cloned()).collect(),
+            };
+            chains.insert(listener.name.clone(), Arc::new(chain));
+        }
+        Ok(PluginSet { plugins, chains })
+    }
+
+    async fn load_one(
+        &self,
+        config: &PluginConfig,
+        previous: Option<&Arc<LoadedPlugin>>,
+    ) -> Result<Arc<LoadedPlugin>, String> {
+        if let Some(previous) = previous
+            && previous.config == *config
+            && let Ok(bytes) = tokio::fs::read(&config.path).await
+        {
+            use sha2::{Digest, Sha256};
+            let hash: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+            if hash == previous.hash {
+                return Ok(Arc::clone(previous));
+            }
+        }
+        let started = std::time::Instant::now();
+        let loaded = LoadedPlugin::load(&self.engine, config, &self.services).await?;
+        tracing::info!(plugin = %loaded.name, hash = &loaded.hash[..12], hooks = ?loaded.hooks, ms = started.elapsed().as_millis() as u64, "plugin loaded");
+        Ok(loaded)
+    }
+}

@@ -1,0 +1,263 @@
+//! A native test harness: run a [`Plugin`] against an in-memory host with plain
+//! `cargo test`, no WebAssembly needed.
+//!
+//! ```ignore
+//! use tidegate_plugin_sdk::testing::{Harness, TestHost};
+//!
+//! let host = TestHost::new().with_config(serde_json::json!({ "deny": ["x@example.test"] }));
+//! let mut session = Harness::<MyPlugin>::new(host).unwrap();
+//! let response = session.rcpt_to("x@example.test");
+//! assert!(matches!(response.verdict, Verdict::Reject(_)));
+//! ```
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use crate::inspect::ParsedMessage;
+use crate::types::*;
+use crate::{Host, Plugin};
+
+/// An in-memory [`Host`]: configuration, DNS answers and a clock are set by the test; the
+/// key/value store, counters, tags and log lines can be inspected afterwards.
+#[derive(Debug)]
+pub struct TestHost {
+    config: String,
+    dns: HashMap<(String, RecordType), Result<Vec<String>, DnsError>>,
+    now_ms: Cell<u64>,
+    kv: RefCell<HashMap<String, (Vec<u8>, Option<u64>)>>,
+    counters: RefCell<HashMap<String, u64>>,
+    tags: RefCell<HashMap<String, String>>,
+    logs: RefCell<Vec<(Level, String)>>,
+}
+
+impl Default for TestHost {
+    fn default() -> Self {
+        TestHost::new()
+    }
+}
+
+impl TestHost {
+    /// An empty host with `{}` as configuration and the clock at 1,000,000,000,000 ms.
+    pub fn new() -> TestHost {
+        TestHost {
+            config: "{}".to_owned(),
+            dns: HashMap::new(),
+            now_ms: Cell::new(1_000_000_000_000),
+            kv: RefCell::new(HashMap::new()),
+            counters: RefCell::new(HashMap::new()),
+            tags: RefCell::new(HashMap::new()),
+            logs: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Sets the plugin configuration (what `[plugin.config]` would hold).
+    pub fn with_config(mut self, config: serde_json::Value) -> TestHost {
+        self.config = config.to_string();
+        self
+    }
+
+    /// Answers a DNS query. Queries without an answer get `NotFound`.
+    pub fn with_dns(
+        mut self,
+        name: &str,
+        kind: RecordType,
+        answer: Result<Vec<&str>, DnsError>,
+    ) -> TestHost {
+        let key = (name.trim_end_matches('.').to_ascii_lowercase(), kind);
+        self.dns.insert(
+            key,
+            answer.map(|a| a.into_iter().map(str::to_owned).collect()),
+        );
+        self
+    }
+
+    /// Moves the clock forward.
+    pub fn advance_ms(&self, ms: u64) {
+        self.now_ms.set(self.now_ms.get() + ms);
+    }
+
+    /// The log lines written so far.
+    pub fn logs(&self) -> Vec<(Level, String)> {
+        self.logs.borrow().clone()
+    }
+
+    /// A counter's value.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.borrow().get(name).copied().unwrap_or(0)
+    }
+
+    /// Sets a transaction tag, as an earlier stage would.
+    pub fn set_tag(&self, key: &str, value: &str) {
+        self.tags
+            .borrow_mut()
+            .insert(key.to_owned(), value.to_owned());
+    }
+
+    fn live(&self, key: &str) -> Option<Vec<u8>> {
+        let now = self.now_ms.get();
+        let mut kv = self.kv.borrow_mut();
+        match kv.get(key) {
+            Some((_, Some(expires))) if *expires <= now => {
+                kv.remove(key);
+                None
+            }
+            Some((value, _)) => Some(value.clone()),
+            None => None,
+        }
+    }
+}
+
+impl Host for TestHost {
+    fn log(&self, level: Level, message: &str, fields: &[(&str, &str)]) {
+        let mut line = message.to_owned();
+        for (k, v) in fields {
+            line.push_str(&format!(" {k}={v}"));
+        }
+        self.logs.borrow_mut().push((level, line));
+    }
+
+    fn resolve(&self, name: &str, kind: RecordType) -> Result<Vec<String>, DnsError> {
+        let key = (name.trim_end_matches('.').to_ascii_lowercase(), kind);
+        self.dns
+            .get(&key)
+            .cloned()
+            .unwrap_or(Err(DnsError::NotFound))
+    }
+
+    fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.live(key)
+    }
+
+    fn kv_set(&self, key: &str, value: &[u8], ttl_ms: Option<u64>) {
+        let expires = ttl_ms.map(|ttl| self.now_ms.get() + ttl);
+        self.kv
+            .borrow_mut()
+            .insert(key.to_owned(), (value.to_vec(), expires));
+    }
+
+    fn kv_incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> i64 {
+        let current = self.live(key);
+        let value = current
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+            .saturating_add(delta);
+        let mut kv = self.kv.borrow_mut();
+        let expires = match kv.get(key) {
+            Some((_, expires)) if current.is_some() => *expires,
+            _ => ttl_ms.map(|ttl| self.now_ms.get() + ttl),
+        };
+        kv.insert(key.to_owned(), (value.to_string().into_bytes(), expires));
+        value
+    }
+
+    fn kv_delete(&self, key: &str) {
+        self.kv.borrow_mut().remove(key);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now_ms.get()
+    }
+
+    fn counter_add(&self, name: &str, delta: u64) {
+        *self
+            .counters
+            .borrow_mut()
+            .entry(name.to_owned())
+            .or_insert(0) += delta;
+    }
+
+    fn config_json(&self) -> String {
+        self.config.clone()
+    }
+
+    fn tag(&self, key: &str) -> Option<String> {
+        self.tags.borrow().get(key).cloned()
+    }
+}
+
+/// One plugin value driven through a session's stages, as the host would drive it.
+/// `set-tag` edits are applied to the host's tags, so later stages see them.
+pub struct Harness<P: Plugin> {
+    /// The host the plugin talks to.
+    pub host: TestHost,
+    /// The plugin value (one session's worth of state).
+    pub plugin: P,
+}
+
+impl<P: Plugin> Harness<P> {
+    /// Initialises the plugin against `host`, as the host does when it creates an instance.
+    pub fn new(host: TestHost) -> Result<Harness<P>, String> {
+        let plugin = P::init(&host)?;
+        Ok(Harness { host, plugin })
+    }
+
+    fn applied(&self, response: Response) -> Response {
+        for edit in &response.edits {
+            if let Edit::SetTag(key, value) = edit {
+                self.host.set_tag(key, value);
+            }
+        }
+        response
+    }
+
+    /// on-connect from `ip:port` on listener `mx`, without TLS.
+    pub fn connect(&mut self, ip: &str, port: u16) -> Response {
+        let info = ConnectInfo {
+            client_ip: ip.to_owned(),
+            client_port: port,
+            listener: "mx".to_owned(),
+            tls: false,
+            reverse_dns: None,
+        };
+        let response = self.plugin.on_connect(&self.host, &info);
+        self.applied(response)
+    }
+
+    /// on-helo (EHLO).
+    pub fn helo(&mut self, name: &str) -> Response {
+        let info = HeloInfo {
+            name: name.to_owned(),
+            extended: true,
+        };
+        let response = self.plugin.on_helo(&self.host, &info);
+        self.applied(response)
+    }
+
+    /// on-mail-from; `""` is the null sender.
+    pub fn mail_from(&mut self, sender: &str) -> Response {
+        let info = MailFromInfo {
+            sender: (!sender.is_empty()).then(|| sender.to_owned()),
+            params: Vec::new(),
+        };
+        let response = self.plugin.on_mail_from(&self.host, &info);
+        self.applied(response)
+    }
+
+    /// on-rcpt-to.
+    pub fn rcpt_to(&mut self, recipient: &str) -> Response {
+        let info = RcptToInfo {
+            recipient: recipient.to_owned(),
+            params: Vec::new(),
+        };
+        let response = self.plugin.on_rcpt_to(&self.host, &info);
+        self.applied(response)
+    }
+
+    /// on-data with a raw RFC 5322 message, parsed exactly as the host parses it.
+    pub fn data(&mut self, sender: Option<&str>, recipients: &[&str], raw: &[u8]) -> Response {
+        let envelope = Envelope {
+            sender: sender.map(str::to_owned),
+            recipients: recipients.iter().map(|r| (*r).to_owned()).collect(),
+        };
+        let message = ParsedMessage::parse(raw.to_vec());
+        let response = self.plugin.on_data(&self.host, &envelope, &message);
+        self.applied(response)
+    }
+
+    /// on-route.
+    pub fn route(&mut self, recipient: &str) -> Option<Route> {
+        self.plugin.on_route(&self.host, recipient)
+    }
+}
