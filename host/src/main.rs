@@ -46,6 +46,14 @@ enum SpoolCommand {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print one message as it will be delivered (plugin header edits applied).
+    Show {
+        /// The configuration file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The queue ID.
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,9 +81,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(tidegate::server::serve(config))?;
+            runtime.block_on(tidegate::server::serve(config, path))?;
             // Sessions cut off at the end of the grace period must not hold up the exit.
             runtime.shutdown_background();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Spool {
+            command: SpoolCommand::Show { config, id },
+        } => {
+            let config = Config::load(&config)?;
+            let id: tidegate::spool::QueueId = id.parse().context("the queue ID")?;
+            let path = config.spool.path.join("msg").join(id.to_string());
+            let stored = tidegate::spool::read_stored(&path)?;
+            let raw = tidegate::spool::read_message(&path, stored.message_len)?;
+            let rendered =
+                tidegate::spool::envelope::apply_header_edits(&raw, &stored.envelope.header_edits);
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(&rendered)
+                .context("writing the message")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Spool {

@@ -6,6 +6,7 @@
 //! grace period. A message is acknowledged only after its spool commit, so cutting a
 //! session off at the end of the grace period loses nothing that got a 250.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -15,10 +16,11 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::inbound::InboundContext;
 use crate::inbound::listener::Listener;
+use crate::plugins::{PluginHost, reload};
 use crate::spool::Spool;
 
 /// Runs the gateway with `config` until SIGTERM or SIGINT.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let spool_path = &config.spool.path;
     let (spool, recovery) = Spool::open(spool_path)
@@ -30,6 +32,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         corrupt_set_aside = recovery.set_aside.len(),
         "spool opened"
     );
+
+    let plugins = PluginHost::start(&config)
+        .await
+        .context("loading plugins")?;
 
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
@@ -48,8 +54,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let ctx = Arc::new(InboundContext::new(
         Arc::clone(&config),
         spool,
+        Arc::clone(&plugins),
         shutdown.clone(),
     ));
+    tokio::spawn(reload::watch(config_path, plugins, shutdown.clone()));
     let sessions = TaskTracker::new();
     let accepting = TaskTracker::new();
     for listener in listeners {

@@ -55,6 +55,57 @@ pub struct GatewayConfig {
     pub smtp: Vec<(String, String)>,
     /// Extra top-level `key = value` lines.
     pub top: Vec<(String, String)>,
+    /// `[[plugin]]` tables: (name, component file name in `plugins/dist`, extra TOML lines
+    /// such as `on_error = "continue"` and `[plugin.config]` contents).
+    pub plugins: Vec<PluginEntry>,
+}
+
+/// One `[[plugin]]` of a test configuration.
+#[derive(Debug, Clone)]
+pub struct PluginEntry {
+    /// The plugin's name.
+    pub name: String,
+    /// The component: a file name in `plugins/dist/`, or an absolute path.
+    pub file: String,
+    /// Extra `key = value` lines of the `[[plugin]]` table.
+    pub settings: Vec<String>,
+    /// `key = value` lines of its `[plugin.config]` table.
+    pub config: Vec<String>,
+}
+
+impl PluginEntry {
+    /// A plugin entry with no extra settings.
+    pub fn new(name: &str, file: &str) -> PluginEntry {
+        PluginEntry {
+            name: name.into(),
+            file: file.into(),
+            settings: Vec::new(),
+            config: Vec::new(),
+        }
+    }
+
+    /// Adds a `key = value` line to the `[[plugin]]` table.
+    pub fn setting(mut self, line: &str) -> PluginEntry {
+        self.settings.push(line.into());
+        self
+    }
+
+    /// Adds a `key = value` line to `[plugin.config]`.
+    pub fn config(mut self, line: &str) -> PluginEntry {
+        self.config.push(line.into());
+        self
+    }
+}
+
+/// The directory holding built plugin components (`scripts/build-plugins` fills it).
+pub fn plugin_dist() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist")
+}
+
+/// The precompiled-plugin cache shared by every test, so each component is compiled once
+/// per test run rather than once per gateway.
+pub fn shared_plugin_cache() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugin-cache")
 }
 
 impl Default for GatewayConfig {
@@ -67,6 +118,7 @@ impl Default for GatewayConfig {
             limits: Vec::new(),
             smtp: Vec::new(),
             top: Vec::new(),
+            plugins: Vec::new(),
         }
     }
 }
@@ -122,6 +174,34 @@ impl GatewayConfig {
         for (key, value) in &self.smtp {
             text.push_str(&format!("{key} = {value}\n"));
         }
+        text.push_str(&format!(
+            "\n[plugins]\ncache_dir = {:?}\nmax_instances = 200\n",
+            shared_plugin_cache()
+        ));
+        for plugin in &self.plugins {
+            let path = if Path::new(&plugin.file).is_absolute() {
+                PathBuf::from(&plugin.file)
+            } else {
+                let path = plugin_dist().join(&plugin.file);
+                assert!(
+                    path.exists(),
+                    "{} missing: run scripts/build-plugins",
+                    path.display()
+                );
+                path
+            };
+            text.push_str(&format!(
+                "\n[[plugin]]\nname = {:?}\npath = {:?}\n",
+                plugin.name, path
+            ));
+            for line in &plugin.settings {
+                text.push_str(&format!("{line}\n"));
+            }
+            text.push_str("[plugin.config]\n");
+            for line in &plugin.config {
+                text.push_str(&format!("{line}\n"));
+            }
+        }
         text
     }
 }
@@ -142,15 +222,20 @@ impl Gateway {
 
     /// Starts a gateway with `config` in a fresh directory.
     pub fn start_with(config: &GatewayConfig) -> Gateway {
+        Gateway::start_with_text(&config.render(), config.listeners.len())
+    }
+
+    /// Starts a gateway from configuration text with `listeners` listeners.
+    pub fn start_with_text(text: &str, listeners: usize) -> Gateway {
         let dir = tempfile::tempdir().expect("temporary directory");
-        std::fs::write(dir.path().join("tidegate.toml"), config.render()).expect("write config");
+        std::fs::write(dir.path().join("tidegate.toml"), text).expect("write config");
         let mut gateway = Gateway {
             child: None,
             dir,
             log: Arc::new(Mutex::new(String::new())),
             addresses: HashMap::new(),
         };
-        gateway.launch(config.listeners.len());
+        gateway.launch(listeners);
         gateway
     }
 
@@ -334,6 +419,23 @@ impl Gateway {
             .unwrap_or_else(|| panic!("{id} is not in the spool"));
         let bytes = std::fs::read(self.spool_dir().join("msg").join(id)).expect("read spool file");
         bytes[..entry.size as usize].to_vec()
+    }
+
+    /// A spooled message as it will be delivered (`tidegate spool show`: plugin header
+    /// edits applied).
+    pub fn spool_show(&self, id: &str) -> Vec<u8> {
+        let output = Command::new(binary())
+            .args(["spool", "show", "-c"])
+            .arg(self.config_path())
+            .arg(id)
+            .output()
+            .expect("run tidegate spool show");
+        assert!(
+            output.status.success(),
+            "spool show failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
     }
 
     /// Names of the files in `spool/tmp`.

@@ -6,15 +6,22 @@
 //! then refused; nothing of it stays on disk. A good one is committed durably before the
 //! 250 reply is queued.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use tidegate_plugin_sdk::inspect::ParsedMessage;
 
 use super::body::{ChunkScanner, DotReader, Violations};
 use super::connection::{FillEvent, Stream};
+use super::policy;
 use super::received::Trace;
 use super::reply::{Reply, codes};
 use super::session::{Flow, Helo, Session, State, Transaction};
+use crate::plugins::bindings::tidegate::plugin::types as w;
+use crate::plugins::chain::{Decision, Hook, StageInput};
 use crate::spool::MessageWriter;
-use crate::spool::envelope::{self, ClientInfo, Envelope};
+use crate::spool::envelope::{self, ClientInfo, Envelope, HeaderEdit};
 
 /// RFC 5321 §4.5.3.1.6: a text line is at most 998 octets without its CRLF.
 const MAX_TEXT_LINE: usize = 998;
@@ -32,6 +39,13 @@ pub struct ChunkedMessage {
 enum Interrupted {
     Closed,
     TimedOut,
+}
+
+/// What on-data decided for a message that passed the built-in checks.
+enum DataPolicy {
+    Store,
+    Refuse(Reply),
+    Discard(String),
 }
 
 /// How a message stands once all its data has been read.
@@ -276,7 +290,7 @@ impl<S: Stream> Session<S> {
             tracing::info!(peer = %self.peer, reply = %refusal, "message refused");
             return refusal;
         }
-        let Some(writer) = writer else {
+        let Some(mut writer) = writer else {
             return Reply::new(
                 451,
                 codes::SYSTEM_TEMPORARY,
@@ -284,7 +298,7 @@ impl<S: Stream> Session<S> {
             );
         };
         let id = writer.id();
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             version: envelope::ENVELOPE_VERSION,
             id: id.to_string(),
             received_at: SystemTime::now()
@@ -312,7 +326,21 @@ impl<S: Stream> Session<S> {
                 protocol: protocol_keyword(helo, &tx).to_owned(),
             },
             size: writer.size(),
+            header_edits: Vec::new(),
+            tags: BTreeMap::new(),
+            quarantine: None,
         };
+        if self.plugins.wants(Hook::Data) {
+            match self.on_data(&mut writer, &mut envelope).await {
+                DataPolicy::Store => {}
+                DataPolicy::Refuse(reply) => return reply,
+                DataPolicy::Discard(why) => {
+                    tracing::info!(id = %id, peer = %self.peer, reason = %why, "message discarded by policy");
+                    return Reply::new(250, codes::OK, format!("Ok: queued as {id}"));
+                }
+            }
+        }
+        envelope.tags.clone_from(&self.tags);
         match writer.commit(&envelope).await {
             Ok(id) => {
                 tracing::info!(
@@ -333,6 +361,93 @@ impl<S: Stream> Session<S> {
                     "Temporary local problem, try again later",
                 )
             }
+        }
+    }
+
+    /// Runs on-data over the complete message and applies the chain's edits to the
+    /// envelope.
+    async fn on_data(&mut self, writer: &mut MessageWriter, envelope: &mut Envelope) -> DataPolicy {
+        let raw = match writer.contents().await {
+            Ok(raw) => raw,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the message back for on-data");
+                return DataPolicy::Refuse(Reply::new(
+                    451,
+                    codes::SYSTEM_TEMPORARY,
+                    "Temporary local problem, try again later",
+                ));
+            }
+        };
+        let message = match tokio::task::spawn_blocking(move || ParsedMessage::parse(raw)).await {
+            Ok(message) => Arc::new(message),
+            Err(_) => {
+                return DataPolicy::Refuse(Reply::new(
+                    451,
+                    codes::SYSTEM_TEMPORARY,
+                    "Temporary local problem, try again later",
+                ));
+            }
+        };
+        let input = StageInput::Data(
+            w::Envelope {
+                sender: envelope.sender.clone(),
+                recipients: envelope
+                    .recipients
+                    .iter()
+                    .map(|r| r.address.clone())
+                    .collect(),
+            },
+            message,
+        );
+        let outcome = self.plugins.run(input, &mut self.tags).await;
+        if let Some(refusal) = policy::refusal(&outcome.decision) {
+            return DataPolicy::Refuse(refusal);
+        }
+        for edit in outcome.edits {
+            match edit {
+                w::Edit::AddHeader((name, value)) => {
+                    envelope.header_edits.push(HeaderEdit::Add { name, value });
+                }
+                w::Edit::RemoveHeader(name) => {
+                    envelope.header_edits.push(HeaderEdit::Remove { name })
+                }
+                w::Edit::ReplaceHeader((name, value)) => {
+                    envelope
+                        .header_edits
+                        .push(HeaderEdit::Replace { name, value });
+                }
+                w::Edit::SetSender(sender) => envelope.sender = sender,
+                w::Edit::AddRecipient(address) => {
+                    if !envelope.recipients.iter().any(|r| r.address == address) {
+                        envelope.recipients.push(envelope::Recipient {
+                            address,
+                            params: Vec::new(),
+                        });
+                    }
+                }
+                w::Edit::RemoveRecipient(address) => {
+                    envelope.recipients.retain(|r| r.address != address)
+                }
+                w::Edit::RewriteRecipient((from, to)) => {
+                    for r in &mut envelope.recipients {
+                        if r.address == from {
+                            r.address.clone_from(&to);
+                        }
+                    }
+                }
+                w::Edit::SetTag(_) => {}
+            }
+        }
+        match outcome.decision {
+            Decision::Discard(why) => DataPolicy::Discard(why),
+            _ if envelope.recipients.is_empty() => {
+                DataPolicy::Discard("plugins removed every recipient".into())
+            }
+            Decision::Quarantine(why) => {
+                envelope.quarantine = Some(why);
+                DataPolicy::Store
+            }
+            _ => DataPolicy::Store,
         }
     }
 

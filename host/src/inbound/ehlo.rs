@@ -2,9 +2,12 @@
 
 use super::address::Domain;
 use super::connection::Stream;
+use super::policy;
 use super::reply::{Reply, codes};
 use super::session::{Helo, Session, State};
 use crate::config::Config;
+use crate::plugins::bindings::tidegate::plugin::types as w;
+use crate::plugins::chain::{Hook, StageInput};
 
 /// Builds the EHLO reply: the host name, then one extension per line.
 pub(super) fn ehlo_reply(config: &Config) -> Reply {
@@ -26,7 +29,7 @@ fn valid_helo_name(name: &str) -> bool {
 
 impl<S: Stream> Session<S> {
     /// Handles HELO (`extended == false`) and EHLO; either resets any transaction.
-    pub(super) fn ehlo(&mut self, name: &str, extended: bool) -> Reply {
+    pub(super) async fn ehlo(&mut self, name: &str, extended: bool) -> Reply {
         if !valid_helo_name(name) {
             return Reply::new(
                 501,
@@ -34,6 +37,22 @@ impl<S: Stream> Session<S> {
                 "Invalid domain name or address literal",
             );
         }
+        // A new greeting ends any transaction, and with it the transaction's tags.
+        self.tags.clone_from(&self.session_tags);
+        if self.plugins.wants(Hook::Helo) {
+            let info = w::HeloInfo {
+                name: name.to_owned(),
+                extended,
+            };
+            let outcome = self
+                .plugins
+                .run(StageInput::Helo(info), &mut self.tags)
+                .await;
+            if let Some(refusal) = policy::refusal(&outcome.decision) {
+                return refusal;
+            }
+        }
+        self.session_tags.clone_from(&self.tags);
         self.state = State::Ready(Helo {
             name: name.to_owned(),
             extended,

@@ -40,9 +40,12 @@ impl Listener {
     /// server can wait for them.
     pub async fn serve(self, ctx: Arc<InboundContext>, sessions: TaskTracker) {
         loop {
+            // Biased, shutdown first: once shutdown has begun, a connection waiting in the
+            // backlog must not be accepted (and greeted) by a random choice of branch.
             let accepted = tokio::select! {
-                accepted = self.socket.accept() => accepted,
+                biased;
                 () = ctx.shutdown.cancelled() => break,
+                accepted = self.socket.accept() => accepted,
             };
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,

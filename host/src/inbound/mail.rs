@@ -1,15 +1,18 @@
 //! MAIL FROM (RFC 5321 §4.1.1.2): opens a transaction, with SIZE (RFC 1870), BODY
 //! (RFC 6152) and SMTPUTF8 (RFC 6531).
 
-use super::address::{AddressError, ReversePath, parse_reverse_path};
+use super::address::{AddressError, Mailbox, ReversePath, parse_reverse_path};
 use super::connection::Stream;
+use super::policy;
 use super::reply::{Reply, codes};
 use super::session::{Session, State, Transaction};
+use crate::plugins::bindings::tidegate::plugin::types as w;
+use crate::plugins::chain::{Hook, StageInput};
 use crate::spool::envelope::BodyType;
 
 impl<S: Stream> Session<S> {
     /// Handles `MAIL FROM:<path> [params]`.
-    pub(super) fn mail(&mut self, args: &str) -> Reply {
+    pub(super) async fn mail(&mut self, args: &str) -> Reply {
         let helo = match &self.state {
             State::AwaitingHelo => {
                 return Reply::new(503, codes::INVALID_COMMAND, "Send HELO/EHLO first");
@@ -77,6 +80,37 @@ impl<S: Stream> Session<S> {
                 codes::UTF8_NOT_PERMITTED,
                 "Non-ASCII sender address needs SMTPUTF8",
             );
+        }
+        let mut sender = sender;
+        if self.plugins.wants(Hook::MailFrom) {
+            let info = w::MailFromInfo {
+                sender: match &sender {
+                    ReversePath::Null => None,
+                    ReversePath::Mailbox(mailbox) => Some(mailbox.to_string()),
+                },
+                params: policy::params(&params),
+            };
+            let outcome = self
+                .plugins
+                .run(StageInput::MailFrom(info), &mut self.tags)
+                .await;
+            if let Some(refusal) = policy::refusal(&outcome.decision) {
+                self.tags.clone_from(&self.session_tags);
+                return refusal;
+            }
+            for edit in outcome.edits {
+                if let w::Edit::SetSender(new) = edit {
+                    match new {
+                        None => sender = ReversePath::Null,
+                        Some(text) => match Mailbox::parse(&text, true) {
+                            Ok(mailbox) => sender = ReversePath::Mailbox(mailbox),
+                            Err(e) => {
+                                tracing::warn!(sender = %text, error = %e, "plugin set an invalid sender, ignored")
+                            }
+                        },
+                    }
+                }
+            }
         }
         self.state = State::Transaction(
             helo,

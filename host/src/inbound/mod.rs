@@ -15,6 +15,7 @@ mod data;
 mod ehlo;
 pub mod listener;
 mod mail;
+mod policy;
 mod rcpt;
 pub mod received;
 pub mod relay;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::plugins::PluginHost;
 use crate::spool::Spool;
 use admission::Admission;
 use relay::RelayPolicy;
@@ -46,11 +48,18 @@ pub struct InboundContext {
     pub shutdown: CancellationToken,
     /// The EHLO reply, built once.
     pub ehlo_reply: Reply,
+    /// The plugin runtime.
+    pub plugins: Arc<PluginHost>,
 }
 
 impl InboundContext {
     /// Builds the context for a configuration and an open spool.
-    pub fn new(config: Arc<Config>, spool: Spool, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        spool: Spool,
+        plugins: Arc<PluginHost>,
+        shutdown: CancellationToken,
+    ) -> Self {
         let ehlo_reply = ehlo::ehlo_reply(&config);
         InboundContext {
             relay: RelayPolicy::new(&config.relay),
@@ -62,6 +71,7 @@ impl InboundContext {
             spool,
             shutdown,
             ehlo_reply,
+            plugins,
         }
     }
 }

@@ -2,13 +2,16 @@
 
 use super::address::{AddressError, ForwardPath, parse_forward_path};
 use super::connection::Stream;
+use super::policy;
 use super::relay::RelayDecision;
 use super::reply::{Reply, codes};
 use super::session::{Session, State};
+use crate::plugins::bindings::tidegate::plugin::types as w;
+use crate::plugins::chain::{Hook, StageInput};
 
 impl<S: Stream> Session<S> {
     /// Handles `RCPT TO:<path> [params]`.
-    pub(super) fn rcpt(&mut self, args: &str) -> Reply {
+    pub(super) async fn rcpt(&mut self, args: &str) -> Reply {
         let State::Transaction(_, tx) = &mut self.state else {
             return Reply::new(503, codes::INVALID_COMMAND, "Need MAIL before RCPT");
         };
@@ -38,9 +41,42 @@ impl<S: Stream> Session<S> {
             ForwardPath::Postmaster => format!("postmaster@{}", self.ctx.config.hostname),
             ForwardPath::Mailbox(mailbox) => mailbox.to_string(),
         };
-        // The same recipient twice must not mean two deliveries.
-        if !tx.recipients.iter().any(|(known, _)| *known == address) {
-            tx.recipients.push((address, params));
+        let mut accepted = vec![address.clone()];
+        if self.plugins.wants(Hook::RcptTo) {
+            let info = w::RcptToInfo {
+                recipient: address.clone(),
+                params: policy::params(&params),
+            };
+            let outcome = self
+                .plugins
+                .run(StageInput::RcptTo(info), &mut self.tags)
+                .await;
+            if let Some(refusal) = policy::refusal(&outcome.decision) {
+                return refusal;
+            }
+            for edit in outcome.edits {
+                match edit {
+                    w::Edit::AddRecipient(extra) => accepted.push(extra),
+                    w::Edit::RemoveRecipient(gone) => accepted.retain(|a| *a != gone),
+                    w::Edit::RewriteRecipient((from, to)) => {
+                        for a in &mut accepted {
+                            if *a == from {
+                                a.clone_from(&to);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let State::Transaction(_, tx) = &mut self.state else {
+            return Reply::new(503, codes::INVALID_COMMAND, "Need MAIL before RCPT");
+        };
+        for address in accepted {
+            // The same recipient twice must not mean two deliveries.
+            if !tx.recipients.iter().any(|(known, _)| *known == address) {
+                tx.recipients.push((address, params.clone()));
+            }
         }
         Reply::new(250, codes::RECIPIENT_OK, "Ok")
     }

@@ -6,6 +6,7 @@
 //! when the session is about to block. Stage handlers live in `ehlo.rs`, `mail.rs`,
 //! `rcpt.rs` and `data.rs`, as `impl Session` blocks.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,10 @@ use super::InboundContext;
 use super::address::{Param, ReversePath};
 use super::command::{Command, CommandError};
 use super::connection::{Connection, LineEvent, Stream};
+use super::policy;
 use super::reply::{Reply, codes};
+use crate::plugins::bindings::tidegate::plugin::types as w;
+use crate::plugins::chain::{Hook, SessionPlugins, StageInput};
 use crate::spool::envelope::BodyType;
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF.
@@ -78,6 +82,12 @@ pub struct Session<S> {
     pub(super) state: State,
     /// Whether this client may relay to any domain.
     pub(super) may_relay: bool,
+    /// The plugin chain of this session, pinned at connect.
+    pub(super) plugins: SessionPlugins,
+    /// Transaction tags set by plugins (connection-level ones survive RSET).
+    pub(super) tags: BTreeMap<String, String>,
+    /// Tags set before any transaction (on-connect, on-helo).
+    pub(super) session_tags: BTreeMap<String, String>,
     errors: u32,
     line: Vec<u8>,
 }
@@ -86,7 +96,11 @@ impl<S: Stream> Session<S> {
     /// A session on a freshly accepted connection.
     pub fn new(stream: S, peer: SocketAddr, listener: Arc<str>, ctx: Arc<InboundContext>) -> Self {
         let may_relay = ctx.relay.is_relay_client(peer.ip());
+        let plugins = ctx.plugins.session(&listener);
         Session {
+            plugins,
+            tags: BTreeMap::new(),
+            session_tags: BTreeMap::new(),
             io: Connection::new(stream),
             ctx,
             peer,
@@ -108,6 +122,11 @@ impl<S: Stream> Session<S> {
 
     /// Runs the session to its end.
     pub async fn run(mut self) {
+        if let Some(refusal) = self.on_connect().await {
+            self.io.queue(&refusal);
+            let _ = self.io.close(self.command_timeout()).await;
+            return;
+        }
         let greeting = Reply::bare(220, format!("{} ESMTP", self.ctx.config.hostname));
         self.io.queue(&greeting);
         loop {
@@ -165,6 +184,26 @@ impl<S: Stream> Session<S> {
         }
     }
 
+    /// Runs on-connect; a refusal replaces the greeting.
+    async fn on_connect(&mut self) -> Option<Reply> {
+        if !self.plugins.wants(Hook::Connect) {
+            return None;
+        }
+        let info = w::ConnectInfo {
+            client_ip: self.peer.ip().to_canonical().to_string(),
+            client_port: self.peer.port(),
+            listener: self.listener.to_string(),
+            tls: false,
+            reverse_dns: None,
+        };
+        let outcome = self
+            .plugins
+            .run(StageInput::Connect(info), &mut self.tags)
+            .await;
+        self.session_tags.clone_from(&self.tags);
+        policy::refusal(&outcome.decision)
+    }
+
     /// Queues a reply, counting refusals toward the error limit.
     pub(super) fn respond(&mut self, reply: Reply) {
         if reply.is_permanent_failure() {
@@ -190,10 +229,10 @@ impl<S: Stream> Session<S> {
             return Flow::Continue;
         }
         let reply = match command {
-            Command::Ehlo(name) => self.ehlo(name, true),
-            Command::Helo(name) => self.ehlo(name, false),
-            Command::Mail(args) => self.mail(args),
-            Command::Rcpt(args) => self.rcpt(args),
+            Command::Ehlo(name) => self.ehlo(name, true).await,
+            Command::Helo(name) => self.ehlo(name, false).await,
+            Command::Mail(args) => self.mail(args).await,
+            Command::Rcpt(args) => self.rcpt(args).await,
             Command::Data => return self.data().await,
             Command::Bdat { size, last } => return self.bdat(size, last).await,
             Command::Rset => {
@@ -248,6 +287,7 @@ impl<S: Stream> Session<S> {
 
     /// Ends any transaction (RSET, a new EHLO, or the end of DATA), keeping the greeting.
     pub(super) fn reset_transaction(&mut self) {
+        self.tags.clone_from(&self.session_tags);
         self.state = match std::mem::replace(&mut self.state, State::AwaitingHelo) {
             State::Transaction(helo, _) | State::Ready(helo) => State::Ready(helo),
             State::AwaitingHelo => State::AwaitingHelo,

@@ -61,7 +61,9 @@ impl Hook {
         match edit {
             w::Edit::SetTag(_) => true,
             w::Edit::SetSender(_) => matches!(self, Hook::MailFrom | Hook::Data),
-            w::Edit::AddRecipient(_) | w::Edit::RemoveRecipient(_) | w::Edit::RewriteRecipient(_) => {
+            w::Edit::AddRecipient(_)
+            | w::Edit::RemoveRecipient(_)
+            | w::Edit::RewriteRecipient(_) => {
                 matches!(self, Hook::RcptTo | Hook::Data)
             }
             w::Edit::AddHeader(_) | w::Edit::RemoveHeader(_) | w::Edit::ReplaceHeader(_) => {
@@ -270,12 +272,19 @@ impl SessionPlugins {
     /// Whether any plugin of the chain subscribes to `hook` (lets the session skip work,
     /// such as parsing the message, that nobody would look at).
     pub fn wants(&self, hook: Hook) -> bool {
-        self.chain.plugins.iter().any(|p| p.hooks.contains(hook.flag()))
+        self.chain
+            .plugins
+            .iter()
+            .any(|p| p.hooks.contains(hook.flag()))
     }
 
     /// Runs the chain for one stage. Tags set by a plugin are written to `tags` at once,
     /// so later plugins in the chain see them.
-    pub async fn run(&mut self, input: StageInput, tags: &mut BTreeMap<String, String>) -> StageOutcome {
+    pub async fn run(
+        &mut self,
+        input: StageInput,
+        tags: &mut BTreeMap<String, String>,
+    ) -> StageOutcome {
         let hook = input.hook();
         let mut edits = Vec::new();
         for index in 0..self.chain.plugins.len() {
@@ -385,7 +394,9 @@ fn describe_trap(error: &wasmtime::Error) -> String {
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::OutOfFuel) => "CPU budget exhausted (cpu_limit_ms)".to_owned(),
         Some(trap) => format!("trap: {trap}"),
-        None => format!("{error:#}"),
+        // The root cause is the useful part (e.g. the memory limit); the context above it
+        // is a wasm backtrace.
+        None => format!("trap: {}", error.root_cause()),
     }
 }
 
@@ -396,13 +407,18 @@ fn validate(hook: Hook, response: w::Response) -> Result<w::Response, String> {
             let parts: Vec<&str> = reply.enhanced.split('.').collect();
             parts.len() == 3
                 && parts[0] == class.to_string()
-                && parts[1..].iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+                && parts[1..]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
         };
         if reply.code / 100 != class || !(200..=599).contains(&reply.code) {
             return Err(format!("reply code {} is not {class}xx", reply.code));
         }
         if !enhanced_ok {
-            return Err(format!("enhanced code `{}` is not {class}.x.y", reply.enhanced));
+            return Err(format!(
+                "enhanced code `{}` is not {class}.x.y",
+                reply.enhanced
+            ));
         }
         if reply.text.len() > 400 || reply.text.chars().any(|c| c.is_control()) {
             return Err("reply text is too long or has control characters".into());

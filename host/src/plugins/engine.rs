@@ -160,7 +160,9 @@ impl PluginEngine {
     fn cache_path(&self, hash: &str) -> Option<PathBuf> {
         use std::hash::{DefaultHasher, Hash, Hasher};
         let mut hasher = DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         let engine_key = hasher.finish();
         Some(
             self.cache_dir

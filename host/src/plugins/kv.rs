@@ -25,7 +25,10 @@ pub struct KvStore {
 impl KvStore {
     fn with_namespace<R>(&self, ns: &str, f: impl FnOnce(&mut HashMap<String, Entry>) -> R) -> R {
         // Plain data behind the lock: a poisoned lock is still consistent.
-        let mut all = self.namespaces.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let map = all.entry(ns.to_owned()).or_default();
         f(map)
     }
@@ -66,9 +69,7 @@ impl KvStore {
     pub fn incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<Duration>) -> i64 {
         let now = Instant::now();
         self.with_namespace(ns, |map| {
-            let live = map
-                .get(key)
-                .filter(|e| e.expires.is_none_or(|x| x > now));
+            let live = map.get(key).filter(|e| e.expires.is_none_or(|x| x > now));
             let (current, expires) = match live {
                 Some(entry) => (
                     std::str::from_utf8(&entry.value)

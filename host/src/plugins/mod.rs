@@ -110,7 +110,12 @@ impl PluginHost {
         changed
     }
 
-    async fn build_set(&self, config: &Config, old: &PluginSet, strict: bool) -> Result<PluginSet, String> {
+    async fn build_set(
+        &self,
+        config: &Config,
+        old: &PluginSet,
+        strict: bool,
+    ) -> Result<PluginSet, String> {
         let mut plugins = HashMap::new();
         for plugin_config in &config.plugin_list {
             let previous = old.plugins.get(&plugin_config.name);
@@ -119,7 +124,11 @@ impl PluginHost {
                     plugins.insert(plugin_config.name.clone(), loaded);
                 }
                 Err(e) if strict => {
-                    return Err(format!("plugin `{}` ({}): {e}", plugin_config.name, plugin_config.path.display()));
+                    return Err(format!(
+                        "plugin `{}` ({}): {e}",
+                        plugin_config.name,
+                        plugin_config.path.display()
+                    ));
                 }
                 Err(e) => {
                     tracing::error!(plugin = %plugin_config.name, path = %plugin_config.path.display(), error = %e, "plugin failed to load, keeping the previous version");
@@ -136,7 +145,10 @@ impl PluginHost {
                 None => config.plugin_list.iter().map(|p| p.name.as_str()).collect(),
             };
             let chain = Chain {
-                plugins: names.iter().filter_map(|n| plugins.get(*n).cloned()).collect(),
+                plugins: names
+                    .iter()
+                    .filter_map(|n| plugins.get(*n).cloned())
+                    .collect(),
             };
             chains.insert(listener.name.clone(), Arc::new(chain));
         }
@@ -153,7 +165,10 @@ impl PluginHost {
             && let Ok(bytes) = tokio::fs::read(&config.path).await
         {
             use sha2::{Digest, Sha256};
-            let hash: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+            let hash: String = Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
             if hash == previous.hash {
                 return Ok(Arc::clone(previous));
             }

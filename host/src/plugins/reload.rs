@@ -20,22 +20,27 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 /// plugins when any of them changes or SIGHUP arrives.
 pub async fn watch(config_path: PathBuf, host: Arc<PluginHost>, shutdown: CancellationToken) {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && !matches!(event.kind, notify::EventKind::Access(_))
-        {
-            let _ = tx.send(());
-        }
-    }) {
-        Ok(watcher) => Some(watcher),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch files; reload with SIGHUP");
-            None
-        }
-    };
+    let mut watcher =
+        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event
+                && !matches!(event.kind, notify::EventKind::Access(_))
+            {
+                let _ = tx.send(());
+            }
+        }) {
+            Ok(watcher) => Some(watcher),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch files; reload with SIGHUP");
+                None
+            }
+        };
     let mut watched: Vec<PathBuf> = Vec::new();
-    let rewatch = |watcher: &mut Option<notify::RecommendedWatcher>, watched: &mut Vec<PathBuf>, config: Option<&Config>| {
-        let Some(watcher) = watcher.as_mut() else { return };
+    let rewatch = |watcher: &mut Option<notify::RecommendedWatcher>,
+                   watched: &mut Vec<PathBuf>,
+                   config: Option<&Config>| {
+        let Some(watcher) = watcher.as_mut() else {
+            return;
+        };
         for dir in watched.drain(..) {
             let _ = watcher.unwatch(&dir);
         }

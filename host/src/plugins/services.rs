@@ -189,9 +189,7 @@ impl host::Host for PluginState {
                 .counters
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let slot = counters
-                .entry((self.plugin.to_string(), name))
-                .or_insert(0);
+            let slot = counters.entry((self.plugin.to_string(), name)).or_insert(0);
             *slot = slot.saturating_add(delta);
         }
         Ok(())
@@ -229,7 +227,10 @@ impl message::HostMessage for PluginState {
         Ok(self.message(&this)?.headers(&name))
     }
 
-    async fn header_names(&mut self, this: Resource<MessageHandle>) -> wasmtime::Result<Vec<String>> {
+    async fn header_names(
+        &mut self,
+        this: Resource<MessageHandle>,
+    ) -> wasmtime::Result<Vec<String>> {
         Ok(self.message(&this)?.header_names())
     }
 

@@ -1,5 +1,6 @@
 //! The envelope record: everything the spool keeps about a message besides its bytes.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,125 @@ pub struct Envelope {
     pub client: ClientInfo,
     /// The size of the stored message in octets, trace header included.
     pub size: u64,
+    /// Header changes asked for by plugins, applied when the message is read out (so a
+    /// header added to a 10 MB message costs no rewrite of the file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub header_edits: Vec<HeaderEdit>,
+    /// Transaction tags set by plugins.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Why a plugin quarantined the message, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<String>,
+}
+
+/// A header change kept in the envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum HeaderEdit {
+    /// Add a field at the top.
+    Add {
+        /// Field name.
+        name: String,
+        /// Field value.
+        value: String,
+    },
+    /// Remove every field with this name.
+    Remove {
+        /// Field name.
+        name: String,
+    },
+    /// Replace every field with this name by one field with this value.
+    Replace {
+        /// Field name.
+        name: String,
+        /// Field value.
+        value: String,
+    },
+}
+
+/// Applies header edits to raw message octets: the header block is rewritten, the body
+/// is copied as it is.
+pub fn apply_header_edits(raw: &[u8], edits: &[HeaderEdit]) -> Vec<u8> {
+    if edits.is_empty() {
+        return raw.to_vec();
+    }
+    let header_end = find_header_end(raw);
+    let (header, body) = raw.split_at(header_end);
+    // Split the header block into fields, each with its continuation lines.
+    let mut fields: Vec<Vec<u8>> = Vec::new();
+    for line in header.split_inclusive(|b| *b == b'\n') {
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        match fields.last_mut() {
+            Some(field) if continuation => field.extend_from_slice(line),
+            _ => fields.push(line.to_vec()),
+        }
+    }
+    let name_of = |field: &[u8]| -> String {
+        let end = field.iter().position(|b| *b == b':').unwrap_or(0);
+        String::from_utf8_lossy(&field[..end])
+            .trim()
+            .to_ascii_lowercase()
+    };
+    let line = |name: &str, value: &str| format!("{name}: {value}\r\n").into_bytes();
+    for edit in edits {
+        match edit {
+            HeaderEdit::Add { name, value } => fields.insert(0, line(name, value)),
+            HeaderEdit::Remove { name } => {
+                let name = name.to_ascii_lowercase();
+                fields.retain(|f| name_of(f) != name);
+            }
+            HeaderEdit::Replace { name, value } => {
+                let lower = name.to_ascii_lowercase();
+                let at = fields.iter().position(|f| name_of(f) == lower);
+                fields.retain(|f| name_of(f) != lower);
+                fields.insert(at.unwrap_or(0).min(fields.len()), line(name, value));
+            }
+        }
+    }
+    let mut out = fields.concat();
+    out.extend_from_slice(body);
+    out
+}
+
+/// The offset of the empty line that ends the header block (or the end of the message).
+fn find_header_end(raw: &[u8]) -> usize {
+    let mut at_line_start = true;
+    for (i, b) in raw.iter().enumerate() {
+        if at_line_start && (*b == b'\r' || *b == b'\n') {
+            return i;
+        }
+        at_line_start = *b == b'\n';
+    }
+    raw.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_edits_rewrite_only_the_header_block() {
+        let raw = b"Received: x\r\nSubject: a\r\n b\r\nX-Spam: 1\r\n\r\nSubject: body\r\n";
+        let edits = vec![
+            HeaderEdit::Add {
+                name: "X-Added".into(),
+                value: "yes".into(),
+            },
+            HeaderEdit::Remove {
+                name: "x-spam".into(),
+            },
+            HeaderEdit::Replace {
+                name: "Subject".into(),
+                value: "new".into(),
+            },
+        ];
+        let out = apply_header_edits(raw, &edits);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "X-Added: yes\r\nReceived: x\r\nSubject: new\r\n\r\nSubject: body\r\n"
+        );
+    }
 }
 
 /// One accepted recipient.

@@ -77,6 +77,30 @@ impl MessageWriter {
         Ok(())
     }
 
+    /// The whole message so far, for plugins that inspect it. Small messages are still in
+    /// memory; larger ones are read back from the partial file.
+    pub async fn contents(&mut self) -> Result<Vec<u8>, SpoolError> {
+        let Some(file) = self.file.as_ref() else {
+            return Ok(self.buf.clone());
+        };
+        let path = self.spool.tmp_path(self.id);
+        let mut file = file.try_clone().map_err(io_error("cannot reopen", &path))?;
+        let tail = self.buf.clone();
+        run_blocking(move || {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut all = Vec::new();
+            file.seek(SeekFrom::Start(0))
+                .and_then(|_| file.read_to_end(&mut all))
+                .map_err(io_error("cannot read", &path))?;
+            // The shared file offset is back at the end, where the next write belongs.
+            file.seek(SeekFrom::End(0))
+                .map_err(io_error("cannot seek", &path))?;
+            all.extend_from_slice(&tail);
+            Ok(all)
+        })
+        .await
+    }
+
     /// Appends the envelope record, makes the file durable, and renames it into `msg/`
     /// through the group commit. When this returns `Ok`, the message survives a crash and
     /// the 250 may be sent.
