@@ -400,7 +400,8 @@ impl Config {
                     format!("listener name `{}` is used twice", listener.name),
                 ));
             }
-            if !addresses.insert(listener.address) {
+            // Port 0 asks the kernel for a free port, so two such listeners cannot clash.
+            if listener.address.port() != 0 && !addresses.insert(listener.address) {
                 return Err((
                     format!("listener[{i}].address"),
                     format!("address {} is used by two listeners", listener.address),

@@ -30,6 +30,14 @@ impl<S: Stream> Session<S> {
             );
         }
         let limits = &self.ctx.config.limits;
+        let canonical = match &path {
+            ForwardPath::Postmaster => format!("postmaster@{}", self.ctx.config.hostname),
+            ForwardPath::Mailbox(mailbox) => mailbox.to_string(),
+        };
+        // Repeating an accepted recipient is harmless and must not count against the limit.
+        if tx.recipients.iter().any(|(known, _)| *known == canonical) {
+            return Reply::new(250, codes::RECIPIENT_OK, "Ok");
+        }
         if tx.recipients.len() >= limits.max_recipients {
             return Reply::new(452, codes::TOO_MANY_RECIPIENTS, "Too many recipients");
         }
@@ -37,10 +45,7 @@ impl<S: Stream> Session<S> {
             tracing::info!(peer = %self.peer, recipient = %path, "relay access denied");
             return Reply::new(554, codes::NOT_AUTHORIZED, "Relay access denied");
         }
-        let address = match &path {
-            ForwardPath::Postmaster => format!("postmaster@{}", self.ctx.config.hostname),
-            ForwardPath::Mailbox(mailbox) => mailbox.to_string(),
-        };
+        let address = canonical;
         let mut accepted = vec![address.clone()];
         if self.plugins.wants(Hook::RcptTo) {
             let info = w::RcptToInfo {

@@ -270,7 +270,10 @@ impl<S: Stream> Session<S> {
                 Reply::new(500, codes::SYNTAX_ERROR, "Invalid characters in command")
             }
         };
-        let verb = line.get(..4).unwrap_or_default();
+        let verb = line
+            .split(|b| *b == b' ' || *b == b'\t')
+            .next()
+            .unwrap_or_default();
         if verb.eq_ignore_ascii_case(b"BDAT") {
             // Without a valid size the chunk cannot be skipped, and its bytes must never
             // be read as commands (that would be a smuggling vector): end the session.

@@ -1,0 +1,134 @@
+//! A starting point for a Tidegate plugin.
+//!
+//! It does two small things so every part of a plugin is shown once:
+//! - at RCPT TO it refuses recipients whose local part is in `refuse_local_parts`;
+//! - at DATA it adds a header naming the plugin and counting the session's recipients.
+//!
+//! Build: `cargo build --target wasm32-wasip2 --profile plugin -p plugin-template`, then
+//! point a `[[plugin]]` at `target/wasm32-wasip2/plugin/plugin_template.wasm`. Test:
+//! `cargo test -p plugin-template` (natively, no Wasm needed).
+
+use serde::Deserialize;
+use tidegate_plugin_sdk::prelude::*;
+
+/// `[plugin.config]` in the gateway's configuration, handed over as JSON.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Local parts to refuse, e.g. `["noreply"]`.
+    #[serde(default)]
+    pub refuse_local_parts: Vec<String>,
+    /// The header to add at DATA.
+    #[serde(default = "default_header")]
+    pub header: String,
+}
+
+fn default_header() -> String {
+    "X-Plugin-Template".to_owned()
+}
+
+/// One value of this type lives for one SMTP session: its fields are session state.
+pub struct Template {
+    config: Config,
+    recipients_seen: u32,
+}
+
+impl Plugin for Template {
+    fn init(host: &dyn Host) -> Result<Self, String> {
+        // A configuration error here refuses the plugin at load time and, on a reload,
+        // keeps the previous version running.
+        let config: Config = host.config()?;
+        Ok(Template {
+            config,
+            recipients_seen: 0,
+        })
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            rcpt_to: true,
+            data: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn on_rcpt_to(&mut self, host: &dyn Host, info: &RcptToInfo) -> Response {
+        self.recipients_seen += 1;
+        let local = info.recipient.rsplit_once('@').map_or("", |(l, _)| l);
+        if self
+            .config
+            .refuse_local_parts
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(local))
+        {
+            host.log(
+                Level::Info,
+                "refusing recipient",
+                &[("recipient", &info.recipient)],
+            );
+            return Verdict::reject(550, "5.1.1", "This address does not take mail").into();
+        }
+        Response::next()
+    }
+
+    fn on_data(
+        &mut self,
+        _host: &dyn Host,
+        _envelope: &Envelope,
+        message: &dyn Message,
+    ) -> Response {
+        let value = format!(
+            "recipients-seen={} size={}",
+            self.recipients_seen,
+            message.raw_size()
+        );
+        Response::next().add_header(&self.config.header, &value)
+    }
+}
+
+tidegate_plugin_sdk::export!(Template);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tidegate_plugin_sdk::testing::{Harness, TestHost};
+
+    #[test]
+    fn refuses_configured_local_parts() {
+        let host = TestHost::new().with_config(json!({ "refuse_local_parts": ["noreply"] }));
+        let mut session = Harness::<Template>::new(host).unwrap();
+        assert!(matches!(
+            session.rcpt_to("NoReply@example.test").verdict,
+            Verdict::Reject(_)
+        ));
+        assert_eq!(
+            session.rcpt_to("alice@example.test").verdict,
+            Verdict::Continue
+        );
+    }
+
+    #[test]
+    fn adds_a_header_at_data() {
+        let mut session = Harness::<Template>::new(TestHost::new()).unwrap();
+        session.rcpt_to("alice@example.test");
+        let response = session.data(
+            Some("a@example.org"),
+            &["alice@example.test"],
+            b"Subject: x\r\n\r\nhi\r\n",
+        );
+        assert_eq!(
+            response.edits,
+            vec![Edit::AddHeader(
+                "X-Plugin-Template".into(),
+                "recipients-seen=1 size=18".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_bad_config_is_refused() {
+        let host = TestHost::new().with_config(json!({ "refuse": [] }));
+        assert!(Harness::<Template>::new(host).is_err());
+    }
+}
