@@ -359,11 +359,30 @@ impl Config {
             message: e.message().to_owned(),
         })?;
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let key = e.path().to_string();
+            let mut key = e.path().to_string();
+            let top_level = key == ".";
             let inner = e.into_inner();
+            // A missing key has no position of its own: name it from the message, under
+            // the table it belongs to.
+            if let Some(missing) = inner
+                .message()
+                .strip_prefix("missing field `")
+                .and_then(|m| m.strip_suffix('`'))
+            {
+                key = if key == "." {
+                    missing.to_owned()
+                } else {
+                    format!("{key}.{missing}")
+                };
+            }
             ConfigError {
                 file: file.to_owned(),
-                line: locate(inner.span()),
+                // The whole document's span says nothing about where a missing key goes.
+                line: if top_level {
+                    None
+                } else {
+                    locate(inner.span())
+                },
                 key,
                 message: inner.message().to_owned(),
             }

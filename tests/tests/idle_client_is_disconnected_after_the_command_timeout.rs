@@ -48,3 +48,30 @@ fn a_client_that_keeps_talking_is_not_timed_out() {
         client.command("NOOP").expect(250, "2.0.0");
     }
 }
+
+#[test]
+fn a_client_trickling_a_command_byte_by_byte_still_times_out() {
+    let gateway = Gateway::start_with(&GatewayConfig::default().limit("command_timeout_secs", 1));
+    let mut client = SmtpClient::connect(gateway.addr());
+    let started = Instant::now();
+    // One byte every 200 ms never completes a line; each byte alone would reset a
+    // per-read timeout, but the timeout covers the whole command.
+    let trickle = std::thread::spawn({
+        let stream = client.stream().try_clone().unwrap();
+        move || {
+            use std::io::Write;
+            let mut stream = stream;
+            for _ in 0..40 {
+                if stream.write_all(b"N").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    });
+    let reply = client.read_reply();
+    reply.expect(421, "4.4.2");
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
+    trickle.join().unwrap();
+}

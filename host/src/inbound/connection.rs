@@ -103,6 +103,9 @@ impl<S: Stream> Connection<S> {
         timeout: Duration,
         shutdown: Option<&CancellationToken>,
     ) -> io::Result<LineEvent> {
+        // The timeout bounds the whole command, not each read: a client trickling one
+        // byte at a time must not hold a session open forever.
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let pending = &self.rbuf[self.start..self.end];
             if let Some(pos) = memchr::memchr(b'\n', pending) {
@@ -126,12 +129,17 @@ impl<S: Stream> Connection<S> {
                 self.start = self.end;
             }
             self.flush(timeout).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(LineEvent::TimedOut);
+            }
             let filled = match shutdown {
                 Some(token) => tokio::select! {
-                    filled = self.fill(timeout) => filled?,
+                    biased;
                     () = token.cancelled() => return Ok(LineEvent::Shutdown),
+                    filled = self.fill(left) => filled?,
                 },
-                None => self.fill(timeout).await?,
+                None => self.fill(left).await?,
             };
             match filled {
                 FillEvent::Filled => {}
