@@ -17,14 +17,19 @@ use crate::inspect::ParsedMessage;
 use crate::types::*;
 use crate::{Host, Plugin};
 
+/// A key/value entry: the value and when it expires (ms on the test clock).
+type KvEntry = (Vec<u8>, Option<u64>);
+/// A canned DNS answer.
+type DnsAnswer = Result<Vec<String>, DnsError>;
+
 /// An in-memory [`Host`]: configuration, DNS answers and a clock are set by the test; the
 /// key/value store, counters, tags and log lines can be inspected afterwards.
 #[derive(Debug)]
 pub struct TestHost {
     config: String,
-    dns: HashMap<(String, RecordType), Result<Vec<String>, DnsError>>,
+    dns: HashMap<(String, RecordType), DnsAnswer>,
     now_ms: Cell<u64>,
-    kv: RefCell<HashMap<String, (Vec<u8>, Option<u64>)>>,
+    kv: RefCell<HashMap<String, KvEntry>>,
     counters: RefCell<HashMap<String, u64>>,
     tags: RefCell<HashMap<String, String>>,
     logs: RefCell<Vec<(Level, String)>>,

@@ -438,6 +438,26 @@ impl Gateway {
         output.stdout
     }
 
+    /// The envelope record of a spooled message as JSON (`tags`, `quarantine`, `recipients`,
+    /// ...): the record between the message octets and the 16-octet footer (record length
+    /// as u64 little-endian, then `TGSPOOL1`), as documented in `host/src/spool/mod.rs`.
+    pub fn spool_envelope(&self, id: &str) -> serde_json::Value {
+        let path = self.spool_dir().join("msg").join(id);
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{id} is not in the spool ({}): {e}", path.display()));
+        assert!(
+            bytes.len() >= 16 && bytes.ends_with(b"TGSPOOL1"),
+            "{id} has no TGSPOOL1 footer"
+        );
+        let footer = bytes.len() - 16;
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&bytes[footer..footer + 8]);
+        let len = usize::try_from(u64::from_le_bytes(len)).expect("record length");
+        assert!(len <= footer, "{id}: record length {len} beyond the file");
+        serde_json::from_slice(&bytes[footer - len..footer])
+            .unwrap_or_else(|e| panic!("{id}: envelope record is not JSON: {e}"))
+    }
+
     /// Names of the files in `spool/tmp`.
     pub fn spool_partials(&self) -> Vec<String> {
         std::fs::read_dir(self.spool_dir().join("tmp"))
@@ -745,4 +765,243 @@ pub fn sample_message(subject: &str, body: &str) -> String {
     format!(
         "From: sender@example.org\r\nTo: user@example.test\r\nSubject: {subject}\r\nMessage-ID: <{subject}@example.org>\r\n\r\n{body}\r\n"
     )
+}
+
+/// The `dnsmasq` binary [`DnsServer`] runs: `$TIDEGATE_DNSMASQ`, else `/usr/sbin/dnsmasq`
+/// (Debian's `dnsmasq-base`), else `dnsmasq` from `PATH`.
+pub fn dnsmasq() -> PathBuf {
+    if let Some(path) = std::env::var_os("TIDEGATE_DNSMASQ") {
+        return PathBuf::from(path);
+    }
+    let debian = Path::new("/usr/sbin/dnsmasq");
+    if debian.exists() {
+        debian.to_path_buf()
+    } else {
+        PathBuf::from("dnsmasq")
+    }
+}
+
+/// A DNS server for a test: `dnsmasq` on a free loopback port (UDP and TCP), answering
+/// only from the records it is given and never asking anyone else. It is killed when
+/// dropped. Point a gateway at it with [`GatewayConfig::dns`].
+///
+/// ```ignore
+/// let dns = DnsServer::start(&["bl.example.test"], &[("2.0.0.127.bl.example.test", "127.0.0.2")]);
+/// let config = GatewayConfig::default().dns(dns.addr(), 2000);
+/// ```
+pub struct DnsServer {
+    child: Option<Child>,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl DnsServer {
+    /// Starts a server authoritative for `zones` (a name inside one of them without a
+    /// record is NXDOMAIN; a name outside all of them is REFUSED, which resolvers report
+    /// as a temporary failure) with the A records `(name, IPv4 address)`.
+    pub fn start(zones: &[&str], a_records: &[(&str, &str)]) -> DnsServer {
+        let mut args: Vec<String> = zones.iter().map(|z| format!("--local=/{z}/")).collect();
+        args.extend(
+            a_records
+                .iter()
+                .map(|(name, address)| format!("--host-record={name},{address}")),
+        );
+        DnsServer::start_with_args(&args)
+    }
+
+    /// Starts a server with extra `dnsmasq` options (records such as `--txt-record=...`,
+    /// `--local=/zone/`, `--address=/zone/` for NXDOMAIN). The listening address, the
+    /// port and the isolation from the system's configuration are set here.
+    pub fn start_with_args(args: &[String]) -> DnsServer {
+        let mut last_log = String::new();
+        for _ in 0..20 {
+            let port = free_udp_and_tcp_port();
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let mut child = Command::new(dnsmasq())
+                .args([
+                    "--no-daemon",
+                    "--keep-in-foreground",
+                    "--conf-file=/dev/null",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--no-poll",
+                    "--pid-file=",
+                    "--listen-address=127.0.0.1",
+                    "--bind-interfaces",
+                    "--log-queries",
+                    "--log-facility=-",
+                ])
+                .arg(format!("--port={port}"))
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run {} ({e}): install dnsmasq (Debian: apt-get install dnsmasq-base) or set TIDEGATE_DNSMASQ",
+                        dnsmasq().display()
+                    )
+                });
+            let stderr = child.stderr.take().expect("piped stderr");
+            let log = Arc::new(Mutex::new(String::new()));
+            let sink = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if std::env::var_os("TIDEGATE_TEST_LOG").is_some() {
+                        eprintln!("[dnsmasq] {line}");
+                    }
+                    let mut log = sink.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+            let mut server = DnsServer {
+                child: Some(child),
+                addr,
+                log,
+            };
+            let deadline = Instant::now() + PATIENCE;
+            while Instant::now() < deadline {
+                if let Some(status) = server
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    // Most likely someone took the port in the meantime: try another.
+                    std::thread::sleep(Duration::from_millis(50));
+                    last_log = format!("dnsmasq exited with {status}:\n{}", server.log());
+                    server.child = None;
+                    break;
+                }
+                if server.query(".", 1, Duration::from_millis(200)).is_ok() {
+                    return server;
+                }
+            }
+            if server.child.is_some() {
+                panic!("dnsmasq did not answer on {addr}:\n{}", server.log());
+            }
+        }
+        panic!("could not start dnsmasq: {last_log}");
+    }
+
+    /// The address to send queries to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What dnsmasq has logged so far (every query it answered, and how).
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Asks the server for the A records of `name` over UDP, as a check of the fixture
+    /// itself: the addresses, or the DNS response code (3 is NXDOMAIN, 5 REFUSED).
+    pub fn resolve_a(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, u8> {
+        let answers = self
+            .query(name, 1, PATIENCE)
+            .unwrap_or_else(|e| panic!("no DNS answer for {name}: {e}"))?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|rdata| <[u8; 4]>::try_from(rdata).ok())
+            .map(std::net::Ipv4Addr::from)
+            .collect())
+    }
+
+    /// One UDP query; `Ok(Err(rcode))` when the server answered with an error, otherwise
+    /// the RDATA of each answer of type `qtype`.
+    fn query(&self, name: &str, qtype: u16, timeout: Duration) -> std::io::Result<DnsReply> {
+        let id: u16 = 0x7467;
+        let mut packet = Vec::with_capacity(512);
+        packet.extend_from_slice(&id.to_be_bytes());
+        packet.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        for label in name.split('.').filter(|l| !l.is_empty()) {
+            packet.push(u8::try_from(label.len()).expect("label length"));
+            packet.extend_from_slice(label.as_bytes());
+        }
+        packet.push(0);
+        packet.extend_from_slice(&qtype.to_be_bytes());
+        packet.extend_from_slice(&1u16.to_be_bytes());
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        socket.set_read_timeout(Some(timeout))?;
+        socket.send_to(&packet, self.addr)?;
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf)?;
+        let reply = &buf[..n];
+        let bad = || std::io::Error::other("malformed DNS reply");
+        if reply.len() < 12 || reply[..2] != id.to_be_bytes() {
+            return Err(bad());
+        }
+        let rcode = reply[3] & 0x0f;
+        if rcode != 0 {
+            return Ok(Err(rcode));
+        }
+        let count = |at: usize| usize::from(u16::from_be_bytes([reply[at], reply[at + 1]]));
+        let (questions, answers) = (count(4), count(6));
+        let skip_name = |mut pos: usize| -> Option<usize> {
+            loop {
+                let len = *reply.get(pos)?;
+                if len & 0xc0 == 0xc0 {
+                    return Some(pos + 2);
+                }
+                pos += 1 + usize::from(len);
+                if len == 0 {
+                    return Some(pos);
+                }
+            }
+        };
+        let mut pos = 12;
+        for _ in 0..questions {
+            pos = skip_name(pos).ok_or_else(bad)? + 4;
+        }
+        let mut out = Vec::new();
+        for _ in 0..answers {
+            pos = skip_name(pos).ok_or_else(bad)?;
+            let header = reply.get(pos..pos + 10).ok_or_else(bad)?;
+            let rtype = u16::from_be_bytes([header[0], header[1]]);
+            let len = usize::from(u16::from_be_bytes([header[8], header[9]]));
+            let rdata = reply.get(pos + 10..pos + 10 + len).ok_or_else(bad)?;
+            if rtype == qtype {
+                out.push(rdata.to_vec());
+            }
+            pos += 10 + len;
+        }
+        Ok(Ok(out))
+    }
+}
+
+/// The RDATA of each answer, or the response code of an error reply.
+type DnsReply = Result<Vec<Vec<u8>>, u8>;
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A loopback port that is free for both UDP and TCP right now.
+fn free_udp_and_tcp_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
+        let port = udp.local_addr().expect("local address").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Points the gateway's resolver (`[dns]`, used by plugins' `resolve`) at one name
+    /// server, e.g. a [`DnsServer`], with a per-query timeout in milliseconds.
+    pub fn dns(mut self, nameserver: SocketAddr, timeout_ms: u64) -> Self {
+        self.top.push((
+            "dns".into(),
+            format!("{{ nameservers = [\"{nameserver}\"], timeout_ms = {timeout_ms} }}"),
+        ));
+        self
+    }
 }

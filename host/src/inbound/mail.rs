@@ -82,6 +82,9 @@ impl<S: Stream> Session<S> {
             );
         }
         let mut sender = sender;
+        // A new transaction starts from the session's tags only: what the previous one set
+        // (at MAIL, RCPT or DATA, whether its message was accepted or refused) ended with it.
+        self.tags.clone_from(&self.session_tags);
         if self.plugins.wants(Hook::MailFrom) {
             let info = w::MailFromInfo {
                 sender: match &sender {

@@ -167,6 +167,9 @@ impl host::Host for PluginState {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<i64> {
+        if key.len() > MAX_KEY_LEN {
+            return Ok(0);
+        }
         let ttl = ttl_ms.map(Duration::from_millis);
         Ok(self.services.kv.incr(&self.plugin, &key, delta, ttl))
     }

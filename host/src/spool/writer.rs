@@ -146,7 +146,9 @@ impl Drop for MessageWriter {
 }
 
 fn create_new(path: &std::path::Path) -> Result<File, SpoolError> {
+    // Readable too: `contents` reads the flushed part back for on-data.
     File::options()
+        .read(true)
         .write(true)
         .create_new(true)
         .open(path)
