@@ -73,7 +73,10 @@ fn benches(c: &mut Criterion) {
     let rt = Runtime::new().expect("runtime");
     let cache = tempfile::tempdir().expect("cache dir");
     let host = rt
-        .block_on(PluginHost::start(&config("pass", cache.path())))
+        .block_on(PluginHost::start(
+            &config("pass", cache.path()),
+            Default::default(),
+        ))
         .expect("plugin host");
 
     c.bench_function("hook/warm_call_rcpt_to", |b| {
@@ -106,7 +109,10 @@ fn benches(c: &mut Criterion) {
     });
 
     let header_host = rt
-        .block_on(PluginHost::start(&config("header", cache.path())))
+        .block_on(PluginHost::start(
+            &config("header", cache.path()),
+            Default::default(),
+        ))
         .expect("plugin host");
     let message = Arc::new(ParsedMessage::parse(hundred_kb_message()));
     c.bench_function("hook/on_data_100kb_warm", |b| {
@@ -150,7 +156,11 @@ fn benches(c: &mut Criterion) {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    std::hint::black_box(PluginHost::start(&config).await.expect("load"));
+                    std::hint::black_box(
+                        PluginHost::start(&config, Default::default())
+                            .await
+                            .expect("load"),
+                    );
                 }
                 start.elapsed()
             })

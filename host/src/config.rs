@@ -50,6 +50,9 @@ pub struct Config {
     /// The plugin runtime's shared settings.
     #[serde(default)]
     pub plugins: PluginRuntimeConfig,
+    /// The admin listener (metrics, health).
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// The plugins, in chain order.
     #[serde(default, rename = "plugin")]
     pub plugin_list: Vec<PluginConfig>,
@@ -114,6 +117,15 @@ impl Default for PluginRuntimeConfig {
             max_instances: 2000,
         }
     }
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where to serve `/metrics` and `/health` (HTTP); off when absent. Keep it on
+    /// loopback or a management network: it has no authentication.
+    pub address: Option<SocketAddr>,
 }
 
 /// DNS settings.

@@ -5,8 +5,10 @@
 //! → queue → delivery (later issues). [`config`] is the one configuration tree and
 //! [`server`] wires the parts together.
 
+pub mod admin;
 pub mod config;
 pub mod inbound;
+pub mod metrics;
 pub mod plugins;
 pub mod server;
 pub mod spool;

@@ -13,9 +13,11 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin;
 use crate::config::Config;
 use crate::inbound::InboundContext;
 use crate::inbound::listener::Listener;
+use crate::metrics::Metrics;
 use crate::plugins::{PluginHost, reload};
 use crate::spool::Spool;
 
@@ -33,9 +35,21 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         "spool opened"
     );
 
-    let plugins = PluginHost::start(&config)
+    let metrics = Arc::new(Metrics::new());
+    let plugins = PluginHost::start(&config, Arc::clone(&metrics))
         .await
         .context("loading plugins")?;
+    let admin = match config.admin.address {
+        Some(address) => {
+            let socket = admin::bind(address)
+                .await
+                .with_context(|| format!("binding the admin listener to {address}"))?;
+            let bound = socket.local_addr().context("reading the admin address")?;
+            tracing::info!(address = %bound, "admin listening");
+            Some(socket)
+        }
+        None => None,
+    };
 
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
@@ -55,8 +69,12 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         Arc::clone(&config),
         spool,
         Arc::clone(&plugins),
+        Arc::clone(&metrics),
         shutdown.clone(),
     ));
+    if let Some(socket) = admin {
+        tokio::spawn(admin::serve(socket, Arc::clone(&metrics), shutdown.clone()));
+    }
     tokio::spawn(reload::watch(config_path, plugins, shutdown.clone()));
     let sessions = TaskTracker::new();
     let accepting = TaskTracker::new();

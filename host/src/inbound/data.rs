@@ -18,6 +18,7 @@ use super::policy;
 use super::received::Trace;
 use super::reply::{Reply, codes};
 use super::session::{Flow, Helo, Session, State, Transaction};
+use crate::metrics::ListenerLabels;
 use crate::plugins::bindings::tidegate::plugin::types as w;
 use crate::plugins::chain::{Decision, Hook, StageInput};
 use crate::spool::MessageWriter;
@@ -286,8 +287,16 @@ impl<S: Stream> Session<S> {
         writer: Option<MessageWriter>,
         outcome: Outcome,
     ) -> Reply {
+        let labels = ListenerLabels {
+            listener: self.listener.to_string(),
+        };
         if let Some(refusal) = self.refusal_for(&outcome) {
             tracing::info!(peer = %self.peer, reply = %refusal, "message refused");
+            self.ctx
+                .metrics
+                .messages_refused
+                .get_or_create(&labels)
+                .inc();
             return refusal;
         }
         let Some(mut writer) = writer else {
@@ -333,7 +342,14 @@ impl<S: Stream> Session<S> {
         if self.plugins.wants(Hook::Data) {
             match self.on_data(&mut writer, &mut envelope).await {
                 DataPolicy::Store => {}
-                DataPolicy::Refuse(reply) => return reply,
+                DataPolicy::Refuse(reply) => {
+                    self.ctx
+                        .metrics
+                        .messages_refused
+                        .get_or_create(&labels)
+                        .inc();
+                    return reply;
+                }
                 DataPolicy::Discard(why) => {
                     tracing::info!(id = %id, peer = %self.peer, reason = %why, "message discarded by policy");
                     return Reply::new(250, codes::OK, format!("Ok: queued as {id}"));
@@ -343,6 +359,11 @@ impl<S: Stream> Session<S> {
         envelope.tags.clone_from(&self.tags);
         match writer.commit(&envelope).await {
             Ok(id) => {
+                self.ctx
+                    .metrics
+                    .messages_accepted
+                    .get_or_create(&labels)
+                    .inc();
                 tracing::info!(
                     id = %id,
                     peer = %self.peer,

@@ -13,6 +13,7 @@ use super::admission::Refusal;
 use super::reply::{Reply, codes};
 use super::session::Session;
 use crate::config::ListenerConfig;
+use crate::metrics::ListenerLabels;
 
 /// A bound listening socket.
 #[derive(Debug)]
@@ -61,13 +62,23 @@ impl Listener {
                 Ok(permit) => {
                     let ctx = Arc::clone(&ctx);
                     let name = Arc::clone(&self.name);
+                    ctx.metrics
+                        .sessions
+                        .get_or_create(&ListenerLabels {
+                            listener: name.to_string(),
+                        })
+                        .inc();
                     sessions.spawn(async move {
                         let _permit = permit;
+                        let metrics = Arc::clone(&ctx.metrics);
+                        metrics.sessions_active.inc();
                         tracing::debug!(%peer, listener = %name, "session start");
                         Session::new(stream, peer, name, ctx).run().await;
+                        metrics.sessions_active.dec();
                     });
                 }
                 Err(refusal) => {
+                    ctx.metrics.connections_refused.inc();
                     tracing::info!(%peer, listener = %self.name, %refusal, "connection refused");
                     let hostname = ctx.config.hostname.to_string();
                     sessions.spawn(refuse(stream, hostname, refusal));

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::plugins::PluginHost;
 use crate::spool::Spool;
 use admission::Admission;
@@ -50,6 +51,8 @@ pub struct InboundContext {
     pub ehlo_reply: Reply,
     /// The plugin runtime.
     pub plugins: Arc<PluginHost>,
+    /// The gateway's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl InboundContext {
@@ -58,6 +61,7 @@ impl InboundContext {
         config: Arc<Config>,
         spool: Spool,
         plugins: Arc<PluginHost>,
+        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
         let ehlo_reply = ehlo::ehlo_reply(&config);
@@ -72,6 +76,7 @@ impl InboundContext {
             shutdown,
             ehlo_reply,
             plugins,
+            metrics,
         }
     }
 }

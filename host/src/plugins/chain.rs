@@ -300,6 +300,14 @@ impl SessionPlugins {
                     // a later hook gets a fresh one.
                     self.instances[index] = None;
                     tracing::warn!(plugin = %plugin.name, hook = hook.name(), error = %why, policy = ?plugin.config.on_error, "plugin failed");
+                    self.services
+                        .metrics
+                        .plugin_failures
+                        .get_or_create(&crate::metrics::PluginHookLabels {
+                            plugin: plugin.name.to_string(),
+                            hook: hook.name().to_owned(),
+                        })
+                        .inc();
                     match plugin.config.on_error {
                         OnError::Continue => continue,
                         OnError::Tempfail => {

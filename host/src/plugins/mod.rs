@@ -20,6 +20,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, PluginConfig};
+use crate::metrics::Metrics;
 use chain::{Chain, LoadedPlugin, SessionPlugins};
 use engine::PluginEngine;
 use services::HostServices;
@@ -44,13 +45,14 @@ pub struct PluginHost {
 impl PluginHost {
     /// Builds the runtime and loads every configured plugin; any plugin that fails to load
     /// is an error at start-up (a gateway must not start without the policy it was given).
-    pub async fn start(config: &Config) -> anyhow::Result<Arc<PluginHost>> {
+    pub async fn start(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<PluginHost>> {
         let engine = PluginEngine::new(&config.plugins)
             .map_err(|e| anyhow::anyhow!("plugin engine: {e:#}"))?;
         let dns = dns::Dns::new(&config.dns).map_err(|e| anyhow::anyhow!(e))?;
         let services = Arc::new(HostServices {
             dns,
-            ..HostServices::default()
+            kv: kv::KvStore::default(),
+            metrics,
         });
         let host = PluginHost {
             engine,

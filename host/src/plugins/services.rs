@@ -2,7 +2,7 @@
 //! the per-instance state (the wasmtime store data) they run against.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::{Resource, ResourceTable};
@@ -15,26 +15,17 @@ use tidegate_plugin_sdk::inspect::ParsedMessage;
 use super::bindings::tidegate::plugin::{host, message, types};
 use super::dns::Dns;
 use super::kv::KvStore;
+use crate::metrics::{Metrics, PluginCounterLabels};
 
 /// Services shared by every plugin instance.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HostServices {
     /// The key/value store.
     pub kv: KvStore,
     /// DNS for `resolve`.
     pub dns: Dns,
-    /// Plugin counters: (plugin, counter) → value.
-    pub counters: Mutex<BTreeMap<(String, String), u64>>,
-}
-
-impl HostServices {
-    /// A snapshot of the plugin counters, for metrics.
-    pub fn counters(&self) -> BTreeMap<(String, String), u64> {
-        self.counters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
+    /// Where plugin counters and failures are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The message as the `message` resource sees it: parsed once, shared by the chain.
@@ -186,14 +177,16 @@ impl host::Host for PluginState {
     }
 
     async fn counter_add(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
-        if name.len() <= 128 {
-            let mut counters = self
-                .services
-                .counters
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let slot = counters.entry((self.plugin.to_string(), name)).or_insert(0);
-            *slot = slot.saturating_add(delta);
+        // Bounded names keep the label set (and the metrics page) bounded.
+        if name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            self.services
+                .metrics
+                .plugin_counters
+                .get_or_create(&PluginCounterLabels {
+                    plugin: self.plugin.to_string(),
+                    name,
+                })
+                .inc_by(delta);
         }
         Ok(())
     }

@@ -1,0 +1,126 @@
+//! Metrics in the Prometheus text format, served by the admin listener at `/metrics`.
+//!
+//! Counters are cheap atomics updated on the session path; label sets are small and bounded
+//! (listener names, plugin names and hooks from the configuration, plugin counter names
+//! capped by the host functions).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels naming a listener.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// The listener's name.
+    pub listener: String,
+}
+
+/// Labels naming a plugin and a hook.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginHookLabels {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The hook, e.g. `on-rcpt-to`.
+    pub hook: String,
+}
+
+/// Labels of a counter a plugin keeps through `counter-add`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginCounterLabels {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The counter's name, as the plugin chose it.
+    pub name: String,
+}
+
+/// Every metric of the gateway.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Sessions started, per listener.
+    pub sessions: Family<ListenerLabels, Counter>,
+    /// Sessions running now.
+    pub sessions_active: Gauge,
+    /// Connections turned away by the connection limits.
+    pub connections_refused: Counter,
+    /// Messages accepted into the spool, per listener.
+    pub messages_accepted: Family<ListenerLabels, Counter>,
+    /// Messages refused after DATA (size, syntax, policy), per listener.
+    pub messages_refused: Family<ListenerLabels, Counter>,
+    /// Plugin calls that failed (trap, limits, invalid answer).
+    pub plugin_failures: Family<PluginHookLabels, Counter>,
+    /// Counters kept by plugins.
+    pub plugin_counters: Family<PluginCounterLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tidegate");
+        let sessions = Family::default();
+        let sessions_active = Gauge::default();
+        let connections_refused = Counter::default();
+        let messages_accepted = Family::default();
+        let messages_refused = Family::default();
+        let plugin_failures = Family::default();
+        let plugin_counters = Family::default();
+        registry.register("sessions", "SMTP sessions started", sessions.clone());
+        registry.register(
+            "sessions_active",
+            "SMTP sessions running now",
+            sessions_active.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections turned away by the connection limits",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "messages_accepted",
+            "Messages accepted into the spool",
+            messages_accepted.clone(),
+        );
+        registry.register(
+            "messages_refused",
+            "Messages refused after their data was received",
+            messages_refused.clone(),
+        );
+        registry.register(
+            "plugin_failures",
+            "Plugin calls that trapped, ran out of CPU or memory, or answered nonsense",
+            plugin_failures.clone(),
+        );
+        registry.register(
+            "plugin_counter",
+            "Counters kept by plugins through counter-add",
+            plugin_counters.clone(),
+        );
+        Metrics {
+            registry,
+            sessions,
+            sessions_active,
+            connections_refused,
+            messages_accepted,
+            messages_refused,
+            plugin_failures,
+            plugin_counters,
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
