@@ -76,6 +76,7 @@ fn benches(c: &mut Criterion) {
         .block_on(PluginHost::start(
             &config("pass", cache.path()),
             Default::default(),
+            Default::default(),
         ))
         .expect("plugin host");
 
@@ -111,6 +112,7 @@ fn benches(c: &mut Criterion) {
     let header_host = rt
         .block_on(PluginHost::start(
             &config("header", cache.path()),
+            Default::default(),
             Default::default(),
         ))
         .expect("plugin host");
@@ -157,7 +159,7 @@ fn benches(c: &mut Criterion) {
                 let start = Instant::now();
                 for _ in 0..iters {
                     std::hint::black_box(
-                        PluginHost::start(&config, Default::default())
+                        PluginHost::start(&config, Default::default(), Default::default())
                             .await
                             .expect("load"),
                     );

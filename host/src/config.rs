@@ -50,6 +50,15 @@ pub struct Config {
     /// The plugin runtime's shared settings.
     #[serde(default)]
     pub plugins: PluginRuntimeConfig,
+    /// The delivery queue: retries, lifetime, concurrency.
+    #[serde(default)]
+    pub queue: QueueConfig,
+    /// The outbound side: ports, timeouts, the local transport.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// Static routes by recipient domain.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
     /// The admin listener (metrics, health).
     #[serde(default)]
     pub admin: AdminConfig,
@@ -117,6 +126,90 @@ impl Default for PluginRuntimeConfig {
             max_instances: 2000,
         }
     }
+}
+
+/// The delivery queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Waits between attempts; the last one repeats.
+    pub retry_intervals: Vec<Duration>,
+    /// How long a message may stay before its undelivered recipients bounce.
+    pub max_lifetime: Duration,
+    /// Deliveries in progress at once, over all destinations.
+    pub max_concurrent_deliveries: usize,
+    /// Deliveries in progress at once to one destination (route or domain).
+    pub max_per_destination: usize,
+    /// Send a delay notice to the sender once a message has waited this long (off when
+    /// absent).
+    pub delay_notice_after: Option<Duration>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        let minutes = |m: u64| Duration(std::time::Duration::from_secs(m * 60));
+        QueueConfig {
+            retry_intervals: vec![
+                minutes(1),
+                minutes(5),
+                minutes(15),
+                minutes(30),
+                minutes(60),
+            ],
+            max_lifetime: Duration(std::time::Duration::from_secs(5 * 86_400)),
+            max_concurrent_deliveries: 200,
+            max_per_destination: 20,
+            delay_notice_after: None,
+        }
+    }
+}
+
+/// The outbound side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// The port used for MX hosts (25; a lab or test may change it).
+    pub mx_port: u16,
+    /// The name said in EHLO; the `hostname` when absent.
+    pub helo_name: Option<String>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout for the greeting and each command.
+    pub command_timeout: Duration,
+    /// Timeout for the reply to the end of data.
+    pub data_timeout: Duration,
+    /// The maildir root of the `local` transport (`<root>/<recipient>/new/`); relative to
+    /// the configuration file.
+    pub local_maildir: Option<PathBuf>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        let secs = |s: u64| Duration(std::time::Duration::from_secs(s));
+        DeliveryConfig {
+            mx_port: 25,
+            helo_name: None,
+            connect_timeout: secs(30),
+            command_timeout: secs(300),
+            data_timeout: secs(600),
+            local_maildir: None,
+        }
+    }
+}
+
+/// A static route: recipient domains and where their mail goes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The route's name (plugins route to it with `named(name)`).
+    pub name: String,
+    /// Recipient domains sent this way (exact, case-insensitive).
+    #[serde(default)]
+    pub domains: Vec<DomainName>,
+    /// The next hop, `host:port` (an IP address or a name).
+    pub smarthost: Option<String>,
+    /// Or: deliver into this maildir root instead (relative to the configuration file).
+    pub maildir: Option<PathBuf>,
 }
 
 /// The admin listener.
@@ -351,6 +444,18 @@ impl Config {
         if config.plugins.cache_dir.is_relative() {
             config.plugins.cache_dir = base.join(&config.plugins.cache_dir);
         }
+        if let Some(dir) = &mut config.delivery.local_maildir
+            && dir.is_relative()
+        {
+            *dir = base.join(&*dir);
+        }
+        for route in &mut config.routes {
+            if let Some(dir) = &mut route.maildir
+                && dir.is_relative()
+            {
+                *dir = base.join(&*dir);
+            }
+        }
         for plugin in &mut config.plugin_list {
             if plugin.path.is_relative() {
                 plugin.path = base.join(&plugin.path);
@@ -481,6 +586,46 @@ impl Config {
                     ));
                 }
             }
+        }
+        let mut route_names = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            if !route_names.insert(route.name.as_str()) {
+                return Err((
+                    format!("route[{i}].name"),
+                    format!("route name `{}` is used twice", route.name),
+                ));
+            }
+            match (&route.smarthost, &route.maildir) {
+                (Some(host), None) => {
+                    if crate::outbound::lookup::parse_host_port(host).is_none() {
+                        return Err((
+                            format!("route[{i}].smarthost"),
+                            format!("`{host}` is not host:port"),
+                        ));
+                    }
+                }
+                (None, Some(_)) => {}
+                _ => {
+                    return Err((
+                        format!("route[{i}].smarthost"),
+                        "a route needs exactly one of `smarthost` and `maildir`".into(),
+                    ));
+                }
+            }
+        }
+        if self.queue.retry_intervals.is_empty()
+            || self.queue.retry_intervals.iter().any(|d| d.0.is_zero())
+        {
+            return Err((
+                "queue.retry_intervals".into(),
+                "at least one interval, each greater than 0".into(),
+            ));
+        }
+        if self.queue.max_concurrent_deliveries == 0 || self.queue.max_per_destination == 0 {
+            return Err((
+                "queue.max_per_destination".into(),
+                "concurrency limits must be greater than 0".into(),
+            ));
         }
         let limits = &self.limits;
         for (key, value) in [

@@ -9,6 +9,8 @@ pub mod admin;
 pub mod config;
 pub mod inbound;
 pub mod metrics;
+pub mod outbound;
 pub mod plugins;
+pub mod queue;
 pub mod server;
 pub mod spool;

@@ -26,6 +26,13 @@ pub struct PluginHookLabels {
     pub hook: String,
 }
 
+/// Labels of a delivery outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `delivered`, `deferred` or `bounced`.
+    pub outcome: String,
+}
+
 /// Labels of a counter a plugin keeps through `counter-add`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginCounterLabels {
@@ -53,6 +60,10 @@ pub struct Metrics {
     pub plugin_failures: Family<PluginHookLabels, Counter>,
     /// Counters kept by plugins.
     pub plugin_counters: Family<PluginCounterLabels, Counter>,
+    /// Delivery outcomes per recipient and attempt.
+    pub deliveries: Family<OutcomeLabels, Counter>,
+    /// Messages in the queue.
+    pub queued: Gauge,
 }
 
 impl Default for Metrics {
@@ -72,6 +83,18 @@ impl Metrics {
         let messages_refused = Family::default();
         let plugin_failures = Family::default();
         let plugin_counters = Family::default();
+        let deliveries = Family::default();
+        let queued = Gauge::default();
+        registry.register(
+            "deliveries",
+            "Delivery outcomes, one per recipient per attempt",
+            deliveries.clone(),
+        );
+        registry.register(
+            "queued_messages",
+            "Messages in the delivery queue",
+            queued.clone(),
+        );
         registry.register("sessions", "SMTP sessions started", sessions.clone());
         registry.register(
             "sessions_active",
@@ -112,6 +135,8 @@ impl Metrics {
             messages_refused,
             plugin_failures,
             plugin_counters,
+            deliveries,
+            queued,
         }
     }
 

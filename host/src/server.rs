@@ -18,7 +18,9 @@ use crate::config::Config;
 use crate::inbound::InboundContext;
 use crate::inbound::listener::Listener;
 use crate::metrics::Metrics;
+use crate::plugins::dns::Dns;
 use crate::plugins::{PluginHost, reload};
+use crate::queue::Queue;
 use crate::spool::Spool;
 
 /// Runs the gateway with `config` until SIGTERM or SIGINT.
@@ -36,7 +38,8 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     );
 
     let metrics = Arc::new(Metrics::new());
-    let plugins = PluginHost::start(&config, Arc::clone(&metrics))
+    let dns = Arc::new(Dns::new(&config.dns).map_err(|e| anyhow::anyhow!(e))?);
+    let plugins = PluginHost::start(&config, Arc::clone(&dns), Arc::clone(&metrics))
         .await
         .context("loading plugins")?;
     let admin = match config.admin.address {
@@ -65,11 +68,21 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     }
 
     let shutdown = CancellationToken::new();
+    let queue = Queue::start(
+        Arc::clone(&config),
+        spool.clone(),
+        recovery.messages,
+        Arc::clone(&dns),
+        Arc::clone(&plugins),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    );
     let ctx = Arc::new(InboundContext::new(
         Arc::clone(&config),
         spool,
         Arc::clone(&plugins),
         Arc::clone(&metrics),
+        queue,
         shutdown.clone(),
     ));
     if let Some(socket) = admin {

@@ -14,6 +14,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod sink;
+
 /// How long the harness waits for the gateway to do anything before failing the test.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -58,6 +60,8 @@ pub struct GatewayConfig {
     /// `[[plugin]]` tables: (name, component file name in `plugins/dist`, extra TOML lines
     /// such as `on_error = "continue"` and `[plugin.config]` contents).
     pub plugins: Vec<PluginEntry>,
+    /// `[[route]]` entries as inline tables.
+    pub routes: Vec<String>,
 }
 
 /// One `[[plugin]]` of a test configuration.
@@ -119,6 +123,7 @@ impl Default for GatewayConfig {
             smtp: Vec::new(),
             top: Vec::new(),
             plugins: Vec::new(),
+            routes: Vec::new(),
         }
     }
 }
@@ -154,6 +159,9 @@ impl GatewayConfig {
         let mut text = format!("hostname = {:?}\n", self.hostname);
         for (key, value) in &self.top {
             text.push_str(&format!("{key} = {value}\n"));
+        }
+        if !self.routes.is_empty() {
+            text.push_str(&format!("route = [{}]\n", self.routes.join(", ")));
         }
         for (name, address) in &self.listeners {
             text.push_str(&format!(
@@ -316,6 +324,35 @@ impl Gateway {
             .addresses
             .get(name)
             .unwrap_or_else(|| panic!("no listener {name}: {:?}", self.addresses))
+    }
+
+    /// The admin listener's address (when `[admin] address` is configured), from the log.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.wait_for_log("admin listening");
+        self.log()
+            .lines()
+            .filter(|l| l.contains("admin listening"))
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("address="))
+                    .and_then(|a| a.parse().ok())
+            })
+            .expect("admin address in the log")
+    }
+
+    /// GETs a path from the admin listener; returns (status line, body).
+    pub fn admin_get(&self, path: &str) -> (String, String) {
+        let mut stream =
+            TcpStream::connect_timeout(&self.admin_addr(), PATIENCE).expect("connect admin");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("send request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read response");
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        (
+            head.lines().next().unwrap_or_default().to_owned(),
+            body.to_owned(),
+        )
     }
 
     /// Everything the gateway has logged so far.
@@ -995,6 +1032,33 @@ fn free_udp_and_tcp_port() -> u16 {
 }
 
 impl GatewayConfig {
+    /// Adds a smarthost `[[route]]` for `domains`.
+    pub fn route(mut self, name: &str, domains: &[&str], smarthost: SocketAddr) -> Self {
+        self.routes.push(format!(
+            "{{ name = {name:?}, domains = [{}], smarthost = \"{smarthost}\" }}",
+            domains
+                .iter()
+                .map(|d| format!("{d:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        self
+    }
+
+    /// Adds a maildir `[[route]]` for `domains`.
+    pub fn maildir_route(mut self, name: &str, domains: &[&str], root: &Path) -> Self {
+        self.routes.push(format!(
+            "{{ name = {name:?}, domains = [{}], maildir = {:?} }}",
+            domains
+                .iter()
+                .map(|d| format!("{d:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            root
+        ));
+        self
+    }
+
     /// Points the gateway's resolver (`[dns]`, used by plugins' `resolve`) at one name
     /// server, e.g. a [`DnsServer`], with a per-query timeout in milliseconds.
     pub fn dns(mut self, nameserver: SocketAddr, timeout_ms: u64) -> Self {

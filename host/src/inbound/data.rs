@@ -357,7 +357,16 @@ impl<S: Stream> Session<S> {
             }
         }
         envelope.tags.clone_from(&self.tags);
-        match writer.commit(&envelope).await {
+        let committed = writer.commit(&envelope).await;
+        if let Ok(id) = &committed {
+            let message_len = envelope.size;
+            self.ctx.queue.enqueue(crate::spool::StoredMessage {
+                id: *id,
+                envelope: envelope.clone(),
+                message_len,
+            });
+        }
+        match committed {
             Ok(id) => {
                 self.ctx
                     .metrics

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::plugins::PluginHost;
+use crate::queue::Queue;
 use crate::spool::Spool;
 use admission::Admission;
 use relay::RelayPolicy;
@@ -53,6 +54,8 @@ pub struct InboundContext {
     pub plugins: Arc<PluginHost>,
     /// The gateway's metrics.
     pub metrics: Arc<Metrics>,
+    /// The delivery queue, told about each committed message.
+    pub queue: Queue,
 }
 
 impl InboundContext {
@@ -62,6 +65,7 @@ impl InboundContext {
         spool: Spool,
         plugins: Arc<PluginHost>,
         metrics: Arc<Metrics>,
+        queue: Queue,
         shutdown: CancellationToken,
     ) -> Self {
         let ehlo_reply = ehlo::ehlo_reply(&config);
@@ -77,6 +81,7 @@ impl InboundContext {
             ehlo_reply,
             plugins,
             metrics,
+            queue,
         }
     }
 }

@@ -348,6 +348,80 @@ impl SessionPlugins {
         }
     }
 
+    /// Asks the chain where `recipient` goes: the first plugin with an opinion decides.
+    /// A failing plugin is skipped (routing falls back to the static routes and MX).
+    pub async fn route(&mut self, recipient: &str) -> Option<w::Route> {
+        for index in 0..self.chain.plugins.len() {
+            let plugin = Arc::clone(&self.chain.plugins[index]);
+            if !plugin.hooks.contains(w::Hooks::ROUTE) {
+                continue;
+            }
+            match self
+                .call_other(index, &plugin, Other::Route(recipient))
+                .await
+            {
+                Ok(OtherResult::Route(Some(route))) => return Some(route),
+                Ok(_) => {}
+                Err(why) => {
+                    self.instances[index] = None;
+                    tracing::warn!(plugin = %plugin.name, hook = "on-route", error = %why, "plugin failed");
+                }
+            }
+        }
+        None
+    }
+
+    /// Tells every plugin that wants it about a delivery outcome.
+    pub async fn delivery(&mut self, info: &w::DeliveryInfo) {
+        for index in 0..self.chain.plugins.len() {
+            let plugin = Arc::clone(&self.chain.plugins[index]);
+            if !plugin.hooks.contains(w::Hooks::DELIVERY) {
+                continue;
+            }
+            if let Err(why) = self.call_other(index, &plugin, Other::Delivery(info)).await {
+                self.instances[index] = None;
+                tracing::warn!(plugin = %plugin.name, hook = "on-delivery", error = %why, "plugin failed");
+            }
+        }
+    }
+
+    /// Whether any plugin of the chain has this hook.
+    pub fn has(&self, flag: w::Hooks) -> bool {
+        self.chain.plugins.iter().any(|p| p.hooks.contains(flag))
+    }
+
+    async fn call_other(
+        &mut self,
+        index: usize,
+        plugin: &LoadedPlugin,
+        call: Other<'_>,
+    ) -> Result<OtherResult, String> {
+        if self.instances[index].is_none() {
+            let instance = Instance::create(plugin, &self.engine, &self.services).await?;
+            self.instances[index] = Some(instance);
+        }
+        let Some(instance) = self.instances[index].as_mut() else {
+            return Err("no instance".into());
+        };
+        instance
+            .store
+            .set_fuel(plugin.fuel())
+            .map_err(|e| format!("fuel: {e}"))?;
+        let hooks = instance.bindings.tidegate_plugin_hooks();
+        let store = &mut instance.store;
+        match call {
+            Other::Route(recipient) => hooks
+                .call_on_route(&mut *store, recipient)
+                .await
+                .map(OtherResult::Route),
+            Other::Delivery(info) => hooks
+                .call_on_delivery(&mut *store, info)
+                .await
+                .map(|()| OtherResult::Done),
+        }
+        .map_err(|e| describe_trap(&e))
+    }
+
     async fn call(
         &mut self,
         index: usize,
@@ -395,6 +469,18 @@ impl SessionPlugins {
         };
         result.map_err(|e| describe_trap(&e))
     }
+}
+
+/// The hooks of the delivery side.
+enum Other<'a> {
+    Route(&'a str),
+    Delivery(&'a w::DeliveryInfo),
+}
+
+/// What those hooks return.
+enum OtherResult {
+    Route(Option<w::Route>),
+    Done,
 }
 
 /// A readable reason for a failed call: fuel exhaustion and memory limits are named as such.

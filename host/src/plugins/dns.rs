@@ -49,6 +49,11 @@ impl Dns {
         })
     }
 
+    /// The resolver, if one could be built (delivery uses it for MX and address lookups).
+    pub fn resolver(&self) -> Option<&TokioResolver> {
+        self.resolver.as_ref()
+    }
+
     /// Looks up `name` and renders the answers as text.
     pub async fn lookup(&self, name: &str, kind: Kind) -> Result<Vec<String>, DnsError> {
         let Some(resolver) = &self.resolver else {

@@ -32,6 +32,8 @@ pub struct PluginSet {
     pub plugins: HashMap<String, Arc<LoadedPlugin>>,
     /// Chains by listener name.
     pub chains: HashMap<String, Arc<Chain>>,
+    /// Plugin names in configuration order.
+    pub order: Vec<String>,
 }
 
 /// The plugin runtime of a running server.
@@ -45,10 +47,13 @@ pub struct PluginHost {
 impl PluginHost {
     /// Builds the runtime and loads every configured plugin; any plugin that fails to load
     /// is an error at start-up (a gateway must not start without the policy it was given).
-    pub async fn start(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<PluginHost>> {
+    pub async fn start(
+        config: &Config,
+        dns: Arc<dns::Dns>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<PluginHost>> {
         let engine = PluginEngine::new(&config.plugins)
             .map_err(|e| anyhow::anyhow!("plugin engine: {e:#}"))?;
-        let dns = dns::Dns::new(&config.dns).map_err(|e| anyhow::anyhow!(e))?;
         let services = Arc::new(HostServices {
             dns,
             kv: kv::KvStore::default(),
@@ -77,6 +82,24 @@ impl PluginHost {
             .cloned()
             .unwrap_or_default();
         SessionPlugins::new(chain, Arc::clone(&self.engine), Arc::clone(&self.services))
+    }
+
+    /// The plugins for the delivery queue: every loaded plugin, in configuration order
+    /// (only those with on-route or on-delivery are ever called there).
+    pub fn queue_session(&self) -> SessionPlugins {
+        let set = self.current.load();
+        let chain = Chain {
+            plugins: set
+                .order
+                .iter()
+                .filter_map(|name| set.plugins.get(name).cloned())
+                .collect(),
+        };
+        SessionPlugins::new(
+            Arc::new(chain),
+            Arc::clone(&self.engine),
+            Arc::clone(&self.services),
+        )
     }
 
     /// The shared host services (counters for metrics, the KV store).
@@ -154,7 +177,12 @@ impl PluginHost {
             };
             chains.insert(listener.name.clone(), Arc::new(chain));
         }
-        Ok(PluginSet { plugins, chains })
+        let order = config.plugin_list.iter().map(|p| p.name.clone()).collect();
+        Ok(PluginSet {
+            plugins,
+            chains,
+            order,
+        })
     }
 
     async fn load_one(

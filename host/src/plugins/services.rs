@@ -23,7 +23,7 @@ pub struct HostServices {
     /// The key/value store.
     pub kv: KvStore,
     /// DNS for `resolve`.
-    pub dns: Dns,
+    pub dns: Arc<Dns>,
     /// Where plugin counters and failures are counted.
     pub metrics: Arc<Metrics>,
 }

@@ -1,0 +1,8 @@
+//! The outbound side: finding the next hop ([`lookup`]), speaking SMTP to it
+//! ([`client`], reusing connections through [`pool`]), and the local maildir transport
+//! ([`maildir`]).
+
+pub mod client;
+pub mod lookup;
+pub mod maildir;
+pub mod pool;

@@ -1,0 +1,429 @@
+//! The queue manager: every spooled message is delivered, retried or bounced, exactly once
+//! per recipient, across crashes.
+//!
+//! An in-memory schedule (due time → queue ID) is rebuilt at start-up from the spool and
+//! each message's state log ([`state`]). A scheduler task takes due messages and starts an
+//! [`attempt`] for each, bounded by a global limit and a limit per destination. Outcomes are
+//! written to the state log and fdatasynced before the queue acts on them; a message whose
+//! recipients are all final is removed from the spool.
+//!
+//! # The guarantee
+//! A recipient that the next hop accepted (250 after DATA) is recorded as delivered before
+//! anything else happens. If Tidegate is killed after that reply but before the record is on
+//! disk (a window of one fdatasync inside a single SMTP transaction), the recipient is
+//! delivered again on restart; outside that window no delivered recipient is delivered
+//! again, and no recipient is forgotten: a message leaves the spool only once every
+//! recipient is delivered or bounced (and the bounce itself is spooled).
+
+pub mod attempt;
+pub mod dsn;
+pub mod state;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::outbound::pool::ConnectionPool;
+use crate::plugins::PluginHost;
+use crate::plugins::dns::Dns;
+use crate::spool::{QueueId, Spool, StoredMessage};
+use state::{Event, Outcome};
+
+/// Where a recipient stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecipientState {
+    /// Not final yet: `attempts` made so far.
+    Pending {
+        /// Attempts made so far.
+        attempts: u32,
+    },
+    /// Final: delivered.
+    Delivered,
+    /// Final: bounced.
+    Bounced,
+}
+
+/// A message the queue knows about.
+#[derive(Debug)]
+struct Entry {
+    stored: Arc<StoredMessage>,
+    recipients: Vec<RecipientState>,
+    /// An attempt is running: the scheduler must not start another.
+    in_flight: bool,
+}
+
+/// Shared state of the queue.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Arc<Config>,
+    pub(crate) spool: Spool,
+    pub(crate) spool_dir: PathBuf,
+    pub(crate) dns: Arc<Dns>,
+    pub(crate) plugins: Arc<PluginHost>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) pool: ConnectionPool,
+    schedule: Mutex<BTreeSet<(u64, QueueId)>>,
+    entries: Mutex<HashMap<QueueId, Entry>>,
+    wake: Notify,
+    global: Semaphore,
+    per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// A handle on the running queue; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    shared: Arc<Shared>,
+}
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Queue {
+    /// Starts the queue with the messages recovered from the spool; their state logs are
+    /// replayed, so delivered recipients are not delivered again.
+    pub fn start(
+        config: Arc<Config>,
+        spool: Spool,
+        recovered: Vec<StoredMessage>,
+        dns: Arc<Dns>,
+        plugins: Arc<PluginHost>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Queue {
+        let spool_dir = config.spool.path.clone();
+        let state_dir = spool_dir.join("state");
+        if let Err(e) = std::fs::create_dir_all(&state_dir) {
+            tracing::error!(dir = %state_dir.display(), error = %e, "cannot create the state directory");
+        }
+        let shared = Arc::new(Shared {
+            global: Semaphore::new(config.queue.max_concurrent_deliveries),
+            pool: ConnectionPool::default(),
+            config,
+            spool,
+            spool_dir,
+            dns,
+            plugins,
+            metrics,
+            schedule: Mutex::new(BTreeSet::new()),
+            entries: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            per_destination: Mutex::new(HashMap::new()),
+        });
+        let queue = Queue { shared };
+        let mut resumed = 0usize;
+        for stored in recovered {
+            if queue.admit(stored) {
+                resumed += 1;
+            }
+        }
+        tracing::info!(messages = resumed, "queue resumed");
+        tokio::spawn(run_scheduler(Arc::clone(&queue.shared), shutdown));
+        queue
+    }
+
+    /// Takes a newly committed message into the queue, due at once.
+    pub fn enqueue(&self, stored: StoredMessage) {
+        self.admit(stored);
+    }
+
+    /// Messages the queue holds.
+    pub fn len(&self) -> usize {
+        lock(&self.shared.entries).len()
+    }
+
+    /// Whether the queue is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a message, replaying its state log; returns false if it was already complete
+    /// (and removes it).
+    fn admit(&self, stored: StoredMessage) -> bool {
+        let id = stored.id;
+        let log = self.shared.state_path(id);
+        let events = match state::replay(&log) {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::error!(%id, error = %e, "cannot read the state log; retrying every recipient");
+                Vec::new()
+            }
+        };
+        let count = stored.envelope.recipients.len();
+        let mut recipients = vec![RecipientState::Pending { attempts: 0 }; count];
+        let mut due = now_ms();
+        let mut next_due: Option<u64> = None;
+        for event in &events {
+            let Some(slot) = recipients.get_mut(event.rcpt) else {
+                continue;
+            };
+            *slot = match event.outcome {
+                Outcome::Delivered => RecipientState::Delivered,
+                Outcome::Bounced => RecipientState::Bounced,
+                Outcome::Deferred => {
+                    if let Some(next) = event.next {
+                        next_due = Some(next_due.map_or(next * 1000, |d| d.max(next * 1000)));
+                    }
+                    RecipientState::Pending {
+                        attempts: event.attempt,
+                    }
+                }
+            };
+        }
+        if let Some(next) = next_due {
+            due = due.max(next);
+        }
+        if recipients
+            .iter()
+            .all(|r| !matches!(r, RecipientState::Pending { .. }))
+        {
+            // Every recipient is final: the crash fell between the last record and the
+            // removal. Finish the removal now.
+            self.shared.remove_files(id);
+            return false;
+        }
+        self.shared.metrics.queued.inc();
+        lock(&self.shared.entries).insert(
+            id,
+            Entry {
+                stored: Arc::new(stored),
+                recipients,
+                in_flight: false,
+            },
+        );
+        self.shared.schedule_at(id, due);
+        true
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The queue's maps hold plain data; a panic elsewhere cannot leave them half-changed.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    pub(crate) fn state_path(&self, id: QueueId) -> PathBuf {
+        self.spool_dir.join("state").join(id.to_string())
+    }
+
+    pub(crate) fn message_path(&self, id: QueueId) -> PathBuf {
+        self.spool_dir.join("msg").join(id.to_string())
+    }
+
+    fn schedule_at(&self, id: QueueId, due_ms: u64) {
+        lock(&self.schedule).insert((due_ms, id));
+        self.wake.notify_one();
+    }
+
+    /// The semaphore limiting deliveries to one destination.
+    pub(crate) fn destination_limit(&self, key: &str) -> Arc<Semaphore> {
+        let mut map = lock(&self.per_destination);
+        Arc::clone(
+            map.entry(key.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.config.queue.max_per_destination))),
+        )
+    }
+
+    /// Records outcomes durably, then updates memory; returns the recipients' new states.
+    pub(crate) fn record(
+        &self,
+        id: QueueId,
+        events: &[Event],
+    ) -> std::io::Result<Vec<RecipientState>> {
+        state::append(&self.state_path(id), events)?;
+        self.record_in_memory(id, events)
+    }
+
+    /// Updates memory with outcomes already on disk.
+    pub(crate) fn record_in_memory(
+        &self,
+        id: QueueId,
+        events: &[Event],
+    ) -> std::io::Result<Vec<RecipientState>> {
+        let mut entries = lock(&self.entries);
+        let Some(entry) = entries.get_mut(&id) else {
+            return Ok(Vec::new());
+        };
+        for event in events {
+            if let Some(slot) = entry.recipients.get_mut(event.rcpt) {
+                *slot = match event.outcome {
+                    Outcome::Delivered => RecipientState::Delivered,
+                    Outcome::Bounced => RecipientState::Bounced,
+                    Outcome::Deferred => RecipientState::Pending {
+                        attempts: event.attempt,
+                    },
+                };
+            }
+        }
+        Ok(entry.recipients.clone())
+    }
+
+    /// Ends an attempt: either the message is complete and leaves the spool, or it is
+    /// scheduled again.
+    pub(crate) fn finish_attempt(&self, id: QueueId, next_due_ms: Option<u64>) {
+        let complete = {
+            let mut entries = lock(&self.entries);
+            match entries.get_mut(&id) {
+                Some(entry) => {
+                    entry.in_flight = false;
+                    let complete = entry
+                        .recipients
+                        .iter()
+                        .all(|r| !matches!(r, RecipientState::Pending { .. }));
+                    if complete {
+                        entries.remove(&id);
+                        self.metrics.queued.dec();
+                    }
+                    complete
+                }
+                None => true,
+            }
+        };
+        if complete {
+            self.remove_files(id);
+            tracing::info!(%id, "message complete, removed from the spool");
+        } else {
+            self.schedule_at(id, next_due_ms.unwrap_or_else(|| now_ms() + 60_000));
+        }
+    }
+
+    /// Removes a finished message: the message file first (so a crash in between leaves
+    /// a state log without a message, which start-up ignores), then its log.
+    fn remove_files(&self, id: QueueId) {
+        let message = self.message_path(id);
+        if let Err(e) = std::fs::remove_file(&message)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::error!(%id, error = %e, "cannot remove a finished message");
+            return;
+        }
+        let _ = std::fs::remove_file(self.state_path(id));
+    }
+
+    /// The pending recipients of a message and their attempt counts.
+    pub(crate) fn pending(&self, id: QueueId) -> Option<(Arc<StoredMessage>, Vec<(usize, u32)>)> {
+        let entries = lock(&self.entries);
+        let entry = entries.get(&id)?;
+        let pending = entry
+            .recipients
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match r {
+                RecipientState::Pending { attempts } => Some((i, *attempts)),
+                _ => None,
+            })
+            .collect();
+        Some((Arc::clone(&entry.stored), pending))
+    }
+
+    /// Spools and enqueues a message the queue itself writes (a DSN).
+    pub(crate) async fn inject(
+        self: &Arc<Self>,
+        envelope: crate::spool::Envelope,
+        message: &[u8],
+    ) -> Result<QueueId, crate::spool::SpoolError> {
+        let mut writer = self.spool.new_message();
+        let mut envelope = envelope;
+        envelope.id = writer.id().to_string();
+        envelope.size = message.len() as u64;
+        writer.buffer().extend_from_slice(message);
+        let id = writer.commit(&envelope).await?;
+        let stored = StoredMessage {
+            id,
+            envelope,
+            message_len: message.len() as u64,
+        };
+        Queue {
+            shared: Arc::clone(self),
+        }
+        .enqueue(stored);
+        Ok(id)
+    }
+}
+
+async fn run_scheduler(shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let now = now_ms();
+        let mut due = Vec::new();
+        let next_wake = {
+            let mut schedule = lock(&shared.schedule);
+            while let Some(&(at, id)) = schedule.first() {
+                if at > now {
+                    break;
+                }
+                schedule.pop_first();
+                due.push(id);
+            }
+            schedule.first().map(|&(at, _)| at)
+        };
+        for id in due {
+            let start = {
+                let mut entries = lock(&shared.entries);
+                match entries.get_mut(&id) {
+                    Some(entry) if !entry.in_flight => {
+                        entry.in_flight = true;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if start {
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    // Bounded: waits here (not in the scheduler) for a global slot.
+                    let Ok(_permit) = shared.global.acquire().await else {
+                        return;
+                    };
+                    attempt::run(&shared, id).await;
+                });
+            }
+        }
+        let sleep = next_wake.map_or(Duration::from_secs(3600), |at| {
+            Duration::from_millis(at.saturating_sub(now_ms()).max(1))
+        });
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = shared.wake.notified() => {}
+            () = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+/// The next attempt after `attempts` failed ones: the configured interval (the last one
+/// repeats) with ±10 % jitter, so a burst deferred together does not retry together.
+pub fn retry_delay(intervals: &[crate::config::Duration], attempts: u32) -> Duration {
+    let index = (attempts.max(1) as usize - 1).min(intervals.len().saturating_sub(1));
+    let base = intervals
+        .get(index)
+        .map_or(Duration::from_secs(60), |d| d.0);
+    use std::hash::{BuildHasher, RandomState};
+    let random = RandomState::new().hash_one(attempts) % 2001;
+    let factor = 0.9 + (random as f64) / 10_000.0;
+    base.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Duration as D;
+
+    #[test]
+    fn retry_delays_follow_the_schedule_with_jitter() {
+        let intervals = [D(Duration::from_secs(60)), D(Duration::from_secs(300))];
+        for _ in 0..50 {
+            let first = retry_delay(&intervals, 1).as_secs_f64();
+            assert!((54.0..=66.0).contains(&first), "{first}");
+            let later = retry_delay(&intervals, 7).as_secs_f64();
+            assert!((270.0..=330.0).contains(&later), "{later}");
+        }
+    }
+}

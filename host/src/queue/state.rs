@@ -1,0 +1,117 @@
+//! Per-recipient delivery state: an append-only log beside each message
+//! (`<spool>/state/<ID>`), one JSON line per outcome, fdatasynced before the queue acts on
+//! it. Recovery replays the log; a torn last line (a crash mid-append) is ignored, which
+//! only means that outcome is learnt again by the next attempt.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// What became of one recipient in one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The next hop accepted it (or the local transport stored it): final.
+    Delivered,
+    /// A temporary failure: retried at `next`.
+    Deferred,
+    /// A permanent failure (or expiry): final, a DSN goes to the sender.
+    Bounced,
+}
+
+/// One line of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The recipient's index in the envelope.
+    pub rcpt: usize,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// When, in seconds since the epoch.
+    pub at: u64,
+    /// The next attempt, for a deferral (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+    /// The remote reply or local reason.
+    pub reply: String,
+    /// The RFC 3463 status for a DSN, e.g. `5.1.1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The host that answered, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+}
+
+/// Appends events and makes them durable.
+pub fn append(path: &Path, events: &[Event]) -> std::io::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut text = Vec::with_capacity(events.len() * 128);
+    for event in events {
+        serde_json::to_writer(&mut text, event)?;
+        text.push(b'\n');
+    }
+    let mut file = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(&text)?;
+    file.sync_data()
+}
+
+/// Reads every complete event of a log (none if it does not exist).
+pub fn replay(path: &Path) -> std::io::Result<Vec<Event>> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut events = Vec::new();
+    for line in std::io::BufReader::new(file).split(b'\n') {
+        let line = line?;
+        match serde_json::from_slice::<Event>(&line) {
+            Ok(event) => events.push(event),
+            Err(_) => break,
+        }
+    }
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(rcpt: usize, outcome: Outcome) -> Event {
+        Event {
+            rcpt,
+            outcome,
+            attempt: 1,
+            at: 1,
+            next: None,
+            reply: "250 ok".into(),
+            status: None,
+            remote: None,
+        }
+    }
+
+    #[test]
+    fn appends_replay_and_a_torn_tail_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        assert!(replay(&path).unwrap().is_empty());
+        append(&path, &[event(0, Outcome::Delivered)]).unwrap();
+        append(
+            &path,
+            &[event(1, Outcome::Deferred), event(2, Outcome::Bounced)],
+        )
+        .unwrap();
+        let mut file = std::fs::File::options().append(true).open(&path).unwrap();
+        file.write_all(b"{\"rcpt\":3,\"outc").unwrap();
+        let events = replay(&path).unwrap();
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[2], event(2, Outcome::Bounced));
+    }
+}

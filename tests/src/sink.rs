@@ -1,0 +1,780 @@
+//! A receiving SMTP server for end-to-end tests: the "next hop" Tidegate delivers to.
+//!
+//! [`SinkServer`] is a small but real SMTP server (RFC 5321) on plain blocking
+//! `std::net`, one thread per connection. It speaks EHLO/HELO, MAIL, RCPT, DATA (with
+//! dot-unstuffing; only `CRLF.CRLF` ends the data), RSET, NOOP and QUIT, answers
+//! pipelined commands in order, and records everything a test may want to assert on:
+//! the accepted messages, the number of connections, and every command line.
+//!
+//! Its [`Behaviour`] is chosen up front: which extensions it advertises, which recipients
+//! it refuses, how many DATA transactions it defers, what it greets with.
+//!
+//! ```ignore
+//! let sink = SinkServer::start("127.0.0.1:0".parse().unwrap(), Behaviour::default());
+//! // ... point the gateway at sink.addr() and send it a message ...
+//! let messages = sink.wait_for(1, PATIENCE);
+//! assert_eq!(messages[0].rcpt_to, ["user@example.test"]);
+//! ```
+//!
+//! Replies to pipelined commands are collected and written together once no further
+//! complete command is buffered (as Postfix does), so a pipelining client sees several
+//! replies in one read. The server is deliberately strict where a strict peer finds
+//! client bugs: it wants HELO/EHLO before MAIL, refuses MAIL parameters it did not
+//! advertise (555 5.5.4), refuses non-ASCII addresses without `SMTPUTF8` (553 5.6.7) and
+//! command lines with a bare CR or LF (500 5.5.2).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The host name the sink greets with and gives in its EHLO reply.
+pub const SINK_HOSTNAME: &str = "sink.example.test";
+
+/// The longest command line (without CRLF) the sink reads before it answers 500 and
+/// closes; generous, so a client is only caught out by a runaway line.
+const MAX_COMMAND_LINE: usize = 64 * 1024;
+
+/// How often blocked reads and accepts look at the stop flag.
+const POLL: Duration = Duration::from_millis(20);
+
+/// How the sink behaves. [`Default`] accepts everything and advertises `PIPELINING`,
+/// `SIZE`, `8BITMIME`, `SMTPUTF8` and `ENHANCEDSTATUSCODES`.
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    pipelining: bool,
+    smtputf8: bool,
+    eightbitmime: bool,
+    max_size: Option<u64>,
+    tempfail_data_first: usize,
+    rcpt_rules: Vec<RcptRule>,
+    greeting: u16,
+    delay_data_reply: Option<Duration>,
+}
+
+/// A fixed reply for one recipient address.
+#[derive(Debug, Clone)]
+struct RcptRule {
+    address: String,
+    code: u16,
+    enhanced: String,
+    text: &'static str,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            pipelining: true,
+            smtputf8: true,
+            eightbitmime: true,
+            max_size: None,
+            tempfail_data_first: 0,
+            rcpt_rules: Vec::new(),
+            greeting: 220,
+            delay_data_reply: None,
+        }
+    }
+}
+
+impl Behaviour {
+    /// Does not advertise `PIPELINING` (commands still get answered in order if a client
+    /// pipelines anyway; [`SinkServer::command_batches`] shows whether it did).
+    pub fn no_pipelining(mut self) -> Self {
+        self.pipelining = false;
+        self
+    }
+
+    /// Does not advertise `SMTPUTF8`: the `SMTPUTF8` MAIL parameter gets 555 5.5.4, and a
+    /// non-ASCII address 553 5.6.7 (RFC 6531 §3.5).
+    pub fn no_smtputf8(mut self) -> Self {
+        self.smtputf8 = false;
+        self
+    }
+
+    /// Does not advertise `8BITMIME`: `BODY=8BITMIME` gets 555 5.5.4.
+    pub fn no_8bitmime(mut self) -> Self {
+        self.eightbitmime = false;
+        self
+    }
+
+    /// Advertises `SIZE n` and enforces it: a larger `SIZE=` on MAIL, or more than `n`
+    /// octets of (unstuffed) data, gets 552 5.3.4. Without it the sink advertises a bare
+    /// `SIZE` (no fixed limit, RFC 1870).
+    pub fn max_size(mut self, n: u64) -> Self {
+        self.max_size = Some(n);
+        self
+    }
+
+    /// The first `n` DATA transactions (counted over all connections) end with
+    /// `451 4.3.0 try later` and the message is not recorded; later ones get 250.
+    pub fn tempfail_data_first(mut self, n: usize) -> Self {
+        self.tempfail_data_first = n;
+        self
+    }
+
+    /// `RCPT TO:<address>` (compared ignoring ASCII case) gets `code enhanced ...`, e.g.
+    /// `reject_rcpt("nobody@example.test", 550, "5.1.1")`.
+    pub fn reject_rcpt(mut self, address: &str, code: u16, enhanced: &str) -> Self {
+        self.rcpt_rules.push(RcptRule {
+            address: address.to_owned(),
+            code,
+            enhanced: enhanced.to_owned(),
+            text: "Recipient address rejected",
+        });
+        self
+    }
+
+    /// `RCPT TO:<address>` gets `450 4.2.1 Mailbox temporarily unavailable`.
+    pub fn tempfail_rcpt(mut self, address: &str) -> Self {
+        self.rcpt_rules.push(RcptRule {
+            address: address.to_owned(),
+            code: 450,
+            enhanced: "4.2.1".to_owned(),
+            text: "Mailbox temporarily unavailable",
+        });
+        self
+    }
+
+    /// Greets with this code instead of 220; any code other than 220 (e.g. 421 or 554)
+    /// is followed by closing the connection without reading a command.
+    pub fn greeting(mut self, code: u16) -> Self {
+        self.greeting = code;
+        self
+    }
+
+    /// Sleeps this long after the final dot of DATA before answering it (a window in
+    /// which a test can kill the sending gateway). The message is recorded when the reply
+    /// is written, whether or not the client is still there to read it: like a real
+    /// server that committed the message.
+    pub fn delay_data_reply(mut self, d: Duration) -> Self {
+        self.delay_data_reply = Some(d);
+        self
+    }
+
+    fn rcpt_rule(&self, address: &str) -> Option<&RcptRule> {
+        self.rcpt_rules
+            .iter()
+            .find(|rule| rule.address.eq_ignore_ascii_case(address))
+    }
+}
+
+/// A message the sink accepted with 250 after DATA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    /// The name given in the last HELO/EHLO of the connection.
+    pub helo: String,
+    /// The reverse path inside the brackets; empty for `<>`.
+    pub mail_from: String,
+    /// The MAIL parameters exactly as given, e.g. `["SIZE=1234", "BODY=8BITMIME"]`.
+    pub mail_params: Vec<String>,
+    /// The accepted recipients (inside the brackets), in order; refused ones are absent.
+    pub rcpt_to: Vec<String>,
+    /// The message octets, un-dot-stuffed, without the terminating `.` line.
+    pub data: Vec<u8>,
+    /// The connection it came over: 1 for the first the sink accepted, and so on.
+    pub connection: usize,
+}
+
+impl ReceivedMessage {
+    /// The data as text (lossily decoded).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.data).into_owned()
+    }
+}
+
+/// What all connection threads share.
+#[derive(Default)]
+struct State {
+    messages: Vec<ReceivedMessage>,
+    transcript: Vec<String>,
+    batches: Vec<Vec<String>>,
+    connections: usize,
+    data_transactions: usize,
+    queued: usize,
+    /// Clones of the open connections, to shut them down on stop.
+    open: Vec<(usize, TcpStream)>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    stop: AtomicBool,
+    behaviour: Behaviour,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking connection thread must not hide what was recorded before.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// A running sink; stops (closing its port and its connections) when dropped.
+pub struct SinkServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl SinkServer {
+    /// Binds `bind` (e.g. `127.0.0.1:0`, or a fixed `127.0.0.3:2526`) and starts
+    /// accepting connections. Panics if the address cannot be bound.
+    pub fn start(bind: SocketAddr, behaviour: Behaviour) -> SinkServer {
+        let listener =
+            TcpListener::bind(bind).unwrap_or_else(|e| panic!("sink cannot bind {bind}: {e}"));
+        let addr = listener.local_addr().expect("sink local address");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+            behaviour,
+        });
+        let acceptor = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name(format!("sink-{addr}"))
+                .spawn(move || accept_loop(&listener, &shared))
+                .expect("spawn sink thread")
+        };
+        SinkServer {
+            addr,
+            shared,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// The address the sink listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every message accepted so far, in the order the 250s were given.
+    pub fn received(&self) -> Vec<ReceivedMessage> {
+        self.shared.lock().messages.clone()
+    }
+
+    /// Waits until at least `count` messages have been accepted and returns all of them;
+    /// panics after `within`, saying what did arrive.
+    #[track_caller]
+    pub fn wait_for(&self, count: usize, within: Duration) -> Vec<ReceivedMessage> {
+        let deadline = Instant::now() + within;
+        let mut state = self.shared.lock();
+        while state.messages.len() < count {
+            let now = Instant::now();
+            if now >= deadline {
+                let tail = state.transcript.len().saturating_sub(40);
+                panic!(
+                    "sink {} received {} of {count} messages within {within:?} \
+                     ({} connections); messages: {:#?}\nlast commands: {:#?}",
+                    self.addr,
+                    state.messages.len(),
+                    state.connections,
+                    state.messages,
+                    &state.transcript[tail..],
+                );
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        state.messages.clone()
+    }
+
+    /// The number of TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.lock().connections
+    }
+
+    /// Every command line received (without its CRLF), over all connections, in the
+    /// order they were read. Message data is not included.
+    pub fn transcript(&self) -> Vec<String> {
+        self.shared.lock().transcript.clone()
+    }
+
+    /// The command lines grouped by arrival: lines that were already buffered together
+    /// when the sink read from the socket form one group. A client that waits for each
+    /// reply produces only one-line groups; a group of several lines means it pipelined.
+    pub fn command_batches(&self) -> Vec<Vec<String>> {
+        self.shared.lock().batches.clone()
+    }
+
+    /// Stops accepting, closes the port and every open connection, and waits for the
+    /// sink's threads to end. Dropping the server does the same.
+    pub fn stop(self) {}
+
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        let (open, threads) = {
+            let mut state = self.shared.lock();
+            (
+                std::mem::take(&mut state.open),
+                std::mem::take(&mut state.threads),
+            )
+        };
+        for (_, stream) in open {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for SinkServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl std::fmt::Debug for SinkServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    while !shared.stopped() {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let mut state = shared.lock();
+                state.connections += 1;
+                let number = state.connections;
+                if let Ok(clone) = stream.try_clone() {
+                    state.open.push((number, clone));
+                }
+                let thread_shared = Arc::clone(shared);
+                let thread = std::thread::Builder::new()
+                    .name(format!("sink-conn-{number}"))
+                    .spawn(move || {
+                        serve(stream, number, &thread_shared);
+                        thread_shared.lock().open.retain(|(n, _)| *n != number);
+                    })
+                    .expect("spawn sink connection thread");
+                state.threads.push(thread);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // Transient accept errors (e.g. a connection reset before it was accepted).
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    // The listener is dropped by the caller's thread ending: the port closes.
+}
+
+/// The envelope of the transaction in progress.
+#[derive(Debug, Default)]
+struct Transaction {
+    mail_from: String,
+    mail_params: Vec<String>,
+    smtputf8: bool,
+    rcpt_to: Vec<String>,
+}
+
+/// The message being read after a 354.
+#[derive(Debug, Default)]
+struct Data {
+    bytes: Vec<u8>,
+    /// The unstuffed size, counted even once over the limit.
+    size: u64,
+}
+
+/// One connection's SMTP session.
+struct Session<'a> {
+    shared: &'a Shared,
+    behaviour: &'a Behaviour,
+    connection: usize,
+    helo: Option<String>,
+    transaction: Option<Transaction>,
+    data: Option<Data>,
+    out: Vec<u8>,
+    closing: bool,
+}
+
+fn serve(mut stream: TcpStream, connection: usize, shared: &Shared) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(POLL));
+    let behaviour = &shared.behaviour;
+    if behaviour.greeting != 220 {
+        let _ = write!(
+            stream,
+            "{} {SINK_HOSTNAME} Service not available, closing transmission channel\r\n",
+            behaviour.greeting
+        );
+        let _ = stream.shutdown(Shutdown::Both);
+        return;
+    }
+    let mut session = Session {
+        shared,
+        behaviour,
+        connection,
+        helo: None,
+        transaction: None,
+        data: None,
+        out: format!("220 {SINK_HOSTNAME} ESMTP Tidegate test sink\r\n").into_bytes(),
+        closing: false,
+    };
+    let mut input: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let mut batch = Vec::new();
+        while !session.closing {
+            let Some(pos) = input.windows(2).position(|w| w == b"\r\n") else {
+                break;
+            };
+            let line: Vec<u8> = input.drain(..pos + 2).collect();
+            if session.data.is_some() {
+                if line == b".\r\n" {
+                    session.end_of_data(&mut stream);
+                } else {
+                    session.data_line(&line);
+                }
+            } else {
+                let line = String::from_utf8_lossy(&line[..pos]).into_owned();
+                {
+                    let mut state = shared.lock();
+                    state.transcript.push(line.clone());
+                }
+                batch.push(line.clone());
+                session.command(&line);
+            }
+        }
+        if !batch.is_empty() {
+            shared.lock().batches.push(batch);
+        }
+        if session.data.is_none() && !session.closing && input.len() > MAX_COMMAND_LINE {
+            session.reply("500 5.5.6 Line too long");
+            session.closing = true;
+        }
+        if stream.write_all(&session.out).is_err() {
+            return;
+        }
+        session.out.clear();
+        if session.closing {
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+        // Wait for more input, looking at the stop flag now and then.
+        loop {
+            if shared.stopped() {
+                let _ = stream.shutdown(Shutdown::Both);
+                return;
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => {
+                    input.extend_from_slice(&chunk[..n]);
+                    break;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+impl Session<'_> {
+    fn reply(&mut self, line: &str) {
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    fn command(&mut self, line: &str) {
+        if line.contains(['\r', '\n']) {
+            self.reply("500 5.5.2 Bare CR or LF in a command line");
+            return;
+        }
+        let (verb, rest) = match line.split_once(' ') {
+            Some((verb, rest)) => (verb, rest),
+            None => (line, ""),
+        };
+        match verb.to_ascii_uppercase().as_str() {
+            "EHLO" => self.hello(rest, true),
+            "HELO" => self.hello(rest, false),
+            "MAIL" => self.mail(line),
+            "RCPT" => self.rcpt(line),
+            "DATA" => self.data_command(rest),
+            "RSET" => {
+                self.transaction = None;
+                self.reply("250 2.0.0 Ok");
+            }
+            "NOOP" => self.reply("250 2.0.0 Ok"),
+            "QUIT" => {
+                self.reply(&format!(
+                    "221 2.0.0 {SINK_HOSTNAME} closing transmission channel"
+                ));
+                self.closing = true;
+            }
+            "VRFY" => self.reply("252 2.5.0 Cannot VRFY user, but will accept message"),
+            "BDAT" | "STARTTLS" | "AUTH" | "ETRN" | "EXPN" | "TURN" => {
+                self.reply("502 5.5.1 Command not implemented");
+            }
+            _ => self.reply("500 5.5.2 Command unrecognized"),
+        }
+    }
+
+    fn hello(&mut self, rest: &str, extended: bool) {
+        let name = rest.trim();
+        if name.is_empty() || name.contains(' ') {
+            let verb = if extended { "EHLO" } else { "HELO" };
+            self.reply(&format!("501 5.5.4 Syntax: {verb} hostname"));
+            return;
+        }
+        self.helo = Some(name.to_owned());
+        self.transaction = None;
+        if !extended {
+            self.reply(&format!("250 {SINK_HOSTNAME}"));
+            return;
+        }
+        let b = self.behaviour;
+        let mut lines = vec![SINK_HOSTNAME.to_owned()];
+        if b.pipelining {
+            lines.push("PIPELINING".into());
+        }
+        lines.push(match b.max_size {
+            Some(n) => format!("SIZE {n}"),
+            None => "SIZE".into(),
+        });
+        if b.eightbitmime {
+            lines.push("8BITMIME".into());
+        }
+        if b.smtputf8 {
+            lines.push("SMTPUTF8".into());
+        }
+        lines.push("ENHANCEDSTATUSCODES".into());
+        let last = lines.len() - 1;
+        for (i, text) in lines.iter().enumerate() {
+            let separator = if i == last { ' ' } else { '-' };
+            self.reply(&format!("250{separator}{text}"));
+        }
+    }
+
+    fn mail(&mut self, line: &str) {
+        let Some(rest) = strip_prefix_ignore_case(line, "MAIL FROM:") else {
+            self.reply("501 5.5.4 Syntax: MAIL FROM:<address>");
+            return;
+        };
+        if self.helo.is_none() {
+            self.reply("503 5.5.1 Error: send HELO/EHLO first");
+            return;
+        }
+        if self.transaction.is_some() {
+            self.reply("503 5.5.1 Error: nested MAIL command");
+            return;
+        }
+        let Some((address, params)) = parse_path(rest) else {
+            self.reply("501 5.1.7 Bad sender address syntax");
+            return;
+        };
+        let b = self.behaviour;
+        let mut smtputf8 = false;
+        for param in &params {
+            let (keyword, value) = match param.split_once('=') {
+                Some((k, v)) => (k.to_ascii_uppercase(), Some(v)),
+                None => (param.to_ascii_uppercase(), None),
+            };
+            match (keyword.as_str(), value) {
+                ("SIZE", Some(value)) => match value.parse::<u64>() {
+                    Ok(size) if b.max_size.is_some_and(|max| size > max) => {
+                        self.reply("552 5.3.4 Message size exceeds fixed limit");
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        self.reply("501 5.5.4 Bad SIZE parameter");
+                        return;
+                    }
+                },
+                ("BODY", Some(value)) if value.eq_ignore_ascii_case("7BIT") => {}
+                ("BODY", Some(value))
+                    if value.eq_ignore_ascii_case("8BITMIME") && b.eightbitmime => {}
+                ("SMTPUTF8", None) if b.smtputf8 => smtputf8 = true,
+                _ => {
+                    self.reply(&format!("555 5.5.4 Unsupported parameter {param}"));
+                    return;
+                }
+            }
+        }
+        if !address.is_ascii() && !smtputf8 {
+            self.reply("553 5.6.7 Non-ASCII address without SMTPUTF8");
+            return;
+        }
+        self.transaction = Some(Transaction {
+            mail_from: address,
+            mail_params: params,
+            smtputf8,
+            rcpt_to: Vec::new(),
+        });
+        self.reply("250 2.1.0 Ok");
+    }
+
+    fn rcpt(&mut self, line: &str) {
+        let Some(rest) = strip_prefix_ignore_case(line, "RCPT TO:") else {
+            self.reply("501 5.5.4 Syntax: RCPT TO:<address>");
+            return;
+        };
+        let Some(transaction) = &self.transaction else {
+            self.reply("503 5.5.1 Error: need MAIL command");
+            return;
+        };
+        let smtputf8 = transaction.smtputf8;
+        let Some((address, params)) = parse_path(rest) else {
+            self.reply("501 5.1.3 Bad recipient address syntax");
+            return;
+        };
+        if address.is_empty() {
+            self.reply("501 5.1.3 Bad recipient address syntax");
+            return;
+        }
+        if let Some(param) = params.first() {
+            self.reply(&format!("555 5.5.4 Unsupported parameter {param}"));
+            return;
+        }
+        if !address.is_ascii() && !smtputf8 {
+            self.reply("553 5.6.7 Non-ASCII address without SMTPUTF8");
+            return;
+        }
+        if let Some(rule) = self.behaviour.rcpt_rule(&address) {
+            let reply = format!("{} {} <{address}>: {}", rule.code, rule.enhanced, rule.text);
+            let accepted = (200..300).contains(&rule.code);
+            self.reply(&reply);
+            if !accepted {
+                return;
+            }
+        } else {
+            self.reply("250 2.1.5 Ok");
+        }
+        if let Some(transaction) = &mut self.transaction {
+            transaction.rcpt_to.push(address);
+        }
+    }
+
+    fn data_command(&mut self, rest: &str) {
+        if !rest.trim().is_empty() {
+            self.reply("501 5.5.4 Syntax: DATA");
+            return;
+        }
+        match &self.transaction {
+            None => self.reply("503 5.5.1 Error: need MAIL command"),
+            Some(t) if t.rcpt_to.is_empty() => self.reply("554 5.5.1 Error: no valid recipients"),
+            Some(_) => {
+                self.data = Some(Data::default());
+                self.reply("354 End data with <CR><LF>.<CR><LF>");
+            }
+        }
+    }
+
+    /// One data line, with its CRLF.
+    fn data_line(&mut self, line: &[u8]) {
+        let Some(data) = &mut self.data else { return };
+        let line = line.strip_prefix(b".").unwrap_or(line);
+        data.size += line.len() as u64;
+        if self.behaviour.max_size.is_none_or(|max| data.size <= max) {
+            data.bytes.extend_from_slice(line);
+        }
+    }
+
+    fn end_of_data(&mut self, stream: &mut TcpStream) {
+        let data = self.data.take().unwrap_or_default();
+        let transaction = self.transaction.take().unwrap_or_default();
+        if let Some(delay) = self.behaviour.delay_data_reply {
+            // The replies to anything before the dot go out first.
+            let _ = stream.write_all(&self.out);
+            self.out.clear();
+            let deadline = Instant::now() + delay;
+            while Instant::now() < deadline {
+                if self.shared.stopped() {
+                    self.closing = true;
+                    return;
+                }
+                std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+            }
+        }
+        let mut state = self.shared.lock();
+        state.data_transactions += 1;
+        if state.data_transactions <= self.behaviour.tempfail_data_first {
+            drop(state);
+            self.reply("451 4.3.0 try later");
+            return;
+        }
+        if self.behaviour.max_size.is_some_and(|max| data.size > max) {
+            drop(state);
+            self.reply("552 5.3.4 Message size exceeds fixed limit");
+            return;
+        }
+        state.queued += 1;
+        let id = state.queued;
+        state.messages.push(ReceivedMessage {
+            helo: self.helo.clone().unwrap_or_default(),
+            mail_from: transaction.mail_from,
+            mail_params: transaction.mail_params,
+            rcpt_to: transaction.rcpt_to,
+            data: data.bytes,
+            connection: self.connection,
+        });
+        drop(state);
+        self.shared.changed.notify_all();
+        self.reply(&format!("250 2.0.0 Ok: queued as sink-{id}"));
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(line: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = line.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &line[prefix.len()..])
+}
+
+/// Parses `<address> [PARAM ...]` (a space after the colon is tolerated): the address
+/// inside the brackets (a `>` inside a quoted local part does not close it) and the
+/// parameters.
+fn parse_path(rest: &str) -> Option<(String, Vec<String>)> {
+    let rest = rest.trim_start_matches(' ').strip_prefix('<')?;
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut end = None;
+    for (i, c) in rest.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '>' if !quoted => {
+                end = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let end = end?;
+    let address = &rest[..end];
+    let after = &rest[end + 1..];
+    if !after.is_empty() && !after.starts_with(' ') {
+        return None;
+    }
+    if address.contains(' ') && !address.contains('"') {
+        return None;
+    }
+    let params = after.split_whitespace().map(str::to_owned).collect();
+    Some((address.to_owned(), params))
+}
