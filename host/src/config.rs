@@ -143,6 +143,9 @@ pub struct QueueConfig {
     /// Send a delay notice to the sender once a message has waited this long (off when
     /// absent).
     pub delay_notice_after: Option<Duration>,
+    /// Accept and keep mail but deliver nothing (maintenance, or a gateway that only
+    /// spools); restart with `hold = false` to release it.
+    pub hold: bool,
 }
 
 impl Default for QueueConfig {
@@ -160,6 +163,7 @@ impl Default for QueueConfig {
             max_concurrent_deliveries: 200,
             max_per_destination: 20,
             delay_notice_after: None,
+            hold: false,
         }
     }
 }

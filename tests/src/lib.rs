@@ -62,6 +62,9 @@ pub struct GatewayConfig {
     pub plugins: Vec<PluginEntry>,
     /// `[[route]]` entries as inline tables.
     pub routes: Vec<String>,
+    /// `[queue]` keys. By default the queue is on hold (`hold = true`), so tests of the
+    /// inbound side find their messages in the spool; adding a route releases it.
+    pub queue: Vec<(String, String)>,
 }
 
 /// One `[[plugin]]` of a test configuration.
@@ -124,6 +127,7 @@ impl Default for GatewayConfig {
             top: Vec::new(),
             plugins: Vec::new(),
             routes: Vec::new(),
+            queue: vec![("hold".into(), "true".into())],
         }
     }
 }
@@ -163,6 +167,12 @@ impl GatewayConfig {
         if !self.routes.is_empty() {
             text.push_str(&format!("route = [{}]\n", self.routes.join(", ")));
         }
+        let queue: Vec<String> = self
+            .queue
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect();
+        text.push_str(&format!("queue = {{ {} }}\n", queue.join(", ")));
         for (name, address) in &self.listeners {
             text.push_str(&format!(
                 "\n[[listener]]\nname = {name:?}\naddress = {address:?}\nprotocol = \"smtp\"\n"
@@ -1032,8 +1042,21 @@ fn free_udp_and_tcp_port() -> u16 {
 }
 
 impl GatewayConfig {
-    /// Adds a smarthost `[[route]]` for `domains`.
+    /// Sets a `[queue]` key (the value is TOML).
+    pub fn queue(mut self, key: &str, value: &str) -> Self {
+        self.queue.retain(|(k, _)| k != key);
+        self.queue.push((key.into(), value.into()));
+        self
+    }
+
+    /// Releases the queue (the default configuration holds it), so mail is delivered.
+    pub fn deliver(self) -> Self {
+        self.queue("hold", "false")
+    }
+
+    /// Adds a smarthost `[[route]]` for `domains` and releases the queue.
     pub fn route(mut self, name: &str, domains: &[&str], smarthost: SocketAddr) -> Self {
+        self = self.deliver();
         self.routes.push(format!(
             "{{ name = {name:?}, domains = [{}], smarthost = \"{smarthost}\" }}",
             domains
@@ -1045,8 +1068,9 @@ impl GatewayConfig {
         self
     }
 
-    /// Adds a maildir `[[route]]` for `domains`.
+    /// Adds a maildir `[[route]]` for `domains` and releases the queue.
     pub fn maildir_route(mut self, name: &str, domains: &[&str], root: &Path) -> Self {
+        self = self.deliver();
         self.routes.push(format!(
             "{{ name = {name:?}, domains = [{}], maildir = {:?} }}",
             domains

@@ -130,7 +130,7 @@ fn a_temporary_failure_is_retried_and_the_message_arrives_once() {
     );
     let gateway = Gateway::start_with(
         &GatewayConfig::default()
-            .top("queue", r#"{ retry_intervals = ["1s"] }"#)
+            .queue("retry_intervals", r#"["1s"]"#)
             .route("internal", &["example.test"], sink.addr()),
     );
     let mut client = SmtpClient::ehlo(gateway.addr());

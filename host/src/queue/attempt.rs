@@ -12,7 +12,7 @@ use super::dsn::{Action, DsnInput, FailedRecipient, build_dsn};
 use super::state::{Event, Outcome};
 use super::{Shared, now_ms, retry_delay};
 use crate::inbound::address::{Domain, Mailbox};
-use crate::outbound::client::{ClientError, ClientSession, Outgoing, Timeouts};
+use crate::outbound::client::{ClientError, ClientSession, Outgoing, Stage, Timeouts};
 use crate::outbound::lookup::{self, LookupError, NextHop};
 use crate::outbound::maildir;
 use crate::plugins::bindings::tidegate::plugin::types as w;
@@ -477,9 +477,13 @@ async fn deliver_smtp(
         for &addr in &hop.addrs {
             match transact(shared, addr, &helo, &outgoing).await {
                 Ok(result) => return map_transaction(rcpts, &hop.name, result),
-                Err(error) if error.is_permanent() => {
-                    // A 5xx greeting, MAIL or data refusal, or a message the server cannot
-                    // take: the message itself is refused, trying elsewhere would not help.
+                Err(error)
+                    if error.is_permanent()
+                        && !matches!(error.stage(), Some(Stage::Greeting | Stage::Ehlo)) =>
+                {
+                    // A MAIL refusal or a message the server cannot take: the message
+                    // itself is refused, and trying elsewhere would not help. (A 5xx
+                    // greeting or EHLO refusal is about this host: the next one is tried.)
                     let status = error.enhanced().map(|e| e.to_string());
                     let reply = format!("{}: {error}", hop.name);
                     return rcpts
@@ -490,6 +494,23 @@ async fn deliver_smtp(
                                 Outcome::Bounced,
                                 reply.clone(),
                                 status.clone(),
+                                Some(hop.name.clone()),
+                            )
+                        })
+                        .collect();
+                }
+                Err(error) if matches!(error.stage(), Some(Stage::DataBlock | Stage::DataEnd)) => {
+                    // The server may have the message already: another host now could
+                    // deliver it twice. Defer, and let the retry find out.
+                    let reply = format!("{} [{addr}]: {error}", hop.name);
+                    return rcpts
+                        .iter()
+                        .map(|&r| {
+                            Result1::new(
+                                r,
+                                Outcome::Deferred,
+                                reply.clone(),
+                                Some("4.4.2".into()),
                                 Some(hop.name.clone()),
                             )
                         })
@@ -525,37 +546,24 @@ async fn transact(
     outgoing: &Outgoing<'_>,
 ) -> Result<crate::outbound::client::TransactionResult, ClientError> {
     if let Some(mut session) = shared.pool.take(addr) {
-        match session.send(outgoing).await {
-            Ok(result) => {
-                keep(shared, addr, session);
-                return Ok(result);
-            }
-            Err(error @ (ClientError::Rejected { .. } | ClientError::Unsupported { .. })) => {
-                if session.is_usable() {
-                    let _ = session.reset().await;
-                    keep(shared, addr, session);
-                }
-                return Err(error);
-            }
-            Err(error) => {
+        let result = session.send(outgoing).await;
+        // `send` leaves a usable session clean for the next transaction.
+        keep(shared, addr, session);
+        match result {
+            Ok(result) => return Ok(result),
+            // A stale pooled connection fails at its first command. Only then is a retry
+            // on a fresh connection safe: once message data may have reached the server,
+            // sending again could deliver twice.
+            Err(error) if !error.is_permanent() && error.stage() == Some(Stage::Mail) => {
                 tracing::debug!(%addr, %error, "pooled connection failed, reconnecting");
             }
+            Err(error) => return Err(error),
         }
     }
     let mut session = ClientSession::connect(addr, helo, timeouts(shared)).await?;
-    match session.send(outgoing).await {
-        Ok(result) => {
-            keep(shared, addr, session);
-            Ok(result)
-        }
-        Err(error) => {
-            if session.is_usable() {
-                let _ = session.reset().await;
-                keep(shared, addr, session);
-            }
-            Err(error)
-        }
-    }
+    let result = session.send(outgoing).await;
+    keep(shared, addr, session);
+    result
 }
 
 fn keep(shared: &Shared, addr: SocketAddr, session: ClientSession) {

@@ -58,6 +58,9 @@ struct Entry {
     in_flight: bool,
 }
 
+/// A message and its pending recipients: (index in the envelope, attempts so far).
+pub(crate) type Pending = (Arc<StoredMessage>, Vec<(usize, u32)>);
+
 /// Shared state of the queue.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -126,8 +129,15 @@ impl Queue {
                 resumed += 1;
             }
         }
-        tracing::info!(messages = resumed, "queue resumed");
-        tokio::spawn(run_scheduler(Arc::clone(&queue.shared), shutdown));
+        if queue.shared.config.queue.hold {
+            tracing::warn!(
+                messages = resumed,
+                "queue on hold: mail is accepted and kept, nothing is delivered"
+            );
+        } else {
+            tracing::info!(messages = resumed, "queue resumed");
+            tokio::spawn(run_scheduler(Arc::clone(&queue.shared), shutdown));
+        }
         queue
     }
 
@@ -310,7 +320,7 @@ impl Shared {
     }
 
     /// The pending recipients of a message and their attempt counts.
-    pub(crate) fn pending(&self, id: QueueId) -> Option<(Arc<StoredMessage>, Vec<(usize, u32)>)> {
+    pub(crate) fn pending(&self, id: QueueId) -> Option<Pending> {
         let entries = lock(&self.entries);
         let entry = entries.get(&id)?;
         let pending = entry
