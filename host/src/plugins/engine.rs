@@ -148,7 +148,9 @@ impl PluginEngine {
         if let Some(cached) = cached
             && let Ok(artifact) = component.serialize()
         {
-            let tmp = cached.with_extension("tmp");
+            // A name of its own: two processes sharing a cache must not interleave writes
+            // into one temporary file (the rename then publishes a whole artifact).
+            let tmp = cached.with_extension(format!("tmp.{}", std::process::id()));
             let written = std::fs::create_dir_all(&self.cache_dir)
                 .and_then(|()| std::fs::write(&tmp, artifact))
                 .and_then(|()| std::fs::rename(&tmp, &cached));
