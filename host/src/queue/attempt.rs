@@ -235,6 +235,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         }
     }
 
+    delay_notice(shared, &stored, &events, &message).await;
     shared.finish_attempt(id, next_due);
 }
 
@@ -611,12 +612,26 @@ fn outcome_of(code: u16) -> Outcome {
 /// Sends one DSN to the sender for the recipients that bounced in this attempt. Never to
 /// the null sender: a bounce of a bounce is logged and dropped.
 async fn bounce(shared: &Arc<Shared>, stored: &StoredMessage, bounced: &[&Event], message: &[u8]) {
+    report(shared, stored, bounced, message, Action::Failed).await;
+}
+
+/// Sends a DSN of kind `action` about `events` to the sender; returns whether one was
+/// spooled.
+async fn report(
+    shared: &Arc<Shared>,
+    stored: &StoredMessage,
+    bounced: &[&Event],
+    message: &[u8],
+    action: Action,
+) -> bool {
     let envelope = &stored.envelope;
     let Some(sender) = envelope.sender.clone() else {
-        for event in bounced {
-            tracing::warn!(id = %stored.id, recipient = %envelope.recipients[event.rcpt].address, reply = %event.reply, "double bounce dropped (the sender is <>)");
+        if action == Action::Failed {
+            for event in bounced {
+                tracing::warn!(id = %stored.id, recipient = %envelope.recipients[event.rcpt].address, reply = %event.reply, "double bounce dropped (the sender is <>)");
+            }
         }
-        return;
+        return false;
     };
     let now = SystemTime::now();
     let failed: Vec<FailedRecipient> = bounced
@@ -624,8 +639,11 @@ async fn bounce(shared: &Arc<Shared>, stored: &StoredMessage, bounced: &[&Event]
         .map(|event| FailedRecipient {
             address: envelope.recipients[event.rcpt].address.clone(),
             original: None,
-            action: Action::Failed,
-            status: event.status.clone().unwrap_or_else(|| "5.0.0".into()),
+            action,
+            status: event.status.clone().unwrap_or_else(|| match action {
+                Action::Failed => "5.0.0".into(),
+                Action::Delayed => "4.0.0".into(),
+            }),
             remote_mta: event.remote.clone(),
             diagnostic: Some(format!("smtp; {}", event.reply)),
             last_attempt: now,
@@ -661,8 +679,43 @@ async fn bounce(shared: &Arc<Shared>, stored: &StoredMessage, bounced: &[&Event]
     };
     match shared.inject(dsn_envelope, &dsn).await {
         Ok(dsn_id) => {
-            tracing::info!(id = %stored.id, dsn = %dsn_id, to = %sender, recipients = failed.len(), "bounce sent")
+            tracing::info!(id = %stored.id, dsn = %dsn_id, to = %sender, recipients = failed.len(), kind = ?action, "delivery status notification sent");
+            true
         }
-        Err(e) => tracing::error!(id = %stored.id, error = %e, "cannot spool the bounce"),
+        Err(e) => {
+            tracing::error!(id = %stored.id, error = %e, "cannot spool a delivery status notification");
+            false
+        }
+    }
+}
+
+/// Sends one delay notice per message, once it has waited `delay_notice_after`, for the
+/// recipients still deferred. A marker file beside the state log remembers it was sent
+/// (a crash before the marker is written can repeat a notice, never lose one).
+async fn delay_notice(
+    shared: &Arc<Shared>,
+    stored: &StoredMessage,
+    events: &[Event],
+    message: &[u8],
+) {
+    let Some(after) = shared.config.queue.delay_notice_after else {
+        return;
+    };
+    let waited = now_ms() / 1000 - stored.envelope.received_at.min(now_ms() / 1000);
+    if waited < after.0.as_secs() {
+        return;
+    }
+    let deferred: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.outcome == Outcome::Deferred)
+        .collect();
+    let marker = shared.delay_marker(stored.id);
+    if deferred.is_empty() || marker.exists() {
+        return;
+    }
+    if report(shared, stored, &deferred, message, Action::Delayed).await
+        && let Err(e) = std::fs::write(&marker, b"")
+    {
+        tracing::warn!(id = %stored.id, error = %e, "cannot remember the delay notice");
     }
 }

@@ -317,6 +317,12 @@ impl Shared {
             return;
         }
         let _ = std::fs::remove_file(self.state_path(id));
+        let _ = std::fs::remove_file(self.delay_marker(id));
+    }
+
+    /// The marker that says a delay notice went out for a message.
+    pub(crate) fn delay_marker(&self, id: QueueId) -> PathBuf {
+        self.spool_dir.join("state").join(format!("{id}.delayed"))
     }
 
     /// The pending recipients of a message and their attempt counts.
