@@ -62,6 +62,12 @@ pub struct Config {
     /// The admin listener (metrics, health).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Certificates for STARTTLS and implicit TLS; TLS is off without them.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// SMTP AUTH.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
     /// The plugins, in chain order.
     #[serde(default, rename = "plugin")]
     pub plugin_list: Vec<PluginConfig>,
@@ -214,6 +220,37 @@ pub struct RouteConfig {
     pub smarthost: Option<String>,
     /// Or: deliver into this maildir root instead (relative to the configuration file).
     pub maildir: Option<PathBuf>,
+}
+
+/// SMTP AUTH (RFC 4954).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `user:argon2-hash` lines (`tidegate hash-password --user NAME` makes them); relative
+    /// to the configuration file. Without it only plugins (on-auth) can accept a login.
+    #[serde(default)]
+    pub users_file: Option<PathBuf>,
+    /// Offer AUTH without TLS. Passwords then cross the network in the clear: for loopback
+    /// tests only.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// Failed attempts from one address (an IPv6 /64) before AUTH is refused for a while.
+    #[serde(default = "default_auth_failures")]
+    pub max_failures: u32,
+    /// The window of `max_failures`.
+    #[serde(default = "default_auth_window")]
+    pub failure_window: Duration,
+    /// Refuse a MAIL FROM that is not the authenticated user's address.
+    #[serde(default)]
+    pub require_sender_match: bool,
+}
+
+fn default_auth_failures() -> u32 {
+    5
+}
+
+fn default_auth_window() -> Duration {
+    Duration(std::time::Duration::from_secs(300))
 }
 
 /// The admin listener.
@@ -448,6 +485,14 @@ impl Config {
         if config.plugins.cache_dir.is_relative() {
             config.plugins.cache_dir = base.join(&config.plugins.cache_dir);
         }
+        if let Some(tls) = &mut config.tls {
+            tls.resolve_paths(base);
+        }
+        if let Some(file) = config.auth.as_mut().and_then(|a| a.users_file.as_mut())
+            && file.is_relative()
+        {
+            *file = base.join(&*file);
+        }
         if let Some(dir) = &mut config.delivery.local_maildir
             && dir.is_relative()
         {
@@ -547,10 +592,16 @@ impl Config {
                     format!("address {} is used by two listeners", listener.address),
                 ));
             }
-            if listener.protocol != Protocol::Smtp {
+            if listener.protocol == Protocol::Smtps && self.tls.is_none() {
                 return Err((
                     format!("listener[{i}].protocol"),
-                    "`submission` and `smtps` need TLS and AUTH, which this build does not have yet; use `smtp`".into(),
+                    "an `smtps` listener needs a [tls] certificate".into(),
+                ));
+            }
+            if listener.protocol != Protocol::Smtp && self.auth.is_none() {
+                return Err((
+                    format!("listener[{i}].protocol"),
+                    "`submission` and `smtps` listeners require AUTH: add an [auth] table".into(),
                 ));
             }
         }

@@ -6,6 +6,7 @@
 //! [`server`] wires the parts together.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod inbound;
 pub mod metrics;
@@ -14,3 +15,4 @@ pub mod plugins;
 pub mod queue;
 pub mod server;
 pub mod spool;
+pub mod tls;

@@ -36,6 +36,34 @@ enum Command {
         #[command(subcommand)]
         command: SpoolCommand,
     },
+    /// Write a self-signed certificate and its private key (PEM; the key file mode 0600).
+    ///
+    /// For opportunistic TLS, tests and labs. Existing files are left alone unless
+    /// `--force` is given.
+    GenCert {
+        /// A name the certificate is for (a DNS name, `*.domain` or an IP address); repeat
+        /// for several. The first is also the subject's common name.
+        #[arg(long = "name", value_name = "NAME", required = true)]
+        names: Vec<String>,
+        /// Where to write the certificate.
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// Where to write the private key.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Hash a password read from standard input (one line) for the SMTP AUTH users file.
+    ///
+    /// Prints the argon2id PHC string, or the whole `NAME:hash` users-file line with
+    /// `--user`.
+    HashPassword {
+        /// Print a users-file line for this user name.
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +97,34 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::HashPassword { user } => {
+            if let Some(user) = &user {
+                tidegate::auth::check_username(user)
+                    .map_err(|problem| anyhow::anyhow!("the user name {problem}"))?;
+            }
+            let password = read_password_line()?;
+            let hash = tidegate::auth::hash_password(&password)?;
+            match user {
+                Some(user) => println!("{user}:{hash}"),
+                None => println!("{hash}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::GenCert {
+            names,
+            cert,
+            key,
+            force,
+        } => {
+            tidegate::tls::write_self_signed(&names, &cert, &key, force)?;
+            println!(
+                "wrote a self-signed certificate for {} to {} and its private key to {} (mode 0600)",
+                names.join(", "),
+                cert.display(),
+                key.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { config } => {
             Config::load(&config)?;
             println!("{}: ok", config.display());
@@ -137,6 +193,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// Reads one line from standard input, without its line ending; refuses an empty one.
+fn read_password_line() -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("tidegate: type the password (it is echoed) and press Enter");
+    }
+    let mut line = zeroize::Zeroizing::new(Vec::new());
+    stdin
+        .lock()
+        .read_until(b'\n', &mut line)
+        .context("reading the password from standard input")?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    anyhow::ensure!(!line.is_empty(), "the password is empty");
+    Ok(line)
 }
 
 fn init_logging(level: &str) {

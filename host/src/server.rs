@@ -14,14 +14,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
+use crate::auth::UsersFile;
 use crate::config::Config;
-use crate::inbound::InboundContext;
 use crate::inbound::listener::Listener;
+use crate::inbound::{InboundContext, InboundParts};
 use crate::metrics::Metrics;
 use crate::plugins::dns::Dns;
 use crate::plugins::{PluginHost, reload};
 use crate::queue::Queue;
 use crate::spool::Spool;
+use crate::tls::ServerTls;
 
 /// Runs the gateway with `config` until SIGTERM or SIGINT.
 pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
@@ -54,6 +56,19 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         None => None,
     };
 
+    let tls = match &config.tls {
+        Some(tls_config) => Some(Arc::new(
+            ServerTls::load(tls_config).context("loading the TLS certificates")?,
+        )),
+        None => None,
+    };
+    let users = match config.auth.as_ref().and_then(|a| a.users_file.as_ref()) {
+        Some(path) => Some(Arc::new(
+            UsersFile::load(path).context("loading the AUTH users file")?,
+        )),
+        None => None,
+    };
+
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
         let bound = Listener::bind(listener).await.with_context(|| {
@@ -79,12 +94,19 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     );
     let ctx = Arc::new(InboundContext::new(
         Arc::clone(&config),
-        spool,
-        Arc::clone(&plugins),
-        Arc::clone(&metrics),
-        queue,
+        InboundParts {
+            spool,
+            plugins: Arc::clone(&plugins),
+            metrics: Arc::clone(&metrics),
+            queue,
+            tls: tls.clone(),
+            users,
+        },
         shutdown.clone(),
     ));
+    if let (Some(tls), Some(tls_config)) = (tls, config.tls.clone()) {
+        tokio::spawn(tls.watch(tls_config, shutdown.clone()));
+    }
     if let Some(socket) = admin {
         tokio::spawn(admin::serve(socket, Arc::clone(&metrics), shutdown.clone()));
     }

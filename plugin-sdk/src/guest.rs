@@ -92,6 +92,8 @@ impl<P: Plugin> wit::Guest for Adapter<P> {
         let info = t::AuthInfo {
             mechanism: info.mechanism,
             username: info.username,
+            password: info.password,
+            users_file_verdict: info.users_file_verdict,
         };
         with_plugin::<P, _>(not_initialised(), |p| {
             to_response(p.on_auth(&GuestHost, &info))

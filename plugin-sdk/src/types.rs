@@ -168,12 +168,27 @@ pub struct HeloInfo {
 }
 
 /// AUTH.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct AuthInfo {
     /// The SASL mechanism.
     pub mechanism: String,
     /// The identity the client claims.
     pub username: String,
+    /// The password the client gave (never log it).
+    pub password: String,
+    /// Whether the host's users file accepted the credentials.
+    pub users_file_verdict: bool,
+}
+
+impl std::fmt::Debug for AuthInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthInfo")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("users_file_verdict", &self.users_file_verdict)
+            .finish()
+    }
 }
 
 /// MAIL FROM.

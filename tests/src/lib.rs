@@ -587,6 +587,13 @@ impl Reply {
         self
     }
 
+    /// Asserts the basic code only (for replies without an enhanced code, like 334).
+    #[track_caller]
+    pub fn expect_code(&self, code: u16) -> &Self {
+        assert_eq!(self.code, code, "unexpected reply {self:?}");
+        self
+    }
+
     /// The queue ID of a `250 ... queued as ID` reply.
     pub fn queue_id(&self) -> Option<String> {
         self.text()
@@ -596,9 +603,127 @@ impl Reply {
     }
 }
 
+/// The client's stream: plain TCP, or TLS over it (after STARTTLS, or from the start).
+enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl ClientStream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(tcp) => tcp,
+            ClientStream::Tls(tls) => &tls.sock,
+        }
+    }
+}
+
+impl Read for ClientStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            ClientStream::Plain(s) => s.read(buf),
+            ClientStream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for ClientStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            ClientStream::Plain(s) => s.write(buf),
+            ClientStream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            ClientStream::Plain(s) => s.flush(),
+            ClientStream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// A TLS client configuration that accepts any server certificate (the tests' servers use
+/// self-signed ones) and records the certificate it was shown, so tests can check which
+/// one the server chose (SNI, reload).
+pub fn tls_client_config(seen: Arc<Mutex<Vec<u8>>>) -> Arc<rustls::ClientConfig> {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+
+    #[derive(Debug)]
+    struct Recorder {
+        seen: Arc<Mutex<Vec<u8>>>,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    }
+    impl ServerCertVerifier for Recorder {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            *self.seen.lock().unwrap() = end_entity.to_vec();
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Recorder { seen, provider }))
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+fn tls_handshake(tcp: TcpStream, server_name: &str, seen: Arc<Mutex<Vec<u8>>>) -> ClientStream {
+    let name =
+        rustls::pki_types::ServerName::try_from(server_name.to_owned()).expect("server name");
+    let connection =
+        rustls::ClientConnection::new(tls_client_config(seen), name).expect("TLS client");
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).expect("TLS handshake");
+    }
+    ClientStream::Tls(Box::new(tls))
+}
+
 /// A plain blocking SMTP client.
 pub struct SmtpClient {
-    stream: TcpStream,
+    stream: ClientStream,
     buf: Vec<u8>,
     /// The greeting the server sent.
     pub greeting: Reply,
@@ -631,9 +756,47 @@ impl SmtpClient {
         SmtpClient::wrap(socket.into())
     }
 
+    /// Connects with implicit TLS (an `smtps` listener), sending `server_name` as SNI, and
+    /// reads the greeting inside TLS.
+    pub fn connect_tls(addr: SocketAddr, server_name: &str) -> SmtpClient {
+        let tcp = TcpStream::connect_timeout(&addr, PATIENCE).expect("connect");
+        tcp.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let stream = tls_handshake(tcp, server_name, Arc::new(Mutex::new(Vec::new())));
+        SmtpClient::wrap_stream(stream)
+    }
+
+    /// Sends STARTTLS, expects 220, and does the handshake (SNI `server_name`); returns the
+    /// DER of the certificate the server presented. Bytes the server sent after its 220
+    /// (it must send none) would be left unread in the plain stream and fail the test.
+    pub fn starttls(&mut self, server_name: &str) -> Vec<u8> {
+        let reply = self.command("STARTTLS");
+        reply.expect(220, "2.0.0");
+        assert!(
+            self.buf.is_empty(),
+            "data after the 220 to STARTTLS: {:?}",
+            self.buf
+        );
+        self.upgrade(server_name)
+    }
+
+    /// Does a TLS handshake on the current connection (after a 220 to STARTTLS was read).
+    pub fn upgrade(&mut self, server_name: &str) -> Vec<u8> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let placeholder = ClientStream::Plain(self.stream.tcp().try_clone().expect("clone socket"));
+        let ClientStream::Plain(tcp) = std::mem::replace(&mut self.stream, placeholder) else {
+            panic!("already using TLS");
+        };
+        self.stream = tls_handshake(tcp, server_name, Arc::clone(&seen));
+        std::mem::take(&mut *seen.lock().unwrap())
+    }
+
     /// Wraps a connected stream and reads the greeting.
     pub fn wrap(stream: TcpStream) -> SmtpClient {
         stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        SmtpClient::wrap_stream(ClientStream::Plain(stream))
+    }
+
+    fn wrap_stream(stream: ClientStream) -> SmtpClient {
         let mut client = SmtpClient {
             stream,
             buf: Vec::new(),
@@ -745,9 +908,9 @@ impl SmtpClient {
         self.read_reply()
     }
 
-    /// The underlying stream, for tests that need socket options.
+    /// The underlying TCP stream, for tests that need socket options.
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.stream.tcp()
     }
 
     /// Reads one (possibly multi-line) reply and returns it exactly as it came over the

@@ -182,6 +182,25 @@ impl<S: Stream> Connection<S> {
         }
     }
 
+    /// The stream, for a TLS upgrade.
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// The stream.
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    /// Forgets everything received but not yet processed. After STARTTLS, anything the
+    /// client sent before the handshake must not be executed inside TLS (RFC 3207 §4.2,
+    /// the command-injection flaw of CVE-2011-0411).
+    pub fn discard_buffered(&mut self) {
+        self.start = 0;
+        self.end = 0;
+        self.discarding = false;
+    }
+
     /// Sends queued replies and closes the write side.
     pub async fn close(&mut self, timeout: Duration) -> io::Result<()> {
         self.flush(timeout).await?;

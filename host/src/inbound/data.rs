@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use tidegate_plugin_sdk::inspect::ParsedMessage;
 
 use super::body::{ChunkScanner, DotReader, Violations};
-use super::connection::{FillEvent, Stream};
+use super::connection::FillEvent;
 use super::policy;
 use super::received::Trace;
 use super::reply::{Reply, codes};
@@ -56,7 +56,7 @@ struct Outcome {
     spool_failed: bool,
 }
 
-impl<S: Stream> Session<S> {
+impl Session {
     /// Handles DATA: 354, then the data up to `CRLF.CRLF`, then the verdict.
     pub(super) async fn data(&mut self) -> Flow {
         if let Some(refusal) = self.refuse_data_now(false) {
@@ -235,11 +235,13 @@ impl<S: Stream> Session<S> {
             _ => None,
         };
         let hostname = self.ctx.config.hostname.to_string();
+        let tls = self.io.stream().tls_summary();
         let trace = Trace {
             helo: &helo.name,
             client: self.peer,
             hostname: &hostname,
-            protocol: protocol_keyword(helo, tx),
+            protocol: protocol_keyword(helo, tx, tls.is_some(), self.authenticated.is_some()),
+            tls: tls.as_deref(),
             id: &id,
             single_recipient: single,
             time: SystemTime::now(),
@@ -332,7 +334,15 @@ impl<S: Stream> Session<S> {
                 address: self.peer,
                 helo: helo.name.clone(),
                 listener: self.listener.to_string(),
-                protocol: protocol_keyword(helo, &tx).to_owned(),
+                protocol: protocol_keyword(
+                    helo,
+                    &tx,
+                    self.io.stream().is_tls(),
+                    self.authenticated.is_some(),
+                )
+                .to_owned(),
+                tls: self.io.stream().tls_summary(),
+                authenticated: self.authenticated.clone(),
             },
             size: writer.size(),
             header_edits: Vec::new(),
@@ -507,10 +517,18 @@ fn to_envelope_param(param: &super::address::Param) -> envelope::Param {
 }
 
 /// The `with` keyword of RFC 3848 / RFC 6531 for the `Received:` header.
-fn protocol_keyword(helo: &Helo, tx: &Transaction) -> &'static str {
-    match (helo.extended, tx.smtputf8) {
-        (false, _) => "SMTP",
-        (true, false) => "ESMTP",
-        (true, true) => "UTF8SMTP",
+/// (RFC 3848 adds S for TLS and A for AUTH: ESMTPS, ESMTPA, ESMTPSA, and the UTF8SMTP
+/// forms likewise.)
+fn protocol_keyword(helo: &Helo, tx: &Transaction, tls: bool, auth: bool) -> &'static str {
+    match (helo.extended, tx.smtputf8, tls, auth) {
+        (false, ..) => "SMTP",
+        (true, false, false, false) => "ESMTP",
+        (true, false, true, false) => "ESMTPS",
+        (true, false, false, true) => "ESMTPA",
+        (true, false, true, true) => "ESMTPSA",
+        (true, true, false, false) => "UTF8SMTP",
+        (true, true, true, false) => "UTF8SMTPS",
+        (true, true, false, true) => "UTF8SMTPA",
+        (true, true, true, true) => "UTF8SMTPSA",
     }
 }

@@ -1,7 +1,6 @@
 //! HELO and EHLO (RFC 5321 §4.1.1.1): the greeting, and the extensions on offer.
 
 use super::address::Domain;
-use super::connection::Stream;
 use super::policy;
 use super::reply::{Reply, codes};
 use super::session::{Helo, Session, State};
@@ -27,7 +26,7 @@ fn valid_helo_name(name: &str) -> bool {
     name.len() <= 255 && Domain::parse(name.trim_end_matches('.'), false).is_ok()
 }
 
-impl<S: Stream> Session<S> {
+impl Session {
     /// Handles HELO (`extended == false`) and EHLO; either resets any transaction.
     pub(super) async fn ehlo(&mut self, name: &str, extended: bool) -> Reply {
         if !valid_helo_name(name) {
@@ -58,7 +57,16 @@ impl<S: Stream> Session<S> {
             extended,
         });
         if extended {
-            self.ctx.ehlo_reply.clone()
+            let mut reply = self.ctx.ehlo_reply.clone();
+            let mut text = reply.text.into_owned();
+            if self.starttls_offered() {
+                text.push_str("\nSTARTTLS");
+            }
+            if self.auth_offered() {
+                text.push_str("\nAUTH PLAIN LOGIN");
+            }
+            reply.text = text.into();
+            reply
         } else {
             Reply::bare(250, self.ctx.config.hostname.to_string())
         }

@@ -12,6 +12,7 @@ use super::InboundContext;
 use super::admission::Refusal;
 use super::reply::{Reply, codes};
 use super::session::Session;
+use super::stream::SessionStream;
 use crate::config::ListenerConfig;
 use crate::metrics::ListenerLabels;
 
@@ -19,6 +20,7 @@ use crate::metrics::ListenerLabels;
 #[derive(Debug)]
 pub struct Listener {
     name: Arc<str>,
+    protocol: crate::config::Protocol,
     socket: TcpListener,
 }
 
@@ -28,6 +30,7 @@ impl Listener {
         let socket = TcpListener::bind(config.address).await?;
         Ok(Listener {
             name: Arc::from(config.name.as_str()),
+            protocol: config.protocol,
             socket,
         })
     }
@@ -62,6 +65,7 @@ impl Listener {
                 Ok(permit) => {
                     let ctx = Arc::clone(&ctx);
                     let name = Arc::clone(&self.name);
+                    let protocol = self.protocol;
                     ctx.metrics
                         .sessions
                         .get_or_create(&ListenerLabels {
@@ -73,7 +77,9 @@ impl Listener {
                         let metrics = Arc::clone(&ctx.metrics);
                         metrics.sessions_active.inc();
                         tracing::debug!(%peer, listener = %name, "session start");
-                        Session::new(stream, peer, name, ctx).run().await;
+                        Session::new(SessionStream::Plain(stream), peer, name, protocol, ctx)
+                            .run()
+                            .await;
                         metrics.sessions_active.dec();
                     });
                 }

@@ -2,7 +2,6 @@
 //! (RFC 6152) and SMTPUTF8 (RFC 6531).
 
 use super::address::{AddressError, Mailbox, ReversePath, parse_reverse_path};
-use super::connection::Stream;
 use super::policy;
 use super::reply::{Reply, codes};
 use super::session::{Session, State, Transaction};
@@ -10,7 +9,7 @@ use crate::plugins::bindings::tidegate::plugin::types as w;
 use crate::plugins::chain::{Hook, StageInput};
 use crate::spool::envelope::BodyType;
 
-impl<S: Stream> Session<S> {
+impl Session {
     /// Handles `MAIL FROM:<path> [params]`.
     pub(super) async fn mail(&mut self, args: &str) -> Reply {
         let helo = match &self.state {
@@ -22,6 +21,9 @@ impl<S: Stream> Session<S> {
             }
             State::Ready(helo) => helo.clone(),
         };
+        if self.auth_required() {
+            return crate::auth::replies::required();
+        }
         let (sender, params) = match parse_reverse_path(args, helo.extended) {
             Ok(parsed) => parsed,
             Err(error) => return sender_error(&error),
@@ -79,6 +81,17 @@ impl<S: Stream> Session<S> {
                 553,
                 codes::UTF8_NOT_PERMITTED,
                 "Non-ASCII sender address needs SMTPUTF8",
+            );
+        }
+        if let (Some(user), Some(auth), ReversePath::Mailbox(mailbox)) =
+            (&self.authenticated, &self.ctx.config.auth, &sender)
+            && auth.require_sender_match
+            && !mailbox.to_string().eq_ignore_ascii_case(user)
+        {
+            return Reply::new(
+                553,
+                codes::NOT_AUTHORIZED,
+                "Sender address not owned by the authenticated user",
             );
         }
         let mut sender = sender;

@@ -14,6 +14,7 @@ pub mod connection;
 mod data;
 mod ehlo;
 pub mod listener;
+mod login;
 mod mail;
 mod policy;
 mod rcpt;
@@ -21,6 +22,7 @@ pub mod received;
 pub mod relay;
 pub mod reply;
 pub mod session;
+pub mod stream;
 
 use std::sync::Arc;
 
@@ -34,6 +36,23 @@ use crate::spool::Spool;
 use admission::Admission;
 use relay::RelayPolicy;
 use reply::Reply;
+
+/// The server's parts that sessions use.
+#[derive(Debug)]
+pub struct InboundParts {
+    /// Where accepted messages go.
+    pub spool: Spool,
+    /// The plugin runtime.
+    pub plugins: Arc<PluginHost>,
+    /// The gateway's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The delivery queue.
+    pub queue: Queue,
+    /// Certificates, when TLS is configured.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// The AUTH users file, when configured.
+    pub users: Option<Arc<crate::auth::UsersFile>>,
+}
 
 /// What every session needs from the server, shared read-only.
 #[derive(Debug)]
@@ -56,18 +75,31 @@ pub struct InboundContext {
     pub metrics: Arc<Metrics>,
     /// The delivery queue, told about each committed message.
     pub queue: Queue,
+    /// Certificates for STARTTLS and `smtps`, when configured.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// The users file for AUTH, when configured.
+    pub users: Option<Arc<crate::auth::UsersFile>>,
+    /// Failed AUTH attempts per client address.
+    pub auth_failures: crate::auth::FailureLimiter,
 }
 
 impl InboundContext {
-    /// Builds the context for a configuration and an open spool.
-    pub fn new(
-        config: Arc<Config>,
-        spool: Spool,
-        plugins: Arc<PluginHost>,
-        metrics: Arc<Metrics>,
-        queue: Queue,
-        shutdown: CancellationToken,
-    ) -> Self {
+    /// Builds the context from the configuration and the server's parts.
+    pub fn new(config: Arc<Config>, parts: InboundParts, shutdown: CancellationToken) -> Self {
+        let InboundParts {
+            spool,
+            plugins,
+            metrics,
+            queue,
+            tls,
+            users,
+        } = parts;
+        let auth_failures = match &config.auth {
+            Some(auth) => {
+                crate::auth::FailureLimiter::new(auth.max_failures, auth.failure_window.0)
+            }
+            None => crate::auth::FailureLimiter::new(5, std::time::Duration::from_secs(300)),
+        };
         let ehlo_reply = ehlo::ehlo_reply(&config);
         InboundContext {
             relay: RelayPolicy::new(&config.relay),
@@ -82,6 +114,9 @@ impl InboundContext {
             plugins,
             metrics,
             queue,
+            tls,
+            users,
+            auth_failures,
         }
     }
 }

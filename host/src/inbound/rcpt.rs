@@ -1,7 +1,6 @@
 //! RCPT TO (RFC 5321 §4.1.1.3): recipient syntax, the recipient limit and relay control.
 
 use super::address::{AddressError, ForwardPath, parse_forward_path};
-use super::connection::Stream;
 use super::policy;
 use super::relay::RelayDecision;
 use super::reply::{Reply, codes};
@@ -9,7 +8,7 @@ use super::session::{Session, State};
 use crate::plugins::bindings::tidegate::plugin::types as w;
 use crate::plugins::chain::{Hook, StageInput};
 
-impl<S: Stream> Session<S> {
+impl Session {
     /// Handles `RCPT TO:<path> [params]`.
     pub(super) async fn rcpt(&mut self, args: &str) -> Reply {
         let State::Transaction(_, tx) = &mut self.state else {

@@ -12,8 +12,10 @@ pub struct Trace<'a> {
     pub client: SocketAddr,
     /// This gateway's host name.
     pub hostname: &'a str,
-    /// The `with` keyword: SMTP, ESMTP, UTF8SMTP (RFC 3848, RFC 6531).
+    /// The `with` keyword: SMTP, ESMTP, ESMTPS, ESMTPSA, UTF8SMTP... (RFC 3848, RFC 6531).
     pub protocol: &'a str,
+    /// The TLS version and cipher, when the session is encrypted.
+    pub tls: Option<&'a str>,
     /// The queue ID.
     pub id: &'a str,
     /// The recipient, named only when there is exactly one (naming several would disclose
@@ -30,10 +32,14 @@ impl Trace<'_> {
             IpAddr::V4(ip) => format!("[{ip}]"),
             IpAddr::V6(ip) => format!("[IPv6:{ip}]"),
         };
-        let mut header = format!(
-            "Received: from {} ({})\r\n\tby {} (Tidegate) with {} id {}",
-            self.helo, literal, self.hostname, self.protocol, self.id
-        );
+        let mut header = format!("Received: from {} ({})", self.helo, literal);
+        if let Some(tls) = self.tls {
+            header.push_str(&format!("\r\n\t(using {tls})"));
+        }
+        header.push_str(&format!(
+            "\r\n\tby {} (Tidegate) with {} id {}",
+            self.hostname, self.protocol, self.id
+        ));
         if let Some(rcpt) = self.single_recipient {
             header.push_str(&format!("\r\n\tfor <{rcpt}>"));
         }
@@ -105,6 +111,7 @@ mod tests {
             client: "[2001:db8::1]:4000".parse().unwrap(),
             hostname: "relay.example.test",
             protocol: "ESMTP",
+            tls: None,
             id: "0000000000000001",
             single_recipient: Some("a@example.test"),
             time: UNIX_EPOCH,

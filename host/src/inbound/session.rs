@@ -14,9 +14,11 @@ use std::time::Duration;
 use super::InboundContext;
 use super::address::{Param, ReversePath};
 use super::command::{Command, CommandError};
-use super::connection::{Connection, LineEvent, Stream};
+use super::connection::{Connection, LineEvent};
 use super::policy;
 use super::reply::{Reply, codes};
+use super::stream::SessionStream;
+use crate::config::Protocol;
 use crate::plugins::bindings::tidegate::plugin::types as w;
 use crate::plugins::chain::{Hook, SessionPlugins, StageInput};
 use crate::spool::envelope::BodyType;
@@ -74,8 +76,8 @@ pub enum Flow {
 }
 
 /// A running SMTP session.
-pub struct Session<S> {
-    pub(super) io: Connection<S>,
+pub struct Session {
+    pub(super) io: Connection<SessionStream>,
     pub(super) ctx: Arc<InboundContext>,
     pub(super) peer: SocketAddr,
     pub(super) listener: Arc<str>,
@@ -88,19 +90,31 @@ pub struct Session<S> {
     pub(super) tags: BTreeMap<String, String>,
     /// Tags set before any transaction (on-connect, on-helo).
     pub(super) session_tags: BTreeMap<String, String>,
+    /// What the listener speaks (smtp, submission, smtps).
+    pub(super) protocol: Protocol,
+    /// The authenticated user, after a successful AUTH.
+    pub(super) authenticated: Option<String>,
     errors: u32,
     line: Vec<u8>,
 }
 
-impl<S: Stream> Session<S> {
+impl Session {
     /// A session on a freshly accepted connection.
-    pub fn new(stream: S, peer: SocketAddr, listener: Arc<str>, ctx: Arc<InboundContext>) -> Self {
+    pub fn new(
+        stream: SessionStream,
+        peer: SocketAddr,
+        listener: Arc<str>,
+        protocol: Protocol,
+        ctx: Arc<InboundContext>,
+    ) -> Self {
         let may_relay = ctx.relay.is_relay_client(peer.ip());
         let plugins = ctx.plugins.session(&listener);
         Session {
             plugins,
             tags: BTreeMap::new(),
             session_tags: BTreeMap::new(),
+            protocol,
+            authenticated: None,
             io: Connection::new(stream),
             ctx,
             peer,
@@ -122,6 +136,9 @@ impl<S: Stream> Session<S> {
 
     /// Runs the session to its end.
     pub async fn run(mut self) {
+        if self.protocol == Protocol::Smtps && !self.implicit_tls().await {
+            return;
+        }
         if let Some(refusal) = self.on_connect().await {
             self.io.queue(&refusal);
             let _ = self.io.close(self.command_timeout()).await;
@@ -184,6 +201,26 @@ impl<S: Stream> Session<S> {
         }
     }
 
+    /// The handshake of an `smtps` listener (RFC 8314), before the greeting.
+    async fn implicit_tls(&mut self) -> bool {
+        let Some(tls) = self.ctx.tls.clone() else {
+            return false;
+        };
+        let acceptor = tls.acceptor();
+        let timeout = self.command_timeout();
+        match tokio::time::timeout(timeout, self.io.stream_mut().upgrade(&acceptor)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::info!(peer = %self.peer, error = %e, "TLS handshake failed");
+                false
+            }
+            Err(_) => {
+                tracing::info!(peer = %self.peer, "TLS handshake timed out");
+                false
+            }
+        }
+    }
+
     /// Runs on-connect; a refusal replaces the greeting.
     async fn on_connect(&mut self) -> Option<Reply> {
         if !self.plugins.wants(Hook::Connect) {
@@ -193,7 +230,7 @@ impl<S: Stream> Session<S> {
             client_ip: self.peer.ip().to_canonical().to_string(),
             client_port: self.peer.port(),
             listener: self.listener.to_string(),
-            tls: false,
+            tls: self.io.stream().is_tls(),
             reverse_dns: None,
         };
         let outcome = self
@@ -254,9 +291,9 @@ impl<S: Stream> Session<S> {
                 codes::PROTOCOL_OK,
                 "Cannot VRFY user, but will accept message and attempt delivery",
             ),
-            Command::Expn | Command::StartTls | Command::Auth(_) => {
-                Reply::new(502, codes::INVALID_COMMAND, "Command not implemented")
-            }
+            Command::StartTls => return self.starttls().await,
+            Command::Auth(argument) => return self.auth(argument).await,
+            Command::Expn => Reply::new(502, codes::INVALID_COMMAND, "Command not implemented"),
         };
         self.respond(reply);
         Flow::Continue

@@ -27,6 +27,8 @@ pub enum Hook {
     Connect,
     /// on-helo
     Helo,
+    /// on-auth
+    Auth,
     /// on-mail-from
     MailFrom,
     /// on-rcpt-to
@@ -40,6 +42,7 @@ impl Hook {
         match self {
             Hook::Connect => "on-connect",
             Hook::Helo => "on-helo",
+            Hook::Auth => "on-auth",
             Hook::MailFrom => "on-mail-from",
             Hook::RcptTo => "on-rcpt-to",
             Hook::Data => "on-data",
@@ -50,6 +53,7 @@ impl Hook {
         match self {
             Hook::Connect => w::Hooks::CONNECT,
             Hook::Helo => w::Hooks::HELO,
+            Hook::Auth => w::Hooks::AUTH,
             Hook::MailFrom => w::Hooks::MAIL_FROM,
             Hook::RcptTo => w::Hooks::RCPT_TO,
             Hook::Data => w::Hooks::DATA,
@@ -202,6 +206,8 @@ pub enum StageInput {
     Connect(w::ConnectInfo),
     /// on-helo
     Helo(w::HeloInfo),
+    /// on-auth
+    Auth(w::AuthInfo),
     /// on-mail-from
     MailFrom(w::MailFromInfo),
     /// on-rcpt-to
@@ -215,6 +221,7 @@ impl StageInput {
         match self {
             StageInput::Connect(_) => Hook::Connect,
             StageInput::Helo(_) => Hook::Helo,
+            StageInput::Auth(_) => Hook::Auth,
             StageInput::MailFrom(_) => Hook::MailFrom,
             StageInput::RcptTo(_) => Hook::RcptTo,
             StageInput::Data(..) => Hook::Data,
@@ -454,6 +461,7 @@ impl SessionPlugins {
         let result = match input {
             StageInput::Connect(info) => hooks.call_on_connect(&mut *store, info).await,
             StageInput::Helo(info) => hooks.call_on_helo(&mut *store, info).await,
+            StageInput::Auth(info) => hooks.call_on_auth(&mut *store, info).await,
             StageInput::MailFrom(info) => hooks.call_on_mail_from(&mut *store, info).await,
             StageInput::RcptTo(info) => hooks.call_on_rcpt_to(&mut *store, info).await,
             StageInput::Data(envelope, message) => {

@@ -695,6 +695,8 @@ mod tests {
                 helo: "client.example.org".into(),
                 listener: "mx".into(),
                 protocol: "ESMTP".into(),
+                tls: None,
+                authenticated: None,
             },
             size: ORIGINAL.len() as u64,
             header_edits: Vec::new(),

@@ -198,4 +198,10 @@ pub struct ClientInfo {
     pub listener: String,
     /// The protocol keyword of the `Received:` header (SMTP, ESMTP, UTF8SMTP, ...).
     pub protocol: String,
+    /// The TLS version and cipher, when the session was encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    /// The authenticated user, after AUTH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticated: Option<String>,
 }

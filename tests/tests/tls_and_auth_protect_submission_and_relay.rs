@@ -1,0 +1,332 @@
+//! TLS and SMTP AUTH end to end: STARTTLS (with swaks and with a Rust client), implicit
+//! TLS, the certificate chosen by SNI, certificates reloaded without a restart, the
+//! STARTTLS injection flaw closed, AUTH success and failure, AUTH refused in the clear,
+//! submission requiring AUTH, and relaying allowed only once authenticated.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tidegate_e2e::{Gateway, SmtpClient, binary, sample_message};
+
+/// Writes a self-signed certificate and key with `tidegate gen-cert`; returns the DER.
+fn gen_cert(dir: &Path, stem: &str, name: &str, force: bool) -> Vec<u8> {
+    let cert = dir.join(format!("{stem}.pem"));
+    let key = dir.join(format!("{stem}.key"));
+    let mut command = Command::new(binary());
+    command
+        .args(["gen-cert", "--name", name, "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key);
+    if force {
+        command.arg("--force");
+    }
+    let output = command.output().expect("run gen-cert");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    pem_der(&std::fs::read_to_string(&cert).unwrap())
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("PEM certificate")
+        .to_vec()
+}
+
+fn users_line(user: &str, password: &str) -> String {
+    let mut child = Command::new(binary())
+        .args(["hash-password", "--user", user])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run hash-password");
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()
+}
+
+struct Setup {
+    gateway: Gateway,
+    certs: tempfile::TempDir,
+    default_der: Vec<u8>,
+    sni_der: Vec<u8>,
+}
+
+fn setup() -> Setup {
+    let certs = tempfile::tempdir().unwrap();
+    let default_der = gen_cert(certs.path(), "default", "relay.example.test", false);
+    let sni_der = gen_cert(certs.path(), "other", "mx2.example.test", false);
+    std::fs::write(
+        certs.path().join("users.txt"),
+        users_line("alice@example.test", "s3cret pass"),
+    )
+    .unwrap();
+    let dir = certs.path().display();
+    let text = format!(
+        r#"hostname = "relay.example.test"
+
+[[listener]]
+name = "mx"
+address = "127.0.0.1:0"
+protocol = "smtp"
+
+[[listener]]
+name = "submission"
+address = "127.0.0.1:0"
+protocol = "submission"
+
+[[listener]]
+name = "smtps"
+address = "127.0.0.1:0"
+protocol = "smtps"
+
+[spool]
+path = "spool"
+
+[relay]
+accept_domains = ["example.test"]
+relay_networks = []
+
+[queue]
+hold = true
+
+[tls]
+certificate = "{dir}/default.pem"
+key = "{dir}/default.key"
+
+[[tls.sni]]
+names = ["mx2.example.test"]
+certificate = "{dir}/other.pem"
+key = "{dir}/other.key"
+
+[auth]
+users_file = "{dir}/users.txt"
+max_failures = 3
+"#
+    );
+    let gateway = Gateway::start_with_text(&text, 3);
+    Setup {
+        gateway,
+        certs,
+        default_der,
+        sni_der,
+    }
+}
+
+fn plain(user: &str, password: &str) -> String {
+    use std::fmt::Write as _;
+    let raw = format!("\0{user}\0{password}");
+    // A tiny base64 encoder keeps the test free of extra dependencies.
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in raw.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                let _ = out.write_char(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn starttls_resets_the_session_and_auth_needs_it() {
+    let s = setup();
+    let mut client = SmtpClient::connect(s.gateway.addr_of("submission"));
+    let ehlo = client.command("EHLO client.example.org");
+    assert!(ehlo.lines.iter().any(|l| l == "STARTTLS"), "{ehlo:?}");
+    assert!(
+        !ehlo.lines.iter().any(|l| l.starts_with("AUTH")),
+        "AUTH offered in the clear: {ehlo:?}"
+    );
+    client
+        .command(&format!(
+            "AUTH PLAIN {}",
+            plain("alice@example.test", "s3cret pass")
+        ))
+        .expect(538, "5.7.11");
+    client
+        .command("MAIL FROM:<alice@example.test>")
+        .expect(530, "5.7.0");
+
+    let der = client.starttls("relay.example.test");
+    assert_eq!(der, s.default_der, "the default certificate was expected");
+    // RFC 3207: the session starts over; MAIL before EHLO is out of sequence.
+    client
+        .command("MAIL FROM:<alice@example.test>")
+        .expect(503, "5.5.1");
+    let ehlo = client.command("EHLO client.example.org");
+    assert!(!ehlo.lines.iter().any(|l| l == "STARTTLS"), "{ehlo:?}");
+    assert!(
+        ehlo.lines.iter().any(|l| l == "AUTH PLAIN LOGIN"),
+        "{ehlo:?}"
+    );
+    client
+        .command("MAIL FROM:<alice@example.test>")
+        .expect(530, "5.7.0");
+
+    client
+        .command(&format!(
+            "AUTH PLAIN {}",
+            plain("alice@example.test", "wrong")
+        ))
+        .expect(535, "5.7.8");
+    client
+        .command(&format!(
+            "AUTH PLAIN {}",
+            plain("alice@example.test", "s3cret pass")
+        ))
+        .expect(235, "2.7.0");
+    // Authenticated: relaying to any domain is allowed.
+    let reply = client.send_mail(
+        "alice@example.test",
+        &["someone@elsewhere.test"],
+        &sample_message("submitted", "hello"),
+    );
+    reply.expect(250, "2.0.0");
+    let id = reply.queue_id().unwrap();
+    let stored = String::from_utf8(s.gateway.spool_message(&id)).unwrap();
+    assert!(stored.contains("(using TLSv1.3 cipher TLS13_"), "{stored}");
+    assert!(stored.contains("with ESMTPSA id"), "{stored}");
+}
+
+#[test]
+fn auth_login_works_and_failures_are_rate_limited() {
+    let s = setup();
+    let mut client = SmtpClient::connect(s.gateway.addr_of("submission"));
+    client.command("EHLO client.example.org");
+    client.starttls("relay.example.test");
+    client.command("EHLO client.example.org");
+    client.command("AUTH LOGIN").expect_code(334);
+    client.command("YWxpY2VAZXhhbXBsZS50ZXN0").expect_code(334); // alice@example.test
+    client.command("czNjcmV0IHBhc3M=").expect(235, "2.7.0"); // s3cret pass
+
+    let mut guesser = SmtpClient::connect(s.gateway.addr_of("submission"));
+    guesser.command("EHLO guesser.example.org");
+    guesser.starttls("relay.example.test");
+    guesser.command("EHLO guesser.example.org");
+    for _ in 0..3 {
+        guesser
+            .command(&format!(
+                "AUTH PLAIN {}",
+                plain("alice@example.test", "guess")
+            ))
+            .expect(535, "5.7.8");
+    }
+    // Blocked now, even with the right password.
+    guesser
+        .command(&format!(
+            "AUTH PLAIN {}",
+            plain("alice@example.test", "s3cret pass")
+        ))
+        .expect(454, "4.7.0");
+    // Any AUTH is refused while blocked, before a challenge is even sent.
+    guesser.command("AUTH PLAIN").expect(454, "4.7.0");
+}
+
+#[test]
+fn pipelined_commands_after_starttls_are_not_executed_inside_tls() {
+    let s = setup();
+    let mut client = SmtpClient::connect(s.gateway.addr());
+    client.command("EHLO client.example.org");
+    client.send(b"STARTTLS\r\nRSET\r\n");
+    client.read_reply().expect(220, "2.0.0");
+    client.upgrade("relay.example.test");
+    // If RSET had been kept and run inside TLS, its 250 would come before NOOP's reply.
+    let reply = client.command("NOOP");
+    reply.expect(250, "2.0.0");
+    let ehlo = client.command("EHLO client.example.org");
+    assert_eq!(ehlo.code, 250);
+    assert!(ehlo.lines[0].starts_with("relay.example.test"), "{ehlo:?}");
+}
+
+#[test]
+fn implicit_tls_sni_and_unauthenticated_relay() {
+    let s = setup();
+    let mut client = SmtpClient::connect_tls(s.gateway.addr_of("smtps"), "relay.example.test");
+    assert_eq!(client.greeting.code, 220);
+    client.command("EHLO client.example.org");
+    client
+        .command("MAIL FROM:<alice@example.test>")
+        .expect(530, "5.7.0");
+
+    // SNI picks the second certificate.
+    let mut sni = SmtpClient::connect(s.gateway.addr());
+    sni.command("EHLO client.example.org");
+    assert_eq!(sni.starttls("mx2.example.test"), s.sni_der);
+
+    // On the MX listener, without AUTH, relaying stays denied even over TLS.
+    sni.command("EHLO client.example.org");
+    sni.command("MAIL FROM:<x@example.org>")
+        .expect(250, "2.1.0");
+    sni.command("RCPT TO:<someone@elsewhere.test>")
+        .expect(554, "5.7.1");
+    sni.command("RCPT TO:<user@example.test>")
+        .expect(250, "2.1.5");
+}
+
+#[test]
+fn swaks_delivers_over_starttls() {
+    let s = setup();
+    let output = Command::new("swaks")
+        .args(["--server", &s.gateway.addr().to_string(), "--tls"])
+        .args(["--from", "a@example.org", "--to", "user@example.test"])
+        .args(["--header", "Subject: swaks over tls", "--body", "encrypted"])
+        .output()
+        .expect("run swaks (apt-get install swaks libnet-ssleay-perl)");
+    let transcript = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{transcript}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        transcript.contains("<~  250 2.0.0 Ok: queued as"),
+        "{transcript}"
+    );
+    let spooled = s.gateway.spool_list();
+    assert_eq!(spooled.len(), 1);
+    let stored = String::from_utf8(s.gateway.spool_message(&spooled[0].id)).unwrap();
+    assert!(stored.contains("with ESMTPS id"), "{stored}");
+}
+
+#[test]
+fn certificates_are_reloaded_without_a_restart() {
+    let s = setup();
+    let mut before = SmtpClient::connect(s.gateway.addr());
+    before.command("EHLO client.example.org");
+    assert_eq!(before.starttls("relay.example.test"), s.default_der);
+
+    let renewed = gen_cert(s.certs.path(), "default", "relay.example.test", true);
+    assert_ne!(renewed, s.default_der);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut client = SmtpClient::connect(s.gateway.addr());
+        client.command("EHLO client.example.org");
+        if client.starttls("relay.example.test") == renewed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was never served:\n{}",
+            s.gateway.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
