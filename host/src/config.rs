@@ -191,6 +191,25 @@ pub struct DeliveryConfig {
     /// The maildir root of the `local` transport (`<root>/<recipient>/new/`); relative to
     /// the configuration file.
     pub local_maildir: Option<PathBuf>,
+    /// TLS towards next hops that have no route of their own (MX delivery).
+    pub tls: TlsPolicy,
+    /// CA certificates (PEM) that verify next hops under `required`; the public web PKI
+    /// roots when absent. Relative to the configuration file.
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// Outbound TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    /// Never use TLS.
+    None,
+    /// Use STARTTLS when offered, without verifying the certificate (RFC 7435); fall back
+    /// to plain text when the handshake fails.
+    #[default]
+    Opportunistic,
+    /// STARTTLS with a verified certificate, or no delivery (deferred).
+    Required,
 }
 
 impl Default for DeliveryConfig {
@@ -203,6 +222,8 @@ impl Default for DeliveryConfig {
             command_timeout: secs(300),
             data_timeout: secs(600),
             local_maildir: None,
+            tls: TlsPolicy::Opportunistic,
+            tls_ca: None,
         }
     }
 }
@@ -220,6 +241,8 @@ pub struct RouteConfig {
     pub smarthost: Option<String>,
     /// Or: deliver into this maildir root instead (relative to the configuration file).
     pub maildir: Option<PathBuf>,
+    /// TLS towards the smarthost; `[delivery] tls` when absent.
+    pub tls: Option<TlsPolicy>,
 }
 
 /// SMTP AUTH (RFC 4954).
@@ -497,6 +520,11 @@ impl Config {
             && dir.is_relative()
         {
             *dir = base.join(&*dir);
+        }
+        if let Some(ca) = &mut config.delivery.tls_ca
+            && ca.is_relative()
+        {
+            *ca = base.join(&*ca);
         }
         for route in &mut config.routes {
             if let Some(dir) = &mut route.maildir

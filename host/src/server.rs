@@ -91,7 +91,8 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         Arc::clone(&plugins),
         Arc::clone(&metrics),
         shutdown.clone(),
-    );
+    )
+    .context("setting up outbound TLS")?;
     let ctx = Arc::new(InboundContext::new(
         Arc::clone(&config),
         InboundParts {

@@ -2,12 +2,14 @@
 //!
 //! [`SinkServer`] is a small but real SMTP server (RFC 5321) on plain blocking
 //! `std::net`, one thread per connection. It speaks EHLO/HELO, MAIL, RCPT, DATA (with
-//! dot-unstuffing; only `CRLF.CRLF` ends the data), RSET, NOOP and QUIT, answers
-//! pipelined commands in order, and records everything a test may want to assert on:
-//! the accepted messages, the number of connections, and every command line.
+//! dot-unstuffing; only `CRLF.CRLF` ends the data), RSET, NOOP, QUIT and, when given a
+//! certificate, STARTTLS (RFC 3207), answers pipelined commands in order, and records
+//! everything a test may want to assert on: the accepted messages (and whether each came
+//! inside TLS), the number of connections, and every command line.
 //!
 //! Its [`Behaviour`] is chosen up front: which extensions it advertises, which recipients
-//! it refuses, how many DATA transactions it defers, what it greets with.
+//! it refuses, how many DATA transactions it defers, what it greets with, whether it
+//! offers STARTTLS.
 //!
 //! ```ignore
 //! let sink = SinkServer::start("127.0.0.1:0".parse().unwrap(), Behaviour::default());
@@ -25,6 +27,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -40,8 +43,12 @@ const MAX_COMMAND_LINE: usize = 64 * 1024;
 /// How often blocked reads and accepts look at the stop flag.
 const POLL: Duration = Duration::from_millis(20);
 
+/// How long the sink waits for a client to finish the TLS handshake after STARTTLS.
+const HANDSHAKE_TIMEOUT: Duration = crate::PATIENCE;
+
 /// How the sink behaves. [`Default`] accepts everything and advertises `PIPELINING`,
-/// `SIZE`, `8BITMIME`, `SMTPUTF8` and `ENHANCEDSTATUSCODES`.
+/// `SIZE`, `8BITMIME`, `SMTPUTF8` and `ENHANCEDSTATUSCODES` (no `STARTTLS`: the command
+/// gets 502 unless [`Behaviour::starttls`] gave a certificate).
 #[derive(Debug, Clone)]
 pub struct Behaviour {
     pipelining: bool,
@@ -52,6 +59,7 @@ pub struct Behaviour {
     rcpt_rules: Vec<RcptRule>,
     greeting: u16,
     delay_data_reply: Option<Duration>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A fixed reply for one recipient address.
@@ -74,6 +82,7 @@ impl Default for Behaviour {
             rcpt_rules: Vec::new(),
             greeting: 220,
             delay_data_reply: None,
+            tls: None,
         }
     }
 }
@@ -153,6 +162,18 @@ impl Behaviour {
         self
     }
 
+    /// Offers STARTTLS (RFC 3207) with this certificate chain (PEM, the sink's own
+    /// certificate first) and private key (PEM: PKCS#8, PKCS#1 or SEC1). EHLO advertises
+    /// `STARTTLS` until TLS is in use; the command gets `220 2.0.0 Ready to start TLS`,
+    /// anything the client pipelined after it is discarded unanswered (it came in the
+    /// clear), the server handshake follows (TLS 1.2 and 1.3, no client certificates), and
+    /// the session starts over inside TLS: HELO/EHLO is required again. Panics if the
+    /// files cannot be read or do not hold a usable certificate and key.
+    pub fn starttls(mut self, cert_pem_path: &Path, key_pem_path: &Path) -> Self {
+        self.tls = Some(server_tls_config(cert_pem_path, key_pem_path));
+        self
+    }
+
     fn rcpt_rule(&self, address: &str) -> Option<&RcptRule> {
         self.rcpt_rules
             .iter()
@@ -175,6 +196,8 @@ pub struct ReceivedMessage {
     pub data: Vec<u8>,
     /// The connection it came over: 1 for the first the sink accepted, and so on.
     pub connection: usize,
+    /// Whether it came inside TLS (after STARTTLS).
+    pub tls: bool,
 }
 
 impl ReceivedMessage {
@@ -299,7 +322,8 @@ impl SinkServer {
     }
 
     /// Every command line received (without its CRLF), over all connections, in the
-    /// order they were read. Message data is not included.
+    /// order they were read. Message data is not included, nor are lines a client
+    /// pipelined after STARTTLS (discarded unread).
     pub fn transcript(&self) -> Vec<String> {
         self.shared.lock().transcript.clone()
     }
@@ -407,21 +431,157 @@ struct Session<'a> {
     data: Option<Data>,
     out: Vec<u8>,
     closing: bool,
+    /// Whether the connection is inside TLS.
+    tls: bool,
+    /// STARTTLS was answered with 220: the handshake comes once the reply is out.
+    upgrade: bool,
 }
 
-fn serve(mut stream: TcpStream, connection: usize, shared: &Shared) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(POLL));
+/// A connection's stream: plain TCP, or TLS over it after STARTTLS.
+enum SinkStream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl SinkStream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            SinkStream::Plain(tcp) => tcp,
+            SinkStream::Tls(tls) => &tls.sock,
+        }
+    }
+
+    /// Writes all of `bytes` out to the socket.
+    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_all(bytes)?;
+        self.flush()
+    }
+
+    /// Closes the connection; inside TLS with a `close_notify` alert first, so the client
+    /// sees a clean end of the encrypted stream rather than a truncation.
+    fn close(&mut self) {
+        if let SinkStream::Tls(tls) = self {
+            tls.conn.send_close_notify();
+            while tls.conn.wants_write() {
+                match tls.conn.write_tls(&mut tls.sock) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        let _ = self.tcp().shutdown(Shutdown::Both);
+    }
+}
+
+impl Read for SinkStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            SinkStream::Plain(s) => s.read(buf),
+            SinkStream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for SinkStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            SinkStream::Plain(s) => s.write(buf),
+            SinkStream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            SinkStream::Plain(s) => s.flush(),
+            SinkStream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// The server configuration for STARTTLS: ring, TLS 1.2 and 1.3, no client certificates,
+/// the chain and key from the PEM files. Panics on unreadable or unusable files.
+fn server_tls_config(cert_pem_path: &Path, key_pem_path: &Path) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let chain = CertificateDer::pem_file_iter(cert_pem_path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .unwrap_or_else(|e| panic!("sink certificate chain {}: {e}", cert_pem_path.display()));
+    assert!(
+        !chain.is_empty(),
+        "sink certificate chain {}: no certificate in it",
+        cert_pem_path.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key_pem_path)
+        .unwrap_or_else(|e| panic!("sink private key {}: {e}", key_pem_path.display()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+        .expect("TLS 1.2 and 1.3 with the ring provider")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap_or_else(|e| {
+            panic!(
+                "sink certificate {} and key {}: {e}",
+                cert_pem_path.display(),
+                key_pem_path.display()
+            )
+        });
+    Arc::new(config)
+}
+
+/// The server side of the TLS handshake after the 220 to STARTTLS went out; `None` if it
+/// failed, did not finish within [`HANDSHAKE_TIMEOUT`], or the sink is stopping.
+fn accept_tls(
+    tcp: TcpStream,
+    config: &Arc<rustls::ServerConfig>,
+    shared: &Shared,
+) -> Option<SinkStream> {
+    let connection = rustls::ServerConnection::new(Arc::clone(config)).ok()?;
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    while tls.conn.is_handshaking() {
+        if shared.stopped() || Instant::now() >= deadline {
+            let _ = tls.sock.shutdown(Shutdown::Both);
+            return None;
+        }
+        // Reads time out every POLL (the socket's read timeout), to look at the flag.
+        match tls.conn.complete_io(&mut tls.sock) {
+            // Nothing to do while still handshaking: the client has given up (close_notify).
+            Ok((0, 0)) => {
+                let _ = tls.sock.shutdown(Shutdown::Both);
+                return None;
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(_) => {
+                let _ = tls.sock.shutdown(Shutdown::Both);
+                return None;
+            }
+        }
+    }
+    Some(SinkStream::Tls(Box::new(tls)))
+}
+
+fn serve(tcp: TcpStream, connection: usize, shared: &Shared) {
+    let _ = tcp.set_nonblocking(false);
+    let _ = tcp.set_read_timeout(Some(POLL));
     let behaviour = &shared.behaviour;
     if behaviour.greeting != 220 {
+        let mut tcp = tcp;
         let _ = write!(
-            stream,
+            tcp,
             "{} {SINK_HOSTNAME} Service not available, closing transmission channel\r\n",
             behaviour.greeting
         );
-        let _ = stream.shutdown(Shutdown::Both);
+        let _ = tcp.shutdown(Shutdown::Both);
         return;
     }
+    let mut stream = SinkStream::Plain(tcp);
     let mut session = Session {
         shared,
         behaviour,
@@ -431,12 +591,14 @@ fn serve(mut stream: TcpStream, connection: usize, shared: &Shared) {
         data: None,
         out: format!("220 {SINK_HOSTNAME} ESMTP Tidegate test sink\r\n").into_bytes(),
         closing: false,
+        tls: false,
+        upgrade: false,
     };
     let mut input: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
         let mut batch = Vec::new();
-        while !session.closing {
+        while !session.closing && !session.upgrade {
             let Some(pos) = input.windows(2).position(|w| w == b"\r\n") else {
                 break;
             };
@@ -460,22 +622,39 @@ fn serve(mut stream: TcpStream, connection: usize, shared: &Shared) {
         if !batch.is_empty() {
             shared.lock().batches.push(batch);
         }
-        if session.data.is_none() && !session.closing && input.len() > MAX_COMMAND_LINE {
+        if session.data.is_none()
+            && !session.closing
+            && !session.upgrade
+            && input.len() > MAX_COMMAND_LINE
+        {
             session.reply("500 5.5.6 Line too long");
             session.closing = true;
         }
-        if stream.write_all(&session.out).is_err() {
+        if stream.send(&session.out).is_err() {
             return;
         }
         session.out.clear();
         if session.closing {
-            let _ = stream.shutdown(Shutdown::Both);
+            stream.close();
             return;
+        }
+        if session.upgrade {
+            // Whatever was pipelined after STARTTLS came in the clear: RFC 3207 §4.2 says
+            // it must not count inside TLS, so it is dropped unanswered.
+            input.clear();
+            let (SinkStream::Plain(tcp), Some(config)) = (stream, &behaviour.tls) else {
+                return;
+            };
+            let Some(tls) = accept_tls(tcp, config, shared) else {
+                return;
+            };
+            stream = tls;
+            session.start_over_in_tls();
         }
         // Wait for more input, looking at the stop flag now and then.
         loop {
             if shared.stopped() {
-                let _ = stream.shutdown(Shutdown::Both);
+                stream.close();
                 return;
             }
             match stream.read(&mut chunk) {
@@ -528,11 +707,34 @@ impl Session<'_> {
                 self.closing = true;
             }
             "VRFY" => self.reply("252 2.5.0 Cannot VRFY user, but will accept message"),
-            "BDAT" | "STARTTLS" | "AUTH" | "ETRN" | "EXPN" | "TURN" => {
+            "STARTTLS" => self.starttls(rest),
+            "BDAT" | "AUTH" | "ETRN" | "EXPN" | "TURN" => {
                 self.reply("502 5.5.1 Command not implemented");
             }
             _ => self.reply("500 5.5.2 Command unrecognized"),
         }
+    }
+
+    fn starttls(&mut self, rest: &str) {
+        if self.behaviour.tls.is_none() {
+            self.reply("502 5.5.1 Command not implemented");
+        } else if !rest.trim().is_empty() {
+            self.reply("501 5.5.4 Syntax: STARTTLS");
+        } else if self.tls {
+            self.reply("503 5.5.1 Error: already using TLS");
+        } else {
+            self.reply("220 2.0.0 Ready to start TLS");
+            self.upgrade = true;
+        }
+    }
+
+    /// After the handshake: everything learnt in the clear is forgotten (RFC 3207 §4.2).
+    fn start_over_in_tls(&mut self) {
+        self.helo = None;
+        self.transaction = None;
+        self.data = None;
+        self.tls = true;
+        self.upgrade = false;
     }
 
     fn hello(&mut self, rest: &str, extended: bool) {
@@ -562,6 +764,9 @@ impl Session<'_> {
         }
         if b.smtputf8 {
             lines.push("SMTPUTF8".into());
+        }
+        if b.tls.is_some() && !self.tls {
+            lines.push("STARTTLS".into());
         }
         lines.push("ENHANCEDSTATUSCODES".into());
         let last = lines.len() - 1;
@@ -696,12 +901,12 @@ impl Session<'_> {
         }
     }
 
-    fn end_of_data(&mut self, stream: &mut TcpStream) {
+    fn end_of_data(&mut self, stream: &mut SinkStream) {
         let data = self.data.take().unwrap_or_default();
         let transaction = self.transaction.take().unwrap_or_default();
         if let Some(delay) = self.behaviour.delay_data_reply {
             // The replies to anything before the dot go out first.
-            let _ = stream.write_all(&self.out);
+            let _ = stream.send(&self.out);
             self.out.clear();
             let deadline = Instant::now() + delay;
             while Instant::now() < deadline {
@@ -733,6 +938,7 @@ impl Session<'_> {
             rcpt_to: transaction.rcpt_to,
             data: data.bytes,
             connection: self.connection,
+            tls: self.tls,
         });
         drop(state);
         self.shared.changed.notify_all();

@@ -2,10 +2,12 @@
 //! SMTP server: these tests drive it with the harness's plain client.
 
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tidegate_e2e::sink::{Behaviour, SINK_HOSTNAME, SinkServer};
-use tidegate_e2e::{PATIENCE, SmtpClient, dot_stuff, sample_message};
+use tidegate_e2e::{PATIENCE, SmtpClient, binary, dot_stuff, sample_message};
 
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -54,6 +56,7 @@ fn a_plain_transaction_is_recorded_with_its_envelope() {
     assert_eq!(m.rcpt_to, ["one@example.test", "two@example.test"]);
     assert_eq!(m.text(), message, "data is unstuffed, without the dot line");
     assert_eq!(m.connection, 1);
+    assert!(!m.tls);
     assert_eq!(sink.connections(), 1);
 }
 
@@ -392,4 +395,201 @@ fn a_fixed_loopback_address_other_than_127_0_0_1_can_be_bound() {
         )
         .expect(250, "2.0.0");
     assert_eq!(sink.wait_for(1, PATIENCE).len(), 1);
+}
+
+/// A certificate and key for the sink written by `tidegate gen-cert`.
+struct SinkCert {
+    _dir: tempfile::TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+    /// The DER of the certificate.
+    der: Vec<u8>,
+}
+
+fn gen_cert() -> SinkCert {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let cert = dir.path().join("sink.pem");
+    let key = dir.path().join("sink.key");
+    let output = Command::new(binary())
+        .args(["gen-cert", "--name", SINK_HOSTNAME, "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .expect("run tidegate gen-cert");
+    assert!(
+        output.status.success(),
+        "gen-cert failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let der = CertificateDer::from_pem_file(&cert)
+        .expect("PEM certificate")
+        .to_vec();
+    SinkCert {
+        _dir: dir,
+        cert,
+        key,
+        der,
+    }
+}
+
+fn start_tls_sink(cert: &SinkCert) -> SinkServer {
+    start(Behaviour::default().starttls(&cert.cert, &cert.key))
+}
+
+#[test]
+fn starttls_is_offered_and_a_message_sent_inside_tls_is_marked_so() {
+    let cert = gen_cert();
+    let sink = start_tls_sink(&cert);
+    let mut client = SmtpClient::connect(sink.addr());
+    let ehlo = client.command("EHLO plain.example.org");
+    assert_eq!(ehlo.code, 250, "{ehlo:?}");
+    assert_eq!(
+        ehlo.lines,
+        [
+            SINK_HOSTNAME,
+            "PIPELINING",
+            "SIZE",
+            "8BITMIME",
+            "SMTPUTF8",
+            "STARTTLS",
+            "ENHANCEDSTATUSCODES"
+        ]
+    );
+
+    let presented = client.starttls(SINK_HOSTNAME);
+    assert_eq!(
+        presented, cert.der,
+        "the sink presents the generated certificate"
+    );
+    let ehlo = client.command("EHLO tls.example.org");
+    assert_eq!(ehlo.code, 250, "{ehlo:?}");
+    assert_eq!(
+        ehlo.lines,
+        [
+            SINK_HOSTNAME,
+            "PIPELINING",
+            "SIZE",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES"
+        ],
+        "no STARTTLS inside TLS"
+    );
+    let message = sample_message("tls", "Sent inside TLS.");
+    client
+        .send_mail("sender@example.org", &["user@example.test"], &message)
+        .expect(250, "2.0.0");
+    client.command("QUIT").expect(221, "2.0.0");
+    assert!(client.is_closed(), "a clean close inside TLS");
+
+    let received = sink.wait_for(1, PATIENCE);
+    let m = &received[0];
+    assert!(m.tls, "{m:?}");
+    assert_eq!(m.helo, "tls.example.org", "the EHLO given inside TLS");
+    assert_eq!(m.text(), message);
+    assert_eq!(
+        sink.transcript(),
+        [
+            "EHLO plain.example.org",
+            "STARTTLS",
+            "EHLO tls.example.org",
+            "MAIL FROM:<sender@example.org>",
+            "RCPT TO:<user@example.test>",
+            "DATA",
+            "QUIT",
+        ]
+    );
+}
+
+#[test]
+fn a_message_sent_without_starttls_is_not_marked_tls() {
+    let cert = gen_cert();
+    let sink = start_tls_sink(&cert);
+    let mut client = SmtpClient::ehlo(sink.addr());
+    client
+        .send_mail(
+            "a@example.org",
+            &["b@example.test"],
+            "Subject: plain\r\n\r\nx\r\n",
+        )
+        .expect(250, "2.0.0");
+    let mut secure = SmtpClient::ehlo(sink.addr());
+    assert_eq!(secure.starttls(SINK_HOSTNAME), cert.der);
+    secure.command("EHLO client.example.org");
+    secure
+        .send_mail(
+            "c@example.org",
+            &["d@example.test"],
+            "Subject: tls\r\n\r\ny\r\n",
+        )
+        .expect(250, "2.0.0");
+
+    let received = sink.wait_for(2, PATIENCE);
+    let summary: Vec<(usize, bool)> = received.iter().map(|m| (m.connection, m.tls)).collect();
+    assert_eq!(summary, [(1, false), (2, true)]);
+}
+
+#[test]
+fn starttls_starts_the_session_over_and_drops_what_was_pipelined_after_it() {
+    let cert = gen_cert();
+    let sink = start_tls_sink(&cert);
+    let mut client = SmtpClient::ehlo(sink.addr());
+    client.command("STARTTLS now").expect(501, "5.5.4");
+    // A command injected after STARTTLS in the same packet must not run inside TLS.
+    client.send(b"STARTTLS\r\nMAIL FROM:<injected@example.org>\r\n");
+    client.read_reply().expect(220, "2.0.0");
+    assert_eq!(client.upgrade(SINK_HOSTNAME), cert.der);
+
+    // The EHLO before the handshake is forgotten, and no transaction was started.
+    client
+        .command("MAIL FROM:<a@example.org>")
+        .expect(503, "5.5.1");
+    assert_eq!(client.command("EHLO client.example.org").code, 250);
+    client
+        .command("RCPT TO:<b@example.test>")
+        .expect(503, "5.5.1");
+    client.command("STARTTLS").expect(503, "5.5.1");
+    client
+        .send_mail(
+            "a@example.org",
+            &["b@example.test"],
+            "Subject: s\r\n\r\nz\r\n",
+        )
+        .expect(250, "2.0.0");
+
+    let m = &sink.wait_for(1, PATIENCE)[0];
+    assert!(m.tls);
+    assert_eq!(m.mail_from, "a@example.org");
+    let transcript = sink.transcript();
+    assert!(
+        !transcript.iter().any(|l| l.contains("injected")),
+        "{transcript:?}"
+    );
+    assert!(
+        sink.command_batches()
+            .contains(&vec!["STARTTLS".to_owned()]),
+        "{:?}",
+        sink.command_batches()
+    );
+}
+
+#[test]
+fn without_a_certificate_starttls_is_neither_offered_nor_accepted() {
+    let sink = start(Behaviour::default());
+    let mut client = SmtpClient::connect(sink.addr());
+    let ehlo = client.command("EHLO client.example.org");
+    assert!(!ehlo.lines.iter().any(|l| l == "STARTTLS"), "{ehlo:?}");
+    client.command("STARTTLS").expect(502, "5.5.1");
+    client
+        .send_mail(
+            "a@example.org",
+            &["b@example.test"],
+            "Subject: x\r\n\r\ny\r\n",
+        )
+        .expect(250, "2.0.0");
+    assert!(!sink.wait_for(1, PATIENCE)[0].tls);
 }

@@ -232,6 +232,8 @@ pub enum Stage {
     Rset,
     /// QUIT.
     Quit,
+    /// STARTTLS and the handshake after it.
+    StartTls,
 }
 
 impl fmt::Display for Stage {
@@ -247,6 +249,7 @@ impl fmt::Display for Stage {
             Stage::DataEnd => "end of data",
             Stage::Rset => "RSET",
             Stage::Quit => "QUIT",
+            Stage::StartTls => "STARTTLS",
         })
     }
 }
@@ -299,6 +302,9 @@ pub enum ClientError {
     /// An earlier error left the session unusable.
     #[error("the session is unusable after an earlier error")]
     Unusable,
+    /// The TLS handshake failed (certificate not trusted, no common protocol...).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -332,6 +338,7 @@ impl ClientError {
             | ClientError::Io { stage, .. }
             | ClientError::Protocol { stage, .. }
             | ClientError::Rejected { stage, .. } => Some(*stage),
+            ClientError::Tls(_) => Some(Stage::StartTls),
             ClientError::Unsupported { .. } | ClientError::Unusable => None,
         }
     }
@@ -388,6 +395,7 @@ pub struct ClientSession<S = BoxedStream> {
     capabilities: Capabilities,
     timeouts: Timeouts,
     usable: bool,
+    tls: bool,
 }
 
 impl<S> fmt::Debug for ClientSession<S> {
@@ -423,7 +431,70 @@ impl ClientSession<BoxedStream> {
     }
 }
 
+impl ClientSession<BoxedStream> {
+    /// Upgrades the session with STARTTLS (RFC 3207): `220`, the TLS handshake (verifying
+    /// as `connector` says, for `server_name`), then EHLO again, since the server forgets
+    /// everything said before the handshake. A refusal is `Rejected { stage: StartTls }`.
+    pub async fn starttls(
+        mut self,
+        connector: &tokio_rustls::TlsConnector,
+        server_name: rustls::pki_types::ServerName<'static>,
+        helo_name: &str,
+    ) -> Result<Self, ClientError> {
+        let timeouts = self.timeouts;
+        let reply = self
+            .command("STARTTLS", Stage::StartTls, timeouts.command)
+            .await?;
+        if !reply.is_positive() {
+            if reply.code == 421 {
+                self.usable = false;
+            }
+            return Err(ClientError::Rejected {
+                stage: Stage::StartTls,
+                reply,
+            });
+        }
+        // Whatever the server sent after its 220 came in the clear: never trust it.
+        self.start = 0;
+        self.end = 0;
+        let handshake = connector.connect(server_name, self.stream);
+        let tls = match tokio::time::timeout(timeouts.command, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                return Err(ClientError::Tls(e.to_string()));
+            }
+            Err(_) => return Err(ClientError::Timeout(Stage::StartTls)),
+        };
+        let mut session = ClientSession {
+            stream: Box::new(tls) as BoxedStream,
+            rbuf: self.rbuf,
+            start: 0,
+            end: 0,
+            wbuf: self.wbuf,
+            greeting: self.greeting,
+            capabilities: Capabilities::default(),
+            timeouts,
+            usable: true,
+            tls: false,
+        };
+        let ehlo = session
+            .command(&format!("EHLO {helo_name}"), Stage::Ehlo, timeouts.command)
+            .await?;
+        if !ehlo.is_positive() {
+            return Err(session.refuse_handshake(Stage::Ehlo, ehlo).await);
+        }
+        session.capabilities = Capabilities::from_ehlo(&ehlo);
+        session.tls = true;
+        Ok(session)
+    }
+}
+
 impl<S: Stream> ClientSession<S> {
+    /// Whether the session runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
     /// Starts a session on a connected stream: greeting, then EHLO (or HELO), as
     /// [`connect`](ClientSession::connect) does.
     pub async fn start(
@@ -452,6 +523,7 @@ impl<S: Stream> ClientSession<S> {
             capabilities: Capabilities::default(),
             timeouts,
             usable: true,
+            tls: false,
         };
         let greeting = session
             .read_reply(timeouts.greeting, Stage::Greeting)

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::dsn::{Action, DsnInput, FailedRecipient, build_dsn};
 use super::state::{Event, Outcome};
 use super::{Shared, now_ms, retry_delay};
+use crate::config::TlsPolicy;
 use crate::inbound::address::{Domain, Mailbox};
 use crate::outbound::client::{ClientError, ClientSession, Outgoing, Stage, Timeouts};
 use crate::outbound::lookup::{self, LookupError, NextHop};
@@ -28,6 +29,7 @@ enum Destination {
         route: String,
         host: String,
         port: u16,
+        tls: TlsPolicy,
     },
     /// MX delivery to a domain.
     Mx { domain: String },
@@ -287,7 +289,7 @@ async fn route(
     };
     let named = |name: &str| -> Destination {
         match shared.config.routes.iter().find(|r| r.name == name) {
-            Some(route) => configured(route),
+            Some(route) => configured(route, shared.config.delivery.tls),
             None => Destination::Misrouted(format!("no [[route]] is named `{name}`")),
         }
     };
@@ -310,12 +312,12 @@ async fn route(
         .iter()
         .find(|r| r.domains.iter().any(|d| d.as_str() == domain))
     {
-        return configured(route);
+        return configured(route, shared.config.delivery.tls);
     }
     Destination::Mx { domain }
 }
 
-fn configured(route: &crate::config::RouteConfig) -> Destination {
+fn configured(route: &crate::config::RouteConfig, default_tls: TlsPolicy) -> Destination {
     if let Some(root) = &route.maildir {
         return Destination::Maildir { root: root.clone() };
     }
@@ -324,6 +326,7 @@ fn configured(route: &crate::config::RouteConfig) -> Destination {
             route: route.name.clone(),
             host,
             port,
+            tls: route.tls.unwrap_or(default_tls),
         },
         None => Destination::Misrouted(format!("route `{}` has no usable next hop", route.name)),
     }
@@ -352,27 +355,31 @@ async fn deliver(
         Destination::Maildir { root } => {
             deliver_maildir(shared, root, envelope, rcpts, message).await
         }
-        Destination::Smarthost { host, port, .. } => {
-            match lookup::resolve_host(&shared.dns, host, *port).await {
-                Ok(addrs) => {
-                    deliver_smtp(
-                        shared,
-                        vec![NextHop {
-                            name: host.clone(),
-                            addrs,
-                        }],
-                        envelope,
-                        rcpts,
-                        message,
-                    )
-                    .await
-                }
-                Err(e) => lookup_failure(rcpts, &e),
+        Destination::Smarthost {
+            host, port, tls, ..
+        } => match lookup::resolve_host(&shared.dns, host, *port).await {
+            Ok(addrs) => {
+                deliver_smtp(
+                    shared,
+                    vec![NextHop {
+                        name: host.clone(),
+                        addrs,
+                    }],
+                    *tls,
+                    envelope,
+                    rcpts,
+                    message,
+                )
+                .await
             }
-        }
+            Err(e) => lookup_failure(rcpts, &e),
+        },
         Destination::Mx { domain } => {
             match lookup::mx_hosts(&shared.dns, domain, shared.config.delivery.mx_port).await {
-                Ok(hops) => deliver_smtp(shared, hops, envelope, rcpts, message).await,
+                Ok(hops) => {
+                    let tls = shared.config.delivery.tls;
+                    deliver_smtp(shared, hops, tls, envelope, rcpts, message).await
+                }
                 Err(e) => lookup_failure(rcpts, &e),
             }
         }
@@ -451,6 +458,7 @@ fn timeouts(shared: &Shared) -> Timeouts {
 async fn deliver_smtp(
     shared: &Arc<Shared>,
     hops: Vec<NextHop>,
+    tls: TlsPolicy,
     envelope: &Envelope,
     rcpts: &[usize],
     message: &[u8],
@@ -476,7 +484,7 @@ async fn deliver_smtp(
     let mut last_error = String::from("no address to try");
     for hop in &hops {
         for &addr in &hop.addrs {
-            match transact(shared, addr, &helo, &outgoing).await {
+            match transact(shared, addr, &hop.name, tls, &helo, &outgoing).await {
                 Ok(result) => return map_transaction(rcpts, &hop.name, result),
                 Err(error)
                     if error.is_permanent()
@@ -543,10 +551,16 @@ async fn deliver_smtp(
 async fn transact(
     shared: &Arc<Shared>,
     addr: SocketAddr,
+    host: &str,
+    tls: TlsPolicy,
     helo: &str,
     outgoing: &Outgoing<'_>,
 ) -> Result<crate::outbound::client::TransactionResult, ClientError> {
-    if let Some(mut session) = shared.pool.take(addr) {
+    let pooled = shared
+        .pool
+        .take(addr)
+        .filter(|s| tls != TlsPolicy::Required || s.is_tls());
+    if let Some(mut session) = pooled {
         let result = session.send(outgoing).await;
         // `send` leaves a usable session clean for the next transaction.
         keep(shared, addr, session);
@@ -561,10 +575,54 @@ async fn transact(
             Err(error) => return Err(error),
         }
     }
-    let mut session = ClientSession::connect(addr, helo, timeouts(shared)).await?;
+    let mut session = open(shared, addr, host, tls, helo).await?;
     let result = session.send(outgoing).await;
     keep(shared, addr, session);
     result
+}
+
+/// Connects and applies the TLS policy.
+async fn open(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    host: &str,
+    tls: TlsPolicy,
+    helo: &str,
+) -> Result<ClientSession, ClientError> {
+    let session = ClientSession::connect(addr, helo, timeouts(shared)).await?;
+    let offered = session.capabilities().starttls;
+    match tls {
+        TlsPolicy::None => Ok(session),
+        TlsPolicy::Opportunistic if !offered => Ok(session),
+        TlsPolicy::Required if !offered => {
+            session.quit().await;
+            Err(ClientError::Tls(format!(
+                "{host} does not offer STARTTLS and TLS is required"
+            )))
+        }
+        TlsPolicy::Opportunistic => {
+            let name = server_name(host, addr);
+            match session.starttls(&shared.tls_any, name, helo).await {
+                Ok(session) => Ok(session),
+                Err(error) => {
+                    // RFC 7435: opportunistic encryption must not make delivery worse
+                    // than plain text. Start over without it.
+                    tracing::info!(%host, %addr, %error, "opportunistic TLS failed, going on without");
+                    ClientSession::connect(addr, helo, timeouts(shared)).await
+                }
+            }
+        }
+        TlsPolicy::Required => {
+            let name = server_name(host, addr);
+            session.starttls(&shared.tls_verified, name, helo).await
+        }
+    }
+}
+
+/// The name the certificate must match: the host's name, or its address.
+fn server_name(host: &str, addr: SocketAddr) -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::try_from(host.trim_end_matches('.').to_owned())
+        .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(addr.ip().into()))
 }
 
 fn keep(shared: &Shared, addr: SocketAddr, session: ClientSession) {

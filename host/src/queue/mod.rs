@@ -62,7 +62,6 @@ struct Entry {
 pub(crate) type Pending = (Arc<StoredMessage>, Vec<(usize, u32)>);
 
 /// Shared state of the queue.
-#[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
     pub(crate) spool: Spool,
@@ -71,11 +70,23 @@ pub(crate) struct Shared {
     pub(crate) plugins: Arc<PluginHost>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) pool: ConnectionPool,
+    /// STARTTLS without verification (opportunistic).
+    pub(crate) tls_any: tokio_rustls::TlsConnector,
+    /// STARTTLS with verification (required).
+    pub(crate) tls_verified: tokio_rustls::TlsConnector,
     schedule: Mutex<BTreeSet<(u64, QueueId)>>,
     entries: Mutex<HashMap<QueueId, Entry>>,
     wake: Notify,
     global: Semaphore,
     per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("spool_dir", &self.spool_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A handle on the running queue; cheap to clone.
@@ -102,13 +113,23 @@ impl Queue {
         plugins: Arc<PluginHost>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
-    ) -> Queue {
+    ) -> Result<Queue, crate::tls::TlsError> {
         let spool_dir = config.spool.path.clone();
         let state_dir = spool_dir.join("state");
         if let Err(e) = std::fs::create_dir_all(&state_dir) {
             tracing::error!(dir = %state_dir.display(), error = %e, "cannot create the state directory");
         }
+        let tls_any = crate::tls::client_config(&crate::tls::VerifyMode::AcceptAny)
+            .map(tokio_rustls::TlsConnector::from)?;
+        let verify = match &config.delivery.tls_ca {
+            Some(ca) => crate::tls::VerifyMode::CustomCa(ca.clone()),
+            None => crate::tls::VerifyMode::WebPki,
+        };
+        let tls_verified =
+            crate::tls::client_config(&verify).map(tokio_rustls::TlsConnector::from)?;
         let shared = Arc::new(Shared {
+            tls_any,
+            tls_verified,
             global: Semaphore::new(config.queue.max_concurrent_deliveries),
             pool: ConnectionPool::default(),
             config,
@@ -138,7 +159,7 @@ impl Queue {
             tracing::info!(messages = resumed, "queue resumed");
             tokio::spawn(run_scheduler(Arc::clone(&queue.shared), shutdown));
         }
-        queue
+        Ok(queue)
     }
 
     /// Takes a newly committed message into the queue, due at once.
