@@ -21,10 +21,8 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -37,7 +35,6 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -46,13 +43,6 @@ use crate::config::DomainName;
 /// The protocol versions offered and accepted, newest first. rustls has nothing older than
 /// TLS 1.2, so this list is also the complete set of what could ever be negotiated.
 static VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
-
-/// How long file events must stay quiet before a reload, so that an editor's or a renewal
-/// tool's burst of writes (or a write-then-rename) becomes one reload.
-const DEBOUNCE: Duration = Duration::from_millis(150);
-
-/// The longest a steady stream of file events may postpone a reload.
-const DEBOUNCE_CAP: Duration = Duration::from_secs(2);
 
 /// The *ring* crypto provider with its default (modern) cipher suites, built once and
 /// passed explicitly to every configuration.
@@ -486,55 +476,9 @@ impl ServerTls {
     /// at info level. `config` is fixed for the watch's life: when the configuration file
     /// changes, the caller restarts the watch (or calls [`ServerTls::reload`]) itself.
     pub async fn watch(self: Arc<Self>, config: TlsConfig, shutdown: CancellationToken) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event
-                && !matches!(event.kind, notify::EventKind::Access(_))
-            {
-                let _ = tx.send(());
-            }
-        });
-        // Kept alive for the loop below: dropping it ends the watch.
-        let _watcher = match watcher {
-            Ok(mut watcher) => {
-                let mut dirs: Vec<PathBuf> = config.files().into_iter().map(parent).collect();
-                dirs.sort();
-                dirs.dedup();
-                for dir in dirs {
-                    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch TLS files; reload with SIGHUP");
-                    }
-                }
-                Some(watcher)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch TLS files; reload with SIGHUP");
-                None
-            }
-        };
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(signal) => Some(signal),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot install the SIGHUP handler for TLS reload");
-                None
-            }
-        };
-        loop {
-            let why = tokio::select! {
-                () = shutdown.cancelled() => return,
-                Some(()) = rx.recv() => "file change",
-                Some(()) = async { match hangup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => "SIGHUP",
-            };
-            // Wait until the events stop for DEBOUNCE (but no longer than DEBOUNCE_CAP), so
-            // that a certificate and its key written one after the other load together.
-            let deadline = Instant::now() + DEBOUNCE_CAP;
-            while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                if Instant::now() >= deadline {
-                    break;
-                }
-            }
-            while rx.try_recv().is_ok() {}
+        let mut trigger = crate::watch::Trigger::new("TLS certificates");
+        trigger.watch_files(config.files());
+        while let Some(why) = trigger.next(&shutdown).await {
             let (this, files) = (self.clone(), config.clone());
             match tokio::task::spawn_blocking(move || this.reload(&files)).await {
                 Ok(Ok(true)) => tracing::info!(trigger = why, "TLS certificates reloaded"),
@@ -547,13 +491,6 @@ impl ServerTls {
                 Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
             }
         }
-    }
-}
-
-fn parent(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
     }
 }
 
@@ -798,24 +735,20 @@ fn days_since_epoch() -> i64 {
     i64::try_from(secs / 86_400).unwrap_or(0)
 }
 
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`), to avoid a date-library dependency for one computation.
+/// The date of a day count since 1970-01-01, in the types rcgen wants.
 fn civil_from_days(days: i64) -> (i32, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year as i32, month as u8, day as u8)
+    let (year, month, day) = crate::inbound::received::civil_from_days(days);
+    (
+        i32::try_from(year).unwrap_or(i32::MAX),
+        u8::try_from(month).unwrap_or(1),
+        u8::try_from(day).unwrap_or(1),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_rustls::TlsConnector;
 

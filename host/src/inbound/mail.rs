@@ -1,9 +1,9 @@
 //! MAIL FROM (RFC 5321 §4.1.1.2): opens a transaction, with SIZE (RFC 1870), BODY
 //! (RFC 6152) and SMTPUTF8 (RFC 6531).
 
-use super::address::{AddressError, Mailbox, ReversePath, parse_reverse_path};
+use super::address::{Mailbox, ReversePath, parse_reverse_path};
 use super::policy;
-use super::reply::{Reply, codes};
+use super::reply::{Reply, address_error, codes};
 use super::session::{Session, State, Transaction};
 use crate::plugins::bindings::tidegate::plugin::types as w;
 use crate::plugins::chain::{Hook, StageInput};
@@ -26,7 +26,7 @@ impl Session {
         }
         let (sender, params) = match parse_reverse_path(args, helo.extended) {
             Ok(parsed) => parsed,
-            Err(error) => return sender_error(&error),
+            Err(error) => return address_error(&error, codes::BAD_SENDER_SYNTAX, "sender"),
         };
         if !helo.extended && !params.is_empty() {
             return Reply::new(555, codes::INVALID_ARGUMENTS, "MAIL parameters need EHLO");
@@ -140,21 +140,5 @@ impl Session {
             },
         );
         Reply::new(250, codes::SENDER_OK, "Ok")
-    }
-}
-
-fn sender_error(error: &AddressError) -> Reply {
-    match error {
-        AddressError::Utf8NotPermitted => Reply::new(
-            553,
-            codes::UTF8_NOT_PERMITTED,
-            "Non-ASCII address needs SMTPUTF8",
-        ),
-        AddressError::BadParameter(why) => Reply::new(501, codes::INVALID_ARGUMENTS, *why),
-        other => Reply::new(
-            501,
-            codes::BAD_SENDER_SYNTAX,
-            format!("Bad sender address syntax: {other}"),
-        ),
     }
 }

@@ -1,9 +1,9 @@
 //! RCPT TO (RFC 5321 §4.1.1.3): recipient syntax, the recipient limit and relay control.
 
-use super::address::{AddressError, ForwardPath, parse_forward_path};
+use super::address::{ForwardPath, parse_forward_path};
 use super::policy;
 use super::relay::RelayDecision;
-use super::reply::{Reply, codes};
+use super::reply::{Reply, address_error, codes};
 use super::session::{Session, State};
 use crate::plugins::bindings::tidegate::plugin::types as w;
 use crate::plugins::chain::{Hook, StageInput};
@@ -19,7 +19,9 @@ impl Session {
         }
         let (path, params) = match parse_forward_path(args, tx.smtputf8) {
             Ok(parsed) => parsed,
-            Err(error) => return recipient_error(&error),
+            Err(error) => {
+                return address_error(&error, codes::BAD_RECIPIENT_SYNTAX, "recipient");
+            }
         };
         if let Some(param) = params.first() {
             return Reply::new(
@@ -83,21 +85,5 @@ impl Session {
             }
         }
         Reply::new(250, codes::RECIPIENT_OK, "Ok")
-    }
-}
-
-fn recipient_error(error: &AddressError) -> Reply {
-    match error {
-        AddressError::Utf8NotPermitted => Reply::new(
-            553,
-            codes::UTF8_NOT_PERMITTED,
-            "Non-ASCII address needs SMTPUTF8",
-        ),
-        AddressError::BadParameter(why) => Reply::new(501, codes::INVALID_ARGUMENTS, *why),
-        other => Reply::new(
-            501,
-            codes::BAD_RECIPIENT_SYNTAX,
-            format!("Bad recipient address syntax: {other}"),
-        ),
     }
 }

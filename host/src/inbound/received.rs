@@ -71,8 +71,9 @@ pub fn rfc5322_date(time: SystemTime) -> String {
 }
 
 /// Days since 1970-01-01 to (year, month 1-12, day 1-31) in the proleptic Gregorian
-/// calendar (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+/// calendar (Howard Hinnant's `civil_from_days`), to avoid a date-library dependency for
+/// the two places that format dates (trace headers, certificate validity).
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

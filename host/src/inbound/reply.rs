@@ -149,6 +149,26 @@ pub mod codes {
     pub const SYSTEM_PERMANENT: EnhancedCode = EnhancedCode::new(5, 3, 0);
 }
 
+/// The reply to a MAIL or RCPT address that does not parse: 553 5.6.7 for non-ASCII
+/// without SMTPUTF8, 501 for a bad parameter, else 501 with `syntax` (5.1.7 for the
+/// sender, 5.1.3 for a recipient).
+pub fn address_error(
+    error: &super::address::AddressError,
+    syntax: EnhancedCode,
+    what: &str,
+) -> Reply {
+    use super::address::AddressError;
+    match error {
+        AddressError::Utf8NotPermitted => Reply::new(
+            553,
+            codes::UTF8_NOT_PERMITTED,
+            "Non-ASCII address needs SMTPUTF8",
+        ),
+        AddressError::BadParameter(why) => Reply::new(501, codes::INVALID_ARGUMENTS, *why),
+        other => Reply::new(501, syntax, format!("Bad {what} address syntax: {other}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
