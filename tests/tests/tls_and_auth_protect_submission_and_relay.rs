@@ -330,3 +330,97 @@ fn certificates_are_reloaded_without_a_restart() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A gateway allowing AUTH in the clear (loopback only), with the test plugin deciding
+/// some logins and a rule that the sender must be the authenticated user.
+fn plaintext_auth_gateway(mode: &str) -> (Gateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut users = users_line("alice@example.test", "s3cret pass");
+    users.push_str(&users_line("banned@example.test", "s3cret pass"));
+    std::fs::write(dir.path().join("users.txt"), users).unwrap();
+    let plugin = tidegate_e2e::plugin_dist().join("test_plugin.wasm");
+    let text = format!(
+        r#"hostname = "relay.example.test"
+[[listener]]
+name = "submission"
+address = "127.0.0.1:0"
+protocol = "submission"
+[spool]
+path = "spool"
+[relay]
+accept_domains = ["example.test"]
+[queue]
+hold = true
+[auth]
+users_file = "{}/users.txt"
+allow_plaintext = true
+require_sender_match = true
+[[plugin]]
+name = "policy"
+path = {plugin:?}
+[plugin.config]
+mode = "{mode}"
+trigger = "probe@elsewhere.test"
+"#,
+        dir.path().display()
+    );
+    (Gateway::start_with_text(&text, 1), dir)
+}
+
+#[test]
+fn on_auth_can_accept_and_refuse_and_the_identity_reaches_plugins() {
+    let (gateway, _dir) = plaintext_auth_gateway("auth");
+    let mut client = SmtpClient::connect(gateway.addr_of("submission"));
+    client.command("EHLO client.example.org");
+    // Not in the users file, accepted by the plugin.
+    client
+        .command(&format!(
+            "AUTH PLAIN {}",
+            plain("plugin-user", "from-plugin")
+        ))
+        .expect(235, "2.7.0");
+
+    let mut banned = SmtpClient::connect(gateway.addr_of("submission"));
+    banned.command("EHLO client.example.org");
+    let reply = banned.command(&format!(
+        "AUTH PLAIN {}",
+        plain("banned@example.test", "s3cret pass")
+    ));
+    reply.expect(535, "5.7.8");
+    assert!(reply.text().contains("disabled by policy"), "{reply:?}");
+
+    // The sender must be the authenticated user.
+    let mut alice = SmtpClient::connect(gateway.addr_of("submission"));
+    alice.command("EHLO client.example.org");
+    alice
+        .command(&format!(
+            "AUTH PLAIN {}",
+            plain("alice@example.test", "s3cret pass")
+        ))
+        .expect(235, "2.7.0");
+    alice
+        .command("MAIL FROM:<bob@example.test>")
+        .expect(553, "5.7.1");
+    alice
+        .command("MAIL FROM:<Alice@example.test>")
+        .expect(250, "2.1.0");
+}
+
+#[test]
+fn plugins_see_the_authenticated_identity() {
+    let (gateway, _dir) = plaintext_auth_gateway("whoami");
+    let mut alice = SmtpClient::connect(gateway.addr_of("submission"));
+    alice.command("EHLO client.example.org");
+    alice
+        .command(&format!(
+            "AUTH PLAIN {}",
+            plain("alice@example.test", "s3cret pass")
+        ))
+        .expect(235, "2.7.0");
+    alice
+        .command("MAIL FROM:<alice@example.test>")
+        .expect(250, "2.1.0");
+    let reply = alice.command("RCPT TO:<probe@elsewhere.test>");
+    reply.expect(550, "5.7.1");
+    assert_eq!(reply.text(), "5.7.1 authenticated as alice@example.test");
+}

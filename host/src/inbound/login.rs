@@ -169,6 +169,11 @@ impl Session {
             tracing::info!(peer = %self.peer, user = %credentials.username, mechanism = %command.mechanism, "authenticated");
             self.authenticated = Some(credentials.username.clone());
             self.may_relay = true;
+            // Plugins see the identity at every later stage (and it lands in the envelope).
+            self.session_tags
+                .insert("auth".to_owned(), credentials.username.clone());
+            self.tags
+                .insert("auth".to_owned(), credentials.username.clone());
             self.respond(replies::success());
         } else {
             self.ctx.auth_failures.record_failure(self.peer.ip());
