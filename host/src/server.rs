@@ -7,6 +7,8 @@
 //! session off at the end of the grace period loses nothing that got a 250.
 
 use std::path::PathBuf;
+
+use arc_swap::ArcSwap;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -63,9 +65,9 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         None => None,
     };
     let users = match config.auth.as_ref().and_then(|a| a.users_file.as_ref()) {
-        Some(path) => Some(Arc::new(
+        Some(path) => Some(Arc::new(ArcSwap::from_pointee(
             UsersFile::load(path).context("loading the AUTH users file")?,
-        )),
+        ))),
         None => None,
     };
 
@@ -105,6 +107,12 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     ));
+    if let (Some(users), Some(path)) = (
+        ctx.users.clone(),
+        config.auth.as_ref().and_then(|a| a.users_file.clone()),
+    ) {
+        tokio::spawn(watch_users(users, path, shutdown.clone()));
+    }
     if let (Some(tls), Some(tls_config)) = (tls, config.tls.clone()) {
         tokio::spawn(tls.watch(tls_config, shutdown.clone()));
     }
@@ -137,6 +145,26 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reloads the AUTH users file when it changes (or on SIGHUP); a file that does not load
+/// leaves the previous users in place.
+async fn watch_users(users: Arc<ArcSwap<UsersFile>>, path: PathBuf, shutdown: CancellationToken) {
+    let mut trigger = crate::watch::Trigger::new("users file");
+    trigger.watch_files([path.as_path()]);
+    while let Some(why) = trigger.next(&shutdown).await {
+        let file = path.clone();
+        match tokio::task::spawn_blocking(move || UsersFile::load(&file)).await {
+            Ok(Ok(loaded)) => {
+                tracing::info!(trigger = why, users = loaded.len(), "users file reloaded");
+                users.store(Arc::new(loaded));
+            }
+            Ok(Err(e)) => {
+                tracing::error!(trigger = why, error = %e, "users file not reloaded, keeping the current one");
+            }
+            Err(e) => tracing::error!(error = %e, "users file reload task failed"),
+        }
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -424,3 +424,32 @@ fn plugins_see_the_authenticated_identity() {
     reply.expect(550, "5.7.1");
     assert_eq!(reply.text(), "5.7.1 authenticated as alice@example.test");
 }
+
+#[test]
+fn the_users_file_is_reloaded_and_a_broken_one_keeps_the_old_users() {
+    let (gateway, dir) = plaintext_auth_gateway("pass");
+    let users = dir.path().join("users.txt");
+    let try_login = |user: &str, password: &str| {
+        let mut client = SmtpClient::connect(gateway.addr_of("submission"));
+        client.command("EHLO client.example.org");
+        client
+            .command(&format!("AUTH PLAIN {}", plain(user, password)))
+            .code
+    };
+    assert_eq!(try_login("carol@example.test", "new one"), 535);
+
+    // Add a user by write-then-rename, as an admin tool would.
+    let mut text = std::fs::read_to_string(&users).unwrap();
+    text.push_str(&users_line("carol@example.test", "new one"));
+    let staged = dir.path().join("users.txt.new");
+    std::fs::write(&staged, &text).unwrap();
+    std::fs::rename(&staged, &users).unwrap();
+    gateway.wait_for_log("users file reloaded");
+    assert_eq!(try_login("carol@example.test", "new one"), 235);
+
+    // A broken file is refused and the users stay.
+    std::fs::write(&users, "carol@example.test:not-a-hash\n").unwrap();
+    gateway.wait_for_log("users file not reloaded");
+    assert_eq!(try_login("carol@example.test", "new one"), 235);
+    assert_eq!(try_login("alice@example.test", "s3cret pass"), 235);
+}

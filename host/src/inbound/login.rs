@@ -134,6 +134,7 @@ impl Session {
         let file_says = match &self.ctx.users {
             Some(users) => {
                 users
+                    .load_full()
                     .verify_async(&credentials.username, &credentials.password)
                     .await
             }

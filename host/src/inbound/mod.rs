@@ -50,8 +50,8 @@ pub struct InboundParts {
     pub queue: Queue,
     /// Certificates, when TLS is configured.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
-    /// The AUTH users file, when configured.
-    pub users: Option<Arc<crate::auth::UsersFile>>,
+    /// The AUTH users file, when configured (swapped when the file changes).
+    pub users: Option<Arc<arc_swap::ArcSwap<crate::auth::UsersFile>>>,
 }
 
 /// What every session needs from the server, shared read-only.
@@ -77,8 +77,8 @@ pub struct InboundContext {
     pub queue: Queue,
     /// Certificates for STARTTLS and `smtps`, when configured.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
-    /// The users file for AUTH, when configured.
-    pub users: Option<Arc<crate::auth::UsersFile>>,
+    /// The users file for AUTH, when configured (swapped when the file changes).
+    pub users: Option<Arc<arc_swap::ArcSwap<crate::auth::UsersFile>>>,
     /// Failed AUTH attempts per client address.
     pub auth_failures: crate::auth::FailureLimiter,
 }
