@@ -42,7 +42,16 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     );
 
     let metrics = Arc::new(Metrics::new());
-    let dns = Arc::new(Dns::new(&config.dns).map_err(|e| anyhow::anyhow!(e))?);
+    let dns = match Dns::new(&config.dns) {
+        Ok(dns) => Arc::new(dns),
+        // Configured name servers that cannot be used are a configuration error; a host
+        // without a usable /etc/resolv.conf can still accept mail and use smarthosts.
+        Err(e) if config.dns.nameservers.is_empty() => {
+            tracing::warn!(error = %e, "no DNS resolver: MX delivery and plugin lookups will fail temporarily");
+            Arc::new(Dns::default())
+        }
+        Err(e) => return Err(anyhow::anyhow!(e)),
+    };
     let plugins = PluginHost::start(&config, Arc::clone(&dns), Arc::clone(&metrics))
         .await
         .context("loading plugins")?;
