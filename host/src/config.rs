@@ -196,6 +196,10 @@ pub struct DeliveryConfig {
     /// CA certificates (PEM) that verify next hops under `required`; the public web PKI
     /// roots when absent. Relative to the configuration file.
     pub tls_ca: Option<PathBuf>,
+    /// Honour the MTA-STS policies (RFC 8461) of recipient domains in MX delivery.
+    pub mta_sts: bool,
+    /// The HTTPS port policies are fetched from (443; a lab may change it).
+    pub mta_sts_port: u16,
 }
 
 /// Outbound TLS.
@@ -224,6 +228,8 @@ impl Default for DeliveryConfig {
             local_maildir: None,
             tls: TlsPolicy::Opportunistic,
             tls_ca: None,
+            mta_sts: false,
+            mta_sts_port: 443,
         }
     }
 }

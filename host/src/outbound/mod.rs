@@ -5,4 +5,5 @@
 pub mod client;
 pub mod lookup;
 pub mod maildir;
+pub mod mta_sts;
 pub mod pool;

@@ -376,8 +376,35 @@ async fn deliver(
         },
         Destination::Mx { domain } => {
             match lookup::mx_hosts(&shared.dns, domain, shared.config.delivery.mx_port).await {
-                Ok(hops) => {
-                    let tls = shared.config.delivery.tls;
+                Ok(mut hops) => {
+                    let mut tls = shared.config.delivery.tls;
+                    if let Some(sts) = &shared.mta_sts
+                        && let Some(policy) = sts.policy(&shared.dns, domain).await
+                    {
+                        use crate::outbound::mta_sts::Mode;
+                        let allowed: Vec<NextHop> = hops
+                            .iter()
+                            .filter(|hop| policy.allows(&hop.name))
+                            .cloned()
+                            .collect();
+                        match policy.mode {
+                            Mode::Enforce => {
+                                // Only the listed MX hosts, only over verified TLS.
+                                hops = allowed;
+                                tls = TlsPolicy::Required;
+                                if hops.is_empty() {
+                                    let why = format!(
+                                        "no MX host of {domain} matches its MTA-STS policy"
+                                    );
+                                    return all(Outcome::Deferred, &why, Some("4.7.5"));
+                                }
+                            }
+                            Mode::Testing if allowed.len() < hops.len() => {
+                                tracing::warn!(%domain, "MX hosts outside the MTA-STS policy (testing mode: delivering anyway)");
+                            }
+                            Mode::Testing | Mode::None => {}
+                        }
+                    }
                     deliver_smtp(shared, hops, tls, envelope, rcpts, message).await
                 }
                 Err(e) => lookup_failure(rcpts, &e),

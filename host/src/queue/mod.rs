@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     pub(crate) tls_any: tokio_rustls::TlsConnector,
     /// STARTTLS with verification (required).
     pub(crate) tls_verified: tokio_rustls::TlsConnector,
+    /// MTA-STS policies, when enabled.
+    pub(crate) mta_sts: Option<crate::outbound::mta_sts::MtaSts>,
     schedule: Mutex<BTreeSet<(u64, QueueId)>>,
     entries: Mutex<HashMap<QueueId, Entry>>,
     wake: Notify,
@@ -127,7 +129,14 @@ impl Queue {
         };
         let tls_verified =
             crate::tls::client_config(&verify).map(tokio_rustls::TlsConnector::from)?;
+        let mta_sts = config.delivery.mta_sts.then(|| {
+            crate::outbound::mta_sts::MtaSts::new(
+                tls_verified.clone(),
+                config.delivery.mta_sts_port,
+            )
+        });
         let shared = Arc::new(Shared {
+            mta_sts,
             tls_any,
             tls_verified,
             global: Semaphore::new(config.queue.max_concurrent_deliveries),

@@ -1,0 +1,349 @@
+//! MTA-STS (RFC 8461): a domain publishes, over HTTPS, which MX hosts are genuine and that
+//! they must be reached over verified TLS. When enabled, delivery to a domain with an
+//! `enforce` policy goes only to listed MX hosts, only over TLS with a certificate valid
+//! for the MX name; `testing` policies are only logged.
+//!
+//! Policies are cached in memory for their `max_age` (capped), keyed by domain, and
+//! refreshed when the `_mta-sts` TXT record's `id` changes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hickory_resolver::proto::rr::{RData, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::plugins::dns::Dns;
+
+/// The largest policy file accepted (RFC 8461 §3.2 suggests 64 KiB).
+const MAX_POLICY: usize = 64 * 1024;
+/// Policies are kept no longer than this, whatever `max_age` says (RFC 8461 §3.2: 1 year).
+const MAX_AGE_CAP: Duration = Duration::from_secs(31_557_600);
+/// How long a fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a policy asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Deliver only to listed MX hosts over verified TLS.
+    Enforce,
+    /// Report (log) failures, deliver anyway.
+    Testing,
+    /// No policy.
+    None,
+}
+
+/// A domain's policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The mode.
+    pub mode: Mode,
+    /// MX patterns: exact names, or `*.domain` for one leftmost label.
+    pub mx: Vec<String>,
+    /// How long the policy may be cached.
+    pub max_age: Duration,
+}
+
+impl Policy {
+    /// Whether an MX host name matches one of the policy's patterns.
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.mx
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(parent) => host
+                    .split_once('.')
+                    .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+                None => *pattern == host,
+            })
+    }
+}
+
+/// Parses a policy file (RFC 8461 §3.2): `key: value` lines.
+pub fn parse_policy(text: &str) -> Result<Policy, String> {
+    let mut version = None;
+    let mut mode = None;
+    let mut mx = Vec::new();
+    let mut max_age = None;
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match key.trim() {
+            "version" => version = Some(value.to_owned()),
+            "mode" => {
+                mode = Some(match value {
+                    "enforce" => Mode::Enforce,
+                    "testing" => Mode::Testing,
+                    "none" => Mode::None,
+                    other => return Err(format!("unknown mode `{other}`")),
+                })
+            }
+            "mx" => mx.push(value.trim_end_matches('.').to_ascii_lowercase()),
+            "max_age" => {
+                let secs: u64 = value
+                    .parse()
+                    .map_err(|_| format!("bad max_age `{value}`"))?;
+                max_age = Some(Duration::from_secs(secs).min(MAX_AGE_CAP));
+            }
+            _ => {}
+        }
+    }
+    if version.as_deref() != Some("STSv1") {
+        return Err("version is not STSv1".into());
+    }
+    let mode = mode.ok_or("no mode")?;
+    let max_age = max_age.ok_or("no max_age")?;
+    if mode != Mode::None && mx.is_empty() {
+        return Err("no mx".into());
+    }
+    Ok(Policy { mode, mx, max_age })
+}
+
+/// A cached policy: the policy, the TXT `id` it was fetched under, and when it expires.
+type Cached = (Arc<Policy>, String, Instant);
+
+/// Fetches and caches policies.
+pub struct MtaSts {
+    https: TlsConnector,
+    port: u16,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+impl std::fmt::Debug for MtaSts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MtaSts")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MtaSts {
+    /// Policies fetched with `https` (verifying the web PKI, or a lab CA) on `port` (443).
+    pub fn new(https: TlsConnector, port: u16) -> MtaSts {
+        MtaSts {
+            https,
+            port,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The policy of `domain`, if it has one. Failures to fetch a policy announced in DNS
+    /// fall back to a cached one, or to none (RFC 8461 §5: a sender without a policy
+    /// delivers as usual).
+    pub async fn policy(&self, dns: &Dns, domain: &str) -> Option<Arc<Policy>> {
+        let id = txt_id(dns, domain).await;
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(domain)
+            .cloned();
+        if let Some((policy, cached_id, expires)) = &cached
+            && Instant::now() < *expires
+            && id.as_ref().is_none_or(|id| id == cached_id)
+        {
+            return Some(Arc::clone(policy));
+        }
+        let Some(id) = id else {
+            return cached.map(|(policy, ..)| policy);
+        };
+        match self.fetch(dns, domain).await {
+            Ok(policy) => {
+                let policy = Arc::new(policy);
+                let expires = Instant::now() + policy.max_age;
+                self.cache
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(domain.to_owned(), (Arc::clone(&policy), id, expires));
+                Some(policy)
+            }
+            Err(e) => {
+                tracing::warn!(%domain, error = %e, "MTA-STS policy fetch failed");
+                cached.map(|(policy, ..)| policy)
+            }
+        }
+    }
+
+    async fn fetch(&self, dns: &Dns, domain: &str) -> Result<Policy, String> {
+        let host = format!("mta-sts.{domain}");
+        let body = tokio::time::timeout(FETCH_TIMEOUT, self.get(dns, &host))
+            .await
+            .map_err(|_| "timed out".to_owned())??;
+        parse_policy(&body)
+    }
+
+    /// `GET /.well-known/mta-sts.txt` over HTTPS, no redirects (RFC 8461 §3.3).
+    async fn get(&self, dns: &Dns, host: &str) -> Result<String, String> {
+        // The gateway's resolver, not the system's: the same answers as for delivery.
+        let addrs = super::lookup::resolve_host(dns, host, self.port)
+            .await
+            .map_err(|e| format!("resolving {host}: {e}"))?;
+        let tcp = TcpStream::connect(addrs.as_slice())
+            .await
+            .map_err(|e| format!("connect {host}: {e}"))?;
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| format!("{host}: {e}"))?;
+        let mut tls = self
+            .https
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {host}: {e}"))?;
+        let request = format!(
+            "GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: {host}\r\nUser-Agent: Tidegate\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
+        );
+        tls.write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            match tls.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    response.extend_from_slice(&chunk[..n]);
+                    if response.len() > MAX_POLICY + 8192 {
+                        return Err("response too large".into());
+                    }
+                }
+                // Servers often close without a TLS close_notify; what arrived is whole
+                // when its length says so (checked below).
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        parse_response(&response)
+    }
+}
+
+/// Extracts the body of a `200` HTTP/1.1 response (Content-Length, chunked, or up to the
+/// end of the connection).
+fn parse_response(response: &[u8]) -> Result<String, String> {
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = std::str::from_utf8(&response[..split]).map_err(|_| "headers not UTF-8")?;
+    let mut body = response[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("HTTP status `{status}`"));
+    }
+    let mut chunked = false;
+    let mut length = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse::<usize>().ok();
+        }
+    }
+    if chunked {
+        body = dechunk(&body)?;
+    } else if let Some(length) = length {
+        if body.len() < length {
+            return Err("truncated body".into());
+        }
+        body.truncate(length);
+    }
+    if body.len() > MAX_POLICY {
+        return Err("policy too large".into());
+    }
+    String::from_utf8(body).map_err(|_| "policy not UTF-8".to_owned())
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("bad chunk")?;
+        let size_text = std::str::from_utf8(&data[..line_end]).map_err(|_| "bad chunk size")?;
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if data.len() < size + 2 || out.len() + size > MAX_POLICY {
+            return Err("bad chunk".into());
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// The `id` of the domain's `_mta-sts` TXT record (`v=STSv1; id=...`), if it has one.
+async fn txt_id(dns: &Dns, domain: &str) -> Option<String> {
+    let resolver = dns.resolver()?;
+    let name = format!("_mta-sts.{domain}.");
+    let lookup = resolver.lookup(name.as_str(), RecordType::TXT).await.ok()?;
+    let records: Vec<String> = lookup
+        .answers()
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::TXT(txt) => Some(
+                txt.txt_data
+                    .iter()
+                    .map(|part| String::from_utf8_lossy(part).into_owned())
+                    .collect::<String>(),
+            ),
+            _ => None,
+        })
+        .filter(|text| text.starts_with("v=STSv1"))
+        .collect();
+    // RFC 8461 §3.1: more than one STSv1 record means no policy.
+    let [record] = records.as_slice() else {
+        return None;
+    };
+    record.split(';').find_map(|field| {
+        field
+            .trim()
+            .strip_prefix("id=")
+            .map(|id| id.trim().to_owned())
+            .filter(|id| !id.is_empty())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse_and_match() {
+        let policy = parse_policy(
+            "version: STSv1\r\nmode: enforce\r\nmx: mail.example.test\r\nmx: *.backup.example.test\r\nmax_age: 86400\r\n",
+        )
+        .unwrap();
+        assert_eq!(policy.mode, Mode::Enforce);
+        assert!(policy.allows("mail.example.test."));
+        assert!(policy.allows("MX1.backup.example.test"));
+        assert!(!policy.allows("a.b.backup.example.test"));
+        assert!(!policy.allows("backup.example.test"));
+        assert!(!policy.allows("evil.test"));
+        assert!(parse_policy("version: STSv2\nmode: enforce\nmx: a\nmax_age: 1\n").is_err());
+        assert!(parse_policy("version: STSv1\nmode: enforce\nmax_age: 1\n").is_err());
+        assert!(parse_policy("version: STSv1\nmode: sometimes\nmx: a\nmax_age: 1\n").is_err());
+    }
+
+    #[test]
+    fn http_responses_are_read_by_length_chunks_or_close() {
+        let by_length = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello trailing";
+        assert_eq!(parse_response(by_length).unwrap(), "hello");
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked).unwrap(), "hello");
+        let closed = b"HTTP/1.0 200 OK\r\n\r\nhello";
+        assert_eq!(parse_response(closed).unwrap(), "hello");
+        assert!(parse_response(b"HTTP/1.1 301 Moved\r\n\r\n").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort").is_err());
+    }
+}
