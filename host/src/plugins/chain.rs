@@ -276,6 +276,11 @@ impl SessionPlugins {
         }
     }
 
+    /// The chain snapshot this session runs.
+    pub fn chain(&self) -> &Arc<Chain> {
+        &self.chain
+    }
+
     /// Whether any plugin of the chain subscribes to `hook` (lets the session skip work,
     /// such as parsing the message, that nobody would look at).
     pub fn wants(&self, hook: Hook) -> bool {

@@ -34,6 +34,8 @@ pub struct PluginSet {
     pub chains: HashMap<String, Arc<Chain>>,
     /// Plugin names in configuration order.
     pub order: Vec<String>,
+    /// Every plugin in configuration order: the delivery queue's chain.
+    pub queue_chain: Arc<Chain>,
 }
 
 /// The plugin runtime of a running server.
@@ -87,19 +89,17 @@ impl PluginHost {
     /// The plugins for the delivery queue: every loaded plugin, in configuration order
     /// (only those with on-route or on-delivery are ever called there).
     pub fn queue_session(&self) -> SessionPlugins {
-        let set = self.current.load();
-        let chain = Chain {
-            plugins: set
-                .order
-                .iter()
-                .filter_map(|name| set.plugins.get(name).cloned())
-                .collect(),
-        };
         SessionPlugins::new(
-            Arc::new(chain),
+            Arc::clone(&self.current.load().queue_chain),
             Arc::clone(&self.engine),
             Arc::clone(&self.services),
         )
+    }
+
+    /// Whether a queue session still runs the current plugin versions (a reload since it
+    /// was made means it must not be reused).
+    pub fn is_current_queue_session(&self, session: &SessionPlugins) -> bool {
+        Arc::ptr_eq(session.chain(), &self.current.load().queue_chain)
     }
 
     /// The shared host services (counters for metrics, the KV store).
@@ -177,11 +177,18 @@ impl PluginHost {
             };
             chains.insert(listener.name.clone(), Arc::new(chain));
         }
-        let order = config.plugin_list.iter().map(|p| p.name.clone()).collect();
+        let order: Vec<String> = config.plugin_list.iter().map(|p| p.name.clone()).collect();
+        let queue_chain = Arc::new(Chain {
+            plugins: order
+                .iter()
+                .filter_map(|n| plugins.get(n).cloned())
+                .collect(),
+        });
         Ok(PluginSet {
             plugins,
             chains,
             order,
+            queue_chain,
         })
     }
 

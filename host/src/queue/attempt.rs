@@ -115,7 +115,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         }
     };
 
-    let mut plugins = shared.plugins.queue_session();
+    let mut plugins = shared.take_plugin_session();
     let wants_route = plugins.has(w::Hooks::ROUTE);
     let mut groups: BTreeMap<Destination, Vec<usize>> = BTreeMap::new();
     for &(rcpt, _) in &pending {
@@ -238,6 +238,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
     }
 
     delay_notice(shared, &stored, &events, &message).await;
+    shared.return_plugin_session(plugins);
     shared.finish_attempt(id, next_due);
 }
 

@@ -74,6 +74,9 @@ pub(crate) struct Shared {
     pub(crate) tls_any: tokio_rustls::TlsConnector,
     /// STARTTLS with verification (required).
     pub(crate) tls_verified: tokio_rustls::TlsConnector,
+    /// Plugin sessions of the delivery side, kept between attempts so on-route and
+    /// on-delivery reuse warm instances instead of instantiating per message.
+    plugin_sessions: Mutex<Vec<crate::plugins::chain::SessionPlugins>>,
     /// MTA-STS policies, when enabled.
     pub(crate) mta_sts: Option<crate::outbound::mta_sts::MtaSts>,
     schedule: Mutex<BTreeSet<(u64, QueueId)>>,
@@ -136,6 +139,7 @@ impl Queue {
             )
         });
         let shared = Arc::new(Shared {
+            plugin_sessions: Mutex::new(Vec::new()),
             mta_sts,
             tls_any,
             tls_verified,
@@ -262,6 +266,28 @@ impl Shared {
     fn schedule_at(&self, id: QueueId, due_ms: u64) {
         lock(&self.schedule).insert((due_ms, id));
         self.wake.notify_one();
+    }
+
+    /// A plugin session for one attempt: a warm one if it runs the current plugins.
+    pub(crate) fn take_plugin_session(&self) -> crate::plugins::chain::SessionPlugins {
+        let mut idle = lock(&self.plugin_sessions);
+        while let Some(session) = idle.pop() {
+            if self.plugins.is_current_queue_session(&session) {
+                return session;
+            }
+        }
+        drop(idle);
+        self.plugins.queue_session()
+    }
+
+    /// Keeps a plugin session for the next attempt (at most one per concurrent delivery).
+    pub(crate) fn return_plugin_session(&self, session: crate::plugins::chain::SessionPlugins) {
+        let mut idle = lock(&self.plugin_sessions);
+        if idle.len() < self.config.queue.max_concurrent_deliveries
+            && self.plugins.is_current_queue_session(&session)
+        {
+            idle.push(session);
+        }
     }
 
     /// The semaphore limiting deliveries to one destination.
