@@ -104,6 +104,38 @@ impl PluginEntry {
     }
 }
 
+/// Writes a self-signed certificate for `name` with `tidegate gen-cert` into
+/// `dir/<stem>.pem` and `dir/<stem>.key` (overwriting with `force`); returns both paths.
+pub fn self_signed(dir: &Path, stem: &str, name: &str, force: bool) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{stem}.pem"));
+    let key = dir.join(format!("{stem}.key"));
+    let mut command = Command::new(binary());
+    command
+        .args(["gen-cert", "--name", name, "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key);
+    if force {
+        command.arg("--force");
+    }
+    let output = command.output().expect("run tidegate gen-cert");
+    assert!(
+        output.status.success(),
+        "gen-cert failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (cert, key)
+}
+
+/// The DER of the first certificate in a PEM file.
+pub fn pem_certificate_der(path: &Path) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_file(path)
+        .expect("a PEM certificate")
+        .to_vec()
+}
+
 /// The directory holding built plugin components (`scripts/build-plugins` fills it).
 pub fn plugin_dist() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist")

@@ -6,29 +6,14 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tidegate_e2e::sink::{Behaviour, SinkServer};
-use tidegate_e2e::{DnsServer, Gateway, GatewayConfig, SmtpClient, binary, sample_message};
+use tidegate_e2e::{DnsServer, Gateway, GatewayConfig, SmtpClient, sample_message};
 
 fn gen_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{name}.pem"));
-    let key = dir.join(format!("{name}.key"));
-    let output = Command::new(binary())
-        .args(["gen-cert", "--name", name, "--cert"])
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .output()
-        .expect("run gen-cert");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (cert, key)
+    tidegate_e2e::self_signed(dir, name, name, false)
 }
 
 /// A one-file HTTPS server: answers every request with `policy`.

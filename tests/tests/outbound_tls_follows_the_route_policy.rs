@@ -2,29 +2,14 @@
 //! verifies against the configured CA for the host's name, and defers when the next hop
 //! offers no TLS; `opportunistic` (the default) encrypts whenever STARTTLS is offered.
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tidegate_e2e::sink::{Behaviour, SinkServer};
-use tidegate_e2e::{DnsServer, Gateway, GatewayConfig, SmtpClient, binary, sample_message};
+use tidegate_e2e::{DnsServer, Gateway, GatewayConfig, SmtpClient, sample_message};
 
-fn gen_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let cert = dir.join(format!("{name}.pem"));
-    let key = dir.join(format!("{name}.key"));
-    let output = Command::new(binary())
-        .args(["gen-cert", "--name", name, "--cert"])
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .output()
-        .expect("run gen-cert");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (cert, key)
+fn gen_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    tidegate_e2e::self_signed(dir, name, name, false)
 }
 
 fn route_with_tls(config: GatewayConfig, sink: &SinkServer, tls: &str) -> GatewayConfig {

@@ -12,32 +12,8 @@ use tidegate_e2e::{Gateway, SmtpClient, binary, sample_message};
 
 /// Writes a self-signed certificate and key with `tidegate gen-cert`; returns the DER.
 fn gen_cert(dir: &Path, stem: &str, name: &str, force: bool) -> Vec<u8> {
-    let cert = dir.join(format!("{stem}.pem"));
-    let key = dir.join(format!("{stem}.key"));
-    let mut command = Command::new(binary());
-    command
-        .args(["gen-cert", "--name", name, "--cert"])
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key);
-    if force {
-        command.arg("--force");
-    }
-    let output = command.output().expect("run gen-cert");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    pem_der(&std::fs::read_to_string(&cert).unwrap())
-}
-
-fn pem_der(pem: &str) -> Vec<u8> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    CertificateDer::from_pem_slice(pem.as_bytes())
-        .expect("PEM certificate")
-        .to_vec()
+    let (cert, _) = tidegate_e2e::self_signed(dir, stem, name, force);
+    tidegate_e2e::pem_certificate_der(&cert)
 }
 
 fn users_line(user: &str, password: &str) -> String {
