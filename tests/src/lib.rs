@@ -104,6 +104,26 @@ impl PluginEntry {
     }
 }
 
+/// Collects a child's standard error, line by line, into a shared string (echoed with a
+/// `[name]` prefix when `TIDEGATE_TEST_LOG` is set), so tests can wait for log lines.
+fn capture_stderr(child: &mut Child, name: &'static str) -> Arc<Mutex<String>> {
+    let stderr = child.stderr.take().expect("piped stderr");
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if std::env::var_os("TIDEGATE_TEST_LOG").is_some() {
+                eprintln!("[{name}] {line}");
+            }
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    log
+}
+
 /// Writes a self-signed certificate for `name` with `tidegate gen-cert` into
 /// `dir/<stem>.pem` and `dir/<stem>.key` (overwriting with `force`); returns both paths.
 pub fn self_signed(dir: &Path, stem: &str, name: &str, force: bool) -> (PathBuf, PathBuf) {
@@ -300,21 +320,7 @@ impl Gateway {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start tidegate");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if std::env::var_os("TIDEGATE_TEST_LOG").is_some() {
-                    eprintln!("[tidegate] {line}");
-                }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        self.log = log;
+        self.log = capture_stderr(&mut child, "tidegate");
         self.child = Some(child);
         self.addresses.clear();
         let deadline = Instant::now() + PATIENCE;
@@ -1085,20 +1091,7 @@ impl DnsServer {
                         dnsmasq().display()
                     )
                 });
-            let stderr = child.stderr.take().expect("piped stderr");
-            let log = Arc::new(Mutex::new(String::new()));
-            let sink = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if std::env::var_os("TIDEGATE_TEST_LOG").is_some() {
-                        eprintln!("[dnsmasq] {line}");
-                    }
-                    let mut log = sink.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
+            let log = capture_stderr(&mut child, "dnsmasq");
             let mut server = DnsServer {
                 child: Some(child),
                 addr,

@@ -187,7 +187,8 @@ fn order_by_preference(exchanges: &mut [(u16, String)]) {
     exchanges.sort_by_key(|(preference, name)| (*preference, random.hash_one(name)));
 }
 
-fn absolute(name: &str) -> String {
+/// `name` as an absolute DNS name (with its trailing dot), so no search domain applies.
+pub(crate) fn absolute(name: &str) -> String {
     if name.ends_with('.') {
         name.to_owned()
     } else {

@@ -71,11 +71,7 @@ impl Dns {
         };
         // Names from plugins are absolute: never let a search domain turn a DNSBL query
         // into a query about something else.
-        let fqdn = if name.ends_with('.') {
-            name.to_owned()
-        } else {
-            format!("{name}.")
-        };
+        let fqdn = crate::outbound::lookup::absolute(name);
         match resolver.lookup(fqdn.as_str(), record_type).await {
             Ok(lookup) => {
                 let answers: Vec<String> = lookup
