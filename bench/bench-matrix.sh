@@ -52,6 +52,7 @@ for rep in $(seq 1 "$REPS"); do
                 haraka-n2) args=(--peer haraka --haraka-nodes cpus --label haraka-n2) ;;
                 tidegate) tidegate_args tidegate tidegate.toml ;;
                 tidegate-plugins) tidegate_args tidegate-plugins tidegate-plugins.toml ;;
+                tidegate=*) tidegate_args "${p#tidegate=}" "${p#tidegate=}.toml" ;;  # bench/NAME.toml
                 custom) eval "args=(--peer custom ${CUSTOM_ARGS:-})" ;;  # shell-quoted
                 *) args=(--peer "$p") ;;
             esac

@@ -26,7 +26,7 @@ pid=$("$HERE/run-tidegate.sh" start "$CONFIG")
 unset RUST_LOG
 sleep 2
 if [ "$MODE" = perf ]; then
-    perf record -F 999 -g -p "$pid" -o "$OUT/profile-$NAME.perf.data" > "$RUNDIR/perf.out" 2>&1 &
+    perf record -F ${PERF_FREQ:-999} ${PERF_CALLGRAPH:--g} -p "$pid" -o "$OUT/profile-$NAME.perf.data" > "$RUNDIR/perf.out" 2>&1 &
     perfpid=$!
     sleep 0.5
 fi

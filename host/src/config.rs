@@ -123,6 +123,8 @@ pub struct PluginRuntimeConfig {
     pub cache_dir: PathBuf,
     /// Plugin instances that may exist at once (sessions × plugins), bounding memory.
     pub max_instances: u32,
+    /// Finished sessions' instances kept ready for the next session, per plugin version.
+    pub idle_instances: u32,
 }
 
 impl Default for PluginRuntimeConfig {
@@ -130,6 +132,7 @@ impl Default for PluginRuntimeConfig {
         PluginRuntimeConfig {
             cache_dir: PathBuf::from("var/plugin-cache"),
             max_instances: 2000,
+            idle_instances: 32,
         }
     }
 }

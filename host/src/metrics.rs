@@ -26,6 +26,16 @@ pub struct PluginHookLabels {
     pub hook: String,
 }
 
+/// Labels of a session's plugin instance: which plugin, and whether it was `created` or
+/// `reused` (a finished session's instance, re-initialised).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginInstanceLabels {
+    /// The plugin's name.
+    pub plugin: String,
+    /// `created` or `reused`.
+    pub source: &'static str,
+}
+
 /// Labels of a delivery outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -58,6 +68,8 @@ pub struct Metrics {
     pub messages_refused: Family<ListenerLabels, Counter>,
     /// Plugin calls that failed (trap, limits, invalid answer).
     pub plugin_failures: Family<PluginHookLabels, Counter>,
+    /// Instances handed to sessions, new or recycled.
+    pub plugin_instances: Family<PluginInstanceLabels, Counter>,
     /// Counters kept by plugins.
     pub plugin_counters: Family<PluginCounterLabels, Counter>,
     /// Delivery outcomes per recipient and attempt.
@@ -83,6 +95,7 @@ impl Metrics {
         let messages_refused = Family::default();
         let plugin_failures = Family::default();
         let plugin_counters = Family::default();
+        let plugin_instances = Family::default();
         let deliveries = Family::default();
         let queued = Gauge::default();
         registry.register(
@@ -122,6 +135,11 @@ impl Metrics {
             plugin_failures.clone(),
         );
         registry.register(
+            "plugin_instances",
+            "Plugin instances handed to sessions: created, or reused from a finished session",
+            plugin_instances.clone(),
+        );
+        registry.register(
             "plugin_counter",
             "Counters kept by plugins through counter-add",
             plugin_counters.clone(),
@@ -134,6 +152,7 @@ impl Metrics {
             messages_accepted,
             messages_refused,
             plugin_failures,
+            plugin_instances,
             plugin_counters,
             deliveries,
             queued,

@@ -98,7 +98,9 @@ pub trait Message {
 /// A Tidegate plugin. Every hook has a default that changes nothing, so a plugin writes
 /// only the hooks it declares in [`hooks`](Plugin::hooks).
 ///
-/// One value lives for one SMTP session: fields may carry state from hook to hook.
+/// One value lives for one SMTP session: fields may carry state from hook to hook. The
+/// host may run later sessions in the same WebAssembly instance (each with a new value from
+/// [`init`](Plugin::init)), so per-session state belongs in the value, never in statics.
 pub trait Plugin: Sized + 'static {
     /// Builds the plugin for a session, reading its configuration from the host. An error
     /// refuses the plugin at load time, leaving any previous version running.

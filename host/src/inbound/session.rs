@@ -77,6 +77,10 @@ pub enum Flow {
 
 /// A running SMTP session.
 pub struct Session {
+    /// The plugin chain of this session, pinned at connect. Declared first because fields
+    /// drop in order: the instances go back for reuse before the connection closes, so a
+    /// client's next connection finds them.
+    pub(super) plugins: SessionPlugins,
     pub(super) io: Connection<SessionStream>,
     pub(super) ctx: Arc<InboundContext>,
     pub(super) peer: SocketAddr,
@@ -84,8 +88,6 @@ pub struct Session {
     pub(super) state: State,
     /// Whether this client may relay to any domain.
     pub(super) may_relay: bool,
-    /// The plugin chain of this session, pinned at connect.
-    pub(super) plugins: SessionPlugins,
     /// Transaction tags set by plugins (connection-level ones survive RSET).
     pub(super) tags: BTreeMap<String, String>,
     /// Tags set before any transaction (on-connect, on-helo).

@@ -2,13 +2,19 @@
 //!
 //! A session takes a snapshot of its listener's chain when it connects and keeps it to the
 //! end, so a reload never changes the plugins under a session in progress. Each plugin gets
-//! one instance per session, created at the first hook it subscribes to and dropped with
-//! the session; an instance that fails (trap, fuel or memory exhausted, bad answer) is
-//! dropped at once and the plugin's failure policy decides what the session sees.
+//! one instance per session, taken at the first hook it subscribes to. An instance that
+//! fails (trap, fuel or memory exhausted, bad answer) is dropped at once and the plugin's
+//! failure policy decides what the session sees.
+//!
+//! A healthy instance goes back to its plugin version's idle list when the session ends,
+//! and the next session that takes it starts with a fresh `init` call: the plugin's
+//! per-session value is rebuilt, while instantiation (the larger cost, paid per connection
+//! otherwise) is not repeated. Instances are recycled a bounded number of times and never
+//! after a call was cut off midway.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tidegate_plugin_sdk::inspect::ParsedMessage;
 use wasmtime::Store;
@@ -91,6 +97,9 @@ pub struct LoadedPlugin {
     pub config: PluginConfig,
     config_json: Arc<str>,
     pre: PluginPre<PluginState>,
+    /// Instances of finished sessions, ready for the next one.
+    idle: Mutex<Vec<Instance>>,
+    idle_limit: usize,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -135,22 +144,85 @@ impl LoadedPlugin {
             config: config.clone(),
             config_json,
             pre,
+            idle: Mutex::new(Vec::new()),
+            idle_limit: engine.idle_instances(),
         };
         let probe = Instance::create(&plugin, engine, services).await?;
         plugin.hooks = probe.hooks;
+        plugin.check_in(probe);
         Ok(Arc::new(plugin))
     }
 
     fn fuel(&self) -> u64 {
         self.config.cpu_limit_ms.saturating_mul(FUEL_PER_MS)
     }
+
+    /// An instance for a new session: a recycled one, re-initialised, or a new one.
+    async fn check_out(
+        &self,
+        engine: &PluginEngine,
+        services: &Arc<HostServices>,
+    ) -> Result<Instance, String> {
+        let count = |source| {
+            services
+                .metrics
+                .plugin_instances
+                .get_or_create(&crate::metrics::PluginInstanceLabels {
+                    plugin: self.name.to_string(),
+                    source,
+                })
+                .inc();
+        };
+        loop {
+            let recycled = self.idle.lock().map(|mut idle| idle.pop()).unwrap_or(None);
+            let Some(mut instance) = recycled else {
+                let created = Instance::create(self, engine, services).await;
+                if created.is_ok() {
+                    count("created");
+                }
+                return created;
+            };
+            match instance.begin_session(self).await {
+                Ok(()) => {
+                    count("reused");
+                    return Ok(instance);
+                }
+                // It refused or trapped this time: drop it and try the next one (the
+                // last resort, a new instance, reports its own failure).
+                Err(why) => {
+                    tracing::debug!(plugin = %self.name, error = %why, "recycled instance refused a new session");
+                }
+            }
+        }
+    }
+
+    /// Takes back the instance of a finished session, if it is fit to serve another.
+    fn check_in(&self, instance: Instance) {
+        if instance.in_call || instance.sessions >= MAX_SESSIONS_PER_INSTANCE {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.idle_limit
+        {
+            idle.push(instance);
+        }
+    }
 }
 
-/// One live instance of a plugin, serving one session.
+/// After this many sessions an instance is retired rather than recycled, so that what a
+/// plugin accumulates in its memory over time (fragmentation, caches) stays bounded.
+const MAX_SESSIONS_PER_INSTANCE: u32 = 1000;
+
+/// One live instance of a plugin, serving one session at a time.
 struct Instance {
     store: Store<PluginState>,
     bindings: Plugin,
     hooks: w::Hooks,
+    /// Sessions served, this one included.
+    sessions: u32,
+    /// A call is under way; if the instance is dropped in this state (its session was
+    /// cancelled mid-call), its memory may be inconsistent and it must not be reused.
+    in_call: bool,
 }
 
 impl Instance {
@@ -179,17 +251,34 @@ impl Instance {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| format!("instantiation failed: {e:#}"))?;
-        let hooks = bindings
+        let mut instance = Instance {
+            store,
+            bindings,
+            hooks: w::Hooks::empty(),
+            sessions: 0,
+            in_call: false,
+        };
+        instance.begin_session(plugin).await?;
+        Ok(instance)
+    }
+
+    /// Calls `init`, which (re)builds the plugin's per-session value.
+    async fn begin_session(&mut self, plugin: &LoadedPlugin) -> Result<(), String> {
+        self.store
+            .set_fuel(plugin.fuel())
+            .map_err(|e| format!("fuel: {e}"))?;
+        self.in_call = true;
+        let hooks = self
+            .bindings
             .tidegate_plugin_hooks()
-            .call_init(&mut store)
+            .call_init(&mut self.store)
             .await
             .map_err(|e| format!("init trapped: {e:#}"))?
             .map_err(|e| format!("init refused: {e}"))?;
-        Ok(Instance {
-            store,
-            bindings,
-            hooks,
-        })
+        self.in_call = false;
+        self.hooks = hooks;
+        self.sessions += 1;
+        Ok(())
     }
 }
 
@@ -408,20 +497,15 @@ impl SessionPlugins {
         plugin: &LoadedPlugin,
         call: Other<'_>,
     ) -> Result<OtherResult, String> {
-        if self.instances[index].is_none() {
-            let instance = Instance::create(plugin, &self.engine, &self.services).await?;
-            self.instances[index] = Some(instance);
-        }
-        let Some(instance) = self.instances[index].as_mut() else {
-            return Err("no instance".into());
-        };
+        let instance = self.instance(index, plugin).await?;
         instance
             .store
             .set_fuel(plugin.fuel())
             .map_err(|e| format!("fuel: {e}"))?;
         let hooks = instance.bindings.tidegate_plugin_hooks();
         let store = &mut instance.store;
-        match call {
+        instance.in_call = true;
+        let result = match call {
             Other::Route(recipient) => hooks
                 .call_on_route(&mut *store, recipient)
                 .await
@@ -431,7 +515,24 @@ impl SessionPlugins {
                 .await
                 .map(|()| OtherResult::Done),
         }
-        .map_err(|e| describe_trap(&e))
+        .map_err(|e| describe_trap(&e))?;
+        instance.in_call = false;
+        Ok(result)
+    }
+
+    /// The session's instance of plugin `index`, taken from the plugin at first use.
+    async fn instance(
+        &mut self,
+        index: usize,
+        plugin: &LoadedPlugin,
+    ) -> Result<&mut Instance, String> {
+        if self.instances[index].is_none() {
+            let instance = plugin.check_out(&self.engine, &self.services).await?;
+            self.instances[index] = Some(instance);
+        }
+        self.instances[index]
+            .as_mut()
+            .ok_or_else(|| "no instance".to_owned())
     }
 
     async fn call(
@@ -441,13 +542,7 @@ impl SessionPlugins {
         input: &StageInput,
         tags: &BTreeMap<String, String>,
     ) -> Result<w::Response, String> {
-        if self.instances[index].is_none() {
-            let instance = Instance::create(plugin, &self.engine, &self.services).await?;
-            self.instances[index] = Some(instance);
-        }
-        let Some(instance) = self.instances[index].as_mut() else {
-            return Err("no instance".into());
-        };
+        let instance = self.instance(index, plugin).await?;
         if !instance.hooks.contains(input.hook().flag()) {
             // This instance declared otherwise than the probe at load time: treat it as
             // having nothing to say rather than calling an export it disowned.
@@ -463,6 +558,7 @@ impl SessionPlugins {
             .map_err(|e| format!("fuel: {e}"))?;
         let hooks = instance.bindings.tidegate_plugin_hooks();
         let store = &mut instance.store;
+        instance.in_call = true;
         let result = match input {
             StageInput::Connect(info) => hooks.call_on_connect(&mut *store, info).await,
             StageInput::Helo(info) => hooks.call_on_helo(&mut *store, info).await,
@@ -480,7 +576,19 @@ impl SessionPlugins {
                 result
             }
         };
-        result.map_err(|e| describe_trap(&e))
+        let response = result.map_err(|e| describe_trap(&e))?;
+        instance.in_call = false;
+        Ok(response)
+    }
+}
+
+impl Drop for SessionPlugins {
+    fn drop(&mut self) {
+        for (plugin, instance) in self.chain.plugins.iter().zip(self.instances.drain(..)) {
+            if let Some(instance) = instance {
+                plugin.check_in(instance);
+            }
+        }
     }
 }
 
