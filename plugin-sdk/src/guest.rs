@@ -59,6 +59,24 @@ fn not_initialised() -> w::Response {
 
 impl<P: Plugin> wit::Guest for Adapter<P> {
     fn init() -> Result<w::Hooks, String> {
+        // The host calls init at the start of every session; the first builds the value,
+        // the later ones let it reset itself for the next session.
+        let reused = STATE.with(|state| {
+            let mut state = state.borrow_mut();
+            let plugin = state.as_mut().and_then(|b| b.downcast_mut::<P>())?;
+            Some(
+                plugin
+                    .new_session(&GuestHost)
+                    .map(|()| to_hooks(plugin.hooks())),
+            )
+        });
+        if let Some(hooks) = reused {
+            if hooks.is_err() {
+                // Do not leave a half-reset value behind for a later call.
+                STATE.with(|state| *state.borrow_mut() = None);
+            }
+            return hooks;
+        }
         let plugin = P::init(&GuestHost)?;
         let hooks = to_hooks(plugin.hooks());
         STATE.with(|state| *state.borrow_mut() = Some(Box::new(plugin)));

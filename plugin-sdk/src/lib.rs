@@ -98,13 +98,24 @@ pub trait Message {
 /// A Tidegate plugin. Every hook has a default that changes nothing, so a plugin writes
 /// only the hooks it declares in [`hooks`](Plugin::hooks).
 ///
-/// One value lives for one SMTP session: fields may carry state from hook to hook. The
-/// host may run later sessions in the same WebAssembly instance (each with a new value from
-/// [`init`](Plugin::init)), so per-session state belongs in the value, never in statics.
+/// One value serves one SMTP session at a time: fields may carry state from hook to hook.
+/// The host runs later sessions in the same WebAssembly instance and calls
+/// [`new_session`](Plugin::new_session) before each, so per-session state belongs in the
+/// value (reset there), never in statics.
 pub trait Plugin: Sized + 'static {
-    /// Builds the plugin for a session, reading its configuration from the host. An error
-    /// refuses the plugin at load time, leaving any previous version running.
+    /// Builds the plugin, reading its configuration from the host. An error refuses the
+    /// plugin at load time, leaving any previous version running.
     fn init(host: &dyn Host) -> Result<Self, String>;
+
+    /// Prepares a value that served a session for the next one. The default builds a new
+    /// value with [`init`](Plugin::init), which is always right; a plugin whose `init`
+    /// does real work (parsing a large configuration, compiling rules) overrides this to
+    /// reset only its per-session fields and keep the rest. Hooks come from
+    /// [`hooks`](Plugin::hooks) afterwards, as after `init`.
+    fn new_session(&mut self, host: &dyn Host) -> Result<(), String> {
+        *self = Self::init(host)?;
+        Ok(())
+    }
 
     /// The stages this plugin wants to be called at.
     fn hooks(&self) -> Hooks;

@@ -198,6 +198,13 @@ impl<P: Plugin> Harness<P> {
         Ok(Harness { host, plugin })
     }
 
+    /// Ends the session and starts the next one on the same value, as the host does when
+    /// it reuses an instance: tags are cleared and [`Plugin::new_session`] is called.
+    pub fn next_session(&mut self) -> Result<(), String> {
+        self.host.tags.borrow_mut().clear();
+        self.plugin.new_session(&self.host)
+    }
+
     fn applied(&self, response: Response) -> Response {
         for edit in &response.edits {
             if let Edit::SetTag(key, value) = edit {

@@ -24,7 +24,7 @@ fn wait_until_spool_empty(gateway: &Gateway) {
 #[test]
 fn mail_reaches_the_smarthost_and_leaves_the_spool() {
     let sink = SinkServer::start("127.0.0.1:0".parse().unwrap(), Behaviour::default());
-    let gateway = Gateway::start_with(
+    let mut gateway = Gateway::start_with(
         &GatewayConfig {
             plugins: vec![
                 PluginEntry::new("hdr", "test_plugin.wasm")
@@ -69,6 +69,16 @@ fn mail_reaches_the_smarthost_and_leaves_the_spool() {
         "no connection reuse: {} connections",
         sink.connections()
     );
+    // Settled on the first attempt, the messages left no state log behind: their removal
+    // is the record, and a restart (after kill -9) delivers nothing again.
+    let state: Vec<_> = std::fs::read_dir(gateway.spool_dir().join("state"))
+        .map(|dir| dir.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(state.is_empty(), "state files left: {state:?}");
+    gateway.kill9();
+    gateway.restart(1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.received().len(), 3, "delivered again after a restart");
 }
 
 #[test]

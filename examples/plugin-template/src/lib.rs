@@ -27,7 +27,8 @@ fn default_header() -> String {
     "X-Plugin-Template".to_owned()
 }
 
-/// One value of this type lives for one SMTP session: its fields are session state.
+/// One value of this type serves one SMTP session at a time: `recipients_seen` is session
+/// state, reset by `new_session`.
 pub struct Template {
     config: Config,
     recipients_seen: u32,
@@ -42,6 +43,14 @@ impl Plugin for Template {
             config,
             recipients_seen: 0,
         })
+    }
+
+    /// Called before every session after the first that this value serves: keep the
+    /// configuration (parsed once), reset what belongs to one session. Leaving this out is
+    /// also correct: the default builds a fresh value with `init`.
+    fn new_session(&mut self, _host: &dyn Host) -> Result<(), String> {
+        self.recipients_seen = 0;
+        Ok(())
     }
 
     fn hooks(&self) -> Hooks {
@@ -115,6 +124,27 @@ mod tests {
         let response = session.data(
             Some("a@example.org"),
             &["alice@example.test"],
+            b"Subject: x\r\n\r\nhi\r\n",
+        );
+        assert_eq!(
+            response.edits,
+            vec![Edit::AddHeader(
+                "X-Plugin-Template".into(),
+                "recipients-seen=1 size=18".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_new_session_starts_counting_again() {
+        let mut session = Harness::<Template>::new(TestHost::new()).unwrap();
+        session.rcpt_to("alice@example.test");
+        session.rcpt_to("bob@example.test");
+        session.next_session().unwrap();
+        session.rcpt_to("carol@example.test");
+        let response = session.data(
+            Some("a@example.org"),
+            &["carol@example.test"],
             b"Subject: x\r\n\r\nhi\r\n",
         );
         assert_eq!(

@@ -110,6 +110,17 @@ impl host::Host for PluginState {
         message: String,
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
+        let enabled = match level {
+            types::Level::Trace => tracing::enabled!(tracing::Level::TRACE),
+            types::Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+            types::Level::Info => tracing::enabled!(tracing::Level::INFO),
+            types::Level::Warn => tracing::enabled!(tracing::Level::WARN),
+            types::Level::Error => tracing::enabled!(tracing::Level::ERROR),
+        };
+        if !enabled {
+            // Plugins log per message; formatting lines nobody will see is wasted work.
+            return Ok(());
+        }
         let mut text: String = message.chars().take(MAX_LOG_LEN).collect();
         for (key, value) in fields.iter().take(32) {
             text.push_str(&format!(" {key}={value:?}"));

@@ -5,12 +5,14 @@
 //! each message's state log ([`state`]). A scheduler task takes due messages and starts an
 //! [`attempt`] for each, bounded by a global limit and a limit per destination. Outcomes are
 //! written to the state log and fdatasynced before the queue acts on them; a message whose
-//! recipients are all final is removed from the spool.
+//! recipients are all final is removed from the spool. A first attempt that settles every
+//! recipient (the common case) writes no log at all: the message's removal, made durable by
+//! the spool's group commit, is its record.
 //!
 //! # The guarantee
 //! A recipient that the next hop accepted (250 after DATA) is recorded as delivered before
 //! anything else happens. If Tidegate is killed after that reply but before the record is on
-//! disk (a window of one fdatasync inside a single SMTP transaction), the recipient is
+//! disk (a window of one fsync inside a single SMTP transaction), the recipient is
 //! delivered again on restart; outside that window no delivered recipient is delivered
 //! again, and no recipient is forgotten: a message leaves the spool only once every
 //! recipient is delivered or bounced (and the bounce itself is spooled).
@@ -360,6 +362,17 @@ impl Shared {
         } else {
             self.schedule_at(id, next_due_ms.unwrap_or_else(|| now_ms() + 60_000));
         }
+    }
+
+    /// Ends an attempt that completed the message and already removed it from the spool
+    /// (see `attempt::run`: a first attempt with every recipient final writes no log).
+    pub(crate) fn finish_removed(&self, id: QueueId) {
+        let mut entries = lock(&self.entries);
+        if entries.remove(&id).is_some() {
+            self.metrics.queued.dec();
+        }
+        drop(entries);
+        tracing::info!(%id, "message complete, removed from the spool");
     }
 
     /// Removes a finished message: the message file first (so a crash in between leaves

@@ -194,6 +194,13 @@ impl Spool {
         MessageWriter::new(self.clone(), id)
     }
 
+    /// Removes a finished message from `msg/` and returns once the removal is on disk
+    /// (the directory fsync is shared with the batch of commits and removals it joins).
+    /// A message that is already gone counts as removed.
+    pub async fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
+        self.inner.committer.remove(self.msg_path(id)).await
+    }
+
     fn tmp_path(&self, id: QueueId) -> PathBuf {
         self.inner.tmp_dir.join(id.to_string())
     }

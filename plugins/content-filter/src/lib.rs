@@ -374,6 +374,11 @@ impl Plugin for ContentFilter {
         ContentFilter::new(host.config()?)
     }
 
+    /// Nothing here is per session: the checked configuration serves every session.
+    fn new_session(&mut self, _host: &dyn Host) -> Result<(), String> {
+        Ok(())
+    }
+
     fn hooks(&self) -> Hooks {
         Hooks {
             data: true,

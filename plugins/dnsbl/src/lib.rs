@@ -377,6 +377,11 @@ impl Plugin for Dnsbl {
         Ok(Dnsbl { config })
     }
 
+    /// Nothing here is per session: the checked configuration serves every session.
+    fn new_session(&mut self, _host: &dyn Host) -> Result<(), String> {
+        Ok(())
+    }
+
     fn hooks(&self) -> Hooks {
         Hooks {
             connect: true,

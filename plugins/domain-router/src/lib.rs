@@ -127,6 +127,11 @@ impl Plugin for DomainRouter {
         DomainRouter::new(host.config()?)
     }
 
+    /// Nothing here is per session: the checked configuration serves every session.
+    fn new_session(&mut self, _host: &dyn Host) -> Result<(), String> {
+        Ok(())
+    }
+
     fn hooks(&self) -> Hooks {
         Hooks {
             rcpt_to: true,

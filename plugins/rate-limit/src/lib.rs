@@ -224,6 +224,14 @@ impl Plugin for RateLimit {
         })
     }
 
+    /// Keeps the checked configuration and forgets the last session's client and sender.
+    fn new_session(&mut self, _host: &dyn Host) -> Result<(), String> {
+        self.client = None;
+        self.exempt = false;
+        self.sender = None;
+        Ok(())
+    }
+
     fn hooks(&self) -> Hooks {
         Hooks {
             connect: self.config.per_ip.is_some() || !self.config.exempt_ips.is_empty(),
@@ -430,6 +438,20 @@ mod tests {
         assert!(reply.text.contains("[192.0.2.1]"), "{}", reply.text);
         assert_eq!(s.host.tag("rate_limit").as_deref(), Some("ip"));
         assert_eq!(s.host.counter("rate_limit_refused"), 1);
+    }
+
+    #[test]
+    fn a_value_reused_for_the_next_session_counts_its_new_client() {
+        let mut s = session(per_ip(1, "1m"));
+        s.connect("192.0.2.1", 1);
+        assert_eq!(send(&mut s, "a@example.org", &["u@example.test"]), None);
+        s.next_session().unwrap();
+        s.connect("192.0.2.2", 1);
+        assert_eq!(send(&mut s, "a@example.org", &["u@example.test"]), None);
+        assert_eq!(read_count(&s.host, "ip:192.0.2.2"), 1);
+        s.next_session().unwrap();
+        s.connect("192.0.2.1", 2);
+        assert!(send(&mut s, "a@example.org", &["u@example.test"]).is_some());
     }
 
     #[test]

@@ -47,6 +47,11 @@ impl Plugin for RecipientPolicy {
         Ok(RecipientPolicy { config })
     }
 
+    /// Nothing here is per session: the checked configuration serves every session.
+    fn new_session(&mut self, _host: &dyn Host) -> Result<(), String> {
+        Ok(())
+    }
+
     fn hooks(&self) -> Hooks {
         Hooks {
             mail_from: !self.config.deny_senders.is_empty(),
