@@ -1,5 +1,6 @@
-//! Plugin runtime costs: a warm hook call, a session's first call (instantiation included),
-//! on-data over a 100 KB message, and loading a plugin version (what a reload costs).
+//! Plugin runtime costs: a warm hook call, a session's first call (on a reused instance,
+//! and with a fresh instantiation), on-data over a 100 KB message, and loading a plugin
+//! version (what a reload costs).
 //!
 //! Needs the components: run `scripts/build-plugins` first. `cargo bench -p tidegate`.
 
@@ -28,7 +29,9 @@ fn dist(file: &str) -> PathBuf {
     path
 }
 
-fn config(mode: &str, cache: &std::path::Path) -> Config {
+/// A host running the test plugin in `mode`; `idle` finished sessions' instances are kept
+/// for reuse (0: every session instantiates).
+fn config(mode: &str, cache: &std::path::Path, idle: u32) -> Config {
     let text = format!(
         r#"
 hostname = "bench.test"
@@ -39,6 +42,7 @@ address = "127.0.0.1:0"
 path = "/tmp/unused"
 [plugins]
 cache_dir = {cache:?}
+idle_instances = {idle}
 [[plugin]]
 name = "bench"
 path = {path:?}
@@ -74,7 +78,7 @@ fn benches(c: &mut Criterion) {
     let cache = tempfile::tempdir().expect("cache dir");
     let host = rt
         .block_on(PluginHost::start(
-            &config("pass", cache.path()),
+            &config("pass", cache.path(), 32),
             Default::default(),
             Default::default(),
         ))
@@ -95,7 +99,8 @@ fn benches(c: &mut Criterion) {
         });
     });
 
-    c.bench_function("hook/session_instantiation_and_first_call", |b| {
+    // A new session reuses the previous session's instance: `init` and the call.
+    c.bench_function("hook/session_reused_instance_and_first_call", |b| {
         let mut tags = BTreeMap::new();
         b.iter_custom(|iters| {
             rt.block_on(async {
@@ -109,9 +114,31 @@ fn benches(c: &mut Criterion) {
         });
     });
 
+    // No instance kept: every session instantiates from the pool (and drops it at the end).
+    let fresh_host = rt
+        .block_on(PluginHost::start(
+            &config("pass", cache.path(), 0),
+            Default::default(),
+            Default::default(),
+        ))
+        .expect("plugin host");
+    c.bench_function("hook/session_instantiation_and_first_call", |b| {
+        let mut tags = BTreeMap::new();
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let mut session = fresh_host.session("mx");
+                    std::hint::black_box(session.run(rcpt(), &mut tags).await);
+                }
+                start.elapsed()
+            })
+        });
+    });
+
     let header_host = rt
         .block_on(PluginHost::start(
-            &config("header", cache.path()),
+            &config("header", cache.path(), 32),
             Default::default(),
             Default::default(),
         ))
@@ -153,7 +180,7 @@ fn benches(c: &mut Criterion) {
     group.bench_function("load_new_version_cached_artifact", |b| {
         // A reload to a version already compiled once (the cache holds it): read, hash,
         // deserialize, link, instantiate and init.
-        let config = config("tag", cache.path());
+        let config = config("tag", cache.path(), 32);
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let start = Instant::now();

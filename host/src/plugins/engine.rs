@@ -105,6 +105,11 @@ impl PluginEngine {
             .memory_reservation_for_growth(0)
             .max_wasm_stack(1024 * 1024)
             .async_stack_size(2 * 1024 * 1024);
+        if std::env::var_os("TIDEGATE_WASM_PERFMAP").is_some() {
+            // For profiling plugins with `perf`: names compiled guest functions in
+            // /tmp/perf-<pid>.map (useful with components built without `strip`).
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&wasm)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
