@@ -19,7 +19,11 @@
 
 pub mod attempt;
 pub mod dsn;
+mod notify;
+mod quarantine;
+mod routing;
 pub mod state;
+mod transport;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;

@@ -1,0 +1,412 @@
+//! Transport: hands one group of recipients to its [`Destination`] (SMTP to a smarthost or
+//! the MX hosts through [`crate::outbound`], a maildir, or nowhere) and says what became of
+//! each recipient. It decides nothing about retries or bounces: the attempt turns these
+//! results into durable outcomes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::Shared;
+use super::routing::Destination;
+use super::state::Outcome;
+use crate::config::TlsPolicy;
+use crate::outbound::client::{ClientError, ClientSession, Outgoing, Stage, Timeouts};
+use crate::outbound::lookup::{self, LookupError, NextHop};
+use crate::outbound::maildir;
+use crate::spool::envelope::Envelope;
+
+/// One recipient's outcome in this attempt, before it becomes an
+/// [`Event`](super::state::Event).
+#[derive(Debug, Clone)]
+pub(super) struct RecipientResult {
+    /// The recipient's index in the envelope.
+    pub(super) rcpt: usize,
+    /// What happened.
+    pub(super) outcome: Outcome,
+    /// The remote reply or local reason.
+    pub(super) reply: String,
+    /// The RFC 3463 status for a DSN, e.g. `5.1.1`.
+    pub(super) status: Option<String>,
+    /// The host that answered, if any.
+    pub(super) remote: Option<String>,
+}
+
+impl RecipientResult {
+    fn new(
+        rcpt: usize,
+        outcome: Outcome,
+        reply: impl Into<String>,
+        status: Option<String>,
+        remote: Option<String>,
+    ) -> Self {
+        RecipientResult {
+            rcpt,
+            outcome,
+            reply: reply.into(),
+            status,
+            remote,
+        }
+    }
+}
+
+/// Delivers one group of recipients to one destination.
+pub(super) async fn deliver(
+    shared: &Arc<Shared>,
+    destination: &Destination,
+    envelope: &Envelope,
+    rcpts: &[usize],
+    message: &[u8],
+) -> Vec<RecipientResult> {
+    let all = |outcome: Outcome, reply: &str, status: Option<&str>| -> Vec<RecipientResult> {
+        rcpts
+            .iter()
+            .map(|&r| RecipientResult::new(r, outcome, reply, status.map(str::to_owned), None))
+            .collect()
+    };
+    match destination {
+        Destination::Discard => all(Outcome::Delivered, "discarded by policy", None),
+        Destination::Misrouted(why) => {
+            tracing::error!(why = %why, "misrouted recipients");
+            all(Outcome::Deferred, why, Some("4.3.5"))
+        }
+        Destination::Maildir { root } => {
+            deliver_maildir(shared, root, envelope, rcpts, message).await
+        }
+        Destination::Smarthost {
+            host, port, tls, ..
+        } => match lookup::resolve_host(&shared.dns, host, *port).await {
+            Ok(addrs) => {
+                deliver_smtp(
+                    shared,
+                    vec![NextHop {
+                        name: host.clone(),
+                        addrs,
+                    }],
+                    *tls,
+                    envelope,
+                    rcpts,
+                    message,
+                )
+                .await
+            }
+            Err(e) => lookup_failure(rcpts, &e),
+        },
+        Destination::Mx { domain } => {
+            match lookup::mx_hosts(&shared.dns, domain, shared.config.delivery.mx_port).await {
+                Ok(mut hops) => {
+                    let mut tls = shared.config.delivery.tls;
+                    if let Some(sts) = &shared.mta_sts
+                        && let Some(policy) = sts.policy(&shared.dns, domain).await
+                    {
+                        use crate::outbound::mta_sts::Mode;
+                        let allowed: Vec<NextHop> = hops
+                            .iter()
+                            .filter(|hop| policy.allows(&hop.name))
+                            .cloned()
+                            .collect();
+                        match policy.mode {
+                            Mode::Enforce => {
+                                // Only the listed MX hosts, only over verified TLS.
+                                hops = allowed;
+                                tls = TlsPolicy::Required;
+                                if hops.is_empty() {
+                                    let why = format!(
+                                        "no MX host of {domain} matches its MTA-STS policy"
+                                    );
+                                    return all(Outcome::Deferred, &why, Some("4.7.5"));
+                                }
+                            }
+                            Mode::Testing if allowed.len() < hops.len() => {
+                                tracing::warn!(%domain, "MX hosts outside the MTA-STS policy (testing mode: delivering anyway)");
+                            }
+                            Mode::Testing | Mode::None => {}
+                        }
+                    }
+                    deliver_smtp(shared, hops, tls, envelope, rcpts, message).await
+                }
+                Err(e) => lookup_failure(rcpts, &e),
+            }
+        }
+    }
+}
+
+fn lookup_failure(rcpts: &[usize], error: &LookupError) -> Vec<RecipientResult> {
+    let (outcome, status) = match error {
+        LookupError::Permanent { enhanced, .. } => (Outcome::Bounced, (*enhanced).to_owned()),
+        LookupError::Temporary(_) => (Outcome::Deferred, "4.4.3".to_owned()),
+    };
+    rcpts
+        .iter()
+        .map(|&r| RecipientResult::new(r, outcome, error.to_string(), Some(status.clone()), None))
+        .collect()
+}
+
+async fn deliver_maildir(
+    shared: &Arc<Shared>,
+    root: &std::path::Path,
+    envelope: &Envelope,
+    rcpts: &[usize],
+    message: &[u8],
+) -> Vec<RecipientResult> {
+    let mut results = Vec::with_capacity(rcpts.len());
+    for &rcpt in rcpts {
+        let root = root.to_owned();
+        let hostname = shared.config.hostname.to_string();
+        let address = envelope.recipients[rcpt].address.clone();
+        let sender = envelope.sender.clone();
+        let body = message.to_vec();
+        let written = tokio::task::spawn_blocking(move || {
+            maildir::deliver(&root, &hostname, &address, sender.as_deref(), &body)
+        })
+        .await;
+        results.push(match written {
+            Ok(Ok(path)) => RecipientResult::new(
+                rcpt,
+                Outcome::Delivered,
+                format!("stored in {}", path.display()),
+                None,
+                None,
+            ),
+            Ok(Err(e)) => RecipientResult::new(
+                rcpt,
+                Outcome::Deferred,
+                format!("maildir: {e}"),
+                Some("4.3.0".into()),
+                None,
+            ),
+            Err(e) => RecipientResult::new(
+                rcpt,
+                Outcome::Deferred,
+                format!("maildir task: {e}"),
+                Some("4.3.0".into()),
+                None,
+            ),
+        });
+    }
+    results
+}
+
+fn timeouts(shared: &Shared) -> Timeouts {
+    let delivery = &shared.config.delivery;
+    Timeouts {
+        connect: delivery.connect_timeout.0,
+        greeting: delivery.command_timeout.0,
+        command: delivery.command_timeout.0,
+        data_init: delivery.command_timeout.0,
+        data_block: delivery.command_timeout.0,
+        data_end: delivery.data_timeout.0,
+    }
+}
+
+/// Tries each host and address in turn until one takes the transaction.
+async fn deliver_smtp(
+    shared: &Arc<Shared>,
+    hops: Vec<NextHop>,
+    tls: TlsPolicy,
+    envelope: &Envelope,
+    rcpts: &[usize],
+    message: &[u8],
+) -> Vec<RecipientResult> {
+    let recipients: Vec<String> = rcpts
+        .iter()
+        .map(|&r| envelope.recipients[r].address.clone())
+        .collect();
+    let outgoing = Outgoing {
+        sender: envelope.sender.as_deref(),
+        recipients: &recipients,
+        size: message.len() as u64,
+        body: envelope.body,
+        smtputf8: envelope.smtputf8,
+        message,
+    };
+    let helo = shared
+        .config
+        .delivery
+        .helo_name
+        .clone()
+        .unwrap_or_else(|| shared.config.hostname.to_string());
+    let mut last_error = String::from("no address to try");
+    for hop in &hops {
+        for &addr in &hop.addrs {
+            match transact(shared, addr, &hop.name, tls, &helo, &outgoing).await {
+                Ok(result) => return map_transaction(rcpts, &hop.name, result),
+                Err(error)
+                    if error.is_permanent()
+                        && !matches!(error.stage(), Some(Stage::Greeting | Stage::Ehlo)) =>
+                {
+                    // A MAIL refusal or a message the server cannot take: the message
+                    // itself is refused, and trying elsewhere would not help. (A 5xx
+                    // greeting or EHLO refusal is about this host: the next one is tried.)
+                    let status = error.enhanced().map(|e| e.to_string());
+                    let reply = format!("{}: {error}", hop.name);
+                    return rcpts
+                        .iter()
+                        .map(|&r| {
+                            RecipientResult::new(
+                                r,
+                                Outcome::Bounced,
+                                reply.clone(),
+                                status.clone(),
+                                Some(hop.name.clone()),
+                            )
+                        })
+                        .collect();
+                }
+                Err(error) if matches!(error.stage(), Some(Stage::DataBlock | Stage::DataEnd)) => {
+                    // The server may have the message already: another host now could
+                    // deliver it twice. Defer, and let the retry find out.
+                    let reply = format!("{} [{addr}]: {error}", hop.name);
+                    return rcpts
+                        .iter()
+                        .map(|&r| {
+                            RecipientResult::new(
+                                r,
+                                Outcome::Deferred,
+                                reply.clone(),
+                                Some("4.4.2".into()),
+                                Some(hop.name.clone()),
+                            )
+                        })
+                        .collect();
+                }
+                Err(error) => {
+                    tracing::info!(host = %hop.name, %addr, %error, "next hop failed, trying the next");
+                    last_error = format!("{} [{addr}]: {error}", hop.name);
+                }
+            }
+        }
+    }
+    rcpts
+        .iter()
+        .map(|&r| {
+            RecipientResult::new(
+                r,
+                Outcome::Deferred,
+                last_error.clone(),
+                Some("4.4.1".into()),
+                None,
+            )
+        })
+        .collect()
+}
+
+/// One transaction on a pooled or new connection; a pooled connection that fails before
+/// the server answered anything about this message is retried once on a fresh one.
+async fn transact(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    host: &str,
+    tls: TlsPolicy,
+    helo: &str,
+    outgoing: &Outgoing<'_>,
+) -> Result<crate::outbound::client::TransactionResult, ClientError> {
+    let pooled = shared
+        .pool
+        .take(addr)
+        .filter(|s| tls != TlsPolicy::Required || s.is_tls());
+    if let Some(mut session) = pooled {
+        let result = session.send(outgoing).await;
+        // `send` leaves a usable session clean for the next transaction.
+        keep(shared, addr, session);
+        match result {
+            Ok(result) => return Ok(result),
+            // A stale pooled connection fails at its first command. Only then is a retry
+            // on a fresh connection safe: once message data may have reached the server,
+            // sending again could deliver twice.
+            Err(error) if !error.is_permanent() && error.stage() == Some(Stage::Mail) => {
+                tracing::debug!(%addr, %error, "pooled connection failed, reconnecting");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    let mut session = open(shared, addr, host, tls, helo).await?;
+    let result = session.send(outgoing).await;
+    keep(shared, addr, session);
+    result
+}
+
+/// Connects and applies the TLS policy.
+async fn open(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    host: &str,
+    tls: TlsPolicy,
+    helo: &str,
+) -> Result<ClientSession, ClientError> {
+    let session = ClientSession::connect(addr, helo, timeouts(shared)).await?;
+    let offered = session.capabilities().starttls;
+    match tls {
+        TlsPolicy::None => Ok(session),
+        TlsPolicy::Opportunistic if !offered => Ok(session),
+        TlsPolicy::Required if !offered => {
+            session.quit().await;
+            Err(ClientError::Tls(format!(
+                "{host} does not offer STARTTLS and TLS is required"
+            )))
+        }
+        TlsPolicy::Opportunistic => {
+            let name = server_name(host, addr);
+            match session.starttls(&shared.tls_any, name, helo).await {
+                Ok(session) => Ok(session),
+                Err(error) => {
+                    // RFC 7435: opportunistic encryption must not make delivery worse
+                    // than plain text. Start over without it.
+                    tracing::info!(%host, %addr, %error, "opportunistic TLS failed, going on without");
+                    ClientSession::connect(addr, helo, timeouts(shared)).await
+                }
+            }
+        }
+        TlsPolicy::Required => {
+            let name = server_name(host, addr);
+            session.starttls(&shared.tls_verified, name, helo).await
+        }
+    }
+}
+
+/// The name the certificate must match: the host's name, or its address.
+fn server_name(host: &str, addr: SocketAddr) -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::try_from(host.trim_end_matches('.').to_owned())
+        .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(addr.ip().into()))
+}
+
+fn keep(shared: &Shared, addr: SocketAddr, session: ClientSession) {
+    if session.is_usable() {
+        shared.pool.put(addr, session);
+    }
+}
+
+fn map_transaction(
+    rcpts: &[usize],
+    host: &str,
+    result: crate::outbound::client::TransactionResult,
+) -> Vec<RecipientResult> {
+    let remote = Some(host.to_owned());
+    rcpts
+        .iter()
+        .zip(result.recipients)
+        .map(|(&rcpt, reply)| {
+            let (outcome, reply) = match (reply, &result.data) {
+                (Err(refused), _) => (outcome_of(refused.code), refused),
+                (Ok(_), Some(Ok(done))) => (Outcome::Delivered, done.clone()),
+                (Ok(_), Some(Err(failed))) => (outcome_of(failed.code), failed.clone()),
+                (Ok(accepted), None) => (Outcome::Deferred, accepted),
+            };
+            let status = Some(reply.status().to_string());
+            RecipientResult::new(
+                rcpt,
+                outcome,
+                format!("{host}: {reply}"),
+                status,
+                remote.clone(),
+            )
+        })
+        .collect()
+}
+
+fn outcome_of(code: u16) -> Outcome {
+    if (500..600).contains(&code) {
+        Outcome::Bounced
+    } else {
+        Outcome::Deferred
+    }
+}
