@@ -1,5 +1,7 @@
 //! A finished session's plugin instance serves the next session after a new `init`: the
 //! plugin's per-session state starts afresh, and an instance that failed is never reused.
+//! A plugin with nothing to do after on-connect gives its instance back at once, and
+//! instances kept for reuse give way when the pool is full.
 
 use tidegate_e2e::{Gateway, GatewayConfig, PluginEntry, SmtpClient};
 
@@ -95,4 +97,62 @@ fn a_failed_instance_is_replaced_not_reused() {
     client.command("QUIT").expect(221, "2.0.0");
     assert_eq!(instances(&gateway, "fragile", "reused"), 2);
     assert_eq!(instances(&gateway, "fragile", "created"), 1);
+}
+
+#[test]
+fn a_plugin_done_after_connect_frees_its_instance_for_the_next_client() {
+    let gateway = gateway(
+        PluginEntry::new("dnsbl", "dnsbl.wasm")
+            .config(r#"zones = ["bl.example.test"]"#)
+            .config("check_private = false"),
+    );
+    // Three clients connected at once, all idle after EHLO: one instance serves them all,
+    // since each is handed back as soon as its on-connect is answered.
+    let clients: Vec<SmtpClient> = (0..3).map(|_| SmtpClient::ehlo(gateway.addr())).collect();
+    assert_eq!(instances(&gateway, "dnsbl", "reused"), 3);
+    assert_eq!(instances(&gateway, "dnsbl", "created"), 0);
+    drop(clients);
+}
+
+#[test]
+fn idle_instances_give_way_when_the_pool_is_full() {
+    // A pool of two instances, taken by the two plugins' load-time instances, which are
+    // then kept idle; `b` runs only on the second listener.
+    let mut config = GatewayConfig {
+        top: vec![("admin".into(), r#"{ address = "127.0.0.1:0" }"#.into())],
+        plugins: vec![
+            PluginEntry::new("a", "test_plugin.wasm").config(r#"mode = "count""#),
+            PluginEntry::new("b", "test_plugin.wasm").config(r#"mode = "count""#),
+        ],
+        ..GatewayConfig::default()
+    };
+    config
+        .listeners
+        .push(("other".into(), "127.0.0.2:0".into()));
+    let text = config
+        .render()
+        .replace("max_instances = 200", "max_instances = 2")
+        .replace(
+            "name = \"mx\"\naddress = \"127.0.0.1:0\"\n",
+            "name = \"mx\"\naddress = \"127.0.0.1:0\"\nplugins = [\"a\"]\n",
+        )
+        .replace(
+            "name = \"other\"\naddress = \"127.0.0.2:0\"\n",
+            "name = \"other\"\naddress = \"127.0.0.2:0\"\nplugins = [\"b\"]\n",
+        );
+    assert!(text.contains("plugins = [\"a\"]"), "{text}");
+    let gateway = Gateway::start_with_text(&text, 2);
+    let rcpt = |client: &mut SmtpClient| {
+        client
+            .command("MAIL FROM:<a@example.org>")
+            .expect(250, "2.1.0");
+        client.command("RCPT TO:<u@example.test>").text()
+    };
+    // The first session reuses `a`'s idle instance; the second needs a new one, and the
+    // only free slot is held by `b`'s idle instance, which must give it up.
+    let mut first = SmtpClient::ehlo(gateway.addr_of("mx"));
+    assert_eq!(rcpt(&mut first), "5.7.1 call 1 of this session");
+    let mut second = SmtpClient::ehlo(gateway.addr_of("mx"));
+    assert_eq!(rcpt(&mut second), "5.7.1 call 1 of this session");
+    assert_eq!(instances(&gateway, "a", "created"), 1);
 }

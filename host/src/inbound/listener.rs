@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::task::TaskTracker;
 
 use super::InboundContext;
@@ -15,6 +15,9 @@ use super::session::Session;
 use super::stream::SessionStream;
 use crate::config::ListenerConfig;
 use crate::metrics::ListenerLabels;
+
+/// Connections the kernel may queue before they are accepted.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// A bound listening socket.
 #[derive(Debug)]
@@ -27,7 +30,17 @@ pub struct Listener {
 impl Listener {
     /// Binds the socket of one `[[listener]]`.
     pub async fn bind(config: &ListenerConfig) -> io::Result<Listener> {
-        let socket = TcpListener::bind(config.address).await?;
+        let socket = if config.address.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(config.address)?;
+        // The usual backlog of 128 overflows when hundreds of clients connect at once (a
+        // burst after an outage, a busy MX), and the kernel then drops their SYNs; the
+        // kernel still caps this at net.core.somaxconn.
+        let socket = socket.listen(LISTEN_BACKLOG)?;
         Ok(Listener {
             name: Arc::from(config.name.as_str()),
             protocol: config.protocol,

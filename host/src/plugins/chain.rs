@@ -22,7 +22,7 @@ use wasmtime::component::Component;
 
 use super::bindings::tidegate::plugin::types as w;
 use super::bindings::{Plugin, PluginPre};
-use super::engine::{FUEL_PER_MS, PluginEngine};
+use super::engine::{FUEL_PER_MS, HoldsIdle, PluginEngine};
 use super::services::{HostServices, PluginState};
 use crate::config::{OnError, PluginConfig};
 
@@ -102,6 +102,14 @@ pub struct LoadedPlugin {
     idle_limit: usize,
 }
 
+impl HoldsIdle for LoadedPlugin {
+    fn drop_idle(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+}
+
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedPlugin")
@@ -150,7 +158,10 @@ impl LoadedPlugin {
         let probe = Instance::create(&plugin, engine, services).await?;
         plugin.hooks = probe.hooks;
         plugin.check_in(probe);
-        Ok(Arc::new(plugin))
+        let plugin = Arc::new(plugin);
+        let holder: Arc<dyn HoldsIdle> = Arc::clone(&plugin) as Arc<dyn HoldsIdle>;
+        engine.register_idle_holder(Arc::downgrade(&holder));
+        Ok(plugin)
     }
 
     fn fuel(&self) -> u64 {
@@ -246,11 +257,16 @@ impl Instance {
             .set_fuel(plugin.fuel())
             .map_err(|e| format!("fuel: {e}"))?;
         store.epoch_deadline_async_yield_and_update(1);
-        let bindings = plugin
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| format!("instantiation failed: {e:#}"))?;
+        let bindings = match plugin.pre.instantiate_async(&mut store).await {
+            Err(e) if e.is::<wasmtime::PoolConcurrencyLimitError>() => {
+                // Instances kept idle for reuse must never cost a session its policy:
+                // give their slots back and try once more.
+                engine.drop_idle_instances();
+                plugin.pre.instantiate_async(&mut store).await
+            }
+            other => other,
+        }
+        .map_err(|e| format!("instantiation failed: {e:#}"))?;
         let mut instance = Instance {
             store,
             bindings,
@@ -280,6 +296,19 @@ impl Instance {
         self.sessions += 1;
         Ok(())
     }
+}
+
+/// Whether an SMTP session may still call any of `hooks` after on-connect.
+fn wanted_after_connect(hooks: w::Hooks) -> bool {
+    [
+        w::Hooks::HELO,
+        w::Hooks::AUTH,
+        w::Hooks::MAIL_FROM,
+        w::Hooks::RCPT_TO,
+        w::Hooks::DATA,
+    ]
+    .into_iter()
+    .any(|hook| hooks.contains(hook))
 }
 
 /// The plugins of one listener, in order.
@@ -424,6 +453,13 @@ impl SessionPlugins {
                     }
                 }
             };
+            if hook == Hook::Connect && !wanted_after_connect(plugin.hooks) {
+                // Nothing else of this session will call it: its instance can serve
+                // another session now instead of idling with this one.
+                if let Some(instance) = self.instances[index].take() {
+                    plugin.check_in(instance);
+                }
+            }
             for edit in response.edits {
                 match edit {
                     w::Edit::SetTag((key, value)) => {

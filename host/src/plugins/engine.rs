@@ -7,7 +7,7 @@
 //! a worker thread that other sessions need.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -52,6 +52,14 @@ pub struct PluginEngine {
     linker: Linker<PluginState>,
     cache_dir: PathBuf,
     idle_instances: usize,
+    /// Every plugin version that may hold idle instances, so a full pool can reclaim them.
+    idle_holders: Mutex<Vec<Weak<dyn HoldsIdle>>>,
+}
+
+/// Something that keeps instances for reuse and can let them go.
+pub trait HoldsIdle: Send + Sync {
+    /// Drops every instance kept for reuse, freeing their pool slots.
+    fn drop_idle(&self);
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -132,6 +140,7 @@ impl PluginEngine {
             linker,
             cache_dir: config.cache_dir.clone(),
             idle_instances: usize::try_from(config.idle_instances).unwrap_or(usize::MAX),
+            idle_holders: Mutex::new(Vec::new()),
         }))
     }
 
@@ -143,6 +152,26 @@ impl PluginEngine {
     /// How many finished sessions' instances each plugin version keeps for reuse.
     pub fn idle_instances(&self) -> usize {
         self.idle_instances
+    }
+
+    /// Registers a holder of idle instances (a plugin version, for as long as it lives).
+    pub fn register_idle_holder(&self, holder: Weak<dyn HoldsIdle>) {
+        if let Ok(mut holders) = self.idle_holders.lock() {
+            holders.retain(|h| h.strong_count() > 0);
+            holders.push(holder);
+        }
+    }
+
+    /// Drops the idle instances of every plugin version: called when the pool is full, so
+    /// instances kept for reuse never stand in the way of a session that needs one.
+    pub fn drop_idle_instances(&self) {
+        let holders: Vec<_> = match self.idle_holders.lock() {
+            Ok(holders) => holders.iter().filter_map(Weak::upgrade).collect(),
+            Err(_) => return,
+        };
+        for holder in holders {
+            holder.drop_idle();
+        }
     }
 
     /// The linker with the host's imports.
