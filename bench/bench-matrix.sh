@@ -12,7 +12,7 @@
 # The first peer is the baseline of the ratios.
 #
 # Environment: REPS [3], PEERS [postfix tidegate tidegate-plugins haraka],
-#   VARIANTS [20:5000:5120 1:500:5120], TIMEOUT (per-run sink timeout, s) [300],
+#   VARIANTS [20:20000:5120 1:1000:5120 20:2000:102400], TIMEOUT (per-run sink timeout, s) [300],
 #   BUILD=0 skips building Tidegate and the plugins first (they are built outside the
 #   measured runs: cargo build --release -p tidegate, ./scripts/build-plugins).
 set -uo pipefail
@@ -21,7 +21,7 @@ ROOT="$(cd "$HERE/.." && pwd)"
 OUT="${1:-${BENCH_WORK:-/tmp/peerbench}/matrix-$(date +%Y%m%d-%H%M%S).txt}"
 REPS="${REPS:-3}"
 PEERS="${PEERS:-postfix tidegate tidegate-plugins haraka}"
-VARIANTS="${VARIANTS:-20:5000:5120 1:500:5120}"
+VARIANTS="${VARIANTS:-20:20000:5120 1:1000:5120 20:2000:102400}"
 TIMEOUT="${TIMEOUT:-300}"
 RT="$HERE/run-tidegate.sh"
 mkdir -p "$(dirname "$OUT")"
