@@ -28,6 +28,7 @@
 // Lets the generated bindings name this crate by its public path from inside it too.
 extern crate self as tidegate_plugin_sdk;
 
+pub mod pattern;
 pub mod types;
 
 #[cfg(target_arch = "wasm32")]
@@ -166,6 +167,7 @@ pub trait Plugin: Sized + 'static {
 
 /// Everything a plugin usually needs.
 pub mod prelude {
+    pub use crate::pattern::glob;
     pub use crate::types::*;
     pub use crate::{Host, Message, Plugin};
 }

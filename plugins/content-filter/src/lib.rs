@@ -552,26 +552,6 @@ pub fn format_score(score: f64) -> String {
     text
 }
 
-/// Glob with `*` only, over already lowercased text: the whole text must match.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or_default();
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let pieces: Vec<&str> = parts.collect();
-    let Some((last, middle)) = pieces.split_last() else {
-        return rest.is_empty();
-    };
-    for piece in middle {
-        match rest.find(piece) {
-            Some(i) => rest = &rest[i + piece.len()..],
-            None => return false,
-        }
-    }
-    rest.ends_with(last)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1195,19 +1175,5 @@ mod tests {
         assert_eq!(normalise_name("Run.EXE. . "), "run.exe");
         assert_eq!(normalise_name("a.exe\u{0}"), "a.exe");
         assert_eq!(normalise_name(""), "");
-    }
-
-    #[test]
-    fn glob_patterns() {
-        assert!(glob("*", ""));
-        assert!(glob("*", "anything"));
-        assert!(glob("a*c", "abbbc"));
-        assert!(glob("a*c", "ac"));
-        assert!(!glob("a*c", "abbb"));
-        assert!(!glob("abc", "abcd"));
-        assert!(glob("*cheap*meds*", "buy cheap pills and meds now"));
-        assert!(!glob("*cheap*meds*", "buy meds, not cheap"));
-        assert!(!glob("ab*ba", "aba"), "the pieces must not overlap");
-        assert!(glob("application/x-ms*", "application/x-msdownload"));
     }
 }
