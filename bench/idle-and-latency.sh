@@ -94,22 +94,8 @@ mkdir -p "$OUT"
 RAW="$OUT/raw.txt"
 : > "$RAW"
 
-wait_listen() {  # port timeout_s
-    local i
-    for ((i = 0; i < $2 * 10; i++)); do
-        ss -Hltn "sport = :$1" 2>/dev/null | grep -q . && return 0
-        sleep 0.1
-    done
-    return 1
-}
-wait_free() {  # port
-    local i
-    for ((i = 0; i < 100; i++)); do
-        ss -Hltn "sport = :$1" 2>/dev/null | grep -q . || return 0
-        sleep 0.1
-    done
-    return 1
-}
+# shellcheck source=ports.sh
+. "$HERE/ports.sh"
 
 # What is running that we started (for the EXIT trap; nothing else is ever stopped).
 TG_CONFIG=""       # the Tidegate config we started

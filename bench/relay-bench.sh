@@ -173,22 +173,8 @@ STARTED=0      # 1 while the relay under test is running (for the EXIT trap)
 SINK_PID=""
 SAMP_PID=""
 
-wait_listen() {  # port timeout_s
-    local i
-    for ((i = 0; i < $2 * 10; i++)); do
-        ss -Hltn "sport = :$1" 2>/dev/null | grep -q . && return 0
-        sleep 0.1
-    done
-    return 1
-}
-wait_free() {  # port
-    local i
-    for ((i = 0; i < 100; i++)); do
-        ss -Hltn "sport = :$1" 2>/dev/null | grep -q . || return 0
-        sleep 0.1
-    done
-    return 1
-}
+# shellcheck source=ports.sh
+. "$HERE/ports.sh"
 
 peer_start() {
     STARTED=1
