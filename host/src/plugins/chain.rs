@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use tidegate_plugin_sdk::inspect::ParsedMessage;
 use wasmtime::Store;
@@ -159,8 +159,8 @@ impl LoadedPlugin {
         plugin.hooks = probe.hooks;
         plugin.check_in(probe);
         let plugin = Arc::new(plugin);
-        let holder: Arc<dyn HoldsIdle> = Arc::clone(&plugin) as Arc<dyn HoldsIdle>;
-        engine.register_idle_holder(Arc::downgrade(&holder));
+        let holder: Weak<dyn HoldsIdle> = Arc::downgrade(&plugin) as Weak<dyn HoldsIdle>;
+        engine.register_idle_holder(holder);
         Ok(plugin)
     }
 
@@ -280,10 +280,7 @@ impl Instance {
 
     /// Calls `init`, which (re)builds the plugin's per-session value.
     async fn begin_session(&mut self, plugin: &LoadedPlugin) -> Result<(), String> {
-        self.store
-            .set_fuel(plugin.fuel())
-            .map_err(|e| format!("fuel: {e}"))?;
-        self.in_call = true;
+        self.start_call(plugin)?;
         let hooks = self
             .bindings
             .tidegate_plugin_hooks()
@@ -294,6 +291,16 @@ impl Instance {
         self.in_call = false;
         self.hooks = hooks;
         self.sessions += 1;
+        Ok(())
+    }
+
+    /// Gives the instance a fresh CPU budget for one call and marks the call under way
+    /// (the caller clears the mark when the call returns).
+    fn start_call(&mut self, plugin: &LoadedPlugin) -> Result<(), String> {
+        self.store
+            .set_fuel(plugin.fuel())
+            .map_err(|e| format!("fuel: {e}"))?;
+        self.in_call = true;
         Ok(())
     }
 }
@@ -534,13 +541,9 @@ impl SessionPlugins {
         call: Other<'_>,
     ) -> Result<OtherResult, String> {
         let instance = self.instance(index, plugin).await?;
-        instance
-            .store
-            .set_fuel(plugin.fuel())
-            .map_err(|e| format!("fuel: {e}"))?;
+        instance.start_call(plugin)?;
         let hooks = instance.bindings.tidegate_plugin_hooks();
         let store = &mut instance.store;
-        instance.in_call = true;
         let result = match call {
             Other::Route(recipient) => hooks
                 .call_on_route(&mut *store, recipient)
@@ -588,13 +591,9 @@ impl SessionPlugins {
             });
         }
         instance.store.data_mut().tags.clone_from(tags);
-        instance
-            .store
-            .set_fuel(plugin.fuel())
-            .map_err(|e| format!("fuel: {e}"))?;
+        instance.start_call(plugin)?;
         let hooks = instance.bindings.tidegate_plugin_hooks();
         let store = &mut instance.store;
-        instance.in_call = true;
         let result = match input {
             StageInput::Connect(info) => hooks.call_on_connect(&mut *store, info).await,
             StageInput::Helo(info) => hooks.call_on_helo(&mut *store, info).await,
