@@ -77,10 +77,6 @@ pub enum Flow {
 
 /// A running SMTP session.
 pub struct Session {
-    /// The plugin chain of this session, pinned at connect. Declared first because fields
-    /// drop in order: the instances go back for reuse before the connection closes, so a
-    /// client's next connection finds them.
-    pub(super) plugins: SessionPlugins,
     pub(super) io: Connection<SessionStream>,
     pub(super) ctx: Arc<InboundContext>,
     pub(super) peer: SocketAddr,
@@ -88,6 +84,8 @@ pub struct Session {
     pub(super) state: State,
     /// Whether this client may relay to any domain.
     pub(super) may_relay: bool,
+    /// The plugin chain of this session, pinned at connect.
+    pub(super) plugins: SessionPlugins,
     /// Transaction tags set by plugins (connection-level ones survive RSET).
     pub(super) tags: BTreeMap<String, String>,
     /// Tags set before any transaction (on-connect, on-helo).
@@ -143,7 +141,7 @@ impl Session {
         }
         if let Some(refusal) = self.on_connect().await {
             self.io.queue(&refusal);
-            let _ = self.io.close(self.command_timeout()).await;
+            self.close(self.command_timeout()).await;
             return;
         }
         let greeting = Reply::bare(220, format!("{} ESMTP", self.ctx.config.hostname));
@@ -197,10 +195,18 @@ impl Session {
                 flow
             };
             if flow == Flow::Close {
-                let _ = self.io.close(timeout).await;
+                self.close(timeout).await;
                 return;
             }
         }
+    }
+
+    /// Ends the session: its plugin instances go back for reuse first, so that a client
+    /// that sees the connection close and reconnects finds them, then the final replies are
+    /// flushed and the connection shut down.
+    async fn close(&mut self, timeout: Duration) {
+        self.plugins.release();
+        let _ = self.io.close(timeout).await;
     }
 
     /// The handshake of an `smtps` listener (RFC 8314), before the greeting.

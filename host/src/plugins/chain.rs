@@ -617,13 +617,22 @@ impl SessionPlugins {
     }
 }
 
-impl Drop for SessionPlugins {
-    fn drop(&mut self) {
-        for (plugin, instance) in self.chain.plugins.iter().zip(self.instances.drain(..)) {
-            if let Some(instance) = instance {
+impl SessionPlugins {
+    /// Ends the session's use of its instances: healthy ones go back to their plugins for
+    /// the next session. Also done on drop; a session calls it before closing its
+    /// connection, so a client's next connection finds them.
+    pub fn release(&mut self) {
+        for (plugin, instance) in self.chain.plugins.iter().zip(self.instances.iter_mut()) {
+            if let Some(instance) = instance.take() {
                 plugin.check_in(instance);
             }
         }
+    }
+}
+
+impl Drop for SessionPlugins {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
