@@ -91,6 +91,29 @@ pub struct PluginConfig {
     /// in instructions (fuel), so a busy machine never cuts a healthy plugin short.
     #[serde(default = "default_plugin_cpu_ms")]
     pub cpu_limit_ms: u64,
+    /// The wall-clock deadline of one hook call, in milliseconds: guest code, host calls
+    /// (DNS, KV) and WASI clock waits all count. Past it the call is abandoned like a trap.
+    #[serde(default = "default_plugin_time_ms")]
+    pub time_limit_ms: u64,
+    /// What the plugin's key/value namespace may hold: bytes of keys and values.
+    #[serde(default = "default_kv_max_bytes")]
+    pub kv_max_bytes: u64,
+    /// What the plugin's key/value namespace may hold: live keys.
+    #[serde(default = "default_kv_max_keys")]
+    pub kv_max_keys: u64,
+    /// Distinct counter names the plugin may create with `counter-add`.
+    #[serde(default = "default_max_counters")]
+    pub max_counters: u32,
+    /// Log lines per second the plugin may write (its own and its stdout/stderr); a burst
+    /// of up to ten seconds' worth passes, what is over is dropped and counted.
+    #[serde(default = "default_log_lines_per_second")]
+    pub log_lines_per_second: u32,
+    /// DNS queries one hook call may make.
+    #[serde(default = "default_dns_per_call")]
+    pub dns_queries_per_call: u32,
+    /// DNS queries one session (or delivery) may make, over all its calls.
+    #[serde(default = "default_dns_per_session")]
+    pub dns_queries_per_session: u32,
     /// The plugin's own configuration, handed to it as JSON.
     #[serde(default)]
     pub config: toml::Table,
@@ -102,6 +125,34 @@ fn default_plugin_memory_mib() -> u64 {
 
 fn default_plugin_cpu_ms() -> u64 {
     100
+}
+
+fn default_plugin_time_ms() -> u64 {
+    3_000
+}
+
+fn default_kv_max_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+fn default_kv_max_keys() -> u64 {
+    100_000
+}
+
+fn default_max_counters() -> u32 {
+    64
+}
+
+fn default_log_lines_per_second() -> u32 {
+    20
+}
+
+fn default_dns_per_call() -> u32 {
+    16
+}
+
+fn default_dns_per_session() -> u32 {
+    64
 }
 
 /// What a failing plugin means for the session.
@@ -122,18 +173,54 @@ pub struct PluginRuntimeConfig {
     /// Where precompiled components are cached; relative to the configuration file.
     pub cache_dir: PathBuf,
     /// Plugin instances that may exist at once (sessions × plugins), bounding memory.
-    pub max_instances: u32,
+    /// When absent: `max_connections` × the longest listener chain, plus
+    /// `max_concurrent_deliveries` × the number of plugins for the delivery side.
+    pub max_instances: Option<u32>,
     /// Finished sessions' instances kept ready for the next session, per plugin version.
     pub idle_instances: u32,
+    /// The deadline of a whole stage's chain (every plugin called at, say, RCPT TO), in
+    /// milliseconds, so a chain of slow plugins cannot keep a client waiting longer than
+    /// SMTP clients wait for a reply.
+    pub stage_time_limit_ms: u64,
 }
 
 impl Default for PluginRuntimeConfig {
     fn default() -> Self {
         PluginRuntimeConfig {
             cache_dir: PathBuf::from("var/plugin-cache"),
-            max_instances: 2000,
+            max_instances: None,
             idle_instances: 32,
+            stage_time_limit_ms: 30_000,
         }
+    }
+}
+
+impl Config {
+    /// The longest plugin chain of any listener.
+    pub fn longest_chain(&self) -> usize {
+        self.listeners
+            .iter()
+            .map(|l| l.plugins.as_ref().map_or(self.plugin_list.len(), Vec::len))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// How many plugin instances the pool holds: configured, or enough for every session's
+    /// chain and every delivery's.
+    pub fn plugin_instances(&self) -> u32 {
+        self.plugins.max_instances.unwrap_or_else(|| {
+            let sessions = self
+                .limits
+                .max_connections
+                .saturating_mul(self.longest_chain());
+            let deliveries = self
+                .queue
+                .max_concurrent_deliveries
+                .saturating_mul(self.plugin_list.len());
+            u32::try_from(sessions.saturating_add(deliveries))
+                .unwrap_or(u32::MAX)
+                .max(16)
+        })
     }
 }
 
@@ -662,10 +749,66 @@ impl Config {
                     "must be between 1 and 4096".into(),
                 ));
             }
-            if plugin.cpu_limit_ms == 0 || plugin.cpu_limit_ms > 60_000 {
+            let ranges: [(&str, u64, u64, u64); 8] = [
+                ("cpu_limit_ms", plugin.cpu_limit_ms, 1, 60_000),
+                ("time_limit_ms", plugin.time_limit_ms, 1, 300_000),
+                (
+                    "kv_max_bytes",
+                    plugin.kv_max_bytes,
+                    0,
+                    16 * 1024 * 1024 * 1024,
+                ),
+                ("kv_max_keys", plugin.kv_max_keys, 0, 100_000_000),
+                ("max_counters", plugin.max_counters.into(), 0, 10_000),
+                (
+                    "log_lines_per_second",
+                    plugin.log_lines_per_second.into(),
+                    0,
+                    100_000,
+                ),
+                (
+                    "dns_queries_per_call",
+                    plugin.dns_queries_per_call.into(),
+                    0,
+                    1_000,
+                ),
+                (
+                    "dns_queries_per_session",
+                    plugin.dns_queries_per_session.into(),
+                    0,
+                    100_000,
+                ),
+            ];
+            for (key, value, min, max) in ranges {
+                if value < min || value > max {
+                    return Err((
+                        format!("plugin[{i}].{key}"),
+                        format!("must be between {min} and {max}"),
+                    ));
+                }
+            }
+        }
+        if !(1..=600_000).contains(&self.plugins.stage_time_limit_ms) {
+            return Err((
+                "plugins.stage_time_limit_ms".into(),
+                "must be between 1 and 600000".into(),
+            ));
+        }
+        if let Some(max) = self.plugins.max_instances {
+            let needed = self
+                .limits
+                .max_connections
+                .saturating_mul(self.longest_chain());
+            if usize::try_from(max).unwrap_or(usize::MAX) < needed {
                 return Err((
-                    format!("plugin[{i}].cpu_limit_ms"),
-                    "must be between 1 and 60000".into(),
+                    "plugins.max_instances".into(),
+                    format!(
+                        "{max} instances cannot serve limits.max_connections ({}) sessions \
+                         through a chain of {} plugins: raise it to at least {needed}, lower \
+                         max_connections, or leave it out to have it computed",
+                        self.limits.max_connections,
+                        self.longest_chain()
+                    ),
                 ));
             }
         }

@@ -125,9 +125,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => {
-            Config::load(&config)?;
-            println!("{}: ok", config.display());
+        Command::Check { config: path } => {
+            let config = Config::load(&path)?;
+            if !config.plugin_list.is_empty() {
+                // Every plugin is loaded as the gateway would load it (compiled, linked,
+                // initialised with its configuration), so a configuration that `check`
+                // passes is one a reload would apply.
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting the async runtime")?;
+                runtime
+                    .block_on(tidegate::plugins::PluginHost::start(
+                        &config,
+                        Default::default(),
+                        Default::default(),
+                    ))
+                    .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+            }
+            println!("{}: ok", path.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { config: path } => {

@@ -8,6 +8,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Labels naming a listener.
@@ -24,6 +25,32 @@ pub struct PluginHookLabels {
     pub plugin: String,
     /// The hook, e.g. `on-rcpt-to`.
     pub hook: String,
+}
+
+/// Labels naming a plugin.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    /// The plugin's name.
+    pub plugin: String,
+}
+
+/// Labels of a failed plugin call: the plugin, the hook and the kind of failure (`trap`,
+/// `cpu`, `time`, `memory`, `invalid`, `quota`, `pool_full`, `init`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginFailureLabels {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The hook.
+    pub hook: String,
+    /// The kind of failure.
+    pub kind: &'static str,
+}
+
+/// A histogram family whose buckets suit plugin calls (10 µs to about 2.6 s).
+pub type CallHistogram = Family<PluginHookLabels, Histogram, fn() -> Histogram>;
+
+fn call_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_01, 4.0, 10))
 }
 
 /// Labels of a session's plugin instance: which plugin, and whether it was `created` or
@@ -66,8 +93,24 @@ pub struct Metrics {
     pub messages_accepted: Family<ListenerLabels, Counter>,
     /// Messages refused after DATA (size, syntax, policy), per listener.
     pub messages_refused: Family<ListenerLabels, Counter>,
-    /// Plugin calls that failed (trap, limits, invalid answer).
-    pub plugin_failures: Family<PluginHookLabels, Counter>,
+    /// Plugin calls that failed (trap, limits, invalid answer), by kind.
+    pub plugin_failures: Family<PluginFailureLabels, Counter>,
+    /// Plugin calls made.
+    pub plugin_calls: Family<PluginHookLabels, Counter>,
+    /// How long plugin calls took, wall clock.
+    pub plugin_call_seconds: CallHistogram,
+    /// Fuel (guest instructions, roughly) plugin calls used.
+    pub plugin_fuel: Family<PluginHookLabels, Counter>,
+    /// The largest linear memory an instance of each plugin has had.
+    pub plugin_memory_bytes: Family<PluginLabels, Gauge>,
+    /// Keys in each plugin's KV namespace.
+    pub plugin_kv_keys: Family<PluginLabels, Gauge>,
+    /// Bytes in each plugin's KV namespace.
+    pub plugin_kv_bytes: Family<PluginLabels, Gauge>,
+    /// Plugin log lines dropped over the plugin's log rate.
+    pub plugin_log_dropped: Family<PluginLabels, Counter>,
+    /// Reloads that changed nothing because a plugin failed to load.
+    pub plugin_reload_failures: Counter,
     /// Instances handed to sessions, new or recycled.
     pub plugin_instances: Family<PluginInstanceLabels, Counter>,
     /// Counters kept by plugins.
@@ -94,6 +137,14 @@ impl Metrics {
         let messages_accepted = Family::default();
         let messages_refused = Family::default();
         let plugin_failures = Family::default();
+        let plugin_calls = Family::default();
+        let plugin_call_seconds: CallHistogram = Family::new_with_constructor(call_histogram);
+        let plugin_fuel = Family::default();
+        let plugin_memory_bytes = Family::default();
+        let plugin_kv_keys = Family::default();
+        let plugin_kv_bytes = Family::default();
+        let plugin_log_dropped = Family::default();
+        let plugin_reload_failures = Counter::default();
         let plugin_counters = Family::default();
         let plugin_instances = Family::default();
         let deliveries = Family::default();
@@ -134,6 +185,42 @@ impl Metrics {
             "Plugin calls that trapped, ran out of CPU or memory, or answered nonsense",
             plugin_failures.clone(),
         );
+        registry.register("plugin_calls", "Plugin calls made", plugin_calls.clone());
+        registry.register(
+            "plugin_call_seconds",
+            "Wall-clock time of plugin calls",
+            plugin_call_seconds.clone(),
+        );
+        registry.register(
+            "plugin_fuel",
+            "Fuel (about one per guest instruction) used by plugin calls",
+            plugin_fuel.clone(),
+        );
+        registry.register(
+            "plugin_memory_high_water_bytes",
+            "The largest linear memory an instance of the plugin has had",
+            plugin_memory_bytes.clone(),
+        );
+        registry.register(
+            "plugin_kv_keys",
+            "Keys in the plugin's key/value namespace",
+            plugin_kv_keys.clone(),
+        );
+        registry.register(
+            "plugin_kv_bytes",
+            "Bytes in the plugin's key/value namespace",
+            plugin_kv_bytes.clone(),
+        );
+        registry.register(
+            "plugin_log_dropped",
+            "Plugin log lines dropped over log_lines_per_second",
+            plugin_log_dropped.clone(),
+        );
+        registry.register(
+            "plugin_reload_failures",
+            "Reloads refused whole because a plugin failed to load",
+            plugin_reload_failures.clone(),
+        );
         registry.register(
             "plugin_instances",
             "Plugin instances handed to sessions: created, or reused from a finished session",
@@ -152,6 +239,14 @@ impl Metrics {
             messages_accepted,
             messages_refused,
             plugin_failures,
+            plugin_calls,
+            plugin_call_seconds,
+            plugin_fuel,
+            plugin_memory_bytes,
+            plugin_kv_keys,
+            plugin_kv_bytes,
+            plugin_log_dropped,
+            plugin_reload_failures,
             plugin_instances,
             plugin_counters,
             deliveries,

@@ -245,7 +245,7 @@ impl GatewayConfig {
             text.push_str(&format!("{key} = {value}\n"));
         }
         text.push_str(&format!(
-            "\n[plugins]\ncache_dir = {:?}\nmax_instances = 200\n",
+            "\n[plugins]\ncache_dir = {:?}\n",
             shared_plugin_cache()
         ));
         for plugin in &self.plugins {

@@ -50,11 +50,23 @@ fn metrics_reflect_what_happened() {
         r#"tidegate_sessions_total{listener="mx"} 1"#,
         r#"tidegate_messages_accepted_total{listener="mx"} 1"#,
         r#"tidegate_messages_refused_total{listener="mx"} 1"#,
-        r#"tidegate_plugin_failures_total{plugin="fragile",hook="on-rcpt-to"} 1"#,
+        r#"tidegate_plugin_failures_total{plugin="fragile",hook="on-rcpt-to",kind="trap"} 1"#,
+        // Cost accounting: every call is counted, timed and its fuel added up.
+        r#"tidegate_plugin_calls_total{plugin="fragile",hook="on-rcpt-to"} 2"#,
+        r#"tidegate_plugin_call_seconds_count{plugin="fragile",hook="on-rcpt-to"} 2"#,
         r#"tidegate_plugin_counter_total{plugin="recipients",name="recipient_policy_denied"} 1"#,
     ] {
         assert!(body.contains(expected), "missing {expected} in:\n{body}");
     }
+    let fuel: u64 = body
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"tidegate_plugin_fuel_total{plugin="fragile",hook="on-rcpt-to"} "#)
+        })
+        .and_then(|v| v.parse().ok())
+        .expect("fuel used by the call that returned");
+    assert!(fuel > 0);
+    assert!(body.contains(r#"tidegate_plugin_memory_high_water_bytes{plugin="fragile"} "#));
     let (status, body) = gateway.admin_get("/health");
     assert_eq!(
         (status.as_str(), body.as_str()),

@@ -124,6 +124,9 @@ fn idle_instances_give_way_when_the_pool_is_full() {
             PluginEntry::new("a", "test_plugin.wasm").config(r#"mode = "count""#),
             PluginEntry::new("b", "test_plugin.wasm").config(r#"mode = "count""#),
         ],
+        // Two sessions through a chain of one plugin: what `tidegate check` asks of a
+        // pool of two.
+        limits: vec![("max_connections".into(), "2".into())],
         ..GatewayConfig::default()
     };
     config
@@ -131,7 +134,7 @@ fn idle_instances_give_way_when_the_pool_is_full() {
         .push(("other".into(), "127.0.0.2:0".into()));
     let text = config
         .render()
-        .replace("max_instances = 200", "max_instances = 2")
+        .replace("[plugins]\n", "[plugins]\nmax_instances = 2\n")
         .replace(
             "name = \"mx\"\naddress = \"127.0.0.1:0\"\n",
             "name = \"mx\"\naddress = \"127.0.0.1:0\"\nplugins = [\"a\"]\n",

@@ -466,22 +466,33 @@ impl Session {
                         .push(HeaderEdit::Replace { name, value });
                 }
                 w::Edit::SetSender(sender) => envelope.sender = sender,
+                // Recipients chosen by plugins are held to the client's rules: relay
+                // control and the recipient limit.
                 w::Edit::AddRecipient(address) => {
-                    if !envelope.recipients.iter().any(|r| r.address == address) {
-                        envelope.recipients.push(envelope::Recipient {
-                            address,
-                            params: Vec::new(),
-                        });
+                    let known = envelope.recipients.iter().any(|r| r.address == address);
+                    if !known && self.plugin_recipient_allowed(&address) {
+                        if envelope.recipients.len() >= self.ctx.config.limits.max_recipients {
+                            tracing::warn!(recipient = %address, "recipient added by a plugin is over max_recipients, dropped");
+                        } else {
+                            envelope.recipients.push(envelope::Recipient {
+                                address,
+                                params: Vec::new(),
+                            });
+                        }
                     }
                 }
                 w::Edit::RemoveRecipient(address) => {
                     envelope.recipients.retain(|r| r.address != address)
                 }
                 w::Edit::RewriteRecipient((from, to)) => {
-                    for r in &mut envelope.recipients {
-                        if r.address == from {
-                            r.address.clone_from(&to);
+                    if self.plugin_recipient_allowed(&to) {
+                        for r in &mut envelope.recipients {
+                            if r.address == from {
+                                r.address.clone_from(&to);
+                            }
                         }
+                    } else {
+                        envelope.recipients.retain(|r| r.address != from);
                     }
                 }
                 w::Edit::SetTag(_) => {}

@@ -1,6 +1,6 @@
 //! RCPT TO (RFC 5321 §4.1.1.3): recipient syntax, the recipient limit and relay control.
 
-use super::address::{ForwardPath, parse_forward_path};
+use super::address::{ForwardPath, Mailbox, parse_forward_path};
 use super::policy;
 use super::relay::RelayDecision;
 use super::reply::{Reply, address_error, codes};
@@ -74,16 +74,44 @@ impl Session {
                     _ => {}
                 }
             }
+            // What plugins chose is held to the same rules as what the client sent: relay
+            // control, and the recipient limit.
+            let before = accepted.len();
+            accepted.retain(|a| *a == address || self.plugin_recipient_allowed(a));
+            if accepted.is_empty() && before > 0 {
+                return Reply::new(554, codes::NOT_AUTHORIZED, "Relay access denied");
+            }
         }
+        let max_recipients = self.ctx.config.limits.max_recipients;
         let State::Transaction(_, tx) = &mut self.state else {
             return Reply::new(503, codes::INVALID_COMMAND, "Need MAIL before RCPT");
         };
         for address in accepted {
             // The same recipient twice must not mean two deliveries.
-            if !tx.recipients.iter().any(|(known, _)| *known == address) {
-                tx.recipients.push((address, params.clone()));
+            if tx.recipients.iter().any(|(known, _)| *known == address) {
+                continue;
             }
+            if tx.recipients.len() >= max_recipients {
+                tracing::warn!(recipient = %address, "recipient added by a plugin is over max_recipients, dropped");
+                continue;
+            }
+            tx.recipients.push((address, params.clone()));
         }
         Reply::new(250, codes::RECIPIENT_OK, "Ok")
+    }
+
+    /// Whether relay control lets a recipient a plugin added or rewrote through, as it
+    /// would the same address from this client (logged when not).
+    pub(super) fn plugin_recipient_allowed(&self, address: &str) -> bool {
+        let allowed = Mailbox::parse(address, true).is_ok_and(|mailbox| {
+            self.ctx
+                .relay
+                .decide(&ForwardPath::Mailbox(mailbox), self.may_relay)
+                != RelayDecision::Denied
+        });
+        if !allowed {
+            tracing::warn!(peer = %self.peer, recipient = %address, "recipient chosen by a plugin refused by relay control");
+        }
+        allowed
     }
 }

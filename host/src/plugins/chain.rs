@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use tidegate_plugin_sdk::inspect::ParsedMessage;
 use wasmtime::Store;
@@ -23,8 +24,11 @@ use wasmtime::component::Component;
 use super::bindings::tidegate::plugin::types as w;
 use super::bindings::{Plugin, PluginPre};
 use super::engine::{FUEL_PER_MS, HoldsIdle, PluginEngine};
+use super::limits::{CallError, Failure, PluginLimits, response as bounds};
 use super::services::{HostServices, PluginState};
 use crate::config::{OnError, PluginConfig};
+use crate::inbound::address::Mailbox;
+use crate::metrics::{PluginFailureLabels, PluginHookLabels, PluginLabels};
 
 /// The stages of a session, as hooks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +48,8 @@ pub enum Hook {
 }
 
 impl Hook {
-    fn name(self) -> &'static str {
+    /// The hook's name in the contract, as in logs and metrics.
+    pub fn name(self) -> &'static str {
         match self {
             Hook::Connect => "on-connect",
             Hook::Helo => "on-helo",
@@ -96,6 +101,8 @@ pub struct LoadedPlugin {
     /// The configuration it was loaded with.
     pub config: PluginConfig,
     config_json: Arc<str>,
+    /// What its host calls may do.
+    pub limits: Arc<PluginLimits>,
     pre: PluginPre<PluginState>,
     /// Instances of finished sessions, ready for the next one.
     idle: Mutex<Vec<Instance>>,
@@ -151,13 +158,25 @@ impl LoadedPlugin {
             hooks: w::Hooks::empty(),
             config: config.clone(),
             config_json,
+            limits: Arc::new(PluginLimits::new(config)),
             pre,
             idle: Mutex::new(Vec::new()),
             idle_limit: engine.idle_instances(),
         };
-        let probe = Instance::create(&plugin, engine, services).await?;
+        let probe = tokio::time::timeout(
+            plugin.limits.time,
+            Instance::create(&plugin, engine, services),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "init took longer than time_limit_ms ({} ms)",
+                plugin.config.time_limit_ms
+            )
+        })?
+        .map_err(|e| e.why)?;
         plugin.hooks = probe.hooks;
-        plugin.check_in(probe);
+        plugin.check_in(probe, &services.metrics);
         let plugin = Arc::new(plugin);
         let holder: Weak<dyn HoldsIdle> = Arc::downgrade(&plugin) as Weak<dyn HoldsIdle>;
         engine.register_idle_holder(holder);
@@ -173,7 +192,7 @@ impl LoadedPlugin {
         &self,
         engine: &PluginEngine,
         services: &Arc<HostServices>,
-    ) -> Result<Instance, String> {
+    ) -> Result<Instance, CallError> {
         let count = |source| {
             services
                 .metrics
@@ -208,7 +227,15 @@ impl LoadedPlugin {
     }
 
     /// Takes back the instance of a finished session, if it is fit to serve another.
-    fn check_in(&self, instance: Instance) {
+    fn check_in(&self, instance: Instance, metrics: &crate::metrics::Metrics) {
+        let high_water = instance.store.data().limits.high_water;
+        let gauge = metrics.plugin_memory_bytes.get_or_create(&PluginLabels {
+            plugin: self.name.to_string(),
+        });
+        let high_water = i64::try_from(high_water).unwrap_or(i64::MAX);
+        if high_water > gauge.get() {
+            gauge.set(high_water);
+        }
         if instance.in_call || instance.sessions >= MAX_SESSIONS_PER_INSTANCE {
             return;
         }
@@ -241,7 +268,7 @@ impl Instance {
         plugin: &LoadedPlugin,
         engine: &PluginEngine,
         services: &Arc<HostServices>,
-    ) -> Result<Instance, String> {
+    ) -> Result<Instance, CallError> {
         let memory = usize::try_from(plugin.config.memory_limit_mib)
             .unwrap_or(usize::MAX)
             .saturating_mul(1024 * 1024);
@@ -249,13 +276,14 @@ impl Instance {
             Arc::clone(&plugin.name),
             Arc::clone(&plugin.config_json),
             memory,
+            Arc::clone(&plugin.limits),
             Arc::clone(services),
         );
         let mut store = Store::new(engine.engine(), state);
         store.limiter(|state| &mut state.limits);
         store
             .set_fuel(plugin.fuel())
-            .map_err(|e| format!("fuel: {e}"))?;
+            .map_err(|e| CallError::new(Failure::Trap, format!("fuel: {e}")))?;
         store.epoch_deadline_async_yield_and_update(1);
         let bindings = match plugin.pre.instantiate_async(&mut store).await {
             Err(e) if e.is::<wasmtime::PoolConcurrencyLimitError>() => {
@@ -266,7 +294,16 @@ impl Instance {
             }
             other => other,
         }
-        .map_err(|e| format!("instantiation failed: {e:#}"))?;
+        .map_err(|e| {
+            if e.is::<wasmtime::PoolConcurrencyLimitError>() {
+                CallError::new(
+                    Failure::PoolFull,
+                    "no plugin instance free: [plugins] max_instances are all in use",
+                )
+            } else {
+                CallError::new(Failure::Init, format!("instantiation failed: {e:#}"))
+            }
+        })?;
         let mut instance = Instance {
             store,
             bindings,
@@ -279,29 +316,42 @@ impl Instance {
     }
 
     /// Calls `init`, which (re)builds the plugin's per-session value.
-    async fn begin_session(&mut self, plugin: &LoadedPlugin) -> Result<(), String> {
+    async fn begin_session(&mut self, plugin: &LoadedPlugin) -> Result<(), CallError> {
+        self.store.data_mut().start_session();
         self.start_call(plugin)?;
         let hooks = self
             .bindings
             .tidegate_plugin_hooks()
             .call_init(&mut self.store)
             .await
-            .map_err(|e| format!("init trapped: {e:#}"))?
-            .map_err(|e| format!("init refused: {e}"))?;
+            .map_err(|e| {
+                let error = CallError::from_wasm(&e);
+                CallError::new(error.kind, format!("init: {}", error.why))
+            })?
+            .map_err(|e| CallError::new(Failure::Init, format!("init refused: {e}")))?;
         self.in_call = false;
         self.hooks = hooks;
         self.sessions += 1;
         Ok(())
     }
 
-    /// Gives the instance a fresh CPU budget for one call and marks the call under way
-    /// (the caller clears the mark when the call returns).
-    fn start_call(&mut self, plugin: &LoadedPlugin) -> Result<(), String> {
+    /// Gives the instance a fresh CPU and DNS budget for one call and marks the call under
+    /// way (the caller clears the mark when the call returns).
+    fn start_call(&mut self, plugin: &LoadedPlugin) -> Result<(), CallError> {
         self.store
             .set_fuel(plugin.fuel())
-            .map_err(|e| format!("fuel: {e}"))?;
+            .map_err(|e| CallError::new(Failure::Trap, format!("fuel: {e}")))?;
+        self.store.data_mut().start_call();
         self.in_call = true;
         Ok(())
+    }
+
+    /// Ends a call that returned: the instance is consistent again; returns the fuel used.
+    fn end_call(&mut self, plugin: &LoadedPlugin) -> u64 {
+        self.in_call = false;
+        plugin
+            .fuel()
+            .saturating_sub(self.store.get_fuel().unwrap_or(0))
     }
 }
 
@@ -377,7 +427,7 @@ pub enum Decision {
 pub struct StageOutcome {
     /// The decision.
     pub decision: Decision,
-    /// Edits other than tags, in order.
+    /// Edits other than tags, in order; addresses in them are valid and canonical.
     pub edits: Vec<w::Edit>,
 }
 
@@ -387,6 +437,15 @@ pub struct SessionPlugins {
     engine: Arc<PluginEngine>,
     services: Arc<HostServices>,
     instances: Vec<Option<Instance>>,
+}
+
+/// The reply of a stage that policy could not decide.
+fn policy_tempfail() -> Decision {
+    Decision::Tempfail(w::Reply {
+        code: 451,
+        enhanced: "4.3.0".into(),
+        text: "Temporary policy failure, try again later".into(),
+    })
 }
 
 impl SessionPlugins {
@@ -416,44 +475,45 @@ impl SessionPlugins {
     }
 
     /// Runs the chain for one stage. Tags set by a plugin are written to `tags` at once,
-    /// so later plugins in the chain see them.
+    /// so later plugins in the chain see them. The whole stage has the engine's stage
+    /// deadline, each call its plugin's `time_limit_ms`, whichever comes first.
     pub async fn run(
         &mut self,
         input: StageInput,
         tags: &mut BTreeMap<String, String>,
     ) -> StageOutcome {
         let hook = input.hook();
+        let deadline = Instant::now() + self.engine.stage_time_limit();
         let mut edits = Vec::new();
         for index in 0..self.chain.plugins.len() {
             let plugin = Arc::clone(&self.chain.plugins[index]);
             if !plugin.hooks.contains(hook.flag()) {
                 continue;
             }
-            let result = self.call(index, &plugin, &input, tags).await;
-            let response = match result.and_then(|r| validate(hook, r)) {
+            let result = self
+                .timed(&plugin, hook.name(), deadline, |this| {
+                    this.call(index, &plugin, &input, tags)
+                })
+                .await;
+            let response = match result
+                .and_then(|r| validate(hook, r))
+                .and_then(|r| check_tag_room(r, tags))
+            {
                 Ok(response) => response,
-                Err(why) => {
-                    // The instance may be poisoned (a trap leaves it unusable): drop it so
-                    // a later hook gets a fresh one.
-                    self.instances[index] = None;
-                    tracing::warn!(plugin = %plugin.name, hook = hook.name(), error = %why, policy = ?plugin.config.on_error, "plugin failed");
-                    self.services
-                        .metrics
-                        .plugin_failures
-                        .get_or_create(&crate::metrics::PluginHookLabels {
-                            plugin: plugin.name.to_string(),
-                            hook: hook.name().to_owned(),
-                        })
-                        .inc();
-                    match plugin.config.on_error {
+                Err(error) => {
+                    let policy = if error.kind == Failure::PoolFull {
+                        // Running out of instances must never skip policy, whatever the
+                        // plugin's failure policy says.
+                        OnError::Tempfail
+                    } else {
+                        plugin.config.on_error
+                    };
+                    self.failed(index, &plugin, hook.name(), &error, Some(policy));
+                    match policy {
                         OnError::Continue => continue,
                         OnError::Tempfail => {
                             return StageOutcome {
-                                decision: Decision::Tempfail(w::Reply {
-                                    code: 451,
-                                    enhanced: "4.3.0".into(),
-                                    text: "Temporary policy failure, try again later".into(),
-                                }),
+                                decision: policy_tempfail(),
                                 edits,
                             };
                         }
@@ -464,7 +524,7 @@ impl SessionPlugins {
                 // Nothing else of this session will call it: its instance can serve
                 // another session now instead of idling with this one.
                 if let Some(instance) = self.instances[index].take() {
-                    plugin.check_in(instance);
+                    plugin.check_in(instance, &self.services.metrics);
                 }
             }
             for edit in response.edits {
@@ -492,24 +552,112 @@ impl SessionPlugins {
         }
     }
 
+    /// Runs one call of plugin `index` under its deadline (and the stage's), counting it.
+    /// A call past its deadline is abandoned: the future is dropped mid-call, so the
+    /// instance, marked as in a call, is discarded by the caller's failure handling.
+    async fn timed<'s, T, F>(
+        &'s mut self,
+        plugin: &LoadedPlugin,
+        hook: &'static str,
+        deadline: Instant,
+        call: impl FnOnce(&'s mut Self) -> F,
+    ) -> Result<T, CallError>
+    where
+        F: Future<Output = Result<T, CallError>> + 's,
+    {
+        let started = Instant::now();
+        let labels = PluginHookLabels {
+            plugin: plugin.name.to_string(),
+            hook: hook.to_owned(),
+        };
+        let metrics = Arc::clone(&self.services.metrics);
+        let limit = plugin
+            .limits
+            .time
+            .min(deadline.saturating_duration_since(started));
+        let result = if limit.is_zero() {
+            Err(CallError::new(
+                Failure::Time,
+                "the stage's deadline ([plugins] stage_time_limit_ms) passed before this plugin's turn",
+            ))
+        } else {
+            match tokio::time::timeout(limit, call(self)).await {
+                Ok(result) => result,
+                Err(_) => Err(CallError::new(
+                    Failure::Time,
+                    if limit < plugin.limits.time {
+                        format!(
+                            "no answer by the stage's deadline ({} ms left of [plugins] stage_time_limit_ms)",
+                            limit.as_millis()
+                        )
+                    } else {
+                        format!(
+                            "no answer within time_limit_ms ({} ms)",
+                            plugin.config.time_limit_ms
+                        )
+                    },
+                )),
+            }
+        };
+        metrics.plugin_calls.get_or_create(&labels).inc();
+        metrics
+            .plugin_call_seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Records a failed call: the instance is dropped (a trap or an abandoned call leaves
+    /// it unusable), the failure logged with the policy applied and counted by kind.
+    fn failed(
+        &mut self,
+        index: usize,
+        plugin: &LoadedPlugin,
+        hook: &'static str,
+        error: &CallError,
+        policy: Option<OnError>,
+    ) {
+        self.instances[index] = None;
+        match policy {
+            Some(policy) => {
+                tracing::warn!(plugin = %plugin.name, hook, kind = error.kind.as_str(), error = %error, ?policy, "plugin failed")
+            }
+            None => {
+                tracing::warn!(plugin = %plugin.name, hook, kind = error.kind.as_str(), error = %error, "plugin failed")
+            }
+        }
+        self.services
+            .metrics
+            .plugin_failures
+            .get_or_create(&PluginFailureLabels {
+                plugin: plugin.name.to_string(),
+                hook: hook.to_owned(),
+                kind: error.kind.as_str(),
+            })
+            .inc();
+    }
+
     /// Asks the chain where `recipient` goes: the first plugin with an opinion decides.
     /// A failing plugin is skipped (routing falls back to the static routes and MX).
     pub async fn route(&mut self, recipient: &str) -> Option<w::Route> {
+        let deadline = Instant::now() + self.engine.stage_time_limit();
         for index in 0..self.chain.plugins.len() {
             let plugin = Arc::clone(&self.chain.plugins[index]);
             if !plugin.hooks.contains(w::Hooks::ROUTE) {
                 continue;
             }
-            match self
-                .call_other(index, &plugin, Other::Route(recipient))
-                .await
-            {
-                Ok(OtherResult::Route(Some(route))) => return Some(route),
+            let result = self
+                .timed(&plugin, "on-route", deadline, |this| {
+                    this.call_other(index, &plugin, Other::Route(recipient))
+                })
+                .await;
+            match result {
+                Ok(OtherResult::Route(Some(route))) => match validate_route(route) {
+                    Ok(route) => return Some(route),
+                    Err(error) => self.failed(index, &plugin, "on-route", &error, None),
+                },
                 Ok(_) => {}
-                Err(why) => {
-                    self.instances[index] = None;
-                    tracing::warn!(plugin = %plugin.name, hook = "on-route", error = %why, "plugin failed");
-                }
+                Err(error) => self.failed(index, &plugin, "on-route", &error, None),
             }
         }
         None
@@ -517,14 +665,19 @@ impl SessionPlugins {
 
     /// Tells every plugin that wants it about a delivery outcome.
     pub async fn delivery(&mut self, info: &w::DeliveryInfo) {
+        let deadline = Instant::now() + self.engine.stage_time_limit();
         for index in 0..self.chain.plugins.len() {
             let plugin = Arc::clone(&self.chain.plugins[index]);
             if !plugin.hooks.contains(w::Hooks::DELIVERY) {
                 continue;
             }
-            if let Err(why) = self.call_other(index, &plugin, Other::Delivery(info)).await {
-                self.instances[index] = None;
-                tracing::warn!(plugin = %plugin.name, hook = "on-delivery", error = %why, "plugin failed");
+            let result = self
+                .timed(&plugin, "on-delivery", deadline, |this| {
+                    this.call_other(index, &plugin, Other::Delivery(info))
+                })
+                .await;
+            if let Err(error) = result {
+                self.failed(index, &plugin, "on-delivery", &error, None);
             }
         }
     }
@@ -539,7 +692,12 @@ impl SessionPlugins {
         index: usize,
         plugin: &LoadedPlugin,
         call: Other<'_>,
-    ) -> Result<OtherResult, String> {
+    ) -> Result<OtherResult, CallError> {
+        let hook = match call {
+            Other::Route(_) => "on-route",
+            Other::Delivery(_) => "on-delivery",
+        };
+        let metrics = Arc::clone(&self.services.metrics);
         let instance = self.instance(index, plugin).await?;
         instance.start_call(plugin)?;
         let hooks = instance.bindings.tidegate_plugin_hooks();
@@ -554,8 +712,9 @@ impl SessionPlugins {
                 .await
                 .map(|()| OtherResult::Done),
         }
-        .map_err(|e| describe_trap(&e))?;
-        instance.in_call = false;
+        .map_err(|e| CallError::from_wasm(&e))?;
+        let fuel = instance.end_call(plugin);
+        count_fuel(&metrics, plugin, hook, fuel);
         Ok(result)
     }
 
@@ -564,14 +723,14 @@ impl SessionPlugins {
         &mut self,
         index: usize,
         plugin: &LoadedPlugin,
-    ) -> Result<&mut Instance, String> {
+    ) -> Result<&mut Instance, CallError> {
         if self.instances[index].is_none() {
             let instance = plugin.check_out(&self.engine, &self.services).await?;
             self.instances[index] = Some(instance);
         }
         self.instances[index]
             .as_mut()
-            .ok_or_else(|| "no instance".to_owned())
+            .ok_or_else(|| CallError::new(Failure::Init, "no instance"))
     }
 
     async fn call(
@@ -580,7 +739,8 @@ impl SessionPlugins {
         plugin: &LoadedPlugin,
         input: &StageInput,
         tags: &BTreeMap<String, String>,
-    ) -> Result<w::Response, String> {
+    ) -> Result<w::Response, CallError> {
+        let metrics = Arc::clone(&self.services.metrics);
         let instance = self.instance(index, plugin).await?;
         if !instance.hooks.contains(input.hook().flag()) {
             // This instance declared otherwise than the probe at load time: treat it as
@@ -604,17 +764,28 @@ impl SessionPlugins {
                 let handle = store
                     .data_mut()
                     .lend_message(Arc::clone(message))
-                    .map_err(|e| format!("{e:#}"))?;
+                    .map_err(|e| CallError::new(Failure::Trap, format!("{e:#}")))?;
                 let borrowed = wasmtime::component::Resource::new_borrow(handle.rep());
                 let result = hooks.call_on_data(&mut *store, envelope, borrowed).await;
                 store.data_mut().reclaim_message(handle);
                 result
             }
         };
-        let response = result.map_err(|e| describe_trap(&e))?;
-        instance.in_call = false;
+        let response = result.map_err(|e| CallError::from_wasm(&e))?;
+        let fuel = instance.end_call(plugin);
+        count_fuel(&metrics, plugin, input.hook().name(), fuel);
         Ok(response)
     }
+}
+
+fn count_fuel(metrics: &crate::metrics::Metrics, plugin: &LoadedPlugin, hook: &str, fuel: u64) {
+    metrics
+        .plugin_fuel
+        .get_or_create(&PluginHookLabels {
+            plugin: plugin.name.to_string(),
+            hook: hook.to_owned(),
+        })
+        .inc_by(fuel);
 }
 
 impl SessionPlugins {
@@ -624,7 +795,7 @@ impl SessionPlugins {
     pub fn release(&mut self) {
         for (plugin, instance) in self.chain.plugins.iter().zip(self.instances.iter_mut()) {
             if let Some(instance) = instance.take() {
-                plugin.check_in(instance);
+                plugin.check_in(instance, &self.services.metrics);
             }
         }
     }
@@ -648,63 +819,202 @@ enum OtherResult {
     Done,
 }
 
-/// A readable reason for a failed call: fuel exhaustion and memory limits are named as such.
-fn describe_trap(error: &wasmtime::Error) -> String {
-    match error.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::OutOfFuel) => "CPU budget exhausted (cpu_limit_ms)".to_owned(),
-        Some(trap) => format!("trap: {trap}"),
-        // The root cause is the useful part (e.g. the memory limit); the context above it
-        // is a wasm backtrace.
-        None => format!("trap: {}", error.root_cause()),
+fn invalid(why: impl Into<String>) -> CallError {
+    CallError::new(Failure::Invalid, why)
+}
+
+/// Single-line printable text of bounded length (reply, discard and quarantine texts).
+fn check_text(what: &str, text: &str) -> Result<(), CallError> {
+    if text.len() > bounds::MAX_TEXT || text.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "{what} is over {} bytes or has control characters",
+            bounds::MAX_TEXT
+        )));
+    }
+    Ok(())
+}
+
+/// An address a plugin hands back, through the same parser as SMTP input, in canonical
+/// form: nothing a parser would refuse (CR, LF, `>`, spaces, parameters) reaches the
+/// envelope or the next hop's MAIL and RCPT commands.
+fn check_address(what: &str, address: &str) -> Result<String, CallError> {
+    match Mailbox::parse(address, true) {
+        Ok(mailbox) => Ok(mailbox.to_string()),
+        Err(e) => Err(invalid(format!(
+            "{what} `{}` is not a valid address: {e}",
+            address.chars().take(80).collect::<String>().escape_debug()
+        ))),
     }
 }
 
-/// Checks that a plugin's answer makes sense at this stage.
-fn validate(hook: Hook, response: w::Response) -> Result<w::Response, String> {
-    let check_reply = |reply: &w::Reply, class: u16| -> Result<(), String> {
-        let enhanced_ok = {
-            let parts: Vec<&str> = reply.enhanced.split('.').collect();
-            parts.len() == 3
-                && parts[0] == class.to_string()
-                && parts[1..]
-                    .iter()
-                    .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
-        };
-        if reply.code / 100 != class || !(200..=599).contains(&reply.code) {
-            return Err(format!("reply code {} is not {class}xx", reply.code));
-        }
-        if !enhanced_ok {
-            return Err(format!(
-                "enhanced code `{}` is not {class}.x.y",
-                reply.enhanced
-            ));
-        }
-        if reply.text.len() > 400 || reply.text.chars().any(|c| c.is_control()) {
-            return Err("reply text is too long or has control characters".into());
-        }
-        Ok(())
-    };
+fn check_reply(reply: &w::Reply, class: u16) -> Result<(), CallError> {
+    let parts: Vec<&str> = reply.enhanced.split('.').collect();
+    let enhanced_ok = parts.len() == 3
+        && parts[0] == class.to_string()
+        && parts[1..]
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+    if reply.code / 100 != class || !(200..=599).contains(&reply.code) {
+        return Err(invalid(format!(
+            "reply code {} is not {class}xx",
+            reply.code
+        )));
+    }
+    if !enhanced_ok {
+        return Err(invalid(format!(
+            "enhanced code `{}` is not {class}.x.y",
+            reply.enhanced.escape_debug()
+        )));
+    }
+    check_text("reply text", &reply.text)
+}
+
+/// A header field a plugin adds or replaces: an RFC 5322 field name, and a value without
+/// CR or LF (the host folds nothing; a line break would start a field of the plugin's
+/// choosing, or end the header) of bounded length.
+fn check_header(name: &str, value: &str) -> Result<(), CallError> {
+    let name_ok = !name.is_empty()
+        && name.len() <= bounds::MAX_HEADER_NAME
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+    if !name_ok {
+        return Err(invalid(format!(
+            "header name `{}` is not an RFC 5322 field name",
+            name.chars().take(80).collect::<String>().escape_debug()
+        )));
+    }
+    let value_ok = value.len() <= bounds::MAX_HEADER_VALUE
+        && !value.chars().any(|c| c.is_control() && c != '\t');
+    if !value_ok {
+        return Err(invalid(format!(
+            "header `{name}` value is over {} bytes or has CR, LF or other control characters",
+            bounds::MAX_HEADER_VALUE
+        )));
+    }
+    Ok(())
+}
+
+fn check_tag(key: &str, value: &str) -> Result<(), CallError> {
+    let key_ok = !key.is_empty()
+        && key.len() <= bounds::MAX_TAG_NAME
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    if !key_ok {
+        return Err(invalid(format!(
+            "tag name `{}` is not 1 to {} of [A-Za-z0-9-_.:]",
+            key.chars().take(80).collect::<String>().escape_debug(),
+            bounds::MAX_TAG_NAME
+        )));
+    }
+    if value.len() > bounds::MAX_TAG_VALUE || value.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "tag `{key}` value is over {} bytes or has control characters",
+            bounds::MAX_TAG_VALUE
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that a plugin's answer makes sense at this stage and stays within the response
+/// bounds; addresses in edits come back canonical.
+fn validate(hook: Hook, mut response: w::Response) -> Result<w::Response, CallError> {
     match &response.verdict {
         w::Verdict::Reject(reply) => check_reply(reply, 5)?,
         w::Verdict::Tempfail(reply) => check_reply(reply, 4)?,
         w::Verdict::Discard(_) | w::Verdict::Quarantine(_) if hook != Hook::Data => {
-            return Err("discard and quarantine are verdicts of on-data only".into());
+            return Err(invalid(
+                "discard and quarantine are verdicts of on-data only",
+            ));
         }
-        _ => {}
+        w::Verdict::Discard(why) => check_text("discard reason", why)?,
+        w::Verdict::Quarantine(why) => check_text("quarantine reason", why)?,
+        w::Verdict::Continue | w::Verdict::Accept => {}
     }
-    if let Some(edit) = response.edits.iter().find(|e| !hook.allows(e)) {
-        return Err(format!("edit {edit:?} is not allowed in {}", hook.name()));
+    if response.edits.len() > bounds::MAX_EDITS {
+        return Err(invalid(format!(
+            "{} edits in one response, at most {}",
+            response.edits.len(),
+            bounds::MAX_EDITS
+        )));
     }
-    for edit in &response.edits {
-        if let w::Edit::AddHeader((name, value)) | w::Edit::ReplaceHeader((name, value)) = edit {
-            let name_ok = !name.is_empty()
-                && name.len() <= 76
-                && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
-            let value_ok = value.len() <= 998 && !value.contains(['\r', '\n']);
-            if !name_ok || !value_ok {
-                return Err(format!("header edit `{name}` is malformed"));
+    for edit in &mut response.edits {
+        if !hook.allows(edit) {
+            return Err(invalid(format!(
+                "edit {} is not allowed in {}",
+                edit_name(edit),
+                hook.name()
+            )));
+        }
+        match edit {
+            w::Edit::AddHeader((name, value)) | w::Edit::ReplaceHeader((name, value)) => {
+                check_header(name, value)?;
             }
+            w::Edit::RemoveHeader(name) => check_header(name, "")?,
+            w::Edit::SetSender(Some(sender)) => *sender = check_address("sender", sender)?,
+            w::Edit::SetSender(None) => {}
+            w::Edit::AddRecipient(address) => *address = check_address("recipient", address)?,
+            w::Edit::RemoveRecipient(address) => {
+                // Nothing is sent with it, but compare it in canonical form when it parses.
+                if let Ok(canonical) = check_address("recipient", address) {
+                    *address = canonical;
+                }
+            }
+            w::Edit::RewriteRecipient((from, to)) => {
+                if let Ok(canonical) = check_address("recipient", from) {
+                    *from = canonical;
+                }
+                *to = check_address("new recipient", to)?;
+            }
+            w::Edit::SetTag((key, value)) => check_tag(key, value)?,
         }
     }
     Ok(response)
+}
+
+/// The transaction's tags stay bounded: a response may not take them past the limit.
+fn check_tag_room(
+    response: w::Response,
+    tags: &BTreeMap<String, String>,
+) -> Result<w::Response, CallError> {
+    let mut new = std::collections::BTreeSet::new();
+    for edit in &response.edits {
+        if let w::Edit::SetTag((key, _)) = edit
+            && !tags.contains_key(key)
+        {
+            new.insert(key.as_str());
+        }
+    }
+    if tags.len() + new.len() > bounds::MAX_TAGS {
+        return Err(invalid(format!(
+            "the transaction would carry {} tags, at most {}",
+            tags.len() + new.len(),
+            bounds::MAX_TAGS
+        )));
+    }
+    Ok(response)
+}
+
+/// A route a plugin chose: a named route's name is bounded printable text, a
+/// recipient-independent choice the queue checks against the configuration.
+fn validate_route(route: w::Route) -> Result<w::Route, CallError> {
+    if let w::Route::Named(name) = &route
+        && (name.is_empty() || name.len() > 128 || !name.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(invalid("route name is not 1 to 128 printable characters"));
+    }
+    Ok(route)
+}
+
+/// An edit's kind, for error messages (never the plugin's whole payload).
+fn edit_name(edit: &w::Edit) -> &'static str {
+    match edit {
+        w::Edit::AddHeader(_) => "add-header",
+        w::Edit::RemoveHeader(_) => "remove-header",
+        w::Edit::ReplaceHeader(_) => "replace-header",
+        w::Edit::SetSender(_) => "set-sender",
+        w::Edit::AddRecipient(_) => "add-recipient",
+        w::Edit::RemoveRecipient(_) => "remove-recipient",
+        w::Edit::RewriteRecipient(_) => "rewrite-recipient",
+        w::Edit::SetTag(_) => "set-tag",
+    }
 }

@@ -15,6 +15,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::Plugin;
+use super::cache::ArtifactCache;
 use super::services::PluginState;
 use crate::config::PluginRuntimeConfig;
 
@@ -51,7 +52,10 @@ pub struct PluginEngine {
     engine: Engine,
     linker: Linker<PluginState>,
     cache_dir: PathBuf,
+    /// The precompiled cache, when its directory is safe to load native code from.
+    cache: Option<ArtifactCache>,
     idle_instances: usize,
+    stage_time_limit: Duration,
     /// Every plugin version that may hold idle instances, so a full pool can reclaim them.
     idle_holders: Mutex<Vec<Weak<dyn HoldsIdle>>>,
 }
@@ -71,10 +75,13 @@ impl std::fmt::Debug for PluginEngine {
 }
 
 impl PluginEngine {
-    /// Builds the engine with pooling allocation sized for `max_instances` instances.
-    pub fn new(config: &PluginRuntimeConfig) -> wasmtime::Result<Arc<PluginEngine>> {
+    /// Builds the engine with pooling allocation sized for `instances` instances.
+    pub fn new(
+        config: &PluginRuntimeConfig,
+        instances: u32,
+    ) -> wasmtime::Result<Arc<PluginEngine>> {
         let mut pool = PoolingAllocationConfig::default();
-        let instances = config.max_instances.max(1);
+        let instances = instances.max(1);
         // Without PAGEMAP_SCAN (Linux < 6.7, other systems) wasmtime would memset the
         // lowest bytes of every memory instead, which a Rust guest barely touches (its
         // stack sits below its data and grows down): then unmapping is the better reset.
@@ -135,11 +142,20 @@ impl PluginEngine {
             })
             .map_err(wasmtime::Error::from)?;
 
+        let cache = match ArtifactCache::open(&config.cache_dir) {
+            Ok(cache) => Some(cache),
+            Err(e) => {
+                tracing::warn!(error = %e, "plugin cache not used: plugins are compiled at every start");
+                None
+            }
+        };
         Ok(Arc::new(PluginEngine {
             engine,
             linker,
             cache_dir: config.cache_dir.clone(),
+            cache,
             idle_instances: usize::try_from(config.idle_instances).unwrap_or(usize::MAX),
+            stage_time_limit: Duration::from_millis(config.stage_time_limit_ms),
             idle_holders: Mutex::new(Vec::new()),
         }))
     }
@@ -152,6 +168,11 @@ impl PluginEngine {
     /// How many finished sessions' instances each plugin version keeps for reuse.
     pub fn idle_instances(&self) -> usize {
         self.idle_instances
+    }
+
+    /// The deadline of one stage's whole chain.
+    pub fn stage_time_limit(&self) -> Duration {
+        self.stage_time_limit
     }
 
     /// Registers a holder of idle instances (a plugin version, for as long as it lives).
@@ -187,49 +208,39 @@ impl PluginEngine {
             source,
         })?;
         let hash = hex(&Sha256::digest(&bytes));
-        let cached = self.cache_path(&hash);
-        if let Some(cached) = &cached
-            && cached.exists()
-        {
-            // SAFETY: the cache directory is written only by this process (below), from
-            // bytes produced by `precompile_component` of an engine with the same
-            // compatibility hash (part of the file name); wasmtime also checks the
-            // header and refuses artifacts of another configuration.
-            match unsafe { Component::deserialize_file(&self.engine, cached) } {
+        let name = self.artifact_name(&hash);
+        let cache = self.cache.as_ref();
+        if let Some(artifact) = cache.and_then(|c| c.read(&name)) {
+            // SAFETY: these bytes carry this cache's MAC, so this cache wrote them, from
+            // `Component::serialize` of an engine with the same compatibility hash (part
+            // of the name), in a directory only the gateway's user can write (checked
+            // when the cache was opened); wasmtime also checks the header and refuses
+            // artifacts of another configuration.
+            match unsafe { Component::deserialize(&self.engine, &artifact) } {
                 Ok(component) => return Ok((component, hash)),
                 Err(e) => {
-                    tracing::warn!(file = %cached.display(), error = %e, "ignoring a stale plugin cache entry");
+                    tracing::warn!(artifact = %name, error = %e, "ignoring a stale plugin cache entry");
                 }
             }
         }
         let component = Component::new(&self.engine, &bytes).map_err(LoadError::Invalid)?;
-        if let Some(cached) = cached
+        if let Some(cache) = cache
             && let Ok(artifact) = component.serialize()
+            && let Err(e) = cache.write(&name, &artifact)
         {
-            // A name of its own: two processes sharing a cache must not interleave writes
-            // into one temporary file (the rename then publishes a whole artifact).
-            let tmp = cached.with_extension(format!("tmp.{}", std::process::id()));
-            let written = std::fs::create_dir_all(&self.cache_dir)
-                .and_then(|()| std::fs::write(&tmp, artifact))
-                .and_then(|()| std::fs::rename(&tmp, &cached));
-            if let Err(e) = written {
-                tracing::warn!(dir = %self.cache_dir.display(), error = %e, "cannot write the plugin cache");
-            }
+            tracing::warn!(dir = %self.cache_dir.display(), error = %e, "cannot write the plugin cache");
         }
         Ok((component, hash))
     }
 
-    fn cache_path(&self, hash: &str) -> Option<PathBuf> {
+    fn artifact_name(&self, hash: &str) -> String {
         use std::hash::{DefaultHasher, Hash, Hasher};
         let mut hasher = DefaultHasher::new();
         self.engine
             .precompile_compatibility_hash()
             .hash(&mut hasher);
         let engine_key = hasher.finish();
-        Some(
-            self.cache_dir
-                .join(format!("{hash}-{engine_key:016x}.cwasm")),
-        )
+        format!("{hash}-{engine_key:016x}.cwasm")
     }
 }
 

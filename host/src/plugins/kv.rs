@@ -1,14 +1,58 @@
 //! The in-process key/value store behind the `kv-*` host functions: namespaced per plugin,
-//! with TTLs and atomic increments.
+//! with TTLs, atomic increments and a quota per namespace.
+//!
+//! Each namespace has its own lock, and no operation scans a namespace: expired entries
+//! are found through an index ordered by expiry, so one plugin's busy namespace never holds
+//! up another's calls, and a namespace at its quota costs no more per call than an empty
+//! one. At the quota a write fails (the plugin's failure policy applies); expired entries
+//! are dropped first, and a live entry, such as a rate counter inside its window, is never
+//! evicted to make room.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-/// Keys and values a plugin may store; bounded so a plugin cannot eat the host's memory.
-const MAX_ENTRIES_PER_NAMESPACE: usize = 100_000;
+/// The longest key accepted.
+pub const MAX_KEY_LEN: usize = 1024;
 /// The largest value accepted.
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
+/// What an entry costs beyond its key and value (map slot, expiry, allocation headers):
+/// counted so that a flood of tiny keys meets the byte quota too.
+const ENTRY_OVERHEAD: u64 = 96;
+
+/// Why a write was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// The key is longer than [`MAX_KEY_LEN`].
+    #[error("kv key of {0} bytes is over the {MAX_KEY_LEN}-byte limit")]
+    KeyTooLong(usize),
+    /// The value is larger than [`MAX_VALUE_LEN`].
+    #[error("kv value of {0} bytes is over the {MAX_VALUE_LEN}-byte limit")]
+    ValueTooLarge(usize),
+    /// The namespace is full.
+    #[error(
+        "kv quota reached: {keys} keys, {bytes} bytes in use (kv_max_keys {max_keys}, kv_max_bytes {max_bytes})"
+    )]
+    Quota {
+        /// Keys in use.
+        keys: u64,
+        /// Bytes in use.
+        bytes: u64,
+        /// The key quota.
+        max_keys: u64,
+        /// The byte quota.
+        max_bytes: u64,
+    },
+}
+
+/// A namespace's quota.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    /// Bytes of keys and values (with a per-entry overhead).
+    pub max_bytes: u64,
+    /// Live keys.
+    pub max_keys: u64,
+}
 
 #[derive(Debug)]
 struct Entry {
@@ -16,61 +60,160 @@ struct Entry {
     expires: Option<Instant>,
 }
 
+fn cost(key: &str, value_len: usize, expires: Option<Instant>) -> u64 {
+    // A key with a TTL is held twice: in the map and in the expiry index.
+    let key_len = key.len() as u64 * if expires.is_some() { 2 } else { 1 };
+    key_len + value_len as u64 + ENTRY_OVERHEAD
+}
+
+#[derive(Debug, Default)]
+struct Namespace {
+    entries: HashMap<String, Entry>,
+    expiries: BTreeSet<(Instant, String)>,
+    bytes: u64,
+}
+
+impl Namespace {
+    fn live(&mut self, key: &str, now: Instant) -> Option<&Entry> {
+        let expired = self
+            .entries
+            .get(key)
+            .is_some_and(|e| e.expires.is_some_and(|x| x <= now));
+        if expired {
+            self.remove(key);
+        }
+        self.entries.get(key)
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Entry> {
+        let entry = self.entries.remove(key)?;
+        self.bytes -= cost(key, entry.value.len(), entry.expires);
+        if let Some(at) = entry.expires {
+            self.expiries.remove(&(at, key.to_owned()));
+        }
+        Some(entry)
+    }
+
+    /// Drops every entry whose time has passed, oldest first, without looking at the rest.
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.expiries.first()
+            && *at <= now
+        {
+            if let Some((_, key)) = self.expiries.pop_first()
+                && let Some(entry) = self.entries.remove(&key)
+            {
+                self.bytes -= cost(&key, entry.value.len(), entry.expires);
+            }
+        }
+    }
+
+    fn insert(
+        &mut self,
+        key: &str,
+        entry: Entry,
+        quota: Quota,
+        now: Instant,
+    ) -> Result<(), KvError> {
+        let old = self
+            .entries
+            .get(key)
+            .map_or(0, |e| cost(key, e.value.len(), e.expires));
+        let new = cost(key, entry.value.len(), entry.expires);
+        let fits = |ns: &Namespace| {
+            let keys = ns.entries.len() as u64 + u64::from(!ns.entries.contains_key(key));
+            keys <= quota.max_keys && ns.bytes - old + new <= quota.max_bytes
+        };
+        if !fits(self) {
+            self.expire(now);
+        }
+        if !fits(self) {
+            return Err(KvError::Quota {
+                keys: self.entries.len() as u64,
+                bytes: self.bytes,
+                max_keys: quota.max_keys,
+                max_bytes: quota.max_bytes,
+            });
+        }
+        self.remove(key);
+        if let Some(at) = entry.expires {
+            self.expiries.insert((at, key.to_owned()));
+        }
+        self.bytes += new;
+        self.entries.insert(key.to_owned(), entry);
+        Ok(())
+    }
+}
+
 /// The store: one namespace per plugin name.
 #[derive(Debug, Default)]
 pub struct KvStore {
-    namespaces: Mutex<HashMap<String, HashMap<String, Entry>>>,
+    namespaces: RwLock<HashMap<String, Arc<Mutex<Namespace>>>>,
 }
 
 impl KvStore {
-    fn with_namespace<R>(&self, ns: &str, f: impl FnOnce(&mut HashMap<String, Entry>) -> R) -> R {
-        // Plain data behind the lock: a poisoned lock is still consistent.
+    fn namespace(&self, ns: &str) -> Arc<Mutex<Namespace>> {
+        // Plain data behind the locks: a poisoned lock is still consistent.
+        if let Some(found) = self
+            .namespaces
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(ns)
+        {
+            return Arc::clone(found);
+        }
         let mut all = self
             .namespaces
-            .lock()
+            .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let map = all.entry(ns.to_owned()).or_default();
-        f(map)
+        Arc::clone(all.entry(ns.to_owned()).or_default())
+    }
+
+    fn with<R>(&self, ns: &str, f: impl FnOnce(&mut Namespace) -> R) -> R {
+        let namespace = self.namespace(ns);
+        let mut guard = namespace.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut guard)
     }
 
     /// Reads a live key.
     pub fn get(&self, ns: &str, key: &str) -> Option<Vec<u8>> {
         let now = Instant::now();
-        self.with_namespace(ns, |map| match map.get(key) {
-            Some(entry) if entry.expires.is_none_or(|e| e > now) => Some(entry.value.clone()),
-            Some(_) => {
-                map.remove(key);
-                None
-            }
-            None => None,
-        })
+        self.with(ns, |map| map.live(key, now).map(|e| e.value.clone()))
     }
 
-    /// Writes a key; values over [`MAX_VALUE_LEN`] are refused (returns false).
-    pub fn set(&self, ns: &str, key: &str, value: &[u8], ttl: Option<Duration>) -> bool {
+    /// Writes a key within the namespace's quota.
+    pub fn set(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        quota: Quota,
+    ) -> Result<(), KvError> {
+        check_key(key)?;
         if value.len() > MAX_VALUE_LEN {
-            return false;
+            return Err(KvError::ValueTooLarge(value.len()));
         }
-        let expires = ttl.map(|t| Instant::now() + t);
-        self.with_namespace(ns, |map| {
-            make_room(map);
-            map.insert(
-                key.to_owned(),
-                Entry {
-                    value: value.to_vec(),
-                    expires,
-                },
-            );
-        });
-        true
+        let now = Instant::now();
+        let entry = Entry {
+            value: value.to_vec(),
+            expires: ttl.map(|t| now + t),
+        };
+        self.with(ns, |map| map.insert(key, entry, quota, now))
     }
 
     /// Adds `delta` to a decimal counter; the TTL applies when the key is (re)created.
-    pub fn incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<Duration>) -> i64 {
+    pub fn incr(
+        &self,
+        ns: &str,
+        key: &str,
+        delta: i64,
+        ttl: Option<Duration>,
+        quota: Quota,
+    ) -> Result<i64, KvError> {
+        check_key(key)?;
         let now = Instant::now();
-        self.with_namespace(ns, |map| {
-            let live = map.get(key).filter(|e| e.expires.is_none_or(|x| x > now));
-            let (current, expires) = match live {
+        self.with(ns, |map| {
+            let (current, expires) = match map.live(key, now) {
                 Some(entry) => (
                     std::str::from_utf8(&entry.value)
                         .ok()
@@ -81,59 +224,134 @@ impl KvStore {
                 None => (0, ttl.map(|t| now + t)),
             };
             let value = current.saturating_add(delta);
-            make_room(map);
-            map.insert(
-                key.to_owned(),
-                Entry {
-                    value: value.to_string().into_bytes(),
-                    expires,
-                },
-            );
-            value
+            let entry = Entry {
+                value: value.to_string().into_bytes(),
+                expires,
+            };
+            map.insert(key, entry, quota, now).map(|()| value)
         })
     }
 
     /// Deletes a key.
     pub fn delete(&self, ns: &str, key: &str) {
-        self.with_namespace(ns, |map| {
+        self.with(ns, |map| {
             map.remove(key);
         });
     }
+
+    /// Keys and bytes in use in a namespace (expired entries not yet dropped included).
+    pub fn usage(&self, ns: &str) -> (u64, u64) {
+        self.with(ns, |map| (map.entries.len() as u64, map.bytes))
+    }
 }
 
-/// Drops expired entries, and if the namespace is still full, an arbitrary one: a bounded
-/// store that forgets beats an unbounded one that takes the host down.
-fn make_room(map: &mut HashMap<String, Entry>) {
-    if map.len() < MAX_ENTRIES_PER_NAMESPACE {
-        return;
+fn check_key(key: &str) -> Result<(), KvError> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(KvError::KeyTooLong(key.len()));
     }
-    let now = Instant::now();
-    map.retain(|_, e| e.expires.is_none_or(|x| x > now));
-    if map.len() >= MAX_ENTRIES_PER_NAMESPACE
-        && let Some(victim) = map.keys().next().cloned()
-    {
-        map.remove(&victim);
-    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const ROOMY: Quota = Quota {
+        max_bytes: 1 << 30,
+        max_keys: 1 << 20,
+    };
+
     #[test]
     fn namespaces_ttls_and_counters() {
         let kv = KvStore::default();
-        assert!(kv.set("a", "k", b"v", None));
+        kv.set("a", "k", b"v", None, ROOMY).unwrap();
         assert_eq!(kv.get("a", "k").as_deref(), Some(&b"v"[..]));
         assert_eq!(kv.get("b", "k"), None);
-        assert_eq!(kv.incr("a", "n", 2, None), 2);
-        assert_eq!(kv.incr("a", "n", 3, None), 5);
-        kv.set("a", "t", b"x", Some(Duration::from_millis(1)));
+        assert_eq!(kv.incr("a", "n", 2, None, ROOMY), Ok(2));
+        assert_eq!(kv.incr("a", "n", 3, None, ROOMY), Ok(5));
+        kv.set("a", "t", b"x", Some(Duration::from_millis(1)), ROOMY)
+            .unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(kv.get("a", "t"), None);
-        assert_eq!(kv.incr("a", "t", 1, Some(Duration::from_secs(60))), 1);
+        assert_eq!(
+            kv.incr("a", "t", 1, Some(Duration::from_secs(60)), ROOMY),
+            Ok(1)
+        );
         kv.delete("a", "k");
         assert_eq!(kv.get("a", "k"), None);
-        assert!(!kv.set("a", "big", &vec![0; MAX_VALUE_LEN + 1], None));
+        assert_eq!(
+            kv.set("a", "big", &vec![0; MAX_VALUE_LEN + 1], None, ROOMY),
+            Err(KvError::ValueTooLarge(MAX_VALUE_LEN + 1))
+        );
+        assert!(
+            kv.set("a", &"k".repeat(MAX_KEY_LEN + 1), b"", None, ROOMY)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_full_namespace_refuses_new_keys_but_never_evicts_a_live_counter() {
+        let kv = KvStore::default();
+        let quota = Quota {
+            max_bytes: 1 << 20,
+            max_keys: 3,
+        };
+        assert_eq!(
+            kv.incr("p", "window", 1, Some(Duration::from_secs(60)), quota),
+            Ok(1)
+        );
+        kv.set("p", "a", b"1", None, quota).unwrap();
+        kv.set("p", "b", b"2", None, quota).unwrap();
+        assert!(matches!(
+            kv.set("p", "c", b"3", None, quota),
+            Err(KvError::Quota { keys: 3, .. })
+        ));
+        // Rewriting an existing key still works at the quota, and nothing was evicted.
+        kv.set("p", "a", b"10", None, quota).unwrap();
+        assert_eq!(kv.incr("p", "window", 1, None, quota), Ok(2));
+        // Another namespace has its own quota.
+        kv.set("q", "c", b"3", None, quota).unwrap();
+    }
+
+    #[test]
+    fn expired_entries_make_room_first() {
+        let kv = KvStore::default();
+        let quota = Quota {
+            max_bytes: 1 << 20,
+            max_keys: 2,
+        };
+        kv.set("p", "old", b"x", Some(Duration::from_millis(1)), quota)
+            .unwrap();
+        kv.set("p", "live", b"y", None, quota).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        kv.set("p", "new", b"z", None, quota).unwrap();
+        assert_eq!(kv.usage("p").0, 2);
+        assert_eq!(kv.get("p", "live").as_deref(), Some(&b"y"[..]));
+    }
+
+    #[test]
+    fn the_byte_quota_counts_keys_values_and_overhead() {
+        let kv = KvStore::default();
+        let quota = Quota {
+            max_bytes: 64 * 1024,
+            max_keys: 1 << 20,
+        };
+        let value = vec![7u8; 16 * 1024];
+        let mut stored = 0;
+        while kv
+            .set("p", &format!("k{stored}"), &value, None, quota)
+            .is_ok()
+        {
+            stored += 1;
+        }
+        assert_eq!(
+            stored, 3,
+            "64 KiB holds three 16 KiB values and their overhead"
+        );
+        let (keys, bytes) = kv.usage("p");
+        assert_eq!(keys, 3);
+        assert!(bytes <= quota.max_bytes);
+        kv.delete("p", "k0");
+        assert!(kv.usage("p").1 < bytes);
     }
 }

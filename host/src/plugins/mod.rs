@@ -7,10 +7,12 @@
 //! `ArcSwap` snapshot: a session takes its chain at connect and keeps it.
 
 pub mod bindings;
+pub mod cache;
 pub mod chain;
 pub mod dns;
 pub mod engine;
 pub mod kv;
+pub mod limits;
 pub mod reload;
 pub mod services;
 
@@ -54,20 +56,16 @@ impl PluginHost {
         dns: Arc<dns::Dns>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<PluginHost>> {
-        let engine = PluginEngine::new(&config.plugins)
+        let engine = PluginEngine::new(&config.plugins, config.plugin_instances())
             .map_err(|e| anyhow::anyhow!("plugin engine: {e:#}"))?;
-        let services = Arc::new(HostServices {
-            dns,
-            kv: kv::KvStore::default(),
-            metrics,
-        });
+        let services = Arc::new(HostServices::new(dns, metrics));
         let host = PluginHost {
             engine,
             services,
             current: ArcSwap::from_pointee(PluginSet::default()),
         };
         let set = host
-            .build_set(config, &PluginSet::default(), true)
+            .build_set(config, &PluginSet::default())
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
         host.current.store(Arc::new(set));
@@ -112,17 +110,20 @@ impl PluginHost {
         self.current.load_full()
     }
 
-    /// Reloads against `config`: plugins whose file and settings are unchanged are kept;
-    /// changed ones are loaded afresh; one that fails to load keeps its previous version
-    /// (or, if it is new, stays out of the chains) and the failure is logged. Returns the
-    /// names of the plugins that changed.
-    pub async fn reload(&self, config: &Config) -> Vec<String> {
+    /// Reloads against `config`, all or nothing: plugins whose file and settings are
+    /// unchanged are kept, changed and new ones are loaded afresh, and only when every one
+    /// of them compiles, links and initialises does the new set replace the running one.
+    /// Otherwise nothing changes, and the failure is logged, counted in
+    /// `tidegate_plugin_reload_failures_total` and returned. Returns the names of the
+    /// plugins that changed.
+    pub async fn reload(&self, config: &Config) -> Result<Vec<String>, String> {
         let old = self.current.load_full();
-        let set = match self.build_set(config, &old, false).await {
+        let set = match self.build_set(config, &old).await {
             Ok(set) => set,
             Err(e) => {
-                tracing::error!(error = %e, "plugin reload failed, keeping the running plugins");
-                return Vec::new();
+                self.services.metrics.plugin_reload_failures.inc();
+                tracing::error!(error = %e, "plugin reload refused, keeping every running plugin");
+                return Err(e);
             }
         };
         let changed: Vec<String> = set
@@ -132,36 +133,21 @@ impl PluginHost {
             .map(|(name, _)| name.clone())
             .collect();
         self.current.store(Arc::new(set));
-        changed
+        Ok(changed)
     }
 
-    async fn build_set(
-        &self,
-        config: &Config,
-        old: &PluginSet,
-        strict: bool,
-    ) -> Result<PluginSet, String> {
+    async fn build_set(&self, config: &Config, old: &PluginSet) -> Result<PluginSet, String> {
         let mut plugins = HashMap::new();
         for plugin_config in &config.plugin_list {
             let previous = old.plugins.get(&plugin_config.name);
-            match self.load_one(plugin_config, previous).await {
-                Ok(loaded) => {
-                    plugins.insert(plugin_config.name.clone(), loaded);
-                }
-                Err(e) if strict => {
-                    return Err(format!(
-                        "plugin `{}` ({}): {e}",
-                        plugin_config.name,
-                        plugin_config.path.display()
-                    ));
-                }
-                Err(e) => {
-                    tracing::error!(plugin = %plugin_config.name, path = %plugin_config.path.display(), error = %e, "plugin failed to load, keeping the previous version");
-                    if let Some(previous) = previous {
-                        plugins.insert(plugin_config.name.clone(), Arc::clone(previous));
-                    }
-                }
-            }
+            let loaded = self.load_one(plugin_config, previous).await.map_err(|e| {
+                format!(
+                    "plugin `{}` ({}): {e}",
+                    plugin_config.name,
+                    plugin_config.path.display()
+                )
+            })?;
+            plugins.insert(plugin_config.name.clone(), loaded);
         }
         let mut chains = HashMap::new();
         for listener in &config.listeners {

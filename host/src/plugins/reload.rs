@@ -24,8 +24,10 @@ pub async fn watch(config_path: PathBuf, host: Arc<PluginHost>, shutdown: Cancel
     while let Some(why) = trigger.next(&shutdown).await {
         match Config::load(&config_path) {
             Ok(config) => {
-                let changed = host.reload(&config).await;
-                if !changed.is_empty() {
+                // A refused reload is logged and counted by the host.
+                if let Ok(changed) = host.reload(&config).await
+                    && !changed.is_empty()
+                {
                     tracing::info!(trigger = why, plugins = ?changed, "plugins reloaded");
                 }
                 watch(&mut trigger, Some(&config));

@@ -1,12 +1,15 @@
 //! What the host offers plugins: the `host` and `message` interfaces of the contract, and
 //! the per-instance state (the wasmtime store data) they run against.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::AsyncWrite;
 use wasmtime::component::{Resource, ResourceTable};
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use tidegate_plugin_sdk::Message as _;
@@ -14,11 +17,14 @@ use tidegate_plugin_sdk::inspect::ParsedMessage;
 
 use super::bindings::tidegate::plugin::{host, message, types};
 use super::dns::Dns;
-use super::kv::KvStore;
-use crate::metrics::{Metrics, PluginCounterLabels};
+use super::kv::{KvStore, Quota};
+use super::limits::{
+    Admit, MAX_LOG_FIELD, MAX_LOG_FIELDS, MAX_LOG_LINE, MemoryLimiter, OverLimit, PluginLimits,
+};
+use crate::metrics::{Metrics, PluginCounterLabels, PluginLabels};
 
 /// Services shared by every plugin instance.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct HostServices {
     /// The key/value store.
     pub kv: KvStore,
@@ -26,6 +32,175 @@ pub struct HostServices {
     pub dns: Arc<Dns>,
     /// Where plugin counters and failures are counted.
     pub metrics: Arc<Metrics>,
+    /// The counter names each plugin has created, bounded by its `max_counters`.
+    counter_names: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+impl HostServices {
+    /// Services over this resolver and these metrics.
+    pub fn new(dns: Arc<Dns>, metrics: Arc<Metrics>) -> HostServices {
+        HostServices {
+            dns,
+            metrics,
+            ..HostServices::default()
+        }
+    }
+
+    /// Whether `plugin` may add to counter `name`: a name it has used, or a new one within
+    /// its bound.
+    fn admit_counter(&self, plugin: &str, name: &str, max: usize) -> bool {
+        let Ok(mut all) = self.counter_names.lock() else {
+            return false;
+        };
+        let names = all.entry(plugin.to_owned()).or_default();
+        if names.contains(name) {
+            return true;
+        }
+        if names.len() >= max {
+            return false;
+        }
+        names.insert(name.to_owned());
+        true
+    }
+}
+
+/// Writes a plugin's log line through its budget: dropped lines are counted, and the next
+/// line written says how many went before it.
+fn write_log(
+    plugin: &str,
+    limits: &PluginLimits,
+    metrics: &Metrics,
+    level: types::Level,
+    text: &str,
+) {
+    let dropped = match limits.log.admit() {
+        Admit::Write { dropped } => dropped,
+        Admit::Drop { first } => {
+            if first {
+                tracing::warn!(
+                    plugin,
+                    limit = limits.log.per_second(),
+                    "plugin is over log_lines_per_second, dropping its log lines"
+                );
+            }
+            metrics
+                .plugin_log_dropped
+                .get_or_create(&PluginLabels {
+                    plugin: plugin.to_owned(),
+                })
+                .inc();
+            return;
+        }
+    };
+    if dropped > 0 {
+        tracing::warn!(
+            plugin,
+            dropped,
+            "plugin log lines dropped over log_lines_per_second"
+        );
+    }
+    match level {
+        types::Level::Trace => tracing::trace!(plugin, "{text}"),
+        types::Level::Debug => tracing::debug!(plugin, "{text}"),
+        types::Level::Info => tracing::info!(plugin, "{text}"),
+        types::Level::Warn => tracing::warn!(plugin, "{text}"),
+        types::Level::Error => tracing::error!(plugin, "{text}"),
+    }
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A guest's stdout or stderr (where a Rust guest's panic message goes): each line becomes
+/// a log line of the plugin, under the same budget as its `log` calls.
+#[derive(Clone)]
+struct GuestOutput {
+    plugin: Arc<str>,
+    stream: &'static str,
+    limits: Arc<PluginLimits>,
+    metrics: Arc<Metrics>,
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(GuestLines {
+            output: self.clone(),
+            line: Vec::new(),
+        })
+    }
+}
+
+/// The line being assembled from a guest's writes (bounded: a longer line is cut).
+struct GuestLines {
+    output: GuestOutput,
+    line: Vec<u8>,
+}
+
+impl GuestLines {
+    fn emit(&mut self) {
+        if self.line.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.line);
+        let out = &self.output;
+        let line = format!("{}: {}", out.stream, text.trim_end());
+        write_log(
+            &out.plugin,
+            &out.limits,
+            &out.metrics,
+            types::Level::Warn,
+            &line,
+        );
+        self.line.clear();
+    }
+}
+
+impl AsyncWrite for GuestLines {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        for &byte in buf {
+            if byte == b'\n' {
+                this.emit();
+            } else if this.line.len() < MAX_LOG_LINE {
+                this.line.push(byte);
+            }
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut().emit();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for GuestLines {
+    fn drop(&mut self) {
+        self.emit();
+    }
 }
 
 /// The message as the `message` resource sees it: parsed once, shared by the chain.
@@ -35,39 +210,91 @@ pub struct MessageHandle(pub Arc<ParsedMessage>);
 pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
-    /// Memory and instance limits, enforced by wasmtime.
-    pub limits: StoreLimits,
+    /// The memory limit, enforced by wasmtime through this limiter.
+    pub limits: MemoryLimiter,
     plugin: Arc<str>,
     config_json: Arc<str>,
+    bounds: Arc<PluginLimits>,
     services: Arc<HostServices>,
     /// The transaction's tags as of the current call.
     pub tags: BTreeMap<String, String>,
+    /// DNS queries made in the current call and in the current session.
+    dns_in_call: u32,
+    dns_in_session: u32,
 }
 
 impl PluginState {
-    /// State for an instance of `plugin`, limited to `memory_bytes` of linear memory.
+    /// State for an instance of `plugin`, limited to `memory_bytes` of linear memory and
+    /// to `bounds` in its host calls.
     pub fn new(
         plugin: Arc<str>,
         config_json: Arc<str>,
         memory_bytes: usize,
+        bounds: Arc<PluginLimits>,
         services: Arc<HostServices>,
     ) -> Self {
         // WASI with nothing granted: no directories, no environment, no sockets, no
         // arguments. Guests built with `std` import these interfaces; every call that
-        // would reach outside the sandbox fails inside the guest.
-        let wasi = WasiCtx::builder().build();
+        // would reach outside the sandbox fails inside the guest. Clock waits (a guest's
+        // `sleep`) are allowed but count against the call's wall-clock deadline, and what
+        // the guest prints goes to the log under its log budget.
+        let output = |stream| GuestOutput {
+            plugin: Arc::clone(&plugin),
+            stream,
+            limits: Arc::clone(&bounds),
+            metrics: Arc::clone(&services.metrics),
+        };
+        let wasi = WasiCtx::builder()
+            .stdout(output("stdout"))
+            .stderr(output("stderr"))
+            .build();
         PluginState {
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_bytes)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: MemoryLimiter::new(memory_bytes),
             plugin,
             config_json,
+            bounds,
             services,
             tags: BTreeMap::new(),
+            dns_in_call: 0,
+            dns_in_session: 0,
         }
+    }
+
+    /// A new call begins: its own DNS budget.
+    pub fn start_call(&mut self) {
+        self.dns_in_call = 0;
+    }
+
+    /// A new session begins on this instance: nothing of the last one's budgets or tags.
+    pub fn start_session(&mut self) {
+        self.dns_in_session = 0;
+        self.tags.clear();
+    }
+
+    fn quota(&self) -> Quota {
+        Quota {
+            max_bytes: self.bounds.kv_max_bytes,
+            max_keys: self.bounds.kv_max_keys,
+        }
+    }
+
+    /// After a KV write: the namespace's use, for the metrics.
+    fn record_kv_usage(&self) {
+        let (keys, bytes) = self.services.kv.usage(&self.plugin);
+        let labels = PluginLabels {
+            plugin: self.plugin.to_string(),
+        };
+        let metrics = &self.services.metrics;
+        metrics
+            .plugin_kv_keys
+            .get_or_create(&labels)
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
+        metrics
+            .plugin_kv_bytes
+            .get_or_create(&labels)
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Puts a message into the resource table for one on-data call.
@@ -97,10 +324,6 @@ impl WasiView for PluginState {
     }
 }
 
-/// Bounds on what a plugin may pass the host in one call.
-const MAX_LOG_LEN: usize = 4096;
-const MAX_KEY_LEN: usize = 1024;
-
 impl types::Host for PluginState {}
 
 impl host::Host for PluginState {
@@ -121,18 +344,18 @@ impl host::Host for PluginState {
             // Plugins log per message; formatting lines nobody will see is wasted work.
             return Ok(());
         }
-        let mut text: String = message.chars().take(MAX_LOG_LEN).collect();
-        for (key, value) in fields.iter().take(32) {
-            text.push_str(&format!(" {key}={value:?}"));
+        let mut text = cut(&message, MAX_LOG_LINE).to_owned();
+        for (key, value) in fields.iter().take(MAX_LOG_FIELDS) {
+            let value = cut(value, MAX_LOG_FIELD);
+            text.push_str(&format!(" {}={value:?}", cut(key, MAX_LOG_FIELD)));
         }
-        let plugin = &*self.plugin;
-        match level {
-            types::Level::Trace => tracing::trace!(plugin, "{text}"),
-            types::Level::Debug => tracing::debug!(plugin, "{text}"),
-            types::Level::Info => tracing::info!(plugin, "{text}"),
-            types::Level::Warn => tracing::warn!(plugin, "{text}"),
-            types::Level::Error => tracing::error!(plugin, "{text}"),
-        }
+        write_log(
+            &self.plugin,
+            &self.bounds,
+            &self.services.metrics,
+            level,
+            &text,
+        );
         Ok(())
     }
 
@@ -141,6 +364,18 @@ impl host::Host for PluginState {
         name: String,
         kind: types::RecordType,
     ) -> wasmtime::Result<Result<Vec<String>, types::DnsError>> {
+        if self.dns_in_call >= self.bounds.dns_per_call
+            || self.dns_in_session >= self.bounds.dns_per_session
+        {
+            // The plugin sees a temporary failure it can handle like any other: a lookup
+            // over its budget is never sent.
+            return Ok(Err(types::DnsError::Temporary(format!(
+                "DNS query budget exhausted (dns_queries_per_call {}, dns_queries_per_session {})",
+                self.bounds.dns_per_call, self.bounds.dns_per_session
+            ))));
+        }
+        self.dns_in_call += 1;
+        self.dns_in_session += 1;
         Ok(self.services.dns.lookup(&name, kind).await)
     }
 
@@ -154,12 +389,13 @@ impl host::Host for PluginState {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<()> {
-        if key.len() <= MAX_KEY_LEN {
-            let ttl = ttl_ms.map(Duration::from_millis);
-            if !self.services.kv.set(&self.plugin, &key, &value, ttl) {
-                tracing::warn!(plugin = &*self.plugin, "kv-set value too large, ignored");
-            }
-        }
+        let ttl = ttl_ms.map(Duration::from_millis);
+        let quota = self.quota();
+        self.services
+            .kv
+            .set(&self.plugin, &key, &value, ttl, quota)
+            .map_err(|e| wasmtime::Error::new(OverLimit::quota(e.to_string())))?;
+        self.record_kv_usage();
         Ok(())
     }
 
@@ -169,11 +405,15 @@ impl host::Host for PluginState {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<i64> {
-        if key.len() > MAX_KEY_LEN {
-            return Ok(0);
-        }
         let ttl = ttl_ms.map(Duration::from_millis);
-        Ok(self.services.kv.incr(&self.plugin, &key, delta, ttl))
+        let quota = self.quota();
+        let value = self
+            .services
+            .kv
+            .incr(&self.plugin, &key, delta, ttl, quota)
+            .map_err(|e| wasmtime::Error::new(OverLimit::quota(e.to_string())))?;
+        self.record_kv_usage();
+        Ok(value)
     }
 
     async fn kv_delete(&mut self, key: String) -> wasmtime::Result<()> {
@@ -188,17 +428,33 @@ impl host::Host for PluginState {
     }
 
     async fn counter_add(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
-        // Bounded names keep the label set (and the metrics page) bounded.
-        if name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            self.services
-                .metrics
-                .plugin_counters
-                .get_or_create(&PluginCounterLabels {
-                    plugin: self.plugin.to_string(),
-                    name,
-                })
-                .inc_by(delta);
+        // Bounded names, and a bounded number of them, keep the metrics page bounded.
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(wasmtime::Error::new(OverLimit::quota(format!(
+                "counter name `{}` is not 1 to 64 of [A-Za-z0-9_]",
+                cut(&name, 80).escape_debug()
+            ))));
         }
+        if !self
+            .services
+            .admit_counter(&self.plugin, &name, self.bounds.max_counters)
+        {
+            return Err(wasmtime::Error::new(OverLimit::quota(format!(
+                "counter `{name}` would be over max_counters ({})",
+                self.bounds.max_counters
+            ))));
+        }
+        self.services
+            .metrics
+            .plugin_counters
+            .get_or_create(&PluginCounterLabels {
+                plugin: self.plugin.to_string(),
+                name,
+            })
+            .inc_by(delta);
         Ok(())
     }
 
