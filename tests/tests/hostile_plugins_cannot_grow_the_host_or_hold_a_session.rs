@@ -296,3 +296,49 @@ fn a_header_value_with_a_line_break_is_refused() {
     gateway.wait_for_log("has CR, LF or other control characters");
     assert!(gateway.spool_list().is_empty());
 }
+
+#[test]
+fn a_full_instance_pool_answers_a_temporary_failure_even_under_on_error_continue() {
+    use tidegate_e2e::sink::{Behaviour, SinkServer};
+    // One instance for one session through a chain of one plugin; the delivery side,
+    // which keeps its own warm instance between attempts, takes it after the first
+    // message, so the next session finds the pool full.
+    let sink = SinkServer::start("127.0.0.1:0".parse().unwrap(), Behaviour::default());
+    let config = GatewayConfig {
+        top: vec![("admin".into(), r#"{ address = "127.0.0.1:0" }"#.into())],
+        limits: vec![("max_connections".into(), "1".into())],
+        plugins: vec![
+            PluginEntry::new("hostile", "test_plugin.wasm")
+                .setting(r#"on_error = "continue""#)
+                .config(r#"mode = "pass""#),
+        ],
+        ..GatewayConfig::default()
+    }
+    .route("internal", &["example.test"], sink.addr());
+    let text = config
+        .render()
+        .replace("[plugins]\n", "[plugins]\nmax_instances = 1\n");
+    let gateway = Gateway::start_with_text(&text, 1);
+    let mut client = SmtpClient::ehlo(gateway.addr());
+    client
+        .send_mail(
+            "a@example.org",
+            &["user@example.test"],
+            &sample_message("first", "x"),
+        )
+        .expect(250, "2.0.0");
+    client.command("QUIT");
+    drop(client);
+    sink.wait_for(1, Duration::from_secs(30));
+    // on-delivery has run: the delivery side holds its instance.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !metrics(&gateway).contains("name=\"delivery_delivered\"} 1") {
+        assert!(Instant::now() < deadline, "on-delivery never ran");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Policy cannot run: the recipient is deferred, not waved through.
+    let (reply, _client) = victim_rcpt(&gateway);
+    reply.expect(451, "4.3.0");
+    assert_eq!(failures(&gateway, "pool_full"), 1);
+    gateway.wait_for_log("no plugin instance free");
+}
