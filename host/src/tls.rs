@@ -500,6 +500,12 @@ impl ServerTls {
 /// Takes the state shared by both sides, so a `&ServerConnection` (what
 /// `tokio_rustls::server::TlsStream::get_ref` gives) and a `&ClientConnection` both work.
 pub fn handshake_summary(conn: &CommonState) -> Option<String> {
+    let (version, suite) = handshake_facts(conn)?;
+    Some(format!("{version} cipher {suite}"))
+}
+
+/// The negotiated TLS version (`TLSv1.3`) and cipher suite (its IANA name).
+pub fn handshake_facts(conn: &CommonState) -> Option<(String, String)> {
     let version = match conn.protocol_version()? {
         ProtocolVersion::TLSv1_3 => "TLSv1.3".to_owned(),
         ProtocolVersion::TLSv1_2 => "TLSv1.2".to_owned(),
@@ -510,7 +516,7 @@ pub fn handshake_summary(conn: &CommonState) -> Option<String> {
         Some(name) => name.to_owned(),
         None => format!("{suite:?}"),
     };
-    Some(format!("{version} cipher {suite}"))
+    Some((version, suite))
 }
 
 /// The server name the client sent (SNI), lowercase; `None` when it sent none (IP address

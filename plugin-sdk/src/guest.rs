@@ -172,6 +172,16 @@ impl<P: Plugin> wit::Guest for Adapter<P> {
         };
         with_plugin::<P, _>((), |p| p.on_delivery(&GuestHost, &info));
     }
+
+    fn on_disconnect(summary: w::SessionSummary) {
+        let summary = t::SessionSummary {
+            transactions: summary.transactions,
+            accepted: summary.accepted,
+            duration_ms: summary.duration_ms,
+            reason: summary.reason,
+        };
+        with_plugin::<P, _>((), |p| p.on_disconnect(&GuestHost, &summary));
+    }
 }
 
 fn from_param(param: w::Param) -> t::Param {
@@ -192,6 +202,7 @@ fn to_hooks(hooks: t::Hooks) -> w::Hooks {
         (hooks.data, w::Hooks::DATA),
         (hooks.route, w::Hooks::ROUTE),
         (hooks.delivery, w::Hooks::DELIVERY),
+        (hooks.disconnect, w::Hooks::DISCONNECT),
     ] {
         if on {
             set |= flag;
@@ -216,6 +227,7 @@ fn to_response(response: t::Response) -> w::Response {
         t::Verdict::Tempfail(reply) => w::Verdict::Tempfail(to_reply(reply)),
         t::Verdict::Discard(why) => w::Verdict::Discard(why),
         t::Verdict::Quarantine(why) => w::Verdict::Quarantine(why),
+        t::Verdict::Disconnect(reply) => w::Verdict::Disconnect(to_reply(reply)),
     };
     let edits = response
         .edits
@@ -254,31 +266,50 @@ impl Host for GuestHost {
     }
 
     fn resolve(&self, name: &str, kind: t::RecordType) -> Result<Vec<String>, t::DnsError> {
-        let kind = match kind {
-            t::RecordType::A => w::RecordType::A,
-            t::RecordType::Aaaa => w::RecordType::Aaaa,
-            t::RecordType::Mx => w::RecordType::Mx,
-            t::RecordType::Txt => w::RecordType::Txt,
-            t::RecordType::Ptr => w::RecordType::Ptr,
-        };
-        host::resolve(name, kind).map_err(|e| match e {
-            w::DnsError::NotFound => t::DnsError::NotFound,
-            w::DnsError::NoRecords => t::DnsError::NoRecords,
-            w::DnsError::Temporary(why) => t::DnsError::Temporary(why),
-            w::DnsError::Invalid(why) => t::DnsError::Invalid(why),
-        })
+        host::resolve(name, to_record_type(kind)).map_err(from_dns_error)
+    }
+
+    fn resolve_many(
+        &self,
+        queries: &[(&str, t::RecordType)],
+    ) -> Vec<Result<Vec<String>, t::DnsError>> {
+        let queries: Vec<(String, w::RecordType)> = queries
+            .iter()
+            .map(|(name, kind)| ((*name).to_owned(), to_record_type(*kind)))
+            .collect();
+        host::resolve_many(&queries)
+            .into_iter()
+            .map(|answer| answer.map_err(from_dns_error))
+            .collect()
     }
 
     fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
         host::kv_get(key)
     }
 
-    fn kv_set(&self, key: &str, value: &[u8], ttl_ms: Option<u64>) {
-        host::kv_set(key, value, ttl_ms)
+    fn kv_set(&self, key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), t::KvError> {
+        host::kv_set(key, value, ttl_ms).map_err(from_kv_error)
     }
 
-    fn kv_incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> i64 {
-        host::kv_incr(key, delta, ttl_ms)
+    fn kv_incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, t::KvError> {
+        host::kv_incr(key, delta, ttl_ms).map_err(from_kv_error)
+    }
+
+    fn session(&self) -> t::SessionInfo {
+        let info = host::session();
+        t::SessionInfo {
+            client_ip: info.client_ip,
+            client_port: info.client_port,
+            listener: info.listener,
+            reverse_dns: info.reverse_dns,
+            helo: info.helo,
+            tls: info.tls.map(|tls| t::TlsInfo {
+                version: tls.version,
+                cipher: tls.cipher,
+                sni: tls.sni,
+            }),
+            auth_identity: info.auth_identity,
+        }
     }
 
     fn kv_delete(&self, key: &str) {
@@ -299,6 +330,32 @@ impl Host for GuestHost {
 
     fn tag(&self, key: &str) -> Option<String> {
         host::tag(key)
+    }
+}
+
+fn to_record_type(kind: t::RecordType) -> w::RecordType {
+    match kind {
+        t::RecordType::A => w::RecordType::A,
+        t::RecordType::Aaaa => w::RecordType::Aaaa,
+        t::RecordType::Mx => w::RecordType::Mx,
+        t::RecordType::Txt => w::RecordType::Txt,
+        t::RecordType::Ptr => w::RecordType::Ptr,
+    }
+}
+
+fn from_dns_error(error: w::DnsError) -> t::DnsError {
+    match error {
+        w::DnsError::NotFound => t::DnsError::NotFound,
+        w::DnsError::NoRecords => t::DnsError::NoRecords,
+        w::DnsError::Temporary(why) => t::DnsError::Temporary(why),
+        w::DnsError::Invalid(why) => t::DnsError::Invalid(why),
+    }
+}
+
+fn from_kv_error(error: w::KvError) -> t::KvError {
+    match error {
+        w::KvError::TooLarge(why) => t::KvError::TooLarge(why),
+        w::KvError::Quota(why) => t::KvError::Quota(why),
     }
 }
 

@@ -38,6 +38,7 @@ pub mod guest;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
+pub mod check;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod inspect;
 
@@ -55,10 +56,11 @@ pub trait Host {
     fn resolve(&self, name: &str, kind: RecordType) -> Result<Vec<String>, DnsError>;
     /// Reads a key from the plugin's key/value namespace.
     fn kv_get(&self, key: &str) -> Option<Vec<u8>>;
-    /// Writes a key with an optional time to live.
-    fn kv_set(&self, key: &str, value: &[u8], ttl_ms: Option<u64>);
-    /// Adds to a counter key atomically; returns the new value.
-    fn kv_incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> i64;
+    /// Writes a key with an optional time to live; fails when the key or value is too
+    /// large or the plugin's namespace is at its quota.
+    fn kv_set(&self, key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), KvError>;
+    /// Adds to a counter key atomically; returns the new value (fails like `kv_set`).
+    fn kv_incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError>;
     /// Deletes a key.
     fn kv_delete(&self, key: &str);
     /// Milliseconds since the Unix epoch.
@@ -69,6 +71,17 @@ pub trait Host {
     fn config_json(&self) -> String;
     /// A transaction tag set by this or an earlier plugin or stage.
     fn tag(&self, key: &str) -> Option<String>;
+    /// The session as the host knows it now: TLS facts, the authenticated identity (which
+    /// no plugin can set or change), the HELO name.
+    fn session(&self) -> SessionInfo;
+    /// Several DNS lookups, answered in order; the gateway makes them concurrently, so a
+    /// plugin asking several zones waits for the slowest, not for their sum.
+    fn resolve_many(&self, queries: &[(&str, RecordType)]) -> Vec<Result<Vec<String>, DnsError>> {
+        queries
+            .iter()
+            .map(|(name, kind)| self.resolve(name, *kind))
+            .collect()
+    }
 }
 
 impl dyn Host + '_ {
@@ -163,6 +176,9 @@ pub trait Plugin: Sized + 'static {
 
     /// The outcome of a delivery attempt.
     fn on_delivery(&mut self, _host: &dyn Host, _info: &DeliveryInfo) {}
+
+    /// The session ended (declare `disconnect` in [`Hooks`] to be called).
+    fn on_disconnect(&mut self, _host: &dyn Host, _summary: &SessionSummary) {}
 }
 
 /// Everything a plugin usually needs.

@@ -13,6 +13,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
+use crate::check::{self, Stage};
 use crate::inspect::ParsedMessage;
 use crate::types::*;
 use crate::{Host, Plugin};
@@ -33,6 +34,8 @@ pub struct TestHost {
     counters: RefCell<HashMap<String, u64>>,
     tags: RefCell<HashMap<String, String>>,
     logs: RefCell<Vec<(Level, String)>>,
+    session: SessionInfo,
+    kv_max_keys: Option<usize>,
 }
 
 impl Default for TestHost {
@@ -52,6 +55,37 @@ impl TestHost {
             counters: RefCell::new(HashMap::new()),
             tags: RefCell::new(HashMap::new()),
             logs: RefCell::new(Vec::new()),
+            session: SessionInfo {
+                client_ip: "192.0.2.1".into(),
+                client_port: 40000,
+                listener: "mx".into(),
+                ..SessionInfo::default()
+            },
+            kv_max_keys: None,
+        }
+    }
+
+    /// Sets what `session` answers (TLS facts, the authenticated identity, ...).
+    pub fn with_session(mut self, session: SessionInfo) -> TestHost {
+        self.session = session;
+        self
+    }
+
+    /// Gives the key/value store a quota of `keys` keys, so a test can see what the plugin
+    /// does when a write fails at the quota.
+    pub fn with_kv_quota(mut self, keys: usize) -> TestHost {
+        self.kv_max_keys = Some(keys);
+        self
+    }
+
+    fn room_for(&self, key: &str) -> Result<(), KvError> {
+        let kv = self.kv.borrow();
+        match self.kv_max_keys {
+            Some(max) if !kv.contains_key(key) && kv.len() >= max => Err(KvError::Quota(format!(
+                "kv quota reached: {} keys (kv_max_keys {max})",
+                kv.len()
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -133,14 +167,25 @@ impl Host for TestHost {
         self.live(key)
     }
 
-    fn kv_set(&self, key: &str, value: &[u8], ttl_ms: Option<u64>) {
+    fn kv_set(&self, key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), KvError> {
+        if key.len() > 1024 || value.len() > 64 * 1024 {
+            return Err(KvError::TooLarge(
+                "kv key or value over its size limit".into(),
+            ));
+        }
+        self.room_for(key)?;
         let expires = ttl_ms.map(|ttl| self.now_ms.get() + ttl);
         self.kv
             .borrow_mut()
             .insert(key.to_owned(), (value.to_vec(), expires));
+        Ok(())
     }
 
-    fn kv_incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> i64 {
+    fn kv_incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError> {
+        if key.len() > 1024 {
+            return Err(KvError::TooLarge("kv key over its size limit".into()));
+        }
+        self.room_for(key)?;
         let current = self.live(key);
         let value = current
             .as_deref()
@@ -154,7 +199,7 @@ impl Host for TestHost {
             _ => ttl_ms.map(|ttl| self.now_ms.get() + ttl),
         };
         kv.insert(key.to_owned(), (value.to_string().into_bytes(), expires));
-        value
+        Ok(value)
     }
 
     fn kv_delete(&self, key: &str) {
@@ -179,6 +224,10 @@ impl Host for TestHost {
 
     fn tag(&self, key: &str) -> Option<String> {
         self.tags.borrow().get(key).cloned()
+    }
+
+    fn session(&self) -> SessionInfo {
+        self.session.clone()
     }
 }
 
@@ -205,7 +254,24 @@ impl<P: Plugin> Harness<P> {
         self.plugin.new_session(&self.host)
     }
 
-    fn applied(&self, response: Response) -> Response {
+    /// Checks the response as the gateway would (panicking with the gateway's reason, so
+    /// the test fails where the gateway would apply the plugin's failure policy), then
+    /// applies its tags.
+    fn applied(&self, stage: Stage, response: Response) -> Response {
+        if let Err(why) = check::response(stage, &response) {
+            panic!("the gateway would refuse this response at {stage:?}: {why}\n{response:?}");
+        }
+        let new_tags = response
+            .edits
+            .iter()
+            .filter(|e| matches!(e, Edit::SetTag(k, _) if !self.host.tags.borrow().contains_key(k)))
+            .count();
+        let tags = self.host.tags.borrow().len() + new_tags;
+        assert!(
+            tags <= check::limits::MAX_TAGS,
+            "the gateway would refuse this response: the transaction would carry {tags} tags, at most {}",
+            check::limits::MAX_TAGS
+        );
         for edit in &response.edits {
             if let Edit::SetTag(key, value) = edit {
                 self.host.set_tag(key, value);
@@ -224,7 +290,7 @@ impl<P: Plugin> Harness<P> {
             reverse_dns: None,
         };
         let response = self.plugin.on_connect(&self.host, &info);
-        self.applied(response)
+        self.applied(Stage::Connect, response)
     }
 
     /// on-helo (EHLO).
@@ -234,7 +300,7 @@ impl<P: Plugin> Harness<P> {
             extended: true,
         };
         let response = self.plugin.on_helo(&self.host, &info);
-        self.applied(response)
+        self.applied(Stage::Helo, response)
     }
 
     /// on-mail-from; `""` is the null sender.
@@ -244,7 +310,7 @@ impl<P: Plugin> Harness<P> {
             params: Vec::new(),
         };
         let response = self.plugin.on_mail_from(&self.host, &info);
-        self.applied(response)
+        self.applied(Stage::MailFrom, response)
     }
 
     /// on-rcpt-to.
@@ -254,7 +320,7 @@ impl<P: Plugin> Harness<P> {
             params: Vec::new(),
         };
         let response = self.plugin.on_rcpt_to(&self.host, &info);
-        self.applied(response)
+        self.applied(Stage::RcptTo, response)
     }
 
     /// on-data with a raw RFC 5322 message, parsed exactly as the host parses it.
@@ -265,11 +331,34 @@ impl<P: Plugin> Harness<P> {
         };
         let message = ParsedMessage::parse(raw.to_vec());
         let response = self.plugin.on_data(&self.host, &envelope, &message);
-        self.applied(response)
+        self.applied(Stage::Data, response)
     }
 
     /// on-route.
     pub fn route(&mut self, recipient: &str) -> Option<Route> {
         self.plugin.on_route(&self.host, recipient)
+    }
+
+    /// on-auth with the users file's verdict.
+    pub fn auth(&mut self, username: &str, password: &str, users_file_verdict: bool) -> Response {
+        let info = AuthInfo {
+            mechanism: "PLAIN".to_owned(),
+            username: username.to_owned(),
+            password: password.to_owned(),
+            users_file_verdict,
+        };
+        let response = self.plugin.on_auth(&self.host, &info);
+        self.applied(Stage::Auth, response)
+    }
+
+    /// on-disconnect, with a summary of a session that quit after `accepted` messages.
+    pub fn disconnect(&mut self, accepted: u32) {
+        let summary = SessionSummary {
+            transactions: accepted,
+            accepted,
+            duration_ms: 10,
+            reason: "quit".to_owned(),
+        };
+        self.plugin.on_disconnect(&self.host, &summary);
     }
 }

@@ -29,12 +29,24 @@ pub enum Verdict {
     Discard(String),
     /// Accept the message into quarantine; the reason is kept.
     Quarantine(String),
+    /// Refuse with this reply (4xx or 5xx) and close the connection.
+    Disconnect(Reply),
 }
 
 impl Verdict {
     /// A permanent refusal, e.g. `Verdict::reject(550, "5.7.1", "Not welcome")`.
     pub fn reject(code: u16, enhanced: &str, text: &str) -> Verdict {
         Verdict::Reject(Reply {
+            code,
+            enhanced: enhanced.to_owned(),
+            text: text.to_owned(),
+        })
+    }
+
+    /// A refusal that also ends the session, e.g. `Verdict::disconnect(554, "5.7.1", "Go
+    /// away")` (Haraka's DENYDISCONNECT).
+    pub fn disconnect(code: u16, enhanced: &str, text: &str) -> Verdict {
+        Verdict::Disconnect(Reply {
             code,
             enhanced: enhanced.to_owned(),
             text: text.to_owned(),
@@ -132,6 +144,68 @@ pub struct Hooks {
     pub route: bool,
     /// on-delivery
     pub delivery: bool,
+    /// on-disconnect
+    pub disconnect: bool,
+}
+
+/// TLS on the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: String,
+    /// The cipher suite's IANA name.
+    pub cipher: String,
+    /// The server name the client asked for (SNI).
+    pub sni: Option<String>,
+}
+
+/// The session as the host knows it now (read-only).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionInfo {
+    /// The client's address.
+    pub client_ip: String,
+    /// The client's port.
+    pub client_port: u16,
+    /// The listener's name.
+    pub listener: String,
+    /// The client's forward-confirmed reverse DNS name.
+    pub reverse_dns: Option<String>,
+    /// The HELO/EHLO name, once given.
+    pub helo: Option<String>,
+    /// TLS, once negotiated.
+    pub tls: Option<TlsInfo>,
+    /// The identity the client authenticated as (SMTP AUTH).
+    pub auth_identity: Option<String>,
+}
+
+/// The end of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// MAIL commands accepted.
+    pub transactions: u32,
+    /// Messages accepted.
+    pub accepted: u32,
+    /// How long the session lasted.
+    pub duration_ms: u64,
+    /// `quit`, `closed`, `timeout`, `disconnect`, `errors`, `shutdown` or `refused`.
+    pub reason: String,
+}
+
+/// Why a key/value write failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvError {
+    /// The key or the value is over its size limit.
+    TooLarge(String),
+    /// The plugin's namespace is at its quota.
+    Quota(String),
+}
+
+impl std::fmt::Display for KvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KvError::TooLarge(why) | KvError::Quota(why) => f.write_str(why),
+        }
+    }
 }
 
 /// An ESMTP parameter.

@@ -15,7 +15,22 @@ use tidegate_e2e::{Gateway, GatewayConfig, PluginEntry, Reply, SmtpClient, sampl
 /// A gateway with the hostile plugin (`mode`, triggered by the victim recipient only) on
 /// the `mx` listener, and a `clean` listener without plugins.
 fn hostile(mode: &str, settings: &[&str]) -> Gateway {
-    let mut entry = PluginEntry::new("hostile", "test_plugin.wasm")
+    hostile_built(
+        &tidegate_e2e::plugin_dist().join("test_plugin.wasm"),
+        mode,
+        settings,
+    )
+}
+
+/// The same with the test plugin as built against contract 0.1.0.
+fn hostile_0_1_0(mode: &str, settings: &[&str]) -> Gateway {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/contract-0.1.0/test_plugin.wasm");
+    hostile_built(&fixture, mode, settings)
+}
+
+fn hostile_built(component: &std::path::Path, mode: &str, settings: &[&str]) -> Gateway {
+    let mut entry = PluginEntry::new("hostile", component.to_str().expect("UTF-8 path"))
         .config(&format!("mode = {mode:?}"))
         .config(r#"trigger = "victim@example.test""#);
     for setting in settings {
@@ -154,23 +169,16 @@ fn a_chain_of_slow_plugins_is_held_to_the_stage_deadline() {
     gateway.wait_for_log("the stage's deadline ([plugins] stage_time_limit_ms) passed");
 }
 
-#[test]
-fn a_key_value_flood_stops_at_the_namespace_quota() {
-    // The defaults (64 MiB, 100,000 keys) hold; the CPU budget is raised so that the quota,
-    // not the fuel, is what stops each flood.
-    let gateway = hostile(
-        "kv-flood",
-        &["cpu_limit_ms = 5000", "time_limit_ms = 20000"],
-    );
-    let bystanders = Bystanders::start(&gateway);
+/// Four floods of 16 KiB values under fresh keys; the defaults (64 MiB, 100,000 keys)
+/// hold. The CPU budget is raised so that the quota, not the fuel, is what stops each one.
+fn flood_the_store(gateway: &Gateway) {
+    let bystanders = Bystanders::start(gateway);
     for _ in 0..4 {
-        let (reply, _client) = victim_rcpt(&gateway);
+        let (reply, _client) = victim_rcpt(gateway);
         reply.expect(451, "4.3.0");
     }
     assert!(bystanders.finish() > 0);
-    assert_eq!(failures(&gateway, "quota"), 4);
-    gateway.wait_for_log("kv quota reached");
-    let page = metrics(&gateway);
+    let page = metrics(gateway);
     let bytes: u64 = page
         .lines()
         .find_map(|l| l.strip_prefix("tidegate_plugin_kv_bytes{plugin=\"hostile\"} "))
@@ -182,8 +190,33 @@ fn a_key_value_flood_stops_at_the_namespace_quota() {
         "the flood never reached the quota: {bytes}"
     );
     // Without the quota four floods would have stored gigabytes.
-    let rss = rss_mib(&gateway);
+    let rss = rss_mib(gateway);
     assert!(rss < 400, "gateway RSS {rss} MiB");
+}
+
+const FLOOD_BUDGET: &[&str] = &["cpu_limit_ms = 5000", "time_limit_ms = 20000"];
+
+#[test]
+fn a_key_value_flood_stops_at_the_namespace_quota_and_the_plugin_hears_why() {
+    let gateway = hostile("kv-flood", FLOOD_BUDGET);
+    // The current contract tells the plugin; this one answers with what it was told.
+    let (reply, _client) = victim_rcpt(&gateway);
+    reply.expect(451, "4.3.0");
+    assert!(
+        reply.text().contains("kv refused: kv quota reached"),
+        "{reply:?}"
+    );
+    flood_the_store(&gateway);
+    assert_eq!(failures(&gateway, "quota"), 0);
+}
+
+#[test]
+fn a_key_value_flood_from_a_0_1_0_plugin_traps_at_the_quota() {
+    // Contract 0.1.0's kv-set returns nothing: the write over the quota traps instead.
+    let gateway = hostile_0_1_0("kv-flood", FLOOD_BUDGET);
+    flood_the_store(&gateway);
+    assert_eq!(failures(&gateway, "quota"), 4);
+    gateway.wait_for_log("kv quota reached");
 }
 
 #[test]

@@ -380,6 +380,7 @@ impl Session {
         }
         match committed {
             Ok(id) => {
+                self.accepted += 1;
                 self.ctx
                     .metrics
                     .messages_accepted
@@ -448,7 +449,7 @@ impl Session {
             },
             message,
         );
-        let outcome = self.plugins.run(input, &mut self.tags).await;
+        let outcome = self.run_stage(input).await;
         if let Some(refusal) = policy::refusal(&outcome.decision) {
             return DataPolicy::Refuse(refusal);
         }

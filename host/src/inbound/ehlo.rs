@@ -43,10 +43,7 @@ impl Session {
                 name: name.to_owned(),
                 extended,
             };
-            let outcome = self
-                .plugins
-                .run(StageInput::Helo(info), &mut self.tags)
-                .await;
+            let outcome = self.run_stage(StageInput::Helo(info)).await;
             if let Some(refusal) = policy::refusal(&outcome.decision) {
                 return refusal;
             }

@@ -148,10 +148,7 @@ impl Session {
                 password: String::from_utf8_lossy(&credentials.password).into_owned(),
                 users_file_verdict: file_says,
             };
-            let outcome = self
-                .plugins
-                .run(StageInput::Auth(info), &mut self.tags)
-                .await;
+            let outcome = self.run_stage(StageInput::Auth(info)).await;
             self.session_tags.clone_from(&self.tags);
             if let Some(refusal) = policy::refusal(&outcome.decision) {
                 if refusal.is_permanent_failure() {

@@ -106,10 +106,7 @@ impl Session {
                 },
                 params: policy::params(&params),
             };
-            let outcome = self
-                .plugins
-                .run(StageInput::MailFrom(info), &mut self.tags)
-                .await;
+            let outcome = self.run_stage(StageInput::MailFrom(info)).await;
             if let Some(refusal) = policy::refusal(&outcome.decision) {
                 self.tags.clone_from(&self.session_tags);
                 return refusal;
@@ -128,6 +125,7 @@ impl Session {
                 }
             }
         }
+        self.transactions += 1;
         self.state = State::Transaction(
             helo,
             Transaction {

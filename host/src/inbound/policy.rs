@@ -2,14 +2,55 @@
 //! chain's decision into a reply.
 
 use crate::plugins::bindings::tidegate::plugin::types as w;
-use crate::plugins::chain::Decision;
+use crate::plugins::chain::{Decision, StageInput, StageOutcome};
 
 use super::reply::{EnhancedCode, Reply};
+use super::session::{Session, State};
+
+impl Session {
+    /// Runs the chain for one stage with the session's facts as they are now (what the
+    /// `session` host function answers), and notes a plugin's wish to disconnect.
+    pub(super) async fn run_stage(&mut self, input: StageInput) -> StageOutcome {
+        let info = self.session_info();
+        self.plugins.set_session(info);
+        let outcome = self.plugins.run(input, &mut self.tags).await;
+        if matches!(outcome.decision, Decision::Disconnect(_)) {
+            self.disconnect_asked = true;
+        }
+        outcome
+    }
+
+    fn session_info(&self) -> w::SessionInfo {
+        let helo = match &self.state {
+            State::Ready(helo) | State::Transaction(helo, _) => Some(helo.name.clone()),
+            State::AwaitingHelo => None,
+        };
+        w::SessionInfo {
+            client_ip: self.peer.ip().to_canonical().to_string(),
+            client_port: self.peer.port(),
+            listener: self.listener.to_string(),
+            reverse_dns: None,
+            helo,
+            tls: self
+                .io
+                .stream()
+                .tls_facts()
+                .map(|(version, cipher, sni)| w::TlsInfo {
+                    version,
+                    cipher,
+                    sni,
+                }),
+            auth_identity: self.authenticated.clone(),
+        }
+    }
+}
 
 /// The reply a refusing decision asks for; `None` when the stage goes on.
 pub(super) fn refusal(decision: &Decision) -> Option<Reply> {
     match decision {
-        Decision::Reject(reply) | Decision::Tempfail(reply) => Some(to_reply(reply)),
+        Decision::Reject(reply) | Decision::Tempfail(reply) | Decision::Disconnect(reply) => {
+            Some(to_reply(reply))
+        }
         Decision::Continue | Decision::Accept | Decision::Discard(_) | Decision::Quarantine(_) => {
             None
         }

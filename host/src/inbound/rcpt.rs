@@ -53,10 +53,7 @@ impl Session {
                 recipient: address.clone(),
                 params: policy::params(&params),
             };
-            let outcome = self
-                .plugins
-                .run(StageInput::RcptTo(info), &mut self.tags)
-                .await;
+            let outcome = self.run_stage(StageInput::RcptTo(info)).await;
             if let Some(refusal) = policy::refusal(&outcome.decision) {
                 return refusal;
             }

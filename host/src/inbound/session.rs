@@ -94,6 +94,12 @@ pub struct Session {
     pub(super) protocol: Protocol,
     /// The authenticated user, after a successful AUTH.
     pub(super) authenticated: Option<String>,
+    /// A plugin answered `disconnect`: the connection closes after the reply.
+    pub(super) disconnect_asked: bool,
+    /// Transactions started and messages accepted, for the session's summary.
+    pub(super) transactions: u32,
+    pub(super) accepted: u32,
+    started: std::time::Instant,
     errors: u32,
     line: Vec<u8>,
 }
@@ -115,6 +121,10 @@ impl Session {
             session_tags: BTreeMap::new(),
             protocol,
             authenticated: None,
+            disconnect_asked: false,
+            transactions: 0,
+            accepted: 0,
+            started: std::time::Instant::now(),
             io: Connection::new(stream),
             ctx,
             peer,
@@ -139,10 +149,16 @@ impl Session {
         if self.protocol == Protocol::Smtps && !self.implicit_tls().await {
             return;
         }
+        let (reason, close) = self.serve().await;
+        self.end(reason, close).await;
+    }
+
+    /// Serves commands until the session ends; returns why, and whether the connection
+    /// is still there to be closed cleanly (final replies queued).
+    async fn serve(&mut self) -> (&'static str, bool) {
         if let Some(refusal) = self.on_connect().await {
             self.io.queue(&refusal);
-            self.close(self.command_timeout()).await;
-            return;
+            return ("refused", true);
         }
         let greeting = Reply::bare(220, format!("{} ESMTP", self.ctx.config.hostname));
         self.io.queue(&greeting);
@@ -158,55 +174,73 @@ impl Session {
                 .io
                 .read_line(&mut line, MAX_PATH_COMMAND_LINE, timeout, shutdown.as_ref())
                 .await;
-            let flow = match event {
-                Ok(LineEvent::Line) => self.dispatch(&line).await,
+            let (flow, reason) = match event {
+                Ok(LineEvent::Line) => (self.dispatch(&line).await, "quit"),
                 Ok(LineEvent::TooLong) => {
                     self.respond(Reply::new(500, codes::SYNTAX_ERROR, "Line too long"));
-                    Flow::Continue
+                    (Flow::Continue, "quit")
                 }
                 Ok(LineEvent::Closed) => {
                     tracing::debug!(peer = %self.peer, "client closed the connection");
-                    return;
+                    return ("closed", false);
                 }
-                Ok(LineEvent::TimedOut) => self.close_with(Reply::new(
-                    421,
-                    codes::TIMEOUT,
-                    format!("{} Error: timeout exceeded", self.ctx.config.hostname),
-                )),
-                Ok(LineEvent::Shutdown) => self.close_with(Reply::new(
-                    421,
-                    codes::SHUTTING_DOWN,
-                    format!("{} Service shutting down", self.ctx.config.hostname),
-                )),
+                Ok(LineEvent::TimedOut) => (
+                    self.close_with(Reply::new(
+                        421,
+                        codes::TIMEOUT,
+                        format!("{} Error: timeout exceeded", self.ctx.config.hostname),
+                    )),
+                    "timeout",
+                ),
+                Ok(LineEvent::Shutdown) => (
+                    self.close_with(Reply::new(
+                        421,
+                        codes::SHUTTING_DOWN,
+                        format!("{} Service shutting down", self.ctx.config.hostname),
+                    )),
+                    "shutdown",
+                ),
                 Err(e) => {
                     tracing::debug!(peer = %self.peer, error = %e, "connection error");
-                    return;
+                    return ("closed", false);
                 }
             };
             self.line = line;
-            let flow = if flow == Flow::Continue && self.errors >= self.ctx.config.limits.max_errors
-            {
+            if self.disconnect_asked {
+                // The plugin's reply is queued; nothing more is read from this client.
+                return ("disconnect", true);
+            }
+            if flow == Flow::Continue && self.errors >= self.ctx.config.limits.max_errors {
                 self.close_with(Reply::new(
                     421,
                     codes::SECURITY_TEMPORARY,
                     format!("{} Too many errors, closing", self.ctx.config.hostname),
-                ))
-            } else {
-                flow
-            };
+                ));
+                return ("errors", true);
+            }
             if flow == Flow::Close {
-                self.close(timeout).await;
-                return;
+                return (reason, true);
             }
         }
     }
 
-    /// Ends the session: its plugin instances go back for reuse first, so that a client
-    /// that sees the connection close and reconnects finds them, then the final replies are
-    /// flushed and the connection shut down.
-    async fn close(&mut self, timeout: Duration) {
+    /// Ends the session: plugins that asked are told (on-disconnect), its plugin instances
+    /// go back for reuse, so that a client that sees the connection close and reconnects
+    /// finds them, then the final replies are flushed and the connection shut down.
+    async fn end(&mut self, reason: &'static str, close: bool) {
+        if self.plugins.wants_disconnect() {
+            let summary = w::SessionSummary {
+                transactions: self.transactions,
+                accepted: self.accepted,
+                duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                reason: reason.to_owned(),
+            };
+            self.plugins.disconnect(&summary).await;
+        }
         self.plugins.release();
-        let _ = self.io.close(timeout).await;
+        if close {
+            let _ = self.io.close(self.command_timeout()).await;
+        }
     }
 
     /// The handshake of an `smtps` listener (RFC 8314), before the greeting.
@@ -241,10 +275,7 @@ impl Session {
             tls: self.io.stream().is_tls(),
             reverse_dns: None,
         };
-        let outcome = self
-            .plugins
-            .run(StageInput::Connect(info), &mut self.tags)
-            .await;
+        let outcome = self.run_stage(StageInput::Connect(info)).await;
         self.session_tags.clone_from(&self.tags);
         policy::refusal(&outcome.decision)
     }

@@ -39,6 +39,22 @@ impl SessionStream {
         Ok(())
     }
 
+    /// The TLS version, cipher and server name, for plugins.
+    pub fn tls_facts(&self) -> Option<(String, String, Option<String>)> {
+        match self {
+            SessionStream::Tls(tls) => {
+                let conn = tls.get_ref().1;
+                let (version, cipher) = crate::tls::handshake_facts(conn)?;
+                Some((
+                    version,
+                    cipher,
+                    crate::tls::sni_name(conn).map(str::to_owned),
+                ))
+            }
+            _ => None,
+        }
+    }
+
     /// The TLS version and cipher, for the `Received:` header and logs.
     pub fn tls_summary(&self) -> Option<String> {
         match self {

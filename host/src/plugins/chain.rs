@@ -22,7 +22,9 @@ use wasmtime::Store;
 use wasmtime::component::Component;
 
 use super::bindings::tidegate::plugin::types as w;
+use super::bindings::v1;
 use super::bindings::{Plugin, PluginPre};
+use super::compat;
 use super::engine::{FUEL_PER_MS, HoldsIdle, PluginEngine};
 use super::limits::{CallError, Failure, PluginLimits, response as bounds};
 use super::services::{HostServices, PluginState};
@@ -103,7 +105,9 @@ pub struct LoadedPlugin {
     config_json: Arc<str>,
     /// What its host calls may do.
     pub limits: Arc<PluginLimits>,
-    pre: PluginPre<PluginState>,
+    pre: Pre,
+    /// The version of the contract it was built against.
+    pub contract: &'static str,
     /// Instances of finished sessions, ready for the next one.
     idle: Mutex<Vec<Instance>>,
     idle_limit: usize,
@@ -146,8 +150,21 @@ impl LoadedPlugin {
             .linker()
             .instantiate_pre(&component)
             .map_err(|e| format!("does not fit the host's imports: {e:#}"))?;
-        let pre = PluginPre::new(instance_pre)
-            .map_err(|e| format!("does not export the tidegate:plugin hooks: {e:#}"))?;
+        let pre = match PluginPre::new(instance_pre.clone()) {
+            Ok(pre) => Pre::Current(pre),
+            Err(current) => match v1::PluginPre::new(instance_pre) {
+                Ok(pre) => Pre::V1(pre),
+                Err(_) => {
+                    return Err(format!(
+                        "does not export the tidegate:plugin hooks of version 0.2.0 or 0.1.0: {current:#}"
+                    ));
+                }
+            },
+        };
+        let contract = match pre {
+            Pre::Current(_) => "0.2.0",
+            Pre::V1(_) => "0.1.0",
+        };
         let config_json: Arc<str> = serde_json::to_string(&config.config)
             .map_err(|e| format!("config cannot be passed as JSON: {e}"))?
             .into();
@@ -160,6 +177,7 @@ impl LoadedPlugin {
             config_json,
             limits: Arc::new(PluginLimits::new(config)),
             pre,
+            contract,
             idle: Mutex::new(Vec::new()),
             idle_limit: engine.idle_instances(),
         };
@@ -254,7 +272,7 @@ const MAX_SESSIONS_PER_INSTANCE: u32 = 1000;
 /// One live instance of a plugin, serving one session at a time.
 struct Instance {
     store: Store<PluginState>,
-    bindings: Plugin,
+    bindings: Bindings,
     hooks: w::Hooks,
     /// Sessions served, this one included.
     sessions: u32,
@@ -285,12 +303,12 @@ impl Instance {
             .set_fuel(plugin.fuel())
             .map_err(|e| CallError::new(Failure::Trap, format!("fuel: {e}")))?;
         store.epoch_deadline_async_yield_and_update(1);
-        let bindings = match plugin.pre.instantiate_async(&mut store).await {
+        let bindings = match plugin.pre.instantiate(&mut store).await {
             Err(e) if e.is::<wasmtime::PoolConcurrencyLimitError>() => {
                 // Instances kept idle for reuse must never cost a session its policy:
                 // give their slots back and try once more.
                 engine.drop_idle_instances();
-                plugin.pre.instantiate_async(&mut store).await
+                plugin.pre.instantiate(&mut store).await
             }
             other => other,
         }
@@ -319,11 +337,15 @@ impl Instance {
     async fn begin_session(&mut self, plugin: &LoadedPlugin) -> Result<(), CallError> {
         self.store.data_mut().start_session();
         self.start_call(plugin)?;
-        let hooks = self
-            .bindings
-            .tidegate_plugin_hooks()
-            .call_init(&mut self.store)
-            .await
+        let init = match &self.bindings {
+            Bindings::Current(b) => b.tidegate_plugin_hooks().call_init(&mut self.store).await,
+            Bindings::V1(b) => b
+                .tidegate_plugin_hooks()
+                .call_init(&mut self.store)
+                .await
+                .map(|r| r.map(compat::hooks_from)),
+        };
+        let hooks = init
             .map_err(|e| {
                 let error = CallError::from_wasm(&e);
                 CallError::new(error.kind, format!("init: {}", error.why))
@@ -355,6 +377,139 @@ impl Instance {
     }
 }
 
+/// A plugin ready to instantiate, for the version of the contract it was built against.
+enum Pre {
+    Current(PluginPre<PluginState>),
+    V1(v1::PluginPre<PluginState>),
+}
+
+impl Pre {
+    async fn instantiate(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Bindings> {
+        Ok(match self {
+            Pre::Current(pre) => Bindings::Current(pre.instantiate_async(store).await?),
+            Pre::V1(pre) => Bindings::V1(pre.instantiate_async(store).await?),
+        })
+    }
+}
+
+/// An instance's exports, by contract version.
+enum Bindings {
+    Current(Plugin),
+    V1(v1::Plugin),
+}
+
+impl Instance {
+    /// Calls a session hook, converting to and from the plugin's contract version.
+    async fn call_stage(&mut self, input: &StageInput) -> Result<w::Response, CallError> {
+        let store = &mut self.store;
+        let result = match &self.bindings {
+            Bindings::Current(b) => {
+                let hooks = b.tidegate_plugin_hooks();
+                match input {
+                    StageInput::Connect(info) => hooks.call_on_connect(&mut *store, info).await,
+                    StageInput::Helo(info) => hooks.call_on_helo(&mut *store, info).await,
+                    StageInput::Auth(info) => hooks.call_on_auth(&mut *store, info).await,
+                    StageInput::MailFrom(info) => hooks.call_on_mail_from(&mut *store, info).await,
+                    StageInput::RcptTo(info) => hooks.call_on_rcpt_to(&mut *store, info).await,
+                    StageInput::Data(envelope, message) => {
+                        let handle = lend(store, message)?;
+                        let borrowed = wasmtime::component::Resource::new_borrow(handle.rep());
+                        let result = hooks.call_on_data(&mut *store, envelope, borrowed).await;
+                        store.data_mut().reclaim_message(handle);
+                        result
+                    }
+                }
+            }
+            Bindings::V1(b) => {
+                let hooks = b.tidegate_plugin_hooks();
+                let result = match input {
+                    StageInput::Connect(info) => {
+                        hooks
+                            .call_on_connect(&mut *store, &compat::connect_to(info))
+                            .await
+                    }
+                    StageInput::Helo(info) => {
+                        hooks
+                            .call_on_helo(&mut *store, &compat::helo_to(info))
+                            .await
+                    }
+                    StageInput::Auth(info) => {
+                        hooks
+                            .call_on_auth(&mut *store, &compat::auth_to(info))
+                            .await
+                    }
+                    StageInput::MailFrom(info) => {
+                        hooks
+                            .call_on_mail_from(&mut *store, &compat::mail_from_to(info))
+                            .await
+                    }
+                    StageInput::RcptTo(info) => {
+                        hooks
+                            .call_on_rcpt_to(&mut *store, &compat::rcpt_to_to(info))
+                            .await
+                    }
+                    StageInput::Data(envelope, message) => {
+                        let handle = lend(store, message)?;
+                        let borrowed = wasmtime::component::Resource::new_borrow(handle.rep());
+                        let envelope = compat::envelope_to(envelope);
+                        let result = hooks.call_on_data(&mut *store, &envelope, borrowed).await;
+                        store.data_mut().reclaim_message(handle);
+                        result
+                    }
+                };
+                result.map(compat::response_from)
+            }
+        };
+        result.map_err(|e| CallError::from_wasm(&e))
+    }
+
+    /// Calls a delivery-side hook.
+    async fn call_other(&mut self, call: Other<'_>) -> Result<OtherResult, CallError> {
+        let store = &mut self.store;
+        let result = match (&self.bindings, call) {
+            (Bindings::Current(b), Other::Route(recipient)) => b
+                .tidegate_plugin_hooks()
+                .call_on_route(&mut *store, recipient)
+                .await
+                .map(OtherResult::Route),
+            (Bindings::Current(b), Other::Delivery(info)) => b
+                .tidegate_plugin_hooks()
+                .call_on_delivery(&mut *store, info)
+                .await
+                .map(|()| OtherResult::Done),
+            (Bindings::Current(b), Other::Disconnect(summary)) => b
+                .tidegate_plugin_hooks()
+                .call_on_disconnect(&mut *store, summary)
+                .await
+                .map(|()| OtherResult::Done),
+            (Bindings::V1(b), Other::Route(recipient)) => b
+                .tidegate_plugin_hooks()
+                .call_on_route(&mut *store, recipient)
+                .await
+                .map(|r| OtherResult::Route(r.map(compat::route_from))),
+            (Bindings::V1(b), Other::Delivery(info)) => b
+                .tidegate_plugin_hooks()
+                .call_on_delivery(&mut *store, &compat::delivery_to(info))
+                .await
+                .map(|()| OtherResult::Done),
+            // 0.1.0 has no on-disconnect (and never declares it).
+            (Bindings::V1(_), Other::Disconnect(_)) => Ok(OtherResult::Done),
+        };
+        result.map_err(|e| CallError::from_wasm(&e))
+    }
+}
+
+/// Puts the message into the store's resource table for one on-data call.
+fn lend(
+    store: &mut Store<PluginState>,
+    message: &Arc<ParsedMessage>,
+) -> Result<wasmtime::component::Resource<super::services::MessageHandle>, CallError> {
+    store
+        .data_mut()
+        .lend_message(Arc::clone(message))
+        .map_err(|e| CallError::new(Failure::Trap, format!("{e:#}")))
+}
+
 /// Whether an SMTP session may still call any of `hooks` after on-connect.
 fn wanted_after_connect(hooks: w::Hooks) -> bool {
     [
@@ -363,6 +518,7 @@ fn wanted_after_connect(hooks: w::Hooks) -> bool {
         w::Hooks::MAIL_FROM,
         w::Hooks::RCPT_TO,
         w::Hooks::DATA,
+        w::Hooks::DISCONNECT,
     ]
     .into_iter()
     .any(|hook| hooks.contains(hook))
@@ -420,6 +576,8 @@ pub enum Decision {
     Discard(String),
     /// Accept into quarantine.
     Quarantine(String),
+    /// Refuse with this reply and close the connection.
+    Disconnect(w::Reply),
 }
 
 /// The outcome of a stage: the decision and the edits (tags already applied).
@@ -437,6 +595,10 @@ pub struct SessionPlugins {
     engine: Arc<PluginEngine>,
     services: Arc<HostServices>,
     instances: Vec<Option<Instance>>,
+    /// What the `session` host function answers during this session's calls.
+    session: Arc<w::SessionInfo>,
+    /// The message's tags, for the delivery side's hooks.
+    message_tags: BTreeMap<String, String>,
 }
 
 /// The reply of a stage that policy could not decide.
@@ -457,6 +619,44 @@ impl SessionPlugins {
             engine,
             services,
             instances,
+            session: Arc::new(super::services::no_session()),
+            message_tags: BTreeMap::new(),
+        }
+    }
+
+    /// The session's facts, for the calls that follow.
+    pub fn set_session(&mut self, info: w::SessionInfo) {
+        self.session = Arc::new(info);
+    }
+
+    /// The tags of the message the delivery side's next calls are about (what `tag`
+    /// answers in on-route and on-delivery).
+    pub fn set_message_tags(&mut self, tags: &BTreeMap<String, String>) {
+        self.message_tags.clone_from(tags);
+    }
+
+    /// Whether any plugin of the chain wants to hear of the session's end.
+    pub fn wants_disconnect(&self) -> bool {
+        self.has(w::Hooks::DISCONNECT)
+    }
+
+    /// Tells the plugins that want it that the session ended. Only instances the session
+    /// already has are called: a session's end is no reason to start a plugin.
+    pub async fn disconnect(&mut self, summary: &w::SessionSummary) {
+        let deadline = Instant::now() + self.engine.stage_time_limit();
+        for index in 0..self.chain.plugins.len() {
+            let plugin = Arc::clone(&self.chain.plugins[index]);
+            if !plugin.hooks.contains(w::Hooks::DISCONNECT) || self.instances[index].is_none() {
+                continue;
+            }
+            let result = self
+                .timed(&plugin, "on-disconnect", deadline, |this| {
+                    this.call_other(index, &plugin, Other::Disconnect(summary))
+                })
+                .await;
+            if let Err(error) = result {
+                self.failed(index, &plugin, "on-disconnect", &error, None);
+            }
         }
     }
 
@@ -542,6 +742,7 @@ impl SessionPlugins {
                 w::Verdict::Tempfail(reply) => Decision::Tempfail(reply),
                 w::Verdict::Discard(why) => Decision::Discard(why),
                 w::Verdict::Quarantine(why) => Decision::Quarantine(why),
+                w::Verdict::Disconnect(reply) => Decision::Disconnect(reply),
             };
             tracing::debug!(plugin = %plugin.name, hook = hook.name(), ?decision, "plugin decided");
             return StageOutcome { decision, edits };
@@ -696,23 +897,14 @@ impl SessionPlugins {
         let hook = match call {
             Other::Route(_) => "on-route",
             Other::Delivery(_) => "on-delivery",
+            Other::Disconnect(_) => "on-disconnect",
         };
         let metrics = Arc::clone(&self.services.metrics);
+        let tags = self.message_tags.clone();
         let instance = self.instance(index, plugin).await?;
+        instance.store.data_mut().tags = tags;
         instance.start_call(plugin)?;
-        let hooks = instance.bindings.tidegate_plugin_hooks();
-        let store = &mut instance.store;
-        let result = match call {
-            Other::Route(recipient) => hooks
-                .call_on_route(&mut *store, recipient)
-                .await
-                .map(OtherResult::Route),
-            Other::Delivery(info) => hooks
-                .call_on_delivery(&mut *store, info)
-                .await
-                .map(|()| OtherResult::Done),
-        }
-        .map_err(|e| CallError::from_wasm(&e))?;
+        let result = instance.call_other(call).await?;
         let fuel = instance.end_call(plugin);
         count_fuel(&metrics, plugin, hook, fuel);
         Ok(result)
@@ -741,6 +933,7 @@ impl SessionPlugins {
         tags: &BTreeMap<String, String>,
     ) -> Result<w::Response, CallError> {
         let metrics = Arc::clone(&self.services.metrics);
+        let session = Arc::clone(&self.session);
         let instance = self.instance(index, plugin).await?;
         if !instance.hooks.contains(input.hook().flag()) {
             // This instance declared otherwise than the probe at load time: treat it as
@@ -751,27 +944,9 @@ impl SessionPlugins {
             });
         }
         instance.store.data_mut().tags.clone_from(tags);
+        instance.store.data_mut().session = session;
         instance.start_call(plugin)?;
-        let hooks = instance.bindings.tidegate_plugin_hooks();
-        let store = &mut instance.store;
-        let result = match input {
-            StageInput::Connect(info) => hooks.call_on_connect(&mut *store, info).await,
-            StageInput::Helo(info) => hooks.call_on_helo(&mut *store, info).await,
-            StageInput::Auth(info) => hooks.call_on_auth(&mut *store, info).await,
-            StageInput::MailFrom(info) => hooks.call_on_mail_from(&mut *store, info).await,
-            StageInput::RcptTo(info) => hooks.call_on_rcpt_to(&mut *store, info).await,
-            StageInput::Data(envelope, message) => {
-                let handle = store
-                    .data_mut()
-                    .lend_message(Arc::clone(message))
-                    .map_err(|e| CallError::new(Failure::Trap, format!("{e:#}")))?;
-                let borrowed = wasmtime::component::Resource::new_borrow(handle.rep());
-                let result = hooks.call_on_data(&mut *store, envelope, borrowed).await;
-                store.data_mut().reclaim_message(handle);
-                result
-            }
-        };
-        let response = result.map_err(|e| CallError::from_wasm(&e))?;
+        let response = instance.call_stage(input).await?;
         let fuel = instance.end_call(plugin);
         count_fuel(&metrics, plugin, input.hook().name(), fuel);
         Ok(response)
@@ -807,10 +982,11 @@ impl Drop for SessionPlugins {
     }
 }
 
-/// The hooks of the delivery side.
+/// The hooks that are not a session stage: the delivery side's, and the session's end.
 enum Other<'a> {
     Route(&'a str),
     Delivery(&'a w::DeliveryInfo),
+    Disconnect(&'a w::SessionSummary),
 }
 
 /// What those hooks return.
@@ -928,6 +1104,7 @@ fn validate(hook: Hook, mut response: w::Response) -> Result<w::Response, CallEr
         }
         w::Verdict::Discard(why) => check_text("discard reason", why)?,
         w::Verdict::Quarantine(why) => check_text("quarantine reason", why)?,
+        w::Verdict::Disconnect(reply) => check_reply(reply, if reply.code < 500 { 4 } else { 5 })?,
         w::Verdict::Continue | w::Verdict::Accept => {}
     }
     if response.edits.len() > bounds::MAX_EDITS {

@@ -129,6 +129,11 @@ impl PluginEngine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+        // The previous version of the contract, beside the current one (see `compat`).
+        super::bindings::v1::Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(
+            &mut linker,
+            |s| s,
+        )?;
 
         let ticker = engine.weak();
         std::thread::Builder::new()

@@ -11,23 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::PluginConfig;
 
-/// The response bounds: what one answer of a plugin may carry.
-pub mod response {
-    /// Edits in one response.
-    pub const MAX_EDITS: usize = 64;
-    /// Tags a transaction may carry, from every plugin together.
-    pub const MAX_TAGS: usize = 128;
-    /// The longest tag name.
-    pub const MAX_TAG_NAME: usize = 64;
-    /// The longest tag value.
-    pub const MAX_TAG_VALUE: usize = 1024;
-    /// The longest reply, discard or quarantine text.
-    pub const MAX_TEXT: usize = 400;
-    /// The longest header field name (RFC 5322 allows 76 with the colon on a 78-column line).
-    pub const MAX_HEADER_NAME: usize = 76;
-    /// The longest header field value (RFC 5322 §2.1.1's line length).
-    pub const MAX_HEADER_VALUE: usize = 998;
-}
+/// The response bounds: what one answer of a plugin may carry (defined in the SDK, so
+/// that its native harness holds plugins to the same bounds).
+pub use tidegate_plugin_sdk::check::limits as response;
 
 /// The bounds on one plugin's host calls, taken from its `[[plugin]]` table.
 #[derive(Debug)]

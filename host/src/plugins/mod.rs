@@ -9,6 +9,7 @@
 pub mod bindings;
 pub mod cache;
 pub mod chain;
+pub mod compat;
 pub mod dns;
 pub mod engine;
 pub mod kv;

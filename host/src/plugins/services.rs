@@ -17,7 +17,7 @@ use tidegate_plugin_sdk::inspect::ParsedMessage;
 
 use super::bindings::tidegate::plugin::{host, message, types};
 use super::dns::Dns;
-use super::kv::{KvStore, Quota};
+use super::kv::{KvError, KvStore, Quota};
 use super::limits::{
     Admit, MAX_LOG_FIELD, MAX_LOG_FIELDS, MAX_LOG_LINE, MemoryLimiter, OverLimit, PluginLimits,
 };
@@ -105,6 +105,19 @@ fn write_log(
         types::Level::Info => tracing::info!(plugin, "{text}"),
         types::Level::Warn => tracing::warn!(plugin, "{text}"),
         types::Level::Error => tracing::error!(plugin, "{text}"),
+    }
+}
+
+/// The session facts of a call outside any session (the delivery side).
+pub fn no_session() -> types::SessionInfo {
+    types::SessionInfo {
+        client_ip: String::new(),
+        client_port: 0,
+        listener: String::new(),
+        reverse_dns: None,
+        helo: None,
+        tls: None,
+        auth_identity: None,
     }
 }
 
@@ -218,6 +231,8 @@ pub struct PluginState {
     services: Arc<HostServices>,
     /// The transaction's tags as of the current call.
     pub tags: BTreeMap<String, String>,
+    /// The session's facts as of the current call.
+    pub session: Arc<types::SessionInfo>,
     /// DNS queries made in the current call and in the current session.
     dns_in_call: u32,
     dns_in_session: u32,
@@ -257,6 +272,7 @@ impl PluginState {
             bounds,
             services,
             tags: BTreeMap::new(),
+            session: Arc::new(no_session()),
             dns_in_call: 0,
             dns_in_session: 0,
         }
@@ -271,6 +287,7 @@ impl PluginState {
     pub fn start_session(&mut self) {
         self.dns_in_session = 0;
         self.tags.clear();
+        self.session = Arc::new(no_session());
     }
 
     fn quota(&self) -> Quota {
@@ -310,7 +327,10 @@ impl PluginState {
         let _ = self.table.delete(handle);
     }
 
-    fn message(&self, handle: &Resource<MessageHandle>) -> wasmtime::Result<Arc<ParsedMessage>> {
+    pub(super) fn message(
+        &self,
+        handle: &Resource<MessageHandle>,
+    ) -> wasmtime::Result<Arc<ParsedMessage>> {
         Ok(Arc::clone(&self.table.get(handle)?.0))
     }
 }
@@ -324,15 +344,15 @@ impl WasiView for PluginState {
     }
 }
 
-impl types::Host for PluginState {}
-
-impl host::Host for PluginState {
-    async fn log(
-        &mut self,
+/// The host functions' logic, shared by every version of the contract (the trait impls
+/// below and in [`super::compat`] only convert types).
+impl PluginState {
+    pub(super) fn write_log_line(
+        &self,
         level: types::Level,
-        message: String,
-        fields: Vec<(String, String)>,
-    ) -> wasmtime::Result<()> {
+        message: &str,
+        fields: &[(String, String)],
+    ) {
         let enabled = match level {
             types::Level::Trace => tracing::enabled!(tracing::Level::TRACE),
             types::Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
@@ -342,9 +362,9 @@ impl host::Host for PluginState {
         };
         if !enabled {
             // Plugins log per message; formatting lines nobody will see is wasted work.
-            return Ok(());
+            return;
         }
-        let mut text = cut(&message, MAX_LOG_LINE).to_owned();
+        let mut text = cut(message, MAX_LOG_LINE).to_owned();
         for (key, value) in fields.iter().take(MAX_LOG_FIELDS) {
             let value = cut(value, MAX_LOG_FIELD);
             text.push_str(&format!(" {}={value:?}", cut(key, MAX_LOG_FIELD)));
@@ -356,78 +376,85 @@ impl host::Host for PluginState {
             level,
             &text,
         );
-        Ok(())
     }
 
-    async fn resolve(
-        &mut self,
-        name: String,
-        kind: types::RecordType,
-    ) -> wasmtime::Result<Result<Vec<String>, types::DnsError>> {
+    /// Takes one query from the call's and the session's DNS budget.
+    fn take_dns_query(&mut self) -> Result<(), types::DnsError> {
         if self.dns_in_call >= self.bounds.dns_per_call
             || self.dns_in_session >= self.bounds.dns_per_session
         {
             // The plugin sees a temporary failure it can handle like any other: a lookup
             // over its budget is never sent.
-            return Ok(Err(types::DnsError::Temporary(format!(
+            return Err(types::DnsError::Temporary(format!(
                 "DNS query budget exhausted (dns_queries_per_call {}, dns_queries_per_session {})",
                 self.bounds.dns_per_call, self.bounds.dns_per_session
-            ))));
+            )));
         }
         self.dns_in_call += 1;
         self.dns_in_session += 1;
-        Ok(self.services.dns.lookup(&name, kind).await)
-    }
-
-    async fn kv_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(self.services.kv.get(&self.plugin, &key))
-    }
-
-    async fn kv_set(
-        &mut self,
-        key: String,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-    ) -> wasmtime::Result<()> {
-        let ttl = ttl_ms.map(Duration::from_millis);
-        let quota = self.quota();
-        self.services
-            .kv
-            .set(&self.plugin, &key, &value, ttl, quota)
-            .map_err(|e| wasmtime::Error::new(OverLimit::quota(e.to_string())))?;
-        self.record_kv_usage();
         Ok(())
     }
 
-    async fn kv_incr(
+    pub(super) async fn lookup(
         &mut self,
-        key: String,
+        name: &str,
+        kind: types::RecordType,
+    ) -> Result<Vec<String>, types::DnsError> {
+        self.take_dns_query()?;
+        self.services.dns.lookup(name, kind).await
+    }
+
+    pub(super) fn kv_write(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        ttl_ms: Option<u64>,
+    ) -> Result<(), KvError> {
+        let quota = self.quota();
+        let result = self.services.kv.set(
+            &self.plugin,
+            key,
+            value,
+            ttl_ms.map(Duration::from_millis),
+            quota,
+        );
+        self.record_kv_usage();
+        result
+    }
+
+    pub(super) fn kv_add(
+        &mut self,
+        key: &str,
         delta: i64,
         ttl_ms: Option<u64>,
-    ) -> wasmtime::Result<i64> {
-        let ttl = ttl_ms.map(Duration::from_millis);
+    ) -> Result<i64, KvError> {
         let quota = self.quota();
-        let value = self
-            .services
-            .kv
-            .incr(&self.plugin, &key, delta, ttl, quota)
-            .map_err(|e| wasmtime::Error::new(OverLimit::quota(e.to_string())))?;
+        let result = self.services.kv.incr(
+            &self.plugin,
+            key,
+            delta,
+            ttl_ms.map(Duration::from_millis),
+            quota,
+        );
         self.record_kv_usage();
-        Ok(value)
+        result
     }
 
-    async fn kv_delete(&mut self, key: String) -> wasmtime::Result<()> {
-        self.services.kv.delete(&self.plugin, &key);
-        Ok(())
+    pub(super) fn kv_read(&self, key: &str) -> Option<Vec<u8>> {
+        self.services.kv.get(&self.plugin, key)
     }
 
-    async fn now_ms(&mut self) -> wasmtime::Result<u64> {
-        Ok(std::time::SystemTime::now()
+    pub(super) fn kv_remove(&self, key: &str) {
+        self.services.kv.delete(&self.plugin, key);
+    }
+
+    pub(super) fn now(&self) -> u64 {
+        std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
-    async fn counter_add(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
+    pub(super) fn add_to_counter(&self, name: String, delta: u64) -> wasmtime::Result<()> {
         // Bounded names, and a bounded number of them, keep the metrics page bounded.
         if name.is_empty()
             || name.len() > 64
@@ -458,80 +485,198 @@ impl host::Host for PluginState {
         Ok(())
     }
 
+    pub(super) fn config_text(&self) -> String {
+        self.config_json.to_string()
+    }
+
+    pub(super) fn tag_value(&self, key: &str) -> Option<String> {
+        self.tags.get(key).cloned()
+    }
+}
+
+/// What a plugin sees of a KV failure.
+fn kv_error(error: KvError) -> types::KvError {
+    match error {
+        KvError::Quota { .. } => types::KvError::Quota(error.to_string()),
+        KvError::KeyTooLong(_) | KvError::ValueTooLarge(_) => {
+            types::KvError::TooLarge(error.to_string())
+        }
+    }
+}
+
+impl types::Host for PluginState {}
+
+impl host::Host for PluginState {
+    async fn log(
+        &mut self,
+        level: types::Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        self.write_log_line(level, &message, &fields);
+        Ok(())
+    }
+
+    async fn resolve(
+        &mut self,
+        name: String,
+        kind: types::RecordType,
+    ) -> wasmtime::Result<Result<Vec<String>, types::DnsError>> {
+        Ok(self.lookup(&name, kind).await)
+    }
+
+    async fn resolve_many(
+        &mut self,
+        queries: Vec<(String, types::RecordType)>,
+    ) -> wasmtime::Result<Vec<Result<Vec<String>, types::DnsError>>> {
+        // Each query takes from the budget first; those within it run concurrently.
+        let mut lookups = Vec::with_capacity(queries.len());
+        for (name, kind) in queries {
+            match self.take_dns_query() {
+                Ok(()) => {
+                    let dns = Arc::clone(&self.services.dns);
+                    lookups.push(Ok(tokio::spawn(
+                        async move { dns.lookup(&name, kind).await },
+                    )));
+                }
+                Err(over) => lookups.push(Err(over)),
+            }
+        }
+        let mut answers = Vec::with_capacity(lookups.len());
+        for lookup in lookups {
+            answers.push(match lookup {
+                Ok(task) => task.await.unwrap_or_else(|e| {
+                    Err(types::DnsError::Temporary(format!("lookup failed: {e}")))
+                }),
+                Err(over) => Err(over),
+            });
+        }
+        Ok(answers)
+    }
+
+    async fn kv_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.kv_read(&key))
+    }
+
+    async fn kv_set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<(), types::KvError>> {
+        Ok(self.kv_write(&key, &value, ttl_ms).map_err(kv_error))
+    }
+
+    async fn kv_incr(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<i64, types::KvError>> {
+        Ok(self.kv_add(&key, delta, ttl_ms).map_err(kv_error))
+    }
+
+    async fn kv_delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.kv_remove(&key);
+        Ok(())
+    }
+
+    async fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        Ok(self.now())
+    }
+
+    async fn counter_add(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
+        self.add_to_counter(name, delta)
+    }
+
     async fn config(&mut self) -> wasmtime::Result<String> {
-        Ok(self.config_json.to_string())
+        Ok(self.config_text())
     }
 
     async fn tag(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.tags.get(&key).cloned())
+        Ok(self.tag_value(&key))
+    }
+
+    async fn session(&mut self) -> wasmtime::Result<types::SessionInfo> {
+        Ok(self.session.as_ref().clone())
     }
 }
 
-impl message::Host for PluginState {}
+/// The `message` resource, for one version of the contract: the same for every version
+/// (`$message` and `$types` name that version's generated modules).
+macro_rules! host_message {
+    ($message:ident, $types:ident) => {
+        impl $message::Host for PluginState {}
 
-impl message::HostMessage for PluginState {
-    async fn raw_size(&mut self, this: Resource<MessageHandle>) -> wasmtime::Result<u64> {
-        Ok(self.message(&this)?.raw_size())
-    }
+        impl $message::HostMessage for PluginState {
+            async fn raw_size(&mut self, this: Resource<MessageHandle>) -> wasmtime::Result<u64> {
+                Ok(self.message(&this)?.raw_size())
+            }
 
-    async fn header(
-        &mut self,
-        this: Resource<MessageHandle>,
-        name: String,
-    ) -> wasmtime::Result<Option<String>> {
-        Ok(self.message(&this)?.header(&name))
-    }
+            async fn header(
+                &mut self,
+                this: Resource<MessageHandle>,
+                name: String,
+            ) -> wasmtime::Result<Option<String>> {
+                Ok(self.message(&this)?.header(&name))
+            }
 
-    async fn headers(
-        &mut self,
-        this: Resource<MessageHandle>,
-        name: String,
-    ) -> wasmtime::Result<Vec<String>> {
-        Ok(self.message(&this)?.headers(&name))
-    }
+            async fn headers(
+                &mut self,
+                this: Resource<MessageHandle>,
+                name: String,
+            ) -> wasmtime::Result<Vec<String>> {
+                Ok(self.message(&this)?.headers(&name))
+            }
 
-    async fn header_names(
-        &mut self,
-        this: Resource<MessageHandle>,
-    ) -> wasmtime::Result<Vec<String>> {
-        Ok(self.message(&this)?.header_names())
-    }
+            async fn header_names(
+                &mut self,
+                this: Resource<MessageHandle>,
+            ) -> wasmtime::Result<Vec<String>> {
+                Ok(self.message(&this)?.header_names())
+            }
 
-    async fn text_parts(
-        &mut self,
-        this: Resource<MessageHandle>,
-        max_bytes: u32,
-    ) -> wasmtime::Result<Vec<String>> {
-        Ok(self.message(&this)?.text_parts(max_bytes))
-    }
+            async fn text_parts(
+                &mut self,
+                this: Resource<MessageHandle>,
+                max_bytes: u32,
+            ) -> wasmtime::Result<Vec<String>> {
+                Ok(self.message(&this)?.text_parts(max_bytes))
+            }
 
-    async fn attachments(
-        &mut self,
-        this: Resource<MessageHandle>,
-    ) -> wasmtime::Result<Vec<types::Attachment>> {
-        Ok(self
-            .message(&this)?
-            .attachments()
-            .into_iter()
-            .map(|a| types::Attachment {
-                name: a.name,
-                content_type: a.content_type,
-                size: a.size,
-            })
-            .collect())
-    }
+            async fn attachments(
+                &mut self,
+                this: Resource<MessageHandle>,
+            ) -> wasmtime::Result<Vec<$types::Attachment>> {
+                Ok(self
+                    .message(&this)?
+                    .attachments()
+                    .into_iter()
+                    .map(|a| $types::Attachment {
+                        name: a.name,
+                        content_type: a.content_type,
+                        size: a.size,
+                    })
+                    .collect())
+            }
 
-    async fn raw_range(
-        &mut self,
-        this: Resource<MessageHandle>,
-        offset: u64,
-        len: u32,
-    ) -> wasmtime::Result<Vec<u8>> {
-        Ok(self.message(&this)?.raw_range(offset, len))
-    }
+            async fn raw_range(
+                &mut self,
+                this: Resource<MessageHandle>,
+                offset: u64,
+                len: u32,
+            ) -> wasmtime::Result<Vec<u8>> {
+                Ok(self.message(&this)?.raw_range(offset, len))
+            }
 
-    async fn drop(&mut self, this: Resource<MessageHandle>) -> wasmtime::Result<()> {
-        self.reclaim_message(this);
-        Ok(())
-    }
+            async fn drop(&mut self, this: Resource<MessageHandle>) -> wasmtime::Result<()> {
+                self.reclaim_message(this);
+                Ok(())
+            }
+        }
+    };
 }
+
+pub(super) use host_message;
+
+host_message!(message, types);

@@ -51,6 +51,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
     };
 
     let mut plugins = shared.take_plugin_session();
+    plugins.set_message_tags(&envelope.tags);
     let wants_route = plugins.has(w::Hooks::ROUTE);
     let mut groups: BTreeMap<Destination, Vec<usize>> = BTreeMap::new();
     for &(rcpt, _) in &pending {

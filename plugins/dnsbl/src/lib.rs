@@ -405,9 +405,18 @@ impl Plugin for Dnsbl {
         host.counter_add("dnsbl_checked", 1);
         let ip_text = ip.to_string();
         let mut failed = false;
-        for zone in &self.config.zones {
-            let name = query_name(ip, &zone.name);
-            match classify(zone, host.resolve(&name, RecordType::A)) {
+        // Every zone is asked at once: the session waits for the slowest, not the sum.
+        let names: Vec<String> = self
+            .config
+            .zones
+            .iter()
+            .map(|zone| query_name(ip, &zone.name))
+            .collect();
+        let queries: Vec<(&str, RecordType)> =
+            names.iter().map(|n| (n.as_str(), RecordType::A)).collect();
+        let answers = host.resolve_many(&queries);
+        for (zone, answer) in self.config.zones.iter().zip(answers) {
+            match classify(zone, answer) {
                 Lookup::Listed(answer) => {
                     let answer = answer.to_string();
                     host.log(

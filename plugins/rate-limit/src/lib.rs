@@ -295,10 +295,30 @@ impl Plugin for RateLimit {
         if self.exempt {
             return Response::next();
         }
-        let mut taken = Vec::new();
+        let mut taken: Vec<(String, u64)> = Vec::new();
         let mut over = None;
         for (which, limit, key) in self.counted(sender.as_deref()) {
-            let count = host.kv_incr(&key, 1, Some(limit.window.ms));
+            let count = match host.kv_incr(&key, 1, Some(limit.window.ms)) {
+                Ok(count) => count,
+                Err(e) => {
+                    // A counter that cannot be kept cannot say the sender is within its
+                    // limit: give back what was taken and defer, never wave through.
+                    host.log(
+                        Level::Warn,
+                        "rate counter not kept",
+                        &[("error", &e.to_string())],
+                    );
+                    for (key, ttl) in &taken {
+                        let _ = host.kv_incr(key, -1, Some(*ttl));
+                    }
+                    return Verdict::tempfail(
+                        451,
+                        "4.3.0",
+                        "Rate limit state unavailable, try again later",
+                    )
+                    .into();
+                }
+            };
             taken.push((key, limit.window.ms));
             if count > i64::from(limit.limit) && over.is_none() {
                 over = Some((which, count - 1));
@@ -308,7 +328,7 @@ impl Plugin for RateLimit {
             Some((which, count)) => {
                 // The message is refused: give back what it took.
                 for (key, ttl) in taken {
-                    host.kv_incr(&key, -1, Some(ttl));
+                    let _ = host.kv_incr(&key, -1, Some(ttl));
                 }
                 self.refuse(host, which, sender.as_deref(), count)
             }
