@@ -71,6 +71,9 @@ pub struct Config {
     /// The plugins, in chain order.
     #[serde(default, rename = "plugin")]
     pub plugin_list: Vec<PluginConfig>,
+    /// DKIM signing keys.
+    #[serde(default, rename = "dkim_sign")]
+    pub dkim_sign: Vec<DkimSignConfig>,
 }
 
 /// One `[[plugin]]`: a WebAssembly component and how to run it.
@@ -405,6 +408,86 @@ pub struct ListenerConfig {
     /// The plugin chain of this listener, by name; all plugins in order when absent.
     #[serde(default)]
     pub plugins: Option<Vec<String>>,
+    /// Sender authentication checks run on mail arriving here; all four on `smtp`
+    /// listeners and none on `submission`/`smtps` when absent.
+    #[serde(default)]
+    pub verify: Option<Vec<VerifyCheck>>,
+}
+
+/// A sender authentication check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyCheck {
+    /// SPF (RFC 7208) for HELO and MAIL FROM.
+    Spf,
+    /// DKIM (RFC 6376) signatures.
+    Dkim,
+    /// DMARC (RFC 7489).
+    Dmarc,
+    /// ARC (RFC 8617) chains.
+    Arc,
+}
+
+impl ListenerConfig {
+    /// The checks this listener runs.
+    pub fn checks(&self) -> crate::sender_auth::Checks {
+        let default: &[VerifyCheck] = match self.protocol {
+            Protocol::Smtp => &[
+                VerifyCheck::Spf,
+                VerifyCheck::Dkim,
+                VerifyCheck::Dmarc,
+                VerifyCheck::Arc,
+            ],
+            Protocol::Submission | Protocol::Smtps => &[],
+        };
+        let list = self.verify.as_deref().unwrap_or(default);
+        crate::sender_auth::Checks {
+            spf: list.contains(&VerifyCheck::Spf),
+            dkim: list.contains(&VerifyCheck::Dkim),
+            dmarc: list.contains(&VerifyCheck::Dmarc),
+            arc: list.contains(&VerifyCheck::Arc),
+        }
+    }
+}
+
+/// One `[[dkim_sign]]`: a key that signs mail from a domain, in a time window.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimSignConfig {
+    /// Mail whose RFC 5322 From domain is this is signed.
+    pub domain: DomainName,
+    /// The selector (`s=`): the key's record is `SELECTOR._domainkey.DOMAIN`.
+    pub selector: String,
+    /// The private key, PEM (RSA or Ed25519; the algorithm follows the key); relative to
+    /// the configuration file.
+    pub key_file: PathBuf,
+    /// The key signs from this time on (RFC 3339).
+    #[serde(default, with = "rfc3339_opt")]
+    pub not_before: Option<time::OffsetDateTime>,
+    /// ... and until this time (RFC 3339).
+    #[serde(default, with = "rfc3339_opt")]
+    pub not_after: Option<time::OffsetDateTime>,
+    /// The header fields to sign instead of the default list.
+    #[serde(default)]
+    pub headers: Option<Vec<String>>,
+}
+
+/// RFC 3339 times in the configuration.
+mod rfc3339_opt {
+    use serde::{Deserialize, Deserializer};
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<OffsetDateTime>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(deserializer)? else {
+            return Ok(None);
+        };
+        OffsetDateTime::parse(&text, &Rfc3339)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}` is not an RFC 3339 time: {e}")))
+    }
 }
 
 /// What a listener speaks.
@@ -634,6 +717,11 @@ impl Config {
                 plugin.path = base.join(&plugin.path);
             }
         }
+        for key in &mut config.dkim_sign {
+            if key.key_file.is_relative() {
+                key.key_file = base.join(&key.key_file);
+            }
+        }
         Ok(config)
     }
 
@@ -820,6 +908,33 @@ impl Config {
                         format!("no [[plugin]] is named `{name}`"),
                     ));
                 }
+            }
+        }
+        for (i, key) in self.dkim_sign.iter().enumerate() {
+            let selector_ok = !key.selector.is_empty()
+                && key.selector.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !selector_ok {
+                return Err((
+                    format!("dkim_sign[{i}].selector"),
+                    format!(
+                        "`{}` is not a DNS label (letters, digits, hyphens)",
+                        key.selector
+                    ),
+                ));
+            }
+            if let (Some(from), Some(until)) = (key.not_before, key.not_after)
+                && from >= until
+            {
+                return Err((
+                    format!("dkim_sign[{i}].not_after"),
+                    "must be later than not_before".into(),
+                ));
             }
         }
         let mut route_names = HashSet::new();

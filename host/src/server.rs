@@ -18,10 +18,10 @@ use tokio_util::task::TaskTracker;
 use crate::admin;
 use crate::auth::UsersFile;
 use crate::config::Config;
+use crate::dns::Dns;
 use crate::inbound::listener::Listener;
 use crate::inbound::{InboundContext, InboundParts};
 use crate::metrics::Metrics;
-use crate::plugins::dns::Dns;
 use crate::plugins::{PluginHost, reload};
 use crate::queue::Queue;
 use crate::spool::Spool;
@@ -52,6 +52,9 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         }
         Err(e) => return Err(anyhow::anyhow!(e)),
     };
+    let sender_auth = Arc::new(
+        crate::sender_auth::SenderAuth::new(&config, &dns).context("loading DKIM signing keys")?,
+    );
     let plugins = PluginHost::start(&config, Arc::clone(&dns), Arc::clone(&metrics))
         .await
         .context("loading plugins")?;
@@ -113,6 +116,7 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             queue,
             tls: tls.clone(),
             users,
+            sender_auth,
         },
         shutdown.clone(),
     ));

@@ -227,7 +227,7 @@ impl GatewayConfig {
         text.push_str(&format!("queue = {{ {} }}\n", queue.join(", ")));
         for (name, address) in &self.listeners {
             text.push_str(&format!(
-                "\n[[listener]]\nname = {name:?}\naddress = {address:?}\nprotocol = \"smtp\"\n"
+                "\n[[listener]]\nname = {name:?}\naddress = {address:?}\nprotocol = \"smtp\"\nverify = []\n"
             ));
         }
         text.push_str("\n[spool]\npath = \"spool\"\n");

@@ -53,6 +53,7 @@ fn setup() -> Setup {
 name = "mx"
 address = "127.0.0.1:0"
 protocol = "smtp"
+verify = []
 
 [[listener]]
 name = "submission"

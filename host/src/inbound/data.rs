@@ -351,6 +351,26 @@ impl Session {
             tags: BTreeMap::new(),
             quarantine: None,
         };
+        let authenticating = self.checks.any() || !self.ctx.sender_auth.signer.is_empty();
+        let raw = if authenticating {
+            match writer.contents().await {
+                Ok(raw) => Some(raw),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the message back for sender authentication");
+                    return Reply::new(
+                        451,
+                        codes::SYSTEM_TEMPORARY,
+                        "Temporary local problem, try again later",
+                    );
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(raw) = &raw {
+            self.verify_message(raw, tx.spf.as_deref(), &mut envelope)
+                .await;
+        }
         if self.plugins.wants(Hook::Data) {
             match self.on_data(&mut writer, &mut envelope).await {
                 DataPolicy::Store => {}
@@ -367,6 +387,10 @@ impl Session {
                     return Reply::new(250, codes::OK, format!("Ok: queued as {id}"));
                 }
             }
+        }
+        if let Some(raw) = &raw {
+            // After every edit, on the bytes that will leave.
+            self.sign_message(raw, &mut envelope);
         }
         envelope.tags.clone_from(&self.tags);
         let committed = writer.commit(&envelope).await;

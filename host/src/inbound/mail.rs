@@ -98,6 +98,16 @@ impl Session {
         // A new transaction starts from the session's tags only: what the previous one set
         // (at MAIL, RCPT or DATA, whether its message was accepted or refused) ended with it.
         self.tags.clone_from(&self.session_tags);
+        // SPF is checked for the identities the client gave, before any plugin rewrites
+        // them, and is what plugins see from here on.
+        let client_sender = match &sender {
+            ReversePath::Null => None,
+            ReversePath::Mailbox(mailbox) => Some(mailbox.to_string()),
+        };
+        let spf = self
+            .check_spf(&helo.name, client_sender.as_deref())
+            .await
+            .map(Box::new);
         if self.plugins.wants(Hook::MailFrom) {
             let info = w::MailFromInfo {
                 sender: match &sender {
@@ -135,6 +145,7 @@ impl Session {
                 smtputf8,
                 recipients: Vec::new(),
                 chunks: None,
+                spf,
             },
         );
         Reply::new(250, codes::SENDER_OK, "Ok")

@@ -8,6 +8,7 @@
 
 pub mod address;
 pub mod admission;
+mod authenticate;
 pub mod body;
 pub mod command;
 pub mod connection;
@@ -52,6 +53,8 @@ pub struct InboundParts {
     pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// The AUTH users file, when configured (swapped when the file changes).
     pub users: Option<Arc<arc_swap::ArcSwap<crate::auth::UsersFile>>>,
+    /// Sender authentication: verification and DKIM signing.
+    pub sender_auth: Arc<crate::sender_auth::SenderAuth>,
 }
 
 /// What every session needs from the server, shared read-only.
@@ -81,6 +84,8 @@ pub struct InboundContext {
     pub users: Option<Arc<arc_swap::ArcSwap<crate::auth::UsersFile>>>,
     /// Failed AUTH attempts per client address.
     pub auth_failures: crate::auth::FailureLimiter,
+    /// Sender authentication: verification and DKIM signing.
+    pub sender_auth: Arc<crate::sender_auth::SenderAuth>,
 }
 
 impl InboundContext {
@@ -93,6 +98,7 @@ impl InboundContext {
             queue,
             tls,
             users,
+            sender_auth,
         } = parts;
         let auth_failures = match &config.auth {
             Some(auth) => {
@@ -117,6 +123,7 @@ impl InboundContext {
             tls,
             users,
             auth_failures,
+            sender_auth,
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct Transaction {
     pub recipients: Vec<(String, Vec<Param>)>,
     /// A BDAT transfer in progress.
     pub chunks: Option<Box<super::data::ChunkedMessage>>,
+    /// SPF's results for this transaction, when the listener checks them.
+    pub spf: Option<Box<crate::sender_auth::SpfResults>>,
 }
 
 /// Where the session is in the protocol; each variant holds exactly what is known there.
@@ -100,6 +102,8 @@ pub struct Session {
     pub(super) transactions: u32,
     pub(super) accepted: u32,
     started: std::time::Instant,
+    /// The sender authentication checks of this listener.
+    pub(super) checks: crate::sender_auth::Checks,
     errors: u32,
     line: Vec<u8>,
 }
@@ -125,6 +129,13 @@ impl Session {
             transactions: 0,
             accepted: 0,
             started: std::time::Instant::now(),
+            checks: ctx
+                .config
+                .listeners
+                .iter()
+                .find(|l| *l.name == *listener)
+                .map(|l| l.checks())
+                .unwrap_or_default(),
             io: Connection::new(stream),
             ctx,
             peer,

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use hickory_resolver::proto::rr::{RData, RecordType};
 
-use crate::plugins::dns::Dns;
+use crate::dns::Dns;
 
 /// One next-hop host and its addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::plugins::dns::Dns;
+use crate::dns::Dns;
 
 /// The largest policy file accepted (RFC 8461 §3.2 suggests 64 KiB).
 const MAX_POLICY: usize = 64 * 1024;

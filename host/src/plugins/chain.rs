@@ -599,6 +599,8 @@ pub struct SessionPlugins {
     session: Arc<w::SessionInfo>,
     /// The message's tags, for the delivery side's hooks.
     message_tags: BTreeMap<String, String>,
+    /// What `auth-results` answers during this transaction's calls.
+    auth_results: Arc<Vec<w::AuthResult>>,
 }
 
 /// The reply of a stage that policy could not decide.
@@ -621,7 +623,13 @@ impl SessionPlugins {
             instances,
             session: Arc::new(super::services::no_session()),
             message_tags: BTreeMap::new(),
+            auth_results: Arc::new(Vec::new()),
         }
+    }
+
+    /// The transaction's sender authentication results, for the calls that follow.
+    pub fn set_auth_results(&mut self, results: Vec<w::AuthResult>) {
+        self.auth_results = Arc::new(results);
     }
 
     /// The session's facts, for the calls that follow.
@@ -934,6 +942,7 @@ impl SessionPlugins {
     ) -> Result<w::Response, CallError> {
         let metrics = Arc::clone(&self.services.metrics);
         let session = Arc::clone(&self.session);
+        let auth_results = Arc::clone(&self.auth_results);
         let instance = self.instance(index, plugin).await?;
         if !instance.hooks.contains(input.hook().flag()) {
             // This instance declared otherwise than the probe at load time: treat it as
@@ -945,6 +954,7 @@ impl SessionPlugins {
         }
         instance.store.data_mut().tags.clone_from(tags);
         instance.store.data_mut().session = session;
+        instance.store.data_mut().auth_results = auth_results;
         instance.start_call(plugin)?;
         let response = instance.call_stage(input).await?;
         let fuel = instance.end_call(plugin);

@@ -54,7 +54,7 @@ impl PluginHost {
     /// is an error at start-up (a gateway must not start without the policy it was given).
     pub async fn start(
         config: &Config,
-        dns: Arc<dns::Dns>,
+        dns: Arc<crate::dns::Dns>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<PluginHost>> {
         let engine = PluginEngine::new(&config.plugins, config.plugin_instances())

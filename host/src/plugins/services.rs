@@ -16,11 +16,11 @@ use tidegate_plugin_sdk::Message as _;
 use tidegate_plugin_sdk::inspect::ParsedMessage;
 
 use super::bindings::tidegate::plugin::{host, message, types};
-use super::dns::Dns;
 use super::kv::{KvError, KvStore, Quota};
 use super::limits::{
     Admit, MAX_LOG_FIELD, MAX_LOG_FIELDS, MAX_LOG_LINE, MemoryLimiter, OverLimit, PluginLimits,
 };
+use crate::dns::Dns;
 use crate::metrics::{Metrics, PluginCounterLabels, PluginLabels};
 
 /// Services shared by every plugin instance.
@@ -233,6 +233,8 @@ pub struct PluginState {
     pub tags: BTreeMap<String, String>,
     /// The session's facts as of the current call.
     pub session: Arc<types::SessionInfo>,
+    /// The transaction's sender authentication results as of the current call.
+    pub auth_results: Arc<Vec<types::AuthResult>>,
     /// DNS queries made in the current call and in the current session.
     dns_in_call: u32,
     dns_in_session: u32,
@@ -273,6 +275,7 @@ impl PluginState {
             services,
             tags: BTreeMap::new(),
             session: Arc::new(no_session()),
+            auth_results: Arc::new(Vec::new()),
             dns_in_call: 0,
             dns_in_session: 0,
         }
@@ -288,6 +291,7 @@ impl PluginState {
         self.dns_in_session = 0;
         self.tags.clear();
         self.session = Arc::new(no_session());
+        self.auth_results = Arc::new(Vec::new());
     }
 
     fn quota(&self) -> Quota {
@@ -401,7 +405,7 @@ impl PluginState {
         kind: types::RecordType,
     ) -> Result<Vec<String>, types::DnsError> {
         self.take_dns_query()?;
-        self.services.dns.lookup(name, kind).await
+        super::dns::lookup(&self.services.dns, name, kind).await
     }
 
     pub(super) fn kv_write(
@@ -535,9 +539,9 @@ impl host::Host for PluginState {
             match self.take_dns_query() {
                 Ok(()) => {
                     let dns = Arc::clone(&self.services.dns);
-                    lookups.push(Ok(tokio::spawn(
-                        async move { dns.lookup(&name, kind).await },
-                    )));
+                    lookups.push(Ok(tokio::spawn(async move {
+                        super::dns::lookup(&dns, &name, kind).await
+                    })));
                 }
                 Err(over) => lookups.push(Err(over)),
             }
@@ -599,6 +603,10 @@ impl host::Host for PluginState {
 
     async fn session(&mut self) -> wasmtime::Result<types::SessionInfo> {
         Ok(self.session.as_ref().clone())
+    }
+
+    async fn auth_results(&mut self) -> wasmtime::Result<Vec<types::AuthResult>> {
+        Ok(self.auth_results.as_ref().clone())
     }
 }
 

@@ -34,10 +34,10 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::dns::Dns;
 use crate::metrics::Metrics;
 use crate::outbound::pool::ConnectionPool;
 use crate::plugins::PluginHost;
-use crate::plugins::dns::Dns;
 use crate::spool::{QueueId, Spool, StoredMessage};
 use state::{Event, Outcome};
 

@@ -67,6 +67,12 @@ pub enum HeaderEdit {
         /// Field value.
         value: String,
     },
+    /// Remove every `Authentication-Results:` field that claims this authserv-id (RFC 8601
+    /// §5: a field an upstream forged in our name must not survive).
+    RemoveAuthResults {
+        /// Our authserv-id, lowercase.
+        authserv_id: String,
+    },
 }
 
 /// Applies header edits to raw message octets: the header block is rewritten, the body
@@ -99,6 +105,20 @@ pub fn apply_header_edits(raw: &[u8], edits: &[HeaderEdit]) -> Vec<u8> {
             HeaderEdit::Remove { name } => {
                 let name = name.to_ascii_lowercase();
                 fields.retain(|f| name_of(f) != name);
+            }
+            HeaderEdit::RemoveAuthResults { authserv_id } => {
+                fields.retain(|f| {
+                    if name_of(f) != "authentication-results" {
+                        return true;
+                    }
+                    let value = f
+                        .iter()
+                        .position(|b| *b == b':')
+                        .map(|at| String::from_utf8_lossy(&f[at + 1..]).into_owned())
+                        .unwrap_or_default();
+                    crate::sender_auth::verify::authserv_id_of(&value)
+                        != authserv_id.to_ascii_lowercase()
+                });
             }
             HeaderEdit::Replace { name, value } => {
                 let lower = name.to_ascii_lowercase();

@@ -1,0 +1,56 @@
+//! The gateway's one resolver and DNS cache (`hickory-resolver`, configured by `[dns]`):
+//! delivery (MX, addresses, MTA-STS), plugins and sender authentication all ask through it,
+//! so every answer is cached once, by its TTL, and every lookup has the same timeouts.
+
+use std::time::Duration;
+
+use crate::config::DnsConfig;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+
+/// The resolver, or why there is none.
+#[derive(Debug, Default)]
+pub struct Dns {
+    resolver: Option<TokioResolver>,
+}
+
+impl Dns {
+    /// Builds a resolver from `[dns]`: the configured name servers, or the system's.
+    pub fn new(config: &DnsConfig) -> Result<Dns, String> {
+        let builder = if config.nameservers.is_empty() {
+            TokioResolver::builder_tokio().map_err(|e| format!("system DNS configuration: {e}"))?
+        } else {
+            let servers = config
+                .nameservers
+                .iter()
+                .map(|addr| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = addr.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = addr.port();
+                    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                TokioRuntimeProvider::default(),
+            )
+        };
+        let mut builder = builder;
+        let options = builder.options_mut();
+        options.timeout = Duration::from_millis(config.timeout_ms.unwrap_or(2000));
+        options.attempts = 2;
+        // One cache for every user of the resolver; entries live as long as their TTL.
+        options.cache_size = 8192;
+        let resolver = builder.build().map_err(|e| format!("DNS resolver: {e}"))?;
+        Ok(Dns {
+            resolver: Some(resolver),
+        })
+    }
+
+    /// The resolver, if one could be built (delivery uses it for MX and address lookups).
+    pub fn resolver(&self) -> Option<&TokioResolver> {
+        self.resolver.as_ref()
+    }
+}
