@@ -31,6 +31,11 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// DKIM keys: make one, check its DNS record.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
     /// Look at the spool.
     Spool {
         #[command(subcommand)]
@@ -64,6 +69,49 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DkimCommand {
+    /// Write a new private key (PEM, mode 0600) and print the DNS TXT record to publish.
+    Keygen {
+        /// The signing domain (`d=`).
+        #[arg(long)]
+        domain: String,
+        /// The selector (`s=`).
+        #[arg(long)]
+        selector: String,
+        /// Where to write the private key (an existing file is never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// `rsa` (RSA-SHA256) or `ed25519` (Ed25519-SHA256).
+        #[arg(long, default_value = "rsa")]
+        algorithm: KeyAlgorithm,
+        /// RSA key size.
+        #[arg(long, default_value_t = 2048)]
+        bits: usize,
+    },
+    /// Look the key record up and say whether it matches the key.
+    Check {
+        /// The configuration file (its `[dns]`, and its `[[dkim_sign]]` key unless --key).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The signing domain.
+        #[arg(long)]
+        domain: String,
+        /// The selector.
+        #[arg(long)]
+        selector: String,
+        /// The private key to compare with, instead of the configured one.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum KeyAlgorithm {
+    Rsa,
+    Ed25519,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +172,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 key.display()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Dkim {
+            command:
+                DkimCommand::Keygen {
+                    domain,
+                    selector,
+                    out,
+                    algorithm,
+                    bits,
+                },
+        } => {
+            let algorithm = match algorithm {
+                KeyAlgorithm::Rsa => tidegate::sender_auth::keys::Algorithm::Rsa,
+                KeyAlgorithm::Ed25519 => tidegate::sender_auth::keys::Algorithm::Ed25519,
+            };
+            let line = tidegate::cli::dkim::keygen(&domain, &selector, &out, algorithm, bits)?;
+            println!("{line}");
+            eprintln!("wrote the private key to {} (mode 0600)", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dkim {
+            command:
+                DkimCommand::Check {
+                    config,
+                    domain,
+                    selector,
+                    key,
+                },
+        } => {
+            let config = Config::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            use tidegate::cli::dkim::Check;
+            match runtime.block_on(tidegate::cli::dkim::check(
+                &config,
+                &domain,
+                &selector,
+                key.as_deref(),
+            ))? {
+                Check::Matches => {
+                    println!(
+                        "{selector}._domainkey.{domain}: the published record matches the key"
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Check::Differs(why) | Check::Missing(why) => {
+                    println!("{why}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Check { config: path } => {
             let config = Config::load(&path)?;

@@ -152,8 +152,15 @@ impl Signer {
     }
 }
 
-/// The value of a `Name: value\r\n` field as mail-auth writes it.
+/// The value of a `Name: value\r\n` field as mail-auth writes it. mail-auth may fold the
+/// line right before the final `;` (an RSA-2048 `b=` ends at its wrapping column); the
+/// signature covers `b=;` either way, but some verifiers (dkimpy) keep that folding
+/// whitespace in `b=` and fail, so it is taken out.
 fn field_value(field: &str) -> String {
     let value = field.split_once(':').map_or(field, |(_, v)| v);
-    value.trim_start().trim_end_matches("\r\n").to_owned()
+    let value = value.trim_start().trim_end_matches("\r\n");
+    match value.strip_suffix(';') {
+        Some(head) => format!("{};", head.trim_end()),
+        None => value.to_owned(),
+    }
 }

@@ -182,6 +182,11 @@ impl std::fmt::Debug for Verifier {
 fn dkim_verdict(result: &DkimResult) -> (Verdict, Option<String>) {
     match result {
         DkimResult::Pass => (Verdict::Pass, None),
+        // A body that no longer matches its hash is a failed signature (RFC 6376 §6.1.3:
+        // the message was changed), whatever mail-auth calls it.
+        DkimResult::Neutral(
+            e @ mail_auth::Error::Dkim(mail_auth::dkim::DkimError::FailedBodyHashMatch),
+        ) => (Verdict::Fail, Some(e.to_string())),
         DkimResult::Neutral(e) => (Verdict::Neutral, Some(e.to_string())),
         DkimResult::Fail(e) => (Verdict::Fail, Some(e.to_string())),
         DkimResult::PermError(e) => (Verdict::PermError, Some(e.to_string())),
@@ -349,7 +354,11 @@ impl Verifier {
 }
 
 fn header_value(header: &AuthenticationResults<'_>) -> String {
-    let text = header.to_string();
+    // See dkim_verdict: a changed body is `fail`.
+    let text = header.to_string().replace(
+        "dkim=neutral (body hash did not verify)",
+        "dkim=fail (body hash did not verify)",
+    );
     if text.contains(';') {
         text
     } else {

@@ -1,0 +1,379 @@
+//! Sender authentication end to end, with a DNS server (dnsmasq) on loopback serving SPF,
+//! DKIM and DMARC records: SPF's every result, DKIM signatures made by Tidegate verified
+//! by Tidegate's own verification path and by an independent implementation (Debian's
+//! dkimpy), a changed body failing them, DMARC's policy and alignment, a forged
+//! `Authentication-Results:` in our name removed while others' stay, and `tidegate dkim
+//! keygen` / `check` against the published record.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tidegate_e2e::{DnsServer, Gateway, GatewayConfig, SmtpClient, binary};
+
+const OUTSIDE: &str = "127.0.0.2";
+
+/// A key made with `tidegate dkim keygen`; returns its file and the record's text.
+fn keygen(dir: &Path, algorithm: &str) -> (PathBuf, String) {
+    let out = dir.join(format!("{algorithm}.pem"));
+    let output = Command::new(binary())
+        .args(["dkim", "keygen", "--domain", "good.test", "--selector"])
+        .arg(format!("s-{algorithm}"))
+        .arg("--out")
+        .arg(&out)
+        .args(["--algorithm", algorithm])
+        .output()
+        .expect("tidegate dkim keygen runs");
+    assert!(output.status.success(), "{output:?}");
+    let line = String::from_utf8(output.stdout).unwrap();
+    // `s-rsa._domainkey.good.test. IN TXT "..." "..."`: the strings joined are the record.
+    let record: String = line
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .collect::<Vec<_>>()
+        .concat();
+    assert!(
+        line.starts_with(&format!(
+            "s-{algorithm}._domainkey.good.test. IN TXT \"v=DKIM1; k="
+        )),
+        "{line}"
+    );
+    (out, record)
+}
+
+/// dnsmasq's `--txt-record` with the text cut into strings of at most 255 octets (its
+/// commas separate the strings; none of these records has a comma of its own).
+fn txt(name: &str, text: &str) -> String {
+    let strings: Vec<String> = text
+        .as_bytes()
+        .chunks(255)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    format!("--txt-record={name},{}", strings.join(","))
+}
+
+struct Lab {
+    gateway: Gateway,
+    _silent: std::net::UdpSocket,
+    _dns: DnsServer,
+    _keys: tempfile::TempDir,
+    rsa_record: String,
+    ed_record: String,
+}
+
+fn lab() -> Lab {
+    let keys = tempfile::tempdir().unwrap();
+    let (rsa_key, rsa_record) = keygen(keys.path(), "rsa");
+    let (ed_key, ed_record) = keygen(keys.path(), "ed25519");
+    let too_many: String = (1..=11).map(|i| format!("a:h{i}.loop.test ")).collect();
+    let mut args: Vec<String> = [
+        "good.test",
+        "bad.test",
+        "soft.test",
+        "neutral.test",
+        "none.test",
+        "loop.test",
+        "example.test",
+        "quarantine.test",
+        // DMARC's tree walk asks for _dmarc.test: answered (NXDOMAIN), not refused.
+        "test",
+    ]
+    .iter()
+    .map(|z| format!("--local=/{z}/"))
+    .collect();
+    args.extend([
+        txt("good.test", "v=spf1 ip4:127.0.0.0/8 -all"),
+        txt("bad.test", "v=spf1 ip4:192.0.2.1 -all"),
+        txt("soft.test", "v=spf1 ~all"),
+        txt("neutral.test", "v=spf1 ?all"),
+        txt("loop.test", &format!("v=spf1 {too_many}-all")),
+        txt("_dmarc.good.test", "v=DMARC1; p=reject"),
+        txt("_dmarc.quarantine.test", "v=DMARC1; p=quarantine"),
+        txt("s-rsa._domainkey.good.test", &rsa_record),
+        txt("s-ed25519._domainkey.good.test", &ed_record),
+    ]);
+    // A server that never answers, for SPF's temperror: queries for unanswered.test are
+    // forwarded to a socket nobody reads, and the gateway's resolver times out.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    args.push(format!(
+        "--server=/unanswered.test/127.0.0.1#{}",
+        silent.local_addr().unwrap().port()
+    ));
+    let dns = DnsServer::start_with_args(&args);
+    let config = GatewayConfig::default().dns(dns.addr(), 500);
+    let text = config.render().replace(
+        "verify = []\n",
+        "verify = [\"spf\", \"dkim\", \"dmarc\", \"arc\"]\n",
+    ) + &format!(
+        "\n[[dkim_sign]]\ndomain = \"good.test\"\nselector = \"s-rsa\"\nkey_file = {rsa_key:?}\n\
+             \n[[dkim_sign]]\ndomain = \"good.test\"\nselector = \"s-ed25519\"\nkey_file = {ed_key:?}\n\
+             \n[[dkim_sign]]\ndomain = \"good.test\"\nselector = \"s-old\"\nkey_file = {rsa_key:?}\nnot_after = \"2020-01-01T00:00:00Z\"\n"
+    );
+    let gateway = Gateway::start_with_text(&text, 1);
+    Lab {
+        gateway,
+        _silent: silent,
+        _dns: dns,
+        _keys: keys,
+        rsa_record,
+        ed_record,
+    }
+}
+
+/// Sends `message` from `client_ip` with `sender`; returns the message as it will leave.
+fn send(lab: &Lab, client_ip: &str, sender: &str, message: &str) -> String {
+    let local: IpAddr = client_ip.parse().unwrap();
+    let mut client = SmtpClient::connect_from(local, lab.gateway.addr());
+    client.command("EHLO client.good.test").expect_code(250);
+    let reply = client.send_mail(sender, &["user@example.test"], message);
+    reply.expect(250, "2.0.0");
+    let id = reply.queue_id().expect("queue id");
+    String::from_utf8(lab.gateway.spool_show(&id)).unwrap()
+}
+
+/// The value of our Authentication-Results field (unfolded).
+fn our_results(message: &str) -> String {
+    let unfolded = message.replace("\r\n\t", " ").replace("\r\n ", " ");
+    unfolded
+        .lines()
+        .find(|l| l.starts_with("Authentication-Results: relay.example.test"))
+        .unwrap_or_else(|| panic!("no Authentication-Results of ours in:\n{message}"))
+        .to_owned()
+}
+
+fn plain_message(from: &str, body: &str) -> String {
+    format!(
+        "From: Alice <{from}>\r\nTo: user@example.test\r\nSubject: auth\r\nDate: Tue, 1 Dec 2026 08:00:00 +0000\r\nMessage-ID: <1@good.test>\r\n\r\n{body}\r\n"
+    )
+}
+
+/// Strips what the gateway put above the message it received (our `Received:` and
+/// `Authentication-Results:` fields), giving the bytes as the next hop would see them.
+fn without_our_fields(message: &str) -> String {
+    let mut out = Vec::new();
+    let mut skipping = false;
+    let mut in_header = true;
+    for line in message.split_inclusive("\r\n") {
+        if in_header && line == "\r\n" {
+            in_header = false;
+        }
+        if in_header && (line.starts_with(' ') || line.starts_with('\t')) {
+            if !skipping {
+                out.push(line);
+            }
+            continue;
+        }
+        skipping = in_header
+            && (line.starts_with("Received: ") || line.starts_with("Authentication-Results: "));
+        if !skipping {
+            out.push(line);
+        }
+    }
+    out.concat()
+}
+
+/// Debian's dkimpy verifies `message` with the records this test published.
+fn dkimpy_verifies(lab: &Lab, message: &str) -> bool {
+    let script = r#"
+import sys, dkim
+records = {b"s-rsa._domainkey.good.test.": sys.argv[1].encode(), b"s-ed25519._domainkey.good.test.": sys.argv[2].encode()}
+def dns(name, timeout=5):
+    return records.get(name if name.endswith(b".") else name + b".", b"")
+message = sys.stdin.buffer.read()
+d = dkim.DKIM(message)
+count = message.count(b"\nDKIM-Signature:") + message.startswith(b"DKIM-Signature:")
+try:
+    ok = all(d.verify(idx=i, dnsfunc=dns) for i in range(count)) and count == 2
+except dkim.ValidationError as e:
+    ok = False
+print("pass" if ok else "fail")
+"#;
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script, &lab.rsa_record, &lab.ed_record])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with dkimpy (scripts/setup installs python3-dkim)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let verdict = String::from_utf8_lossy(&output.stdout);
+    if verdict.trim() != "pass" {
+        eprintln!(
+            "dkimpy: {verdict} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    verdict.trim() == "pass"
+}
+
+#[test]
+fn spf_gives_each_of_its_results_for_mail_from() {
+    let lab = lab();
+    for (domain, expected) in [
+        ("good.test", "spf=pass"),
+        ("bad.test", "spf=fail"),
+        ("soft.test", "spf=softfail"),
+        ("neutral.test", "spf=neutral"),
+        ("none.test", "spf=none"),
+        ("loop.test", "spf=permerror"),
+        // Outside every zone the server refuses to answer: a temporary error.
+        ("unanswered.test", "spf=temperror"),
+    ] {
+        let sender = format!("alice@{domain}");
+        let stored = send(&lab, OUTSIDE, &sender, &plain_message(&sender, "hello"));
+        let results = our_results(&stored);
+        let mail_from = results
+            .split(';')
+            .find(|part| part.contains("smtp.mailfrom"))
+            .unwrap_or_default();
+        assert!(
+            mail_from.contains(expected),
+            "{domain}: expected {expected} in {results}"
+        );
+    }
+}
+
+#[test]
+fn what_tidegate_signs_passes_its_own_checks_and_dkimpys_and_a_changed_body_fails() {
+    let lab = lab();
+    // From a relay client: signed with both keys in their window, not with the old one.
+    let signed = send(
+        &lab,
+        "127.0.0.1",
+        "alice@good.test",
+        &plain_message("alice@good.test", "signed body"),
+    );
+    let leaving = without_our_fields(&signed);
+    assert_eq!(leaving.matches("DKIM-Signature:").count(), 2, "{leaving}");
+    assert!(leaving.contains("s=s-rsa") && leaving.contains("s=s-ed25519"));
+    assert!(!leaving.contains("s=s-old"), "a key past not_after signed");
+    assert!(leaving.contains("c=relaxed/relaxed"), "{leaving}");
+    // From is over-signed: h= names it twice.
+    let h = leaving
+        .replace("\r\n\t", "")
+        .replace("\r\n ", "")
+        .split("h=")
+        .nth(1)
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert_eq!(h.matches("from").count(), 2, "h={h}");
+    assert!(
+        dkimpy_verifies(&lab, &leaving),
+        "dkimpy refused:\n{leaving}"
+    );
+
+    // Received from outside, as the next hop would: DKIM and DMARC pass (SPF passes too,
+    // since loopback is in good.test's record).
+    let received = send(&lab, OUTSIDE, "alice@good.test", &leaving);
+    let results = our_results(&received);
+    assert!(results.contains("dkim=pass"), "{results}");
+    assert!(results.contains("dmarc=pass"), "{results}");
+    assert!(!received.contains("s=s-old"));
+    // An MX never signs mail from outside, even with one of our domains in From.
+    assert_eq!(
+        without_our_fields(&received)
+            .matches("DKIM-Signature:")
+            .count(),
+        2
+    );
+
+    // The body changed on the way: both signatures fail, with dkimpy too. With an
+    // unaligned MAIL FROM nothing saves DMARC, and good.test says reject.
+    let tampered = leaving.replace("signed body", "changed body");
+    assert!(!dkimpy_verifies(&lab, &tampered));
+    let received = send(&lab, OUTSIDE, "bounce@bad.test", &tampered);
+    let results = our_results(&received);
+    assert!(results.contains("dkim=fail"), "{results}");
+    assert!(results.contains("dmarc=fail"), "{results}");
+    assert!(results.contains("policy.dmarc=reject"), "{results}");
+}
+
+#[test]
+fn dmarc_follows_alignment_and_the_published_policy() {
+    let lab = lab();
+    // No signature, MAIL FROM in another domain than From: unaligned, policy quarantine.
+    let stored = send(
+        &lab,
+        OUTSIDE,
+        "alice@good.test",
+        &plain_message("boss@quarantine.test", "hi"),
+    );
+    let results = our_results(&stored);
+    assert!(results.contains("dmarc=fail"), "{results}");
+    assert!(results.contains("policy.dmarc=quarantine"), "{results}");
+    // Aligned SPF alone passes DMARC.
+    let stored = send(
+        &lab,
+        OUTSIDE,
+        "alice@good.test",
+        &plain_message("alice@good.test", "hi"),
+    );
+    assert!(our_results(&stored).contains("dmarc=pass"));
+    // No DMARC record: none.
+    let stored = send(
+        &lab,
+        OUTSIDE,
+        "alice@soft.test",
+        &plain_message("alice@soft.test", "hi"),
+    );
+    assert!(our_results(&stored).contains("dmarc=none"));
+}
+
+#[test]
+fn a_forged_authentication_results_in_our_name_is_removed_and_others_stay() {
+    let lab = lab();
+    let forged = format!(
+        "Authentication-Results: relay.example.test; dkim=pass header.d=good.test\r\n\
+         Authentication-Results: (upstream) other.example; spf=pass\r\n{}",
+        plain_message("alice@bad.test", "forged")
+    );
+    let stored = send(&lab, OUTSIDE, "alice@bad.test", &forged);
+    assert_eq!(
+        stored
+            .matches("Authentication-Results: relay.example.test")
+            .count(),
+        1,
+        "{stored}"
+    );
+    assert!(!our_results(&stored).contains("dkim=pass"), "{stored}");
+    assert!(stored.contains("Authentication-Results: (upstream) other.example; spf=pass"));
+}
+
+#[test]
+fn dkim_check_says_whether_the_published_record_matches_the_key() {
+    let lab = lab();
+    let check = |selector: &str, key: Option<&Path>| {
+        let mut command = Command::new(binary());
+        command
+            .args(["dkim", "check", "-c"])
+            .arg(lab.gateway.config_path())
+            .args(["--domain", "good.test", "--selector", selector]);
+        if let Some(key) = key {
+            command.arg("--key").arg(key);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = check("s-rsa", None);
+    assert!(ok, "{out}");
+    assert!(out.contains("matches"), "{out}");
+    // The Ed25519 key is not what s-rsa publishes.
+    let (ok, out) = check("s-rsa", Some(&lab._keys.path().join("ed25519.pem")));
+    assert!(!ok, "{out}");
+    let (ok, out) = check("s-missing", Some(&lab._keys.path().join("rsa.pem")));
+    assert!(!ok && out.contains("no TXT record"), "{out}");
+}
