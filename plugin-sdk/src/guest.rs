@@ -295,6 +295,35 @@ impl Host for GuestHost {
         host::kv_incr(key, delta, ttl_ms).map_err(from_kv_error)
     }
 
+    fn auth_results(&self) -> Vec<t::AuthResult> {
+        host::auth_results()
+            .into_iter()
+            .map(|r| t::AuthResult {
+                method: match r.method {
+                    w::AuthMethod::Spf => t::AuthMethod::Spf,
+                    w::AuthMethod::SpfHelo => t::AuthMethod::SpfHelo,
+                    w::AuthMethod::Dkim => t::AuthMethod::Dkim,
+                    w::AuthMethod::Dmarc => t::AuthMethod::Dmarc,
+                    w::AuthMethod::Arc => t::AuthMethod::Arc,
+                },
+                verdict: match r.verdict {
+                    w::AuthVerdict::Pass => t::AuthVerdict::Pass,
+                    w::AuthVerdict::Fail => t::AuthVerdict::Fail,
+                    w::AuthVerdict::Softfail => t::AuthVerdict::SoftFail,
+                    w::AuthVerdict::Neutral => t::AuthVerdict::Neutral,
+                    w::AuthVerdict::None => t::AuthVerdict::None,
+                    w::AuthVerdict::Temperror => t::AuthVerdict::TempError,
+                    w::AuthVerdict::Permerror => t::AuthVerdict::PermError,
+                    w::AuthVerdict::Policy => t::AuthVerdict::Policy,
+                },
+                domain: r.domain,
+                selector: r.selector,
+                reason: r.reason,
+                policy: r.policy,
+            })
+            .collect()
+    }
+
     fn session(&self) -> t::SessionInfo {
         let info = host::session();
         t::SessionInfo {

@@ -74,6 +74,9 @@ pub trait Host {
     /// The session as the host knows it now: TLS facts, the authenticated identity (which
     /// no plugin can set or change), the HELO name.
     fn session(&self) -> SessionInfo;
+    /// SPF, DKIM, DMARC and ARC as the gateway verified them for this transaction (SPF
+    /// from on-mail-from on, the rest in on-data); empty where nothing is verified.
+    fn auth_results(&self) -> Vec<AuthResult>;
     /// Several DNS lookups, answered in order; the gateway makes them concurrently, so a
     /// plugin asking several zones waits for the slowest, not for their sum.
     fn resolve_many(&self, queries: &[(&str, RecordType)]) -> Vec<Result<Vec<String>, DnsError>> {

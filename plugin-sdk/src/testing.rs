@@ -36,6 +36,7 @@ pub struct TestHost {
     logs: RefCell<Vec<(Level, String)>>,
     session: SessionInfo,
     kv_max_keys: Option<usize>,
+    auth_results: Vec<AuthResult>,
 }
 
 impl Default for TestHost {
@@ -62,7 +63,14 @@ impl TestHost {
                 ..SessionInfo::default()
             },
             kv_max_keys: None,
+            auth_results: Vec::new(),
         }
+    }
+
+    /// Sets what `auth_results` answers (the gateway's SPF, DKIM, DMARC, ARC results).
+    pub fn with_auth_results(mut self, results: Vec<AuthResult>) -> TestHost {
+        self.auth_results = results;
+        self
     }
 
     /// Sets what `session` answers (TLS facts, the authenticated identity, ...).
@@ -228,6 +236,10 @@ impl Host for TestHost {
 
     fn session(&self) -> SessionInfo {
         self.session.clone()
+    }
+
+    fn auth_results(&self) -> Vec<AuthResult> {
+        self.auth_results.clone()
     }
 }
 

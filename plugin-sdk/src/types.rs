@@ -191,6 +191,60 @@ pub struct SessionSummary {
     pub reason: String,
 }
 
+/// A sender authentication method (RFC 8601).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// SPF for the MAIL FROM identity.
+    Spf,
+    /// SPF for the HELO identity.
+    SpfHelo,
+    /// One DKIM signature.
+    Dkim,
+    /// DMARC.
+    Dmarc,
+    /// The ARC chain.
+    Arc,
+}
+
+/// What a method found (RFC 8601 §2.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthVerdict {
+    /// pass
+    Pass,
+    /// fail
+    Fail,
+    /// softfail (SPF)
+    SoftFail,
+    /// neutral
+    Neutral,
+    /// none
+    None,
+    /// temperror
+    TempError,
+    /// permerror
+    PermError,
+    /// signed, but not acceptable (a DKIM signature with `l=`)
+    Policy,
+}
+
+/// One method's result, as the gateway verified it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthResult {
+    /// The method.
+    pub method: AuthMethod,
+    /// What it found.
+    pub verdict: AuthVerdict,
+    /// The domain it is about (MAIL FROM or HELO domain, `d=`, the From domain for DMARC,
+    /// the last ARC sealer).
+    pub domain: Option<String>,
+    /// A DKIM signature's selector.
+    pub selector: Option<String>,
+    /// Why, when it did not pass.
+    pub reason: Option<String>,
+    /// DMARC: the policy the domain publishes (`none`, `quarantine`, `reject`).
+    pub policy: Option<String>,
+}
+
 /// Why a key/value write failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvError {

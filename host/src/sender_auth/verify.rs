@@ -321,17 +321,10 @@ impl Verifier {
                 ))
                 .await;
             header = header.with_dmarc_result(&dmarc);
-            // DMARC passes when either aligned identifier passes; otherwise the DKIM side
-            // says why, unless there was no DKIM to speak of.
-            let outcome = if dmarc.dkim_result() == &DmarcResult::Pass
-                || !(dmarc.spf_result() == &DmarcResult::Pass
-                    || matches!(dmarc.dkim_result(), DmarcResult::None))
-            {
-                dmarc.dkim_result()
-            } else {
-                dmarc.spf_result()
-            };
-            let (verdict, reason) = dmarc_verdict(outcome);
+            // The best of the two identifiers' results (pass before temperror, permerror
+            // and fail); a published record that neither aligns with fails.
+            let outcome = dmarc.result();
+            let (verdict, reason) = dmarc_verdict(&outcome);
             let policy = match dmarc.policy() {
                 Policy::Reject => "reject",
                 Policy::Quarantine => "quarantine",
