@@ -541,6 +541,9 @@ pub struct Limits {
     pub data_timeout_secs: u64,
     /// Error replies (5xx) a session may cause before it is disconnected with 421.
     pub max_errors: u32,
+    /// The most `Received:` fields a message may carry, counting the one this gateway
+    /// adds; a message over it is refused with 554 5.4.6 (a mail loop).
+    pub max_hops: u32,
 }
 
 impl Default for Limits {
@@ -553,6 +556,7 @@ impl Default for Limits {
             command_timeout_secs: 300,
             data_timeout_secs: 180,
             max_errors: 20,
+            max_hops: 50,
         }
     }
 }
@@ -989,6 +993,7 @@ impl Config {
             ("command_timeout_secs", limits.command_timeout_secs),
             ("data_timeout_secs", limits.data_timeout_secs),
             ("max_errors", u64::from(limits.max_errors)),
+            ("max_hops", u64::from(limits.max_hops)),
         ] {
             if value == 0 {
                 return Err((format!("limits.{key}"), "must be greater than 0".into()));

@@ -84,6 +84,7 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     };
 
     let mut listeners = Vec::with_capacity(config.listeners.len());
+    let mut bound_addresses = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
         let bound = Listener::bind(listener).await.with_context(|| {
             format!(
@@ -93,12 +94,14 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         })?;
         let address = bound.local_addr().context("reading a bound address")?;
         tracing::info!(listener = %listener.name, %address, "listening");
+        bound_addresses.push(address);
         listeners.push(bound);
     }
 
     let shutdown = CancellationToken::new();
     let queue = Queue::start(
         Arc::clone(&config),
+        bound_addresses,
         spool.clone(),
         recovery.messages,
         Arc::clone(&dns),

@@ -59,6 +59,9 @@ pub struct Behaviour {
     rcpt_rules: Vec<RcptRule>,
     greeting: u16,
     delay_data_reply: Option<Duration>,
+    reply_delay: Option<Duration>,
+    hostname: String,
+    ehlo_name: Option<String>,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -82,6 +85,9 @@ impl Default for Behaviour {
             rcpt_rules: Vec::new(),
             greeting: 220,
             delay_data_reply: None,
+            reply_delay: None,
+            hostname: SINK_HOSTNAME.to_owned(),
+            ehlo_name: None,
             tls: None,
         }
     }
@@ -159,6 +165,26 @@ impl Behaviour {
     /// server that committed the message.
     pub fn delay_data_reply(mut self, d: Duration) -> Self {
         self.delay_data_reply = Some(d);
+        self
+    }
+
+    /// A tarpit: waits this long before each write of replies (the greeting, and each
+    /// batch of answers), as a slow or overloaded server does.
+    pub fn reply_delay(mut self, d: Duration) -> Self {
+        self.reply_delay = Some(d);
+        self
+    }
+
+    /// Calls itself `name` in its greeting and EHLO/HELO reply instead of
+    /// [`SINK_HOSTNAME`].
+    pub fn hostname(mut self, name: &str) -> Self {
+        self.hostname = name.to_owned();
+        self
+    }
+
+    /// Calls itself `name` in its EHLO/HELO reply only (the greeting keeps the host name).
+    pub fn ehlo_name(mut self, name: &str) -> Self {
+        self.ehlo_name = Some(name.to_owned());
         self
     }
 
@@ -575,8 +601,8 @@ fn serve(tcp: TcpStream, connection: usize, shared: &Shared) {
         let mut tcp = tcp;
         let _ = write!(
             tcp,
-            "{} {SINK_HOSTNAME} Service not available, closing transmission channel\r\n",
-            behaviour.greeting
+            "{} {} Service not available, closing transmission channel\r\n",
+            behaviour.greeting, behaviour.hostname
         );
         let _ = tcp.shutdown(Shutdown::Both);
         return;
@@ -589,7 +615,7 @@ fn serve(tcp: TcpStream, connection: usize, shared: &Shared) {
         helo: None,
         transaction: None,
         data: None,
-        out: format!("220 {SINK_HOSTNAME} ESMTP Tidegate test sink\r\n").into_bytes(),
+        out: format!("220 {} ESMTP Tidegate test sink\r\n", behaviour.hostname).into_bytes(),
         closing: false,
         tls: false,
         upgrade: false,
@@ -629,6 +655,15 @@ fn serve(tcp: TcpStream, connection: usize, shared: &Shared) {
         {
             session.reply("500 5.5.6 Line too long");
             session.closing = true;
+        }
+        if let Some(delay) = behaviour.reply_delay
+            && !session.out.is_empty()
+        {
+            // Slept in small steps, so a stopped sink does not wait out the whole delay.
+            let until = Instant::now() + delay;
+            while Instant::now() < until && !shared.stopped() {
+                std::thread::sleep(POLL.min(until.saturating_duration_since(Instant::now())));
+            }
         }
         if stream.send(&session.out).is_err() {
             return;
@@ -701,9 +736,8 @@ impl Session<'_> {
             }
             "NOOP" => self.reply("250 2.0.0 Ok"),
             "QUIT" => {
-                self.reply(&format!(
-                    "221 2.0.0 {SINK_HOSTNAME} closing transmission channel"
-                ));
+                let name = self.behaviour.hostname.clone();
+                self.reply(&format!("221 2.0.0 {name} closing transmission channel"));
                 self.closing = true;
             }
             "VRFY" => self.reply("252 2.5.0 Cannot VRFY user, but will accept message"),
@@ -746,12 +780,13 @@ impl Session<'_> {
         }
         self.helo = Some(name.to_owned());
         self.transaction = None;
+        let b = self.behaviour;
+        let own_name = b.ehlo_name.clone().unwrap_or_else(|| b.hostname.clone());
         if !extended {
-            self.reply(&format!("250 {SINK_HOSTNAME}"));
+            self.reply(&format!("250 {own_name}"));
             return;
         }
-        let b = self.behaviour;
-        let mut lines = vec![SINK_HOSTNAME.to_owned()];
+        let mut lines = vec![own_name];
         if b.pipelining {
             lines.push("PIPELINING".into());
         }

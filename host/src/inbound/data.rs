@@ -14,6 +14,7 @@ use tidegate_plugin_sdk::inspect::ParsedMessage;
 
 use super::body::{ChunkScanner, DotReader, Violations};
 use super::connection::FillEvent;
+use super::hops::HopCounter;
 use super::policy;
 use super::received::Trace;
 use super::reply::{Reply, codes};
@@ -36,6 +37,8 @@ pub struct ChunkedMessage {
     writer: Option<MessageWriter>,
     scanner: ChunkScanner,
     spool_failed: bool,
+    /// `Received:` fields seen so far in the client's data.
+    hops: HopCounter,
 }
 
 /// Why reading the data stopped early.
@@ -56,6 +59,8 @@ struct Outcome {
     violations: Violations,
     octets: u64,
     spool_failed: bool,
+    /// `Received:` fields the message arrived with (ours not counted).
+    hops: u32,
 }
 
 impl Session {
@@ -75,6 +80,7 @@ impl Session {
         let policy = self.ctx.config.smtp.bare_line_endings;
         let mut reader = DotReader::new(policy, MAX_TEXT_LINE);
         let mut spool_failed = false;
+        let mut hops = HopCounter::new();
         let timeout = self.data_timeout();
         loop {
             if self.io.buffered().is_empty() {
@@ -84,7 +90,13 @@ impl Session {
                     Ok(FillEvent::TimedOut) => return self.interrupted(Interrupted::TimedOut),
                 }
             }
+            // What this feed adds to the spool buffer is the decoded message: the hop
+            // counter reads it there (our own trace header, written first, is not in it).
+            let stored_before = writer.as_mut().map_or(0, |w| w.buffer().len());
             let fed = reader.feed(self.io.buffered(), writer.as_mut().map(|w| w.buffer()));
+            if let Some(w) = writer.as_mut() {
+                hops.feed(w.buffer().get(stored_before..).unwrap_or_default());
+            }
             self.io.consume(fed.consumed);
             if reader.octets() > self.ctx.config.limits.max_message_size {
                 writer = None;
@@ -104,6 +116,7 @@ impl Session {
             violations: reader.violations(),
             octets: reader.octets(),
             spool_failed,
+            hops: hops.count(),
         };
         let reply = self.finish_message(&helo, tx, writer, outcome).await;
         self.state = State::Ready(helo);
@@ -130,6 +143,7 @@ impl Session {
                     writer: Some(self.start_message(helo, tx)),
                     scanner: ChunkScanner::new(policy, MAX_TEXT_LINE),
                     spool_failed: false,
+                    hops: HopCounter::new(),
                 })),
                 (None, _) => None,
             };
@@ -148,8 +162,14 @@ impl Session {
                 .len()
                 .min(usize::try_from(remaining).unwrap_or(usize::MAX));
             if let Some(chunk) = chunk.as_mut() {
+                let stored_before = chunk.writer.as_mut().map_or(0, |w| w.buffer().len());
                 let out = chunk.writer.as_mut().map(|w| w.buffer());
                 chunk.scanner.feed(&available[..take], out);
+                if let Some(w) = chunk.writer.as_mut() {
+                    chunk
+                        .hops
+                        .feed(w.buffer().get(stored_before..).unwrap_or_default());
+                }
                 if chunk.scanner.octets() > max_size {
                     chunk.writer = None;
                 }
@@ -180,6 +200,7 @@ impl Session {
             violations: chunk.scanner.violations(),
             octets: chunk.scanner.octets(),
             spool_failed: chunk.spool_failed,
+            hops: chunk.hops.count(),
         };
         // A chunk that already dooms the message is refused at once (RFC 3030 §2: the
         // client must then stop sending chunks); pipelined chunks after it find no
@@ -272,6 +293,10 @@ impl Session {
                 codes::SYNTAX_ERROR,
                 "Message line longer than 998 octets",
             ))
+        } else if outcome.hops >= self.ctx.config.limits.max_hops {
+            // With our own trace field the message would carry more than `max_hops`:
+            // it is most likely circulating in a mail loop (RFC 5321 §6.3).
+            Some(Reply::new(554, codes::ROUTING_LOOP, "Too many hops"))
         } else if outcome.spool_failed {
             Some(Reply::new(
                 451,

@@ -14,6 +14,7 @@ pub mod command;
 pub mod connection;
 mod data;
 mod ehlo;
+pub mod hops;
 pub mod listener;
 mod login;
 mod mail;

@@ -76,6 +76,8 @@ pub(crate) struct Shared {
     pub(crate) plugins: Arc<PluginHost>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) pool: ConnectionPool,
+    /// Our own listeners: a next hop among them is a mail loop.
+    pub(crate) own_addresses: crate::outbound::loops::OwnAddresses,
     /// STARTTLS without verification (opportunistic).
     pub(crate) tls_any: tokio_rustls::TlsConnector,
     /// STARTTLS with verification (required).
@@ -115,9 +117,15 @@ pub(crate) fn now_ms() -> u64 {
 
 impl Queue {
     /// Starts the queue with the messages recovered from the spool; their state logs are
-    /// replayed, so delivered recipients are not delivered again.
+    /// replayed, so delivered recipients are not delivered again. `listeners` are the
+    /// addresses the gateway listens on, which the queue never delivers to (a loop).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the parts the server built, each taken once"
+    )]
     pub fn start(
         config: Arc<Config>,
+        listeners: Vec<std::net::SocketAddr>,
         spool: Spool,
         recovered: Vec<StoredMessage>,
         dns: Arc<Dns>,
@@ -151,6 +159,7 @@ impl Queue {
             tls_verified,
             global: Semaphore::new(config.queue.max_concurrent_deliveries),
             pool: ConnectionPool::default(),
+            own_addresses: crate::outbound::loops::OwnAddresses::new(listeners),
             config,
             spool,
             spool_dir,

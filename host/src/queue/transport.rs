@@ -300,6 +300,11 @@ async fn transact(
     helo: &str,
     outgoing: &Outgoing<'_>,
 ) -> Result<crate::outbound::client::TransactionResult, ClientError> {
+    if shared.own_addresses.contains(addr) {
+        return Err(ClientError::LoopsBack(format!(
+            "{host} [{addr}] is one of this gateway's listeners"
+        )));
+    }
     let pooled = shared
         .pool
         .take(addr)
@@ -334,6 +339,13 @@ async fn open(
     helo: &str,
 ) -> Result<ClientSession, ClientError> {
     let session = ClientSession::connect(addr, helo, timeouts(shared)).await?;
+    let hostname = shared.config.hostname.as_str();
+    if session.announces(hostname) {
+        session.quit().await;
+        return Err(ClientError::LoopsBack(format!(
+            "{host} [{addr}] calls itself {hostname}, this gateway's own name"
+        )));
+    }
     let offered = session.capabilities().starttls;
     match tls {
         TlsPolicy::None => Ok(session),
