@@ -544,6 +544,9 @@ pub struct Limits {
     /// The most `Received:` fields a message may carry, counting the one this gateway
     /// adds; a message over it is refused with 554 5.4.6 (a mail loop).
     pub max_hops: u32,
+    /// NOOP, RSET, VRFY, EXPN and HELP commands a session may send between accepted
+    /// messages before it is closed with 421 4.7.0 (Postfix's smtpd_junk_command_limit).
+    pub max_junk_commands: u32,
 }
 
 impl Default for Limits {
@@ -557,6 +560,7 @@ impl Default for Limits {
             data_timeout_secs: 180,
             max_errors: 20,
             max_hops: 50,
+            max_junk_commands: 100,
         }
     }
 }
@@ -567,6 +571,10 @@ impl Default for Limits {
 pub struct SmtpConfig {
     /// What to do with a bare CR or LF inside DATA (the SMTP smuggling vector).
     pub bare_line_endings: BareLineEndings,
+    /// How long to wait before the greeting, watching for a client that talks first (a
+    /// spam engine that does not wait for the server); 0 (the default) only checks what
+    /// has already arrived when the greeting is due.
+    pub greet_pause: Option<Duration>,
 }
 
 /// Logging.
@@ -981,6 +989,16 @@ impl Config {
                 "concurrency limits must be greater than 0".into(),
             ));
         }
+        if self
+            .smtp
+            .greet_pause
+            .is_some_and(|d| d.0 > std::time::Duration::from_secs(30))
+        {
+            return Err((
+                "smtp.greet_pause".into(),
+                "at most 30s: clients give up on a silent server".into(),
+            ));
+        }
         let limits = &self.limits;
         for (key, value) in [
             ("max_message_size", limits.max_message_size),
@@ -994,6 +1012,7 @@ impl Config {
             ("data_timeout_secs", limits.data_timeout_secs),
             ("max_errors", u64::from(limits.max_errors)),
             ("max_hops", u64::from(limits.max_hops)),
+            ("max_junk_commands", u64::from(limits.max_junk_commands)),
         ] {
             if value == 0 {
                 return Err((format!("limits.{key}"), "must be greater than 0".into()));

@@ -430,6 +430,8 @@ impl Session {
         match committed {
             Ok(id) => {
                 self.accepted += 1;
+                // Mail moved: the NOOPs and RSETs around it were not junk.
+                self.junk = 0;
                 self.ctx
                     .metrics
                     .messages_accepted

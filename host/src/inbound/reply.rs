@@ -127,6 +127,8 @@ pub mod codes {
     pub const TIMEOUT: EnhancedCode = EnhancedCode::new(4, 4, 2);
     /// 4.5.3 Too many recipients.
     pub const TOO_MANY_RECIPIENTS: EnhancedCode = EnhancedCode::new(4, 5, 3);
+    /// 2.7.0 Other or undefined security status (the 221 that ends an HTTP "session").
+    pub const SECURITY_OK: EnhancedCode = EnhancedCode::new(2, 7, 0);
     /// 4.7.0 Other or undefined security status (connection limits, error limits).
     pub const SECURITY_TEMPORARY: EnhancedCode = EnhancedCode::new(4, 7, 0);
     /// 5.1.3 Bad destination mailbox address syntax.
