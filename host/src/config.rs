@@ -293,10 +293,14 @@ pub struct DeliveryConfig {
     pub mta_sts: bool,
     /// The HTTPS port policies are fetched from (443; a lab may change it).
     pub mta_sts_port: u16,
+    /// How long a connection kept for the next message to the same host stays open idle.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept over all next hops (0: no reuse).
+    pub pool_max_idle: usize,
 }
 
 /// Outbound TLS.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsPolicy {
     /// Never use TLS.
@@ -323,6 +327,8 @@ impl Default for DeliveryConfig {
             tls_ca: None,
             mta_sts: false,
             mta_sts_port: 443,
+            pool_idle_timeout: secs(15),
+            pool_max_idle: 100,
         }
     }
 }
@@ -987,6 +993,13 @@ impl Config {
             return Err((
                 "queue.max_per_destination".into(),
                 "concurrency limits must be greater than 0".into(),
+            ));
+        }
+        let idle = self.delivery.pool_idle_timeout.0;
+        if idle.is_zero() || idle > std::time::Duration::from_secs(300) {
+            return Err((
+                "delivery.pool_idle_timeout".into(),
+                "between 1ms and 5m (servers close idle clients after a few minutes)".into(),
             ));
         }
         if self

@@ -30,6 +30,7 @@ use crate::tls::ServerTls;
 /// Runs the gateway with `config` until SIGTERM or SIGINT.
 pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    raise_open_file_limit();
     let spool_path = &config.spool.path;
     let (spool, recovery) = Spool::open(spool_path)
         .with_context(|| format!("opening the spool {}", spool_path.display()))?;
@@ -192,4 +193,39 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit. Every session, pooled outbound
+/// connection, spool file and plugin file takes a descriptor, and the usual soft limit of
+/// 1024 is reached long before `max_connections` sessions; the hard limit is what the
+/// operator (or systemd's `LimitNOFILE`) allows. What was got is logged either way.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(current), hard) = (limit.current, limit.maximum) else {
+        tracing::info!("open files: no limit");
+        return;
+    };
+    let wanted = hard.unwrap_or(current);
+    if wanted <= current {
+        tracing::info!(
+            limit = current,
+            "open files limit (already at the hard limit)"
+        );
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: Some(wanted),
+        maximum: hard,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(
+            from = current,
+            to = wanted,
+            "open files limit raised to the hard limit"
+        ),
+        Err(e) => {
+            tracing::warn!(limit = current, hard = wanted, error = %e, "cannot raise the open files limit")
+        }
+    }
 }

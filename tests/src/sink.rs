@@ -347,6 +347,11 @@ impl SinkServer {
         self.shared.lock().connections
     }
 
+    /// The number of connections open now (accepted and not yet closed by the client).
+    pub fn open_connections(&self) -> usize {
+        self.shared.lock().open.len()
+    }
+
     /// Every command line received (without its CRLF), over all connections, in the
     /// order they were read. Message data is not included, nor are lines a client
     /// pipelined after STARTTLS (discarded unread).

@@ -158,7 +158,10 @@ impl Queue {
             tls_any,
             tls_verified,
             global: Semaphore::new(config.queue.max_concurrent_deliveries),
-            pool: ConnectionPool::default(),
+            pool: ConnectionPool::new(
+                config.delivery.pool_idle_timeout.0,
+                config.delivery.pool_max_idle,
+            ),
             own_addresses: crate::outbound::loops::OwnAddresses::new(listeners),
             config,
             spool,
@@ -171,6 +174,7 @@ impl Queue {
             wake: Notify::new(),
             per_destination: Mutex::new(HashMap::new()),
         });
+        tokio::spawn(reap_idle_connections(Arc::clone(&shared), shutdown.clone()));
         let queue = Queue { shared };
         let mut resumed = 0usize;
         for stored in recovered {
@@ -493,6 +497,25 @@ async fn run_scheduler(shared: Arc<Shared>, shutdown: CancellationToken) {
             () = shared.wake.notified() => {}
             () = tokio::time::sleep(sleep) => {}
         }
+    }
+}
+
+/// Closes pooled connections once they have been idle for the pool's idle timeout, so
+/// idle connections do not hold file descriptors (and the next hops' slots) for long.
+async fn reap_idle_connections(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let interval = shared.pool.reap_interval();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let expired = shared.pool.reap();
+        if !expired.is_empty() {
+            tracing::debug!(closed = expired.len(), "idle outbound connections closed");
+        }
+        // Dropping a session closes its socket; a QUIT is not owed to a server we stop
+        // talking to, and waiting for its reply could hold the descriptor longer.
+        drop(expired);
     }
 }
 

@@ -13,6 +13,7 @@ use crate::config::TlsPolicy;
 use crate::outbound::client::{ClientError, ClientSession, Outgoing, Stage, Timeouts};
 use crate::outbound::lookup::{self, LookupError, NextHop};
 use crate::outbound::maildir;
+use crate::outbound::pool::PoolKey;
 use crate::spool::envelope::Envelope;
 
 /// One recipient's outcome in this attempt, before it becomes an
@@ -305,14 +306,16 @@ async fn transact(
             "{host} [{addr}] is one of this gateway's listeners"
         )));
     }
+    // A pooled connection serves only deliveries with the TLS requirements it met.
+    let key = PoolKey::new(addr, host, tls);
     let pooled = shared
         .pool
-        .take(addr)
+        .take(&key)
         .filter(|s| tls != TlsPolicy::Required || s.is_tls());
     if let Some(mut session) = pooled {
         let result = session.send(outgoing).await;
         // `send` leaves a usable session clean for the next transaction.
-        keep(shared, addr, session);
+        keep(shared, key.clone(), session);
         match result {
             Ok(result) => return Ok(result),
             // A stale pooled connection fails at its first command. Only then is a retry
@@ -326,7 +329,7 @@ async fn transact(
     }
     let mut session = open(shared, addr, host, tls, helo).await?;
     let result = session.send(outgoing).await;
-    keep(shared, addr, session);
+    keep(shared, key, session);
     result
 }
 
@@ -381,9 +384,9 @@ fn server_name(host: &str, addr: SocketAddr) -> rustls::pki_types::ServerName<'s
         .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(addr.ip().into()))
 }
 
-fn keep(shared: &Shared, addr: SocketAddr, session: ClientSession) {
+fn keep(shared: &Shared, key: PoolKey, session: ClientSession) {
     if session.is_usable() {
-        shared.pool.put(addr, session);
+        shared.pool.put(key, session);
     }
 }
 
