@@ -30,44 +30,59 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         return;
     }
 
-    let path = shared.message_path(id);
-    let message_len = stored.message_len;
-    let edits = envelope.header_edits.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        crate::spool::read_message(&path, message_len).map(|raw| apply_header_edits(&raw, &edits))
-    })
-    .await;
-    let message = match read {
-        Ok(Ok(message)) => message,
-        Ok(Err(e)) => {
-            tracing::error!(%id, error = %e, "cannot read a queued message; will retry");
-            shared.finish_attempt(id, Some(now_ms() + 60_000));
-            return;
-        }
-        Err(_) => {
-            shared.finish_attempt(id, Some(now_ms() + 60_000));
-            return;
-        }
-    };
-
-    let mut plugins = shared.take_plugin_session();
-    plugins.set_message_tags(&envelope.tags);
-    let wants_route = plugins.has(w::Hooks::ROUTE);
-    let mut groups: BTreeMap<Destination, Vec<usize>> = BTreeMap::new();
-    for &(rcpt, _) in &pending {
-        let address = &envelope.recipients[rcpt].address;
-        let destination = route(shared, &mut plugins, wants_route, address).await;
-        groups.entry(destination).or_default().push(rcpt);
-    }
-
-    let mut results = Vec::with_capacity(pending.len());
-    for (destination, rcpts) in groups {
-        let limit = shared.destination_limit(&destination.limit_key());
-        let Ok(_permit) = limit.acquire_owned().await else {
+    // Routing runs under a global slot, so that a flood of due messages does not route
+    // (and take plugin instances) all at once; the slot is given back before waiting for
+    // any destination.
+    let groups = {
+        let Ok(_global) = shared.global.acquire().await else {
             return;
         };
-        results.extend(deliver(shared, &destination, envelope, &rcpts, &message).await);
+        let mut plugins = shared.take_plugin_session();
+        plugins.set_message_tags(&envelope.tags);
+        let wants_route = plugins.has(w::Hooks::ROUTE);
+        let mut groups: BTreeMap<Destination, Vec<usize>> = BTreeMap::new();
+        for &(rcpt, _) in &pending {
+            let address = &envelope.recipients[rcpt].address;
+            let destination = route(shared, &mut plugins, wants_route, address).await;
+            groups.entry(destination).or_default().push(rcpt);
+        }
+        shared.return_plugin_session(plugins);
+        groups
+    };
+
+    // The message body is read only once a delivery may start, so messages waiting for
+    // a slow destination's slot hold no body in memory.
+    let mut message: Option<Vec<u8>> = None;
+    let mut results = Vec::with_capacity(pending.len());
+    for (destination, rcpts) in groups {
+        // The destination's slot first, then a global one: a destination that tarpits
+        // (or is dead and times out) holds at most its own `max_per_destination` global
+        // slots while it delivers, and the messages queued behind it wait without one,
+        // so mail to every other destination keeps flowing.
+        let limit = shared.destination_limit(&destination.limit_key());
+        let Ok(_destination_slot) = limit.acquire_owned().await else {
+            return;
+        };
+        let Ok(_global) = shared.global.acquire().await else {
+            return;
+        };
+        let body = match &message {
+            Some(body) => body,
+            None => match read_body(shared, id, envelope, stored.message_len).await {
+                Some(body) => message.insert(body),
+                None => {
+                    shared.finish_attempt(id, Some(now_ms() + 60_000));
+                    return;
+                }
+            },
+        };
+        results.extend(deliver(shared, &destination, envelope, &rcpts, body).await);
     }
+    // Every group had a destination, so the body was read; an empty one is only possible
+    // for a message without pending recipients, which never gets here.
+    let message = message.unwrap_or_default();
+    let mut plugins = shared.take_plugin_session();
+    plugins.set_message_tags(&envelope.tags);
 
     let (events, next_due) = outcomes(shared, envelope, &pending, results);
 
@@ -97,6 +112,30 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         shared.finish_removed(id);
     } else {
         shared.finish_attempt(id, next_due);
+    }
+}
+
+/// Reads a queued message and applies its header edits, off the runtime; `None` (logged)
+/// when it cannot be read, and the attempt is to be retried.
+async fn read_body(
+    shared: &Shared,
+    id: QueueId,
+    envelope: &Envelope,
+    message_len: u64,
+) -> Option<Vec<u8>> {
+    let path = shared.message_path(id);
+    let edits = envelope.header_edits.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        crate::spool::read_message(&path, message_len).map(|raw| apply_header_edits(&raw, &edits))
+    })
+    .await;
+    match read {
+        Ok(Ok(message)) => Some(message),
+        Ok(Err(e)) => {
+            tracing::error!(%id, error = %e, "cannot read a queued message; will retry");
+            None
+        }
+        Err(_) => None,
     }
 }
 

@@ -481,10 +481,8 @@ async fn run_scheduler(shared: Arc<Shared>, shutdown: CancellationToken) {
             if start {
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
-                    // Bounded: waits here (not in the scheduler) for a global slot.
-                    let Ok(_permit) = shared.global.acquire().await else {
-                        return;
-                    };
+                    // The attempt takes its slots itself, per destination first and then
+                    // global (see `attempt::run`), waiting there rather than here.
                     attempt::run(&shared, id).await;
                 });
             }
