@@ -515,6 +515,14 @@ pub enum Protocol {
 pub struct SpoolConfig {
     /// The spool directory; a relative path is relative to the configuration file.
     pub path: PathBuf,
+    /// Free space kept in the spool's file system for the queue (state logs, bounces):
+    /// below it, new mail is refused at MAIL FROM with 452 4.3.1. 0 turns it off.
+    #[serde(default = "default_min_free_space")]
+    pub min_free_space: ByteSize,
+}
+
+fn default_min_free_space() -> ByteSize {
+    ByteSize(64 * 1024 * 1024)
 }
 
 /// Relay control: the rules that keep the gateway from being an open relay.
@@ -670,6 +678,61 @@ impl TryFrom<String> for Duration {
         };
         let millis = n.checked_mul(millis_per_unit).ok_or_else(bad)?;
         Ok(Duration(std::time::Duration::from_millis(millis)))
+    }
+}
+
+/// A size in octets, written as an integer (`67108864`) or with a unit: `512KiB`, `64MiB`,
+/// `1GiB`, `1TiB` (powers of 1024) or `500kB`, `100MB`, `2GB`, `1TB` (powers of 1000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    fn parse(text: &str) -> Result<ByteSize, String> {
+        let bad =
+            || format!("`{text}` is not a size (write octets, or e.g. 512KiB, 64MiB, 1GiB, 100MB)");
+        let trimmed = text.trim();
+        let split = trimmed
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(trimmed.len());
+        let (digits, unit) = trimmed.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        let multiplier: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            "kB" | "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(multiplier).map(ByteSize).ok_or_else(bad)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size in octets, or a string such as \"64MiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -1161,6 +1224,43 @@ command_timeout_secs = 300
         for bad in ["", "5", "m", "5x", "-1s", "99999999999999999999d"] {
             assert!(Duration::try_from(bad.to_owned()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sizes_parse_as_octets_or_with_units() {
+        for (text, octets) in [
+            ("0", 0),
+            ("1000", 1000),
+            ("512KiB", 512 * 1024),
+            ("64MiB", 64 << 20),
+            ("1GiB", 1 << 30),
+            ("100MB", 100_000_000),
+            ("2 GB", 2_000_000_000),
+        ] {
+            assert_eq!(ByteSize::parse(text), Ok(ByteSize(octets)), "{text}");
+        }
+        for bad in ["", "MiB", "64mib", "-1", "1.5GiB", "99999999999TiB"] {
+            assert!(ByteSize::parse(bad).is_err(), "{bad}");
+        }
+        let text = EXAMPLE.replace(
+            "path = \"var/spool\"",
+            "path = \"var/spool\"\nmin_free_space = \"64MiB\"",
+        );
+        assert_eq!(
+            parse(&text).unwrap().spool.min_free_space,
+            ByteSize(64 << 20)
+        );
+        let text = EXAMPLE.replace(
+            "path = \"var/spool\"",
+            "path = \"var/spool\"\nmin_free_space = \"lots\"",
+        );
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.key, "spool.min_free_space", "{err}");
+        assert_eq!(err.line, Some(11), "{err}");
+        assert_eq!(
+            parse(EXAMPLE).unwrap().spool.min_free_space,
+            ByteSize(64 << 20)
+        );
     }
 
     #[test]

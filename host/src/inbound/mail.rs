@@ -33,6 +33,7 @@ impl Session {
         }
         let mut body = BodyType::SevenBit;
         let mut smtputf8 = false;
+        let mut declared_size = 0;
         for param in &params {
             let value = param.value.as_deref();
             match (param.keyword.as_str(), value) {
@@ -51,7 +52,7 @@ impl Session {
                                 "Message size exceeds fixed maximum message size",
                             );
                         }
-                        Some(_) => {}
+                        Some(n) => declared_size = n,
                         None => {
                             return Reply::new(501, codes::INVALID_ARGUMENTS, "Bad SIZE value");
                         }
@@ -80,6 +81,16 @@ impl Session {
                     );
                 }
             }
+        }
+        // Below the disk reserve (or without room for the declared size above it), the
+        // client is asked to keep the message for now: the reserve is for the queue's
+        // state logs and bounces, so that nothing already accepted is ever lost.
+        if !self.ctx.free_space.has_room(declared_size) {
+            return Reply::new(
+                452,
+                codes::INSUFFICIENT_STORAGE,
+                "Insufficient system storage",
+            );
         }
         if let ReversePath::Mailbox(mailbox) = &sender
             && mailbox.is_utf8()

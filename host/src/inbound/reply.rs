@@ -123,6 +123,8 @@ pub mod codes {
     pub const SHUTTING_DOWN: EnhancedCode = EnhancedCode::new(4, 3, 2);
     /// 4.3.0 Other or undefined mail system status (temporary).
     pub const SYSTEM_TEMPORARY: EnhancedCode = EnhancedCode::new(4, 3, 0);
+    /// 4.3.1 Mail system full (the spool's disk reserve is reached).
+    pub const INSUFFICIENT_STORAGE: EnhancedCode = EnhancedCode::new(4, 3, 1);
     /// 4.4.2 Bad connection (timeout).
     pub const TIMEOUT: EnhancedCode = EnhancedCode::new(4, 4, 2);
     /// 4.5.3 Too many recipients.

@@ -29,6 +29,7 @@
 mod commit;
 pub mod envelope;
 pub mod queue_id;
+pub mod space;
 mod writer;
 
 use std::fs::{self, File};
