@@ -62,6 +62,7 @@ pub struct Behaviour {
     reply_delay: Option<Duration>,
     hostname: String,
     ehlo_name: Option<String>,
+    starttls_refusal: Option<String>,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -88,6 +89,7 @@ impl Default for Behaviour {
             reply_delay: None,
             hostname: SINK_HOSTNAME.to_owned(),
             ehlo_name: None,
+            starttls_refusal: None,
             tls: None,
         }
     }
@@ -185,6 +187,13 @@ impl Behaviour {
     /// Calls itself `name` in its EHLO/HELO reply only (the greeting keeps the host name).
     pub fn ehlo_name(mut self, name: &str) -> Self {
         self.ehlo_name = Some(name.to_owned());
+        self
+    }
+
+    /// Advertises STARTTLS but answers the command with this reply line (e.g.
+    /// `554 5.7.3 TLS not available`), as a server with a broken TLS setup does.
+    pub fn refuse_starttls(mut self, reply: &str) -> Self {
+        self.starttls_refusal = Some(reply.to_owned());
         self
     }
 
@@ -755,7 +764,10 @@ impl Session<'_> {
     }
 
     fn starttls(&mut self, rest: &str) {
-        if self.behaviour.tls.is_none() {
+        if let Some(refusal) = &self.behaviour.starttls_refusal {
+            let refusal = refusal.clone();
+            self.reply(&refusal);
+        } else if self.behaviour.tls.is_none() {
             self.reply("502 5.5.1 Command not implemented");
         } else if !rest.trim().is_empty() {
             self.reply("501 5.5.4 Syntax: STARTTLS");
@@ -805,7 +817,7 @@ impl Session<'_> {
         if b.smtputf8 {
             lines.push("SMTPUTF8".into());
         }
-        if b.tls.is_some() && !self.tls {
+        if (b.tls.is_some() || b.starttls_refusal.is_some()) && !self.tls {
             lines.push("STARTTLS".into());
         }
         lines.push("ENHANCEDSTATUSCODES".into());

@@ -233,11 +233,15 @@ async fn deliver_smtp(
                 Ok(result) => return map_transaction(rcpts, &hop.name, result),
                 Err(error)
                     if error.is_permanent()
-                        && !matches!(error.stage(), Some(Stage::Greeting | Stage::Ehlo)) =>
+                        && !matches!(
+                            error.stage(),
+                            Some(Stage::Greeting | Stage::Ehlo | Stage::StartTls)
+                        ) =>
                 {
                     // A MAIL refusal or a message the server cannot take: the message
                     // itself is refused, and trying elsewhere would not help. (A 5xx
-                    // greeting or EHLO refusal is about this host: the next one is tried.)
+                    // greeting, EHLO or STARTTLS refusal is about this host: the next one
+                    // is tried, and if none takes the mail it waits and is retried.)
                     let status = error.enhanced().map(|e| e.to_string());
                     let reply = format!("{}: {error}", hop.name);
                     return rcpts
