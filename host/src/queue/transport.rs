@@ -227,10 +227,25 @@ async fn deliver_smtp(
         .clone()
         .unwrap_or_else(|| shared.config.hostname.to_string());
     let mut last_error = String::from("no address to try");
+    // A host that could not take the message as it is (status, reply, host), and whether
+    // some host could not be asked at all (then a later attempt may find it).
+    let mut unsupported: Option<(Option<String>, String, String)> = None;
+    let mut unreachable_host = false;
     for hop in &hops {
         for &addr in &hop.addrs {
             match transact(shared, addr, &hop.name, tls, &helo, &outgoing).await {
                 Ok(result) => return map_transaction(rcpts, &hop.name, result),
+                Err(error @ ClientError::Unsupported { .. }) => {
+                    // This host lacks what the message needs (8BITMIME, SMTPUTF8, SIZE
+                    // room), but nothing was sent: another MX host may have it. Only when
+                    // every host that answered says the same does the message bounce.
+                    tracing::info!(host = %hop.name, %addr, %error, "next hop cannot take the message, trying the next");
+                    unsupported = Some((
+                        error.enhanced().map(|e| e.to_string()),
+                        format!("{}: {error}", hop.name),
+                        hop.name.clone(),
+                    ));
+                }
                 Err(error)
                     if error.is_permanent()
                         && !matches!(
@@ -277,9 +292,28 @@ async fn deliver_smtp(
                 Err(error) => {
                     tracing::info!(host = %hop.name, %addr, %error, "next hop failed, trying the next");
                     last_error = format!("{} [{addr}]: {error}", hop.name);
+                    unreachable_host = true;
                 }
             }
         }
+    }
+    if let Some((status, reply, host)) = unsupported
+        && !unreachable_host
+    {
+        // Every host that could be reached refused the message as it is: it will not
+        // change by waiting.
+        return rcpts
+            .iter()
+            .map(|&r| {
+                RecipientResult::new(
+                    r,
+                    Outcome::Bounced,
+                    reply.clone(),
+                    status.clone(),
+                    Some(host.clone()),
+                )
+            })
+            .collect();
     }
     rcpts
         .iter()
