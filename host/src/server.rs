@@ -32,7 +32,8 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let config = Arc::new(config);
     raise_open_file_limit();
     let spool_path = &config.spool.path;
-    let (spool, recovery) = Spool::open(spool_path)
+    let (spool, recovery) = open_spool(spool_path)
+        .await
         .with_context(|| format!("opening the spool {}", spool_path.display()))?;
     tracing::info!(
         spool = %spool_path.display(),
@@ -162,6 +163,32 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long start-up waits for another process's spool lock.
+const SPOOL_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens the spool, waiting a few seconds if another process holds its lock: a restart
+/// right after `kill -9` (or a supervisor's quick restart) may find the dying process
+/// still holding it for a moment, and that must not make the gateway fail to start. A
+/// lock still held after the wait is a second gateway on the same spool: an error.
+async fn open_spool(
+    path: &std::path::Path,
+) -> Result<(Spool, crate::spool::Recovery), crate::spool::SpoolError> {
+    let deadline = tokio::time::Instant::now() + SPOOL_LOCK_WAIT;
+    let mut logged = false;
+    loop {
+        match Spool::open(path) {
+            Err(crate::spool::SpoolError::Locked(_)) if tokio::time::Instant::now() < deadline => {
+                if !logged {
+                    tracing::warn!(spool = %path.display(), wait_secs = SPOOL_LOCK_WAIT.as_secs(), "spool locked by another process, waiting for the spool lock");
+                    logged = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Reloads the AUTH users file when it changes (or on SIGHUP); a file that does not load
