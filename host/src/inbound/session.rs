@@ -216,8 +216,14 @@ impl Session {
                     (flow, self.close_reason.take().unwrap_or("quit"))
                 }
                 Ok(LineEvent::TooLong) => {
-                    self.respond(Reply::new(500, codes::SYNTAX_ERROR, "Line too long"));
-                    (Flow::Continue, "quit")
+                    let reply = Reply::new(500, codes::SYNTAX_ERROR, "Line too long");
+                    if is_bdat(self.io.long_line_head()) {
+                        let flow = self.bdat_lost(reply);
+                        (flow, self.close_reason.take().unwrap_or("errors"))
+                    } else {
+                        self.respond(reply);
+                        (Flow::Continue, "quit")
+                    }
                 }
                 Ok(LineEvent::Closed) => {
                     tracing::debug!(peer = %self.peer, "client closed the connection");
@@ -406,7 +412,11 @@ impl Session {
         }
         let path_command = matches!(command, Command::Mail(_) | Command::Rcpt(_));
         if !path_command && line.len() + 2 > MAX_COMMAND_LINE {
-            self.respond(Reply::new(500, codes::SYNTAX_ERROR, "Line too long"));
+            let reply = Reply::new(500, codes::SYNTAX_ERROR, "Line too long");
+            if matches!(command, Command::Bdat { .. }) {
+                return self.bdat_lost(reply);
+            }
+            self.respond(reply);
             return Flow::Continue;
         }
         let reply = match command {
@@ -456,17 +466,23 @@ impl Session {
             .next()
             .unwrap_or_default();
         if verb.eq_ignore_ascii_case(b"BDAT") {
-            // Without a valid size the chunk cannot be skipped, and its bytes must never
-            // be read as commands (that would be a smuggling vector): end the session.
-            self.io.queue(&reply);
-            return self.close_with(Reply::new(
-                421,
-                codes::SECURITY_TEMPORARY,
-                "Cannot resynchronise after a bad BDAT, closing",
-            ));
+            return self.bdat_lost(reply);
         }
         self.respond(reply);
         Flow::Continue
+    }
+
+    /// A BDAT command that is refused before its size is taken (bad syntax, or a line
+    /// over the limit): its chunk cannot be skipped, and its bytes must never be read as
+    /// commands (that would be a smuggling vector), so the session ends.
+    fn bdat_lost(&mut self, reply: Reply) -> Flow {
+        self.io.queue(&reply);
+        self.close_reason = Some("errors");
+        self.close_with(Reply::new(
+            421,
+            codes::SECURITY_TEMPORARY,
+            "Cannot resynchronise after a bad BDAT, closing",
+        ))
     }
 
     /// Ends any transaction (RSET, a new EHLO, or the end of DATA), keeping the greeting.
@@ -477,6 +493,13 @@ impl Session {
             State::AwaitingHelo => State::AwaitingHelo,
         };
     }
+}
+
+/// Whether a command line (or the start of one) is a BDAT command.
+fn is_bdat(line: &[u8]) -> bool {
+    line.get(..4)
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"BDAT"))
+        && matches!(line.get(4), Some(b' ' | b'\t'))
 }
 
 /// Recognises the lines an HTTP client sends (a request line such as `GET / HTTP/1.1`, or
