@@ -558,6 +558,9 @@ pub struct Limits {
     /// The most `Received:` fields a message may carry, counting the one this gateway
     /// adds; a message over it is refused with 554 5.4.6 (a mail loop).
     pub max_hops: u32,
+    /// How long one whole message transfer (DATA, or every BDAT chunk of a message) may
+    /// take, however steadily it trickles in; then 421 4.4.2 and close.
+    pub max_data_time_secs: u64,
     /// NOOP, RSET, VRFY, EXPN and HELP commands a session may send between accepted
     /// messages before it is closed with 421 4.7.0 (Postfix's smtpd_junk_command_limit).
     pub max_junk_commands: u32,
@@ -574,6 +577,7 @@ impl Default for Limits {
             data_timeout_secs: 180,
             max_errors: 20,
             max_hops: 50,
+            max_data_time_secs: 600,
             max_junk_commands: 100,
         }
     }
@@ -1075,6 +1079,12 @@ impl Config {
                 "at most 30s: clients give up on a silent server".into(),
             ));
         }
+        if self.limits.max_data_time_secs > 86_400 {
+            return Err((
+                "limits.max_data_time_secs".into(),
+                "at most 86400 (a day)".into(),
+            ));
+        }
         let limits = &self.limits;
         for (key, value) in [
             ("max_message_size", limits.max_message_size),
@@ -1089,6 +1099,7 @@ impl Config {
             ("max_errors", u64::from(limits.max_errors)),
             ("max_hops", u64::from(limits.max_hops)),
             ("max_junk_commands", u64::from(limits.max_junk_commands)),
+            ("max_data_time_secs", limits.max_data_time_secs),
         ] {
             if value == 0 {
                 return Err((format!("limits.{key}"), "must be greater than 0".into()));

@@ -39,12 +39,16 @@ pub struct ChunkedMessage {
     spool_failed: bool,
     /// `Received:` fields seen so far in the client's data.
     hops: HopCounter,
+    /// When the whole transfer must be over (`max_data_time_secs` after the first chunk).
+    deadline: tokio::time::Instant,
 }
 
 /// Why reading the data stopped early.
 enum Interrupted {
     Closed,
     TimedOut,
+    /// The whole message took longer than `max_data_time_secs` (a trickle).
+    TooSlow,
 }
 
 /// What on-data decided for a message that passed the built-in checks.
@@ -82,13 +86,12 @@ impl Session {
         let mut spool_failed = false;
         let mut hops = HopCounter::new();
         let timeout = self.data_timeout();
+        let deadline = tokio::time::Instant::now() + self.max_data_time();
         loop {
-            if self.io.buffered().is_empty() {
-                match self.io.fill(timeout).await {
-                    Ok(FillEvent::Filled) => {}
-                    Ok(FillEvent::Closed) | Err(_) => return self.interrupted(Interrupted::Closed),
-                    Ok(FillEvent::TimedOut) => return self.interrupted(Interrupted::TimedOut),
-                }
+            if self.io.buffered().is_empty()
+                && let Err(why) = self.fill_before(timeout, deadline).await
+            {
+                return self.interrupted(why);
             }
             // What this feed adds to the spool buffer is the decoded message: the hop
             // counter reads it there (our own trace header, written first, is not in it).
@@ -144,18 +147,27 @@ impl Session {
                     scanner: ChunkScanner::new(policy, MAX_TEXT_LINE),
                     spool_failed: false,
                     hops: HopCounter::new(),
+                    deadline: tokio::time::Instant::now() + self.max_data_time(),
                 })),
                 (None, _) => None,
             };
         }
+        // The limit covers the whole transfer, across chunks and the commands between
+        // them: a client sending one small chunk at a time, each just inside the command
+        // timeout, must not hold the session (and a spool file) forever.
+        let deadline = chunk.as_ref().map_or_else(
+            || tokio::time::Instant::now() + self.max_data_time(),
+            |c| c.deadline,
+        );
+        if tokio::time::Instant::now() >= deadline {
+            return self.interrupted(Interrupted::TooSlow);
+        }
         let mut remaining = size;
         while remaining > 0 {
-            if self.io.buffered().is_empty() {
-                match self.io.fill(timeout).await {
-                    Ok(FillEvent::Filled) => {}
-                    Ok(FillEvent::Closed) | Err(_) => return self.interrupted(Interrupted::Closed),
-                    Ok(FillEvent::TimedOut) => return self.interrupted(Interrupted::TimedOut),
-                }
+            if self.io.buffered().is_empty()
+                && let Err(why) = self.fill_before(timeout, deadline).await
+            {
+                return self.interrupted(why);
             }
             let available = self.io.buffered();
             let take = available
@@ -563,6 +575,29 @@ impl Session {
         }
     }
 
+    /// The longest a whole message transfer may take.
+    fn max_data_time(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.ctx.config.limits.max_data_time_secs)
+    }
+
+    /// Reads more message data, waiting at most `timeout`, and never past `deadline`.
+    async fn fill_before(
+        &mut self,
+        timeout: std::time::Duration,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Interrupted> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(Interrupted::TooSlow);
+        }
+        match self.io.fill(timeout.min(left)).await {
+            Ok(FillEvent::Filled) => Ok(()),
+            Ok(FillEvent::Closed) | Err(_) => Err(Interrupted::Closed),
+            Ok(FillEvent::TimedOut) if left <= timeout => Err(Interrupted::TooSlow),
+            Ok(FillEvent::TimedOut) => Err(Interrupted::TimedOut),
+        }
+    }
+
     /// The client vanished or stalled in the middle of the data: the message is dropped
     /// (its writer removes the partial file) and nothing was acknowledged.
     fn interrupted(&mut self, why: Interrupted) -> Flow {
@@ -577,6 +612,18 @@ impl Session {
                 codes::TIMEOUT,
                 format!("{} Error: timeout exceeded", self.ctx.config.hostname),
             )),
+            Interrupted::TooSlow => {
+                self.close_reason = Some("timeout");
+                tracing::info!(peer = %self.peer, limit_secs = self.ctx.config.limits.max_data_time_secs, "message data took too long, closing");
+                self.close_with(Reply::new(
+                    421,
+                    codes::TIMEOUT,
+                    format!(
+                        "{} Error: message data took too long, closing",
+                        self.ctx.config.hostname
+                    ),
+                ))
+            }
         }
     }
 }
