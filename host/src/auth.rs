@@ -740,8 +740,9 @@ impl FailureLimiter {
     }
 }
 
-/// The key a client is counted under: its IPv4 address, or its IPv6 /64.
-fn client_key(ip: IpAddr) -> IpAddr {
+/// The key a client is counted under: its IPv4 address, or its IPv6 /64 (the admission
+/// limits count clients the same way).
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)))),
