@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::notify::{bounce, delay_notice};
+use super::notify::{Report, bounce, delay_notice};
 use super::quarantine::quarantine;
 use super::routing::{Destination, route};
 use super::state::{self, Event, Outcome};
@@ -20,9 +20,17 @@ use crate::spool::envelope::{Envelope, apply_header_edits};
 
 /// Runs one attempt of message `id`.
 pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
+    if !record_held_outcomes(shared, id).await {
+        return;
+    }
     let Some((stored, pending)) = shared.pending(id) else {
         return;
     };
+    if pending.is_empty() {
+        // Held outcomes just recorded settled every recipient.
+        shared.finish_attempt(id, None);
+        return;
+    }
     let envelope = &stored.envelope;
     if let Some(reason) = &envelope.quarantine {
         quarantine(shared, id, &pending, reason);
@@ -84,7 +92,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
     let mut plugins = shared.take_plugin_session();
     plugins.set_message_tags(&envelope.tags);
 
-    let (events, next_due) = outcomes(shared, envelope, &pending, results);
+    let (mut events, mut next_due) = outcomes(shared, envelope, &pending, results);
 
     // The bounce is spooled before the outcomes are recorded: a crash in between repeats
     // the attempt (and perhaps the bounce) rather than losing the bounce.
@@ -92,12 +100,26 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         .iter()
         .filter(|e| e.outcome == Outcome::Bounced)
         .collect();
-    if !bounced.is_empty() {
-        bounce(shared, &stored, &bounced, &message).await;
+    if !bounced.is_empty() && bounce(shared, &stored, &bounced, &message).await == Report::Failed {
+        // A recipient recorded as bounced without its DSN on disk would be lost to the
+        // sender for good: it stays deferred, and the bounce is tried again with it.
+        let retry = now_ms() + first_retry_ms(shared);
+        for event in events.iter_mut().filter(|e| e.outcome == Outcome::Bounced) {
+            tracing::error!(%id, recipient = %envelope.recipients[event.rcpt].address, "the bounce could not be spooled: the recipient stays deferred until it can be");
+            event.outcome = Outcome::Deferred;
+            event.next = Some(retry / 1000);
+            event.reply = format!("bounce not spooled yet; {}", event.reply);
+        }
+        next_due = Some(next_due.map_or(retry, |d| d.min(retry)));
     }
 
     let Some(removed) = persist(shared, id, envelope, &pending, &events).await else {
-        shared.finish_attempt(id, Some(now_ms() + 60_000));
+        // Nothing of this attempt is on disk. Delivering again would repeat what the next
+        // hops already accepted, every retry for as long as the disk is full; so the
+        // message is held, its outcomes kept in memory, and only the record is retried.
+        tracing::error!(%id, "delivery outcomes could not be recorded: the message is held, and nothing more is delivered until they are on disk");
+        shared.set_unrecorded(id, events);
+        shared.finish_attempt(id, Some(now_ms() + first_retry_ms(shared)));
         return;
     };
     if let Err(e) = shared.record_in_memory(id, &events) {
@@ -113,6 +135,45 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
     } else {
         shared.finish_attempt(id, next_due);
     }
+}
+
+/// Writes the outcomes of an earlier attempt that could not be recorded then (see
+/// `run`), before anything else is delivered; returns whether the attempt may go on. The
+/// recipients they settle are then not delivered again.
+async fn record_held_outcomes(shared: &Shared, id: QueueId) -> bool {
+    let held = shared.take_unrecorded(id);
+    if held.is_empty() {
+        return true;
+    }
+    let path = shared.state_path(id);
+    let to_write = held.clone();
+    match tokio::task::spawn_blocking(move || state::append(&path, &to_write)).await {
+        Ok(Ok(())) => {
+            if let Err(e) = shared.record_in_memory(id, &held) {
+                tracing::error!(%id, error = %e, "state update failed");
+            }
+            tracing::info!(%id, outcomes = held.len(), "held delivery outcomes recorded at last: delivering again");
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::error!(%id, error = %e, "delivery outcomes still cannot be recorded: the message stays held");
+            shared.set_unrecorded(id, held);
+            shared.finish_attempt(id, Some(now_ms() + first_retry_ms(shared)));
+            false
+        }
+        Err(_) => {
+            shared.set_unrecorded(id, held);
+            shared.finish_attempt(id, Some(now_ms() + first_retry_ms(shared)));
+            false
+        }
+    }
+}
+
+/// The first retry interval, in milliseconds: how soon a failed record or bounce is
+/// tried again.
+fn first_retry_ms(shared: &Shared) -> u64 {
+    u64::try_from(retry_delay(&shared.config.queue.retry_intervals, 1).as_millis())
+        .unwrap_or(u64::MAX)
 }
 
 /// Reads a queued message and applies its header edits, off the runtime; `None` (logged)

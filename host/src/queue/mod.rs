@@ -62,6 +62,9 @@ struct Entry {
     recipients: Vec<RecipientState>,
     /// An attempt is running: the scheduler must not start another.
     in_flight: bool,
+    /// Outcomes of an attempt that could not be written to the state log: the message is
+    /// held (nothing delivered) until they are.
+    unrecorded: Vec<Event>,
 }
 
 /// A message and its pending recipients: (index in the envelope, attempts so far).
@@ -261,6 +264,7 @@ impl Queue {
                 stored: Arc::new(stored),
                 recipients,
                 in_flight: false,
+                unrecorded: Vec::new(),
             },
         );
         self.shared.schedule_at(id, due);
@@ -326,6 +330,21 @@ impl Shared {
     ) -> std::io::Result<Vec<RecipientState>> {
         state::append(&self.state_path(id), events)?;
         self.record_in_memory(id, events)
+    }
+
+    /// Keeps outcomes that could not be recorded, to be written before the next attempt.
+    pub(crate) fn set_unrecorded(&self, id: QueueId, events: Vec<Event>) {
+        if let Some(entry) = lock(&self.entries).get_mut(&id) {
+            entry.unrecorded = events;
+        }
+    }
+
+    /// Takes the outcomes still to be recorded (empty for most messages).
+    pub(crate) fn take_unrecorded(&self, id: QueueId) -> Vec<Event> {
+        lock(&self.entries)
+            .get_mut(&id)
+            .map(|entry| std::mem::take(&mut entry.unrecorded))
+            .unwrap_or_default()
     }
 
     /// Updates memory with outcomes already on disk.
