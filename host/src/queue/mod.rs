@@ -185,6 +185,7 @@ impl Queue {
                 resumed += 1;
             }
         }
+        queue.shared.remove_orphans();
         if queue.shared.config.queue.hold {
             tracing::warn!(
                 messages = resumed,
@@ -423,6 +424,42 @@ impl Shared {
         }
         let _ = std::fs::remove_file(self.state_path(id));
         let _ = std::fs::remove_file(self.delay_marker(id));
+    }
+
+    /// Removes the state logs and delay markers of messages that are no longer in the
+    /// spool (a crash between removing a message and its log leaves them). Left behind,
+    /// they would be stale at best, and at worst read as the history of a new message that
+    /// happened to get the same ID. Runs at start-up, before anything is delivered.
+    fn remove_orphans(&self) {
+        let dir = self.spool_dir.join("state");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let known: std::collections::HashSet<QueueId> =
+            lock(&self.entries).keys().copied().collect();
+        let mut removed = 0usize;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            let id = name.strip_suffix(".delayed").unwrap_or(name);
+            // Only files the queue itself names are touched.
+            let Ok(id) = id.parse::<QueueId>() else {
+                continue;
+            };
+            // The log of a file set aside in corrupt/ is kept with it for the operator.
+            let set_aside = self.spool_dir.join("corrupt").join(id.to_string()).exists();
+            if !known.contains(&id) && !set_aside && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                files = removed,
+                "state files of messages no longer in the spool removed"
+            );
+        }
     }
 
     /// The marker that says a delay notice went out for a message.
