@@ -637,7 +637,13 @@ impl TryFrom<String> for DomainName {
     type Error = String;
 
     fn try_from(name: String) -> Result<Self, Self::Error> {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        // An internationalised name may be written either way; it is kept (and compared)
+        // as A-labels, the form DNS and ASCII-only peers use.
+        let Some(name) = ascii_domain(&name) else {
+            return Err(format!(
+                "`{name}` is not a valid internationalised domain name"
+            ));
+        };
         if name.is_empty() || name.len() > 253 {
             return Err(format!("`{name}` is not a domain name (1 to 253 octets)"));
         }
@@ -651,12 +657,24 @@ impl TryFrom<String> for DomainName {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-');
             if !ok {
                 return Err(format!(
-                    "`{name}` is not a domain name (label `{label}`: letters, digits and inner hyphens only; IDNs go in their xn-- form)"
+                    "`{name}` is not a domain name (label `{label}`: letters, digits and inner hyphens only)"
                 ));
             }
         }
         Ok(DomainName(name))
     }
+}
+
+/// A domain name in the one form in which domains are configured and compared: lowercase,
+/// without a trailing dot, and with internationalised labels as A-labels
+/// (`bücher.example` → `xn--bcher-kva.example`, RFC 5890). `None` for a name that IDNA
+/// cannot convert.
+pub fn ascii_domain(name: &str) -> Option<String> {
+    let name = name.trim_end_matches('.');
+    if name.is_ascii() {
+        return Some(name.to_ascii_lowercase());
+    }
+    idna::domain_to_ascii(name).ok()
 }
 
 /// A duration written the usual way: `30s`, `5m`, `2h`, `5d` (or `500ms`).
@@ -1284,6 +1302,13 @@ command_timeout_secs = 300
         );
         for bad in ["", "a..b", "-a.test", "a_b.test", "a b"] {
             assert!(DomainName::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
+        for idn in ["bücher.example", "BÜCHER.example.", "xn--bcher-kva.example"] {
+            assert_eq!(
+                DomainName::try_from(idn.to_owned()).unwrap().as_str(),
+                "xn--bcher-kva.example",
+                "{idn}"
+            );
         }
     }
 }
