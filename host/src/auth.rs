@@ -620,6 +620,47 @@ pub struct FailureLimiter {
     window: Duration,
     capacity: usize,
     clients: Mutex<HashMap<IpAddr, Failures>>,
+    /// Attempts being verified right now, per client: they count against the limit until
+    /// they are settled, so that parallel sessions cannot each get a guess in before any
+    /// failure is recorded. (Locked after `clients` when both are needed.)
+    in_flight: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// One AUTH attempt in progress, from [`FailureLimiter::begin`]: it holds a place under
+/// the client's limit until it is settled with [`failed`](Self::failed) or
+/// [`succeeded`](Self::succeeded), or dropped (a cancelled or abandoned attempt).
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    limiter: &'a FailureLimiter,
+    key: IpAddr,
+}
+
+impl Attempt<'_> {
+    /// The attempt failed: it becomes a recorded failure.
+    pub fn failed(self) {
+        self.limiter.record_failure(self.key);
+    }
+
+    /// The attempt succeeded: the client's failures are forgotten.
+    pub fn succeeded(self) {
+        self.limiter.record_success(self.key);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .limiter
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = in_flight.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.key);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -645,7 +686,37 @@ impl FailureLimiter {
             window,
             capacity: capacity.max(1),
             clients: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Starts an attempt by `ip`, or `None` when the client's recorded failures and the
+    /// attempts it has in progress (in other sessions) already reach the limit: then it
+    /// must be refused before it tries.
+    pub fn begin(&self, ip: IpAddr) -> Option<Attempt<'_>> {
+        self.begin_at(ip, Instant::now())
+    }
+
+    fn begin_at(&self, ip: IpAddr, now: Instant) -> Option<Attempt<'_>> {
+        let key = client_key(ip);
+        let clients = self.lock();
+        let failed = match clients.get(&key) {
+            Some(entry) if entry.expires > now => entry.count,
+            _ => 0,
+        };
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mine = in_flight.entry(key).or_insert(0);
+        if self.max_failures > 0 && failed.saturating_add(*mine) >= self.max_failures {
+            if *mine == 0 {
+                in_flight.remove(&key);
+            }
+            return None;
+        }
+        *mine += 1;
+        Some(Attempt { limiter: self, key })
     }
 
     /// Whether `ip` has failed too often and must be refused before it tries again.
@@ -740,8 +811,9 @@ impl FailureLimiter {
     }
 }
 
-/// The key a client is counted under: its IPv4 address, or its IPv6 /64.
-fn client_key(ip: IpAddr) -> IpAddr {
+/// The key a client is counted under: its IPv4 address, or its IPv6 /64 (the admission
+/// limits count clients the same way).
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)))),
@@ -752,6 +824,32 @@ fn client_key(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn attempts_in_progress_count_against_the_limit() {
+        let limiter = FailureLimiter::new(3, Duration::from_secs(60));
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let a = limiter.begin(ip).expect("first");
+        let b = limiter.begin(ip).expect("second");
+        let c = limiter.begin(ip).expect("third");
+        assert!(
+            limiter.begin(ip).is_none(),
+            "a fourth guess while three are pending"
+        );
+        // A cancelled attempt gives its place back; a failed one keeps it.
+        drop(c);
+        let c = limiter.begin(ip).expect("third again");
+        a.failed();
+        assert!(limiter.begin(ip).is_none());
+        b.failed();
+        c.failed();
+        assert!(limiter.is_blocked(ip));
+        assert!(limiter.begin(ip).is_none());
+        // Another client is not affected, and a success clears the count.
+        let other: IpAddr = "192.0.2.8".parse().unwrap();
+        limiter.begin(other).expect("other").succeeded();
+        assert!(limiter.in_flight.lock().unwrap().is_empty());
+    }
 
     /// Cheap parameters: 8 KiB, one pass.
     fn cheap() -> HashParams {

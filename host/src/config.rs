@@ -293,10 +293,14 @@ pub struct DeliveryConfig {
     pub mta_sts: bool,
     /// The HTTPS port policies are fetched from (443; a lab may change it).
     pub mta_sts_port: u16,
+    /// How long a connection kept for the next message to the same host stays open idle.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept over all next hops (0: no reuse).
+    pub pool_max_idle: usize,
 }
 
 /// Outbound TLS.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsPolicy {
     /// Never use TLS.
@@ -323,6 +327,8 @@ impl Default for DeliveryConfig {
             tls_ca: None,
             mta_sts: false,
             mta_sts_port: 443,
+            pool_idle_timeout: secs(15),
+            pool_max_idle: 100,
         }
     }
 }
@@ -509,6 +515,14 @@ pub enum Protocol {
 pub struct SpoolConfig {
     /// The spool directory; a relative path is relative to the configuration file.
     pub path: PathBuf,
+    /// Free space kept in the spool's file system for the queue (state logs, bounces):
+    /// below it, new mail is refused at MAIL FROM with 452 4.3.1. 0 turns it off.
+    #[serde(default = "default_min_free_space")]
+    pub min_free_space: ByteSize,
+}
+
+fn default_min_free_space() -> ByteSize {
+    ByteSize(64 * 1024 * 1024)
 }
 
 /// Relay control: the rules that keep the gateway from being an open relay.
@@ -541,6 +555,15 @@ pub struct Limits {
     pub data_timeout_secs: u64,
     /// Error replies (5xx) a session may cause before it is disconnected with 421.
     pub max_errors: u32,
+    /// The most `Received:` fields a message may carry, counting the one this gateway
+    /// adds; a message over it is refused with 554 5.4.6 (a mail loop).
+    pub max_hops: u32,
+    /// How long one whole message transfer (DATA, or every BDAT chunk of a message) may
+    /// take, however steadily it trickles in; then 421 4.4.2 and close.
+    pub max_data_time_secs: u64,
+    /// NOOP, RSET, VRFY, EXPN and HELP commands a session may send between accepted
+    /// messages before it is closed with 421 4.7.0 (Postfix's smtpd_junk_command_limit).
+    pub max_junk_commands: u32,
 }
 
 impl Default for Limits {
@@ -553,6 +576,9 @@ impl Default for Limits {
             command_timeout_secs: 300,
             data_timeout_secs: 180,
             max_errors: 20,
+            max_hops: 50,
+            max_data_time_secs: 600,
+            max_junk_commands: 100,
         }
     }
 }
@@ -563,6 +589,10 @@ impl Default for Limits {
 pub struct SmtpConfig {
     /// What to do with a bare CR or LF inside DATA (the SMTP smuggling vector).
     pub bare_line_endings: BareLineEndings,
+    /// How long to wait before the greeting, watching for a client that talks first (a
+    /// spam engine that does not wait for the server); 0 (the default) only checks what
+    /// has already arrived when the greeting is due.
+    pub greet_pause: Option<Duration>,
 }
 
 /// Logging.
@@ -607,7 +637,13 @@ impl TryFrom<String> for DomainName {
     type Error = String;
 
     fn try_from(name: String) -> Result<Self, Self::Error> {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        // An internationalised name may be written either way; it is kept (and compared)
+        // as A-labels, the form DNS and ASCII-only peers use.
+        let Some(name) = ascii_domain(&name) else {
+            return Err(format!(
+                "`{name}` is not a valid internationalised domain name"
+            ));
+        };
         if name.is_empty() || name.len() > 253 {
             return Err(format!("`{name}` is not a domain name (1 to 253 octets)"));
         }
@@ -621,12 +657,24 @@ impl TryFrom<String> for DomainName {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-');
             if !ok {
                 return Err(format!(
-                    "`{name}` is not a domain name (label `{label}`: letters, digits and inner hyphens only; IDNs go in their xn-- form)"
+                    "`{name}` is not a domain name (label `{label}`: letters, digits and inner hyphens only)"
                 ));
             }
         }
         Ok(DomainName(name))
     }
+}
+
+/// A domain name in the one form in which domains are configured and compared: lowercase,
+/// without a trailing dot, and with internationalised labels as A-labels
+/// (`bücher.example` → `xn--bcher-kva.example`, RFC 5890). `None` for a name that IDNA
+/// cannot convert.
+pub fn ascii_domain(name: &str) -> Option<String> {
+    let name = name.trim_end_matches('.');
+    if name.is_ascii() {
+        return Some(name.to_ascii_lowercase());
+    }
+    idna::domain_to_ascii(name).ok()
 }
 
 /// A duration written the usual way: `30s`, `5m`, `2h`, `5d` (or `500ms`).
@@ -652,6 +700,61 @@ impl TryFrom<String> for Duration {
         };
         let millis = n.checked_mul(millis_per_unit).ok_or_else(bad)?;
         Ok(Duration(std::time::Duration::from_millis(millis)))
+    }
+}
+
+/// A size in octets, written as an integer (`67108864`) or with a unit: `512KiB`, `64MiB`,
+/// `1GiB`, `1TiB` (powers of 1024) or `500kB`, `100MB`, `2GB`, `1TB` (powers of 1000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    fn parse(text: &str) -> Result<ByteSize, String> {
+        let bad =
+            || format!("`{text}` is not a size (write octets, or e.g. 512KiB, 64MiB, 1GiB, 100MB)");
+        let trimmed = text.trim();
+        let split = trimmed
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(trimmed.len());
+        let (digits, unit) = trimmed.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        let multiplier: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            "kB" | "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(multiplier).map(ByteSize).ok_or_else(bad)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size in octets, or a string such as \"64MiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -977,6 +1080,29 @@ impl Config {
                 "concurrency limits must be greater than 0".into(),
             ));
         }
+        let idle = self.delivery.pool_idle_timeout.0;
+        if idle.is_zero() || idle > std::time::Duration::from_secs(300) {
+            return Err((
+                "delivery.pool_idle_timeout".into(),
+                "between 1ms and 5m (servers close idle clients after a few minutes)".into(),
+            ));
+        }
+        if self
+            .smtp
+            .greet_pause
+            .is_some_and(|d| d.0 > std::time::Duration::from_secs(30))
+        {
+            return Err((
+                "smtp.greet_pause".into(),
+                "at most 30s: clients give up on a silent server".into(),
+            ));
+        }
+        if self.limits.max_data_time_secs > 86_400 {
+            return Err((
+                "limits.max_data_time_secs".into(),
+                "at most 86400 (a day)".into(),
+            ));
+        }
         let limits = &self.limits;
         for (key, value) in [
             ("max_message_size", limits.max_message_size),
@@ -989,6 +1115,9 @@ impl Config {
             ("command_timeout_secs", limits.command_timeout_secs),
             ("data_timeout_secs", limits.data_timeout_secs),
             ("max_errors", u64::from(limits.max_errors)),
+            ("max_hops", u64::from(limits.max_hops)),
+            ("max_junk_commands", u64::from(limits.max_junk_commands)),
+            ("max_data_time_secs", limits.max_data_time_secs),
         ] {
             if value == 0 {
                 return Err((format!("limits.{key}"), "must be greater than 0".into()));
@@ -1127,6 +1256,43 @@ command_timeout_secs = 300
     }
 
     #[test]
+    fn sizes_parse_as_octets_or_with_units() {
+        for (text, octets) in [
+            ("0", 0),
+            ("1000", 1000),
+            ("512KiB", 512 * 1024),
+            ("64MiB", 64 << 20),
+            ("1GiB", 1 << 30),
+            ("100MB", 100_000_000),
+            ("2 GB", 2_000_000_000),
+        ] {
+            assert_eq!(ByteSize::parse(text), Ok(ByteSize(octets)), "{text}");
+        }
+        for bad in ["", "MiB", "64mib", "-1", "1.5GiB", "99999999999TiB"] {
+            assert!(ByteSize::parse(bad).is_err(), "{bad}");
+        }
+        let text = EXAMPLE.replace(
+            "path = \"var/spool\"",
+            "path = \"var/spool\"\nmin_free_space = \"64MiB\"",
+        );
+        assert_eq!(
+            parse(&text).unwrap().spool.min_free_space,
+            ByteSize(64 << 20)
+        );
+        let text = EXAMPLE.replace(
+            "path = \"var/spool\"",
+            "path = \"var/spool\"\nmin_free_space = \"lots\"",
+        );
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.key, "spool.min_free_space", "{err}");
+        assert_eq!(err.line, Some(11), "{err}");
+        assert_eq!(
+            parse(EXAMPLE).unwrap().spool.min_free_space,
+            ByteSize(64 << 20)
+        );
+    }
+
+    #[test]
     fn domain_names_are_checked_and_lowercased() {
         assert_eq!(
             DomainName::try_from("Example.TEST.".to_owned())
@@ -1136,6 +1302,13 @@ command_timeout_secs = 300
         );
         for bad in ["", "a..b", "-a.test", "a_b.test", "a b"] {
             assert!(DomainName::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
+        for idn in ["bücher.example", "BÜCHER.example.", "xn--bcher-kva.example"] {
+            assert_eq!(
+                DomainName::try_from(idn.to_owned()).unwrap().as_str(),
+                "xn--bcher-kva.example",
+                "{idn}"
+            );
         }
     }
 }

@@ -30,8 +30,10 @@ use crate::tls::ServerTls;
 /// Runs the gateway with `config` until SIGTERM or SIGINT.
 pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    raise_open_file_limit();
     let spool_path = &config.spool.path;
-    let (spool, recovery) = Spool::open(spool_path)
+    let (spool, recovery) = open_spool(spool_path)
+        .await
         .with_context(|| format!("opening the spool {}", spool_path.display()))?;
     tracing::info!(
         spool = %spool_path.display(),
@@ -84,6 +86,7 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     };
 
     let mut listeners = Vec::with_capacity(config.listeners.len());
+    let mut bound_addresses = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
         let bound = Listener::bind(listener).await.with_context(|| {
             format!(
@@ -93,12 +96,14 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         })?;
         let address = bound.local_addr().context("reading a bound address")?;
         tracing::info!(listener = %listener.name, %address, "listening");
+        bound_addresses.push(address);
         listeners.push(bound);
     }
 
     let shutdown = CancellationToken::new();
     let queue = Queue::start(
         Arc::clone(&config),
+        bound_addresses,
         spool.clone(),
         recovery.messages,
         Arc::clone(&dns),
@@ -160,6 +165,32 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long start-up waits for another process's spool lock.
+const SPOOL_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens the spool, waiting a few seconds if another process holds its lock: a restart
+/// right after `kill -9` (or a supervisor's quick restart) may find the dying process
+/// still holding it for a moment, and that must not make the gateway fail to start. A
+/// lock still held after the wait is a second gateway on the same spool: an error.
+async fn open_spool(
+    path: &std::path::Path,
+) -> Result<(Spool, crate::spool::Recovery), crate::spool::SpoolError> {
+    let deadline = tokio::time::Instant::now() + SPOOL_LOCK_WAIT;
+    let mut logged = false;
+    loop {
+        match Spool::open(path) {
+            Err(crate::spool::SpoolError::Locked(_)) if tokio::time::Instant::now() < deadline => {
+                if !logged {
+                    tracing::warn!(spool = %path.display(), wait_secs = SPOOL_LOCK_WAIT.as_secs(), "spool locked by another process, waiting for the spool lock");
+                    logged = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Reloads the AUTH users file when it changes (or on SIGHUP); a file that does not load
 /// leaves the previous users in place.
 async fn watch_users(users: Arc<ArcSwap<UsersFile>>, path: PathBuf, shutdown: CancellationToken) {
@@ -189,4 +220,39 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit. Every session, pooled outbound
+/// connection, spool file and plugin file takes a descriptor, and the usual soft limit of
+/// 1024 is reached long before `max_connections` sessions; the hard limit is what the
+/// operator (or systemd's `LimitNOFILE`) allows. What was got is logged either way.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(current), hard) = (limit.current, limit.maximum) else {
+        tracing::info!("open files: no limit");
+        return;
+    };
+    let wanted = hard.unwrap_or(current);
+    if wanted <= current {
+        tracing::info!(
+            limit = current,
+            "open files limit (already at the hard limit)"
+        );
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: Some(wanted),
+        maximum: hard,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(
+            from = current,
+            to = wanted,
+            "open files limit raised to the hard limit"
+        ),
+        Err(e) => {
+            tracing::warn!(limit = current, hard = wanted, error = %e, "cannot raise the open files limit")
+        }
+    }
 }

@@ -59,6 +59,10 @@ pub struct Behaviour {
     rcpt_rules: Vec<RcptRule>,
     greeting: u16,
     delay_data_reply: Option<Duration>,
+    reply_delay: Option<Duration>,
+    hostname: String,
+    ehlo_name: Option<String>,
+    starttls_refusal: Option<String>,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -82,6 +86,10 @@ impl Default for Behaviour {
             rcpt_rules: Vec::new(),
             greeting: 220,
             delay_data_reply: None,
+            reply_delay: None,
+            hostname: SINK_HOSTNAME.to_owned(),
+            ehlo_name: None,
+            starttls_refusal: None,
             tls: None,
         }
     }
@@ -159,6 +167,33 @@ impl Behaviour {
     /// server that committed the message.
     pub fn delay_data_reply(mut self, d: Duration) -> Self {
         self.delay_data_reply = Some(d);
+        self
+    }
+
+    /// A tarpit: waits this long before each write of replies (the greeting, and each
+    /// batch of answers), as a slow or overloaded server does.
+    pub fn reply_delay(mut self, d: Duration) -> Self {
+        self.reply_delay = Some(d);
+        self
+    }
+
+    /// Calls itself `name` in its greeting and EHLO/HELO reply instead of
+    /// [`SINK_HOSTNAME`].
+    pub fn hostname(mut self, name: &str) -> Self {
+        self.hostname = name.to_owned();
+        self
+    }
+
+    /// Calls itself `name` in its EHLO/HELO reply only (the greeting keeps the host name).
+    pub fn ehlo_name(mut self, name: &str) -> Self {
+        self.ehlo_name = Some(name.to_owned());
+        self
+    }
+
+    /// Advertises STARTTLS but answers the command with this reply line (e.g.
+    /// `554 5.7.3 TLS not available`), as a server with a broken TLS setup does.
+    pub fn refuse_starttls(mut self, reply: &str) -> Self {
+        self.starttls_refusal = Some(reply.to_owned());
         self
     }
 
@@ -319,6 +354,11 @@ impl SinkServer {
     /// The number of TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.lock().connections
+    }
+
+    /// The number of connections open now (accepted and not yet closed by the client).
+    pub fn open_connections(&self) -> usize {
+        self.shared.lock().open.len()
     }
 
     /// Every command line received (without its CRLF), over all connections, in the
@@ -575,8 +615,8 @@ fn serve(tcp: TcpStream, connection: usize, shared: &Shared) {
         let mut tcp = tcp;
         let _ = write!(
             tcp,
-            "{} {SINK_HOSTNAME} Service not available, closing transmission channel\r\n",
-            behaviour.greeting
+            "{} {} Service not available, closing transmission channel\r\n",
+            behaviour.greeting, behaviour.hostname
         );
         let _ = tcp.shutdown(Shutdown::Both);
         return;
@@ -589,7 +629,7 @@ fn serve(tcp: TcpStream, connection: usize, shared: &Shared) {
         helo: None,
         transaction: None,
         data: None,
-        out: format!("220 {SINK_HOSTNAME} ESMTP Tidegate test sink\r\n").into_bytes(),
+        out: format!("220 {} ESMTP Tidegate test sink\r\n", behaviour.hostname).into_bytes(),
         closing: false,
         tls: false,
         upgrade: false,
@@ -629,6 +669,15 @@ fn serve(tcp: TcpStream, connection: usize, shared: &Shared) {
         {
             session.reply("500 5.5.6 Line too long");
             session.closing = true;
+        }
+        if let Some(delay) = behaviour.reply_delay
+            && !session.out.is_empty()
+        {
+            // Slept in small steps, so a stopped sink does not wait out the whole delay.
+            let until = Instant::now() + delay;
+            while Instant::now() < until && !shared.stopped() {
+                std::thread::sleep(POLL.min(until.saturating_duration_since(Instant::now())));
+            }
         }
         if stream.send(&session.out).is_err() {
             return;
@@ -701,9 +750,8 @@ impl Session<'_> {
             }
             "NOOP" => self.reply("250 2.0.0 Ok"),
             "QUIT" => {
-                self.reply(&format!(
-                    "221 2.0.0 {SINK_HOSTNAME} closing transmission channel"
-                ));
+                let name = self.behaviour.hostname.clone();
+                self.reply(&format!("221 2.0.0 {name} closing transmission channel"));
                 self.closing = true;
             }
             "VRFY" => self.reply("252 2.5.0 Cannot VRFY user, but will accept message"),
@@ -716,7 +764,10 @@ impl Session<'_> {
     }
 
     fn starttls(&mut self, rest: &str) {
-        if self.behaviour.tls.is_none() {
+        if let Some(refusal) = &self.behaviour.starttls_refusal {
+            let refusal = refusal.clone();
+            self.reply(&refusal);
+        } else if self.behaviour.tls.is_none() {
             self.reply("502 5.5.1 Command not implemented");
         } else if !rest.trim().is_empty() {
             self.reply("501 5.5.4 Syntax: STARTTLS");
@@ -746,12 +797,13 @@ impl Session<'_> {
         }
         self.helo = Some(name.to_owned());
         self.transaction = None;
+        let b = self.behaviour;
+        let own_name = b.ehlo_name.clone().unwrap_or_else(|| b.hostname.clone());
         if !extended {
-            self.reply(&format!("250 {SINK_HOSTNAME}"));
+            self.reply(&format!("250 {own_name}"));
             return;
         }
-        let b = self.behaviour;
-        let mut lines = vec![SINK_HOSTNAME.to_owned()];
+        let mut lines = vec![own_name];
         if b.pipelining {
             lines.push("PIPELINING".into());
         }
@@ -765,7 +817,7 @@ impl Session<'_> {
         if b.smtputf8 {
             lines.push("SMTPUTF8".into());
         }
-        if b.tls.is_some() && !self.tls {
+        if (b.tls.is_some() || b.starttls_refusal.is_some()) && !self.tls {
             lines.push("STARTTLS".into());
         }
         lines.push("ENHANCEDSTATUSCODES".into());

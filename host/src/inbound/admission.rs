@@ -1,4 +1,8 @@
 //! Admission control: how many sessions may run at once, in all and per client address.
+//!
+//! An IPv6 client counts per /64, not per address: one host usually owns a whole /64 and
+//! can connect from as many of its 2^64 addresses as it likes, which would make a
+//! per-address limit no limit at all. IPv4 clients count per address.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -47,9 +51,10 @@ impl Admission {
     }
 
     /// Admits a session from `ip`, or says why not. IPv4-mapped IPv6 addresses count as
-    /// their IPv4 address, so a dual-stack listener cannot double a client's allowance.
+    /// their IPv4 address, so a dual-stack listener cannot double a client's allowance,
+    /// and IPv6 addresses count per /64.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refusal> {
-        let ip = ip.to_canonical();
+        let ip = crate::auth::client_key(ip);
         // The lock guards two integers and a map entry; a panic while holding it cannot
         // leave them inconsistent, so a poisoned lock is still usable.
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
@@ -113,5 +118,21 @@ mod tests {
         drop(p1);
         assert_eq!(admission.running(), 2);
         let _p4 = admission.admit(a).unwrap();
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_64() {
+        let admission = Admission::new(10, 2);
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _p1 = admission.admit(one).unwrap();
+        let p2 = admission.admit(same_64).unwrap();
+        assert_eq!(admission.admit(one).unwrap_err(), Refusal::PerIp);
+        let _p3 = admission.admit(other_64).unwrap();
+        drop(p2);
+        let _p4 = admission
+            .admit("2001:db8:1:2::77".parse().unwrap())
+            .unwrap();
     }
 }

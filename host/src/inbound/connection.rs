@@ -55,8 +55,15 @@ pub struct Connection<S> {
     end: usize,
     /// Set while the rest of an over-long line is being thrown away.
     discarding: bool,
+    /// The first octets of the last over-long line, so the session can tell what it was
+    /// (an over-long BDAT must end the session: its chunk cannot be skipped).
+    long_head: [u8; LONG_HEAD],
+    long_head_len: usize,
     wbuf: Vec<u8>,
 }
+
+/// How much of an over-long line is kept to recognise it.
+const LONG_HEAD: usize = 8;
 
 impl<S: Stream> Connection<S> {
     /// Wraps a connected stream.
@@ -67,6 +74,8 @@ impl<S: Stream> Connection<S> {
             start: 0,
             end: 0,
             discarding: false,
+            long_head: [0; LONG_HEAD],
+            long_head_len: 0,
             wbuf: Vec::with_capacity(512),
         }
     }
@@ -113,6 +122,11 @@ impl<S: Stream> Connection<S> {
                 let text = &pending[..pos];
                 let text = text.strip_suffix(b"\r").unwrap_or(text);
                 let event = if self.discarding || taken > max {
+                    if !self.discarding {
+                        let n = text.len().min(LONG_HEAD);
+                        self.long_head[..n].copy_from_slice(&text[..n]);
+                        self.long_head_len = n;
+                    }
                     self.discarding = false;
                     LineEvent::TooLong
                 } else {
@@ -124,7 +138,13 @@ impl<S: Stream> Connection<S> {
                 return Ok(event);
             }
             if pending.len() >= max {
-                // Keep no more of an over-long line than needed to find its end.
+                // Keep no more of an over-long line than needed to find its end (and to
+                // recognise it).
+                if !self.discarding {
+                    let n = pending.len().min(LONG_HEAD);
+                    self.long_head[..n].copy_from_slice(&pending[..n]);
+                    self.long_head_len = n;
+                }
                 self.discarding = true;
                 self.start = self.end;
             }
@@ -147,6 +167,11 @@ impl<S: Stream> Connection<S> {
                 FillEvent::TimedOut => return Ok(LineEvent::TimedOut),
             }
         }
+    }
+
+    /// The first octets of the last line that was [`LineEvent::TooLong`].
+    pub fn long_line_head(&self) -> &[u8] {
+        &self.long_head[..self.long_head_len]
     }
 
     /// The bytes received but not yet consumed.
@@ -258,6 +283,29 @@ mod tests {
             LineEvent::Line
         );
         assert_eq!(line, b"QUIT");
+    }
+
+    #[tokio::test]
+    async fn the_head_of_an_over_long_line_is_kept() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut conn = Connection::new(server);
+        let mut long = b"BDAT 10".to_vec();
+        long.extend(std::iter::repeat_n(b' ', 30_000));
+        long.extend_from_slice(b"LAST\r\nNOOP ");
+        long.extend(std::iter::repeat_n(b'x', 600));
+        long.extend_from_slice(b"\r\n");
+        client.write_all(&long).await.unwrap();
+        let mut line = Vec::new();
+        assert_eq!(
+            conn.read_line(&mut line, 512, T, None).await.unwrap(),
+            LineEvent::TooLong
+        );
+        assert_eq!(conn.long_line_head(), b"BDAT 10 ");
+        assert_eq!(
+            conn.read_line(&mut line, 512, T, None).await.unwrap(),
+            LineEvent::TooLong
+        );
+        assert_eq!(conn.long_line_head(), b"NOOP xxx");
     }
 
     #[tokio::test]

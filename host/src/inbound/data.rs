@@ -14,6 +14,7 @@ use tidegate_plugin_sdk::inspect::ParsedMessage;
 
 use super::body::{ChunkScanner, DotReader, Violations};
 use super::connection::FillEvent;
+use super::hops::HopCounter;
 use super::policy;
 use super::received::Trace;
 use super::reply::{Reply, codes};
@@ -36,12 +37,18 @@ pub struct ChunkedMessage {
     writer: Option<MessageWriter>,
     scanner: ChunkScanner,
     spool_failed: bool,
+    /// `Received:` fields seen so far in the client's data.
+    hops: HopCounter,
+    /// When the whole transfer must be over (`max_data_time_secs` after the first chunk).
+    deadline: tokio::time::Instant,
 }
 
 /// Why reading the data stopped early.
 enum Interrupted {
     Closed,
     TimedOut,
+    /// The whole message took longer than `max_data_time_secs` (a trickle).
+    TooSlow,
 }
 
 /// What on-data decided for a message that passed the built-in checks.
@@ -56,6 +63,8 @@ struct Outcome {
     violations: Violations,
     octets: u64,
     spool_failed: bool,
+    /// `Received:` fields the message arrived with (ours not counted).
+    hops: u32,
 }
 
 impl Session {
@@ -75,16 +84,22 @@ impl Session {
         let policy = self.ctx.config.smtp.bare_line_endings;
         let mut reader = DotReader::new(policy, MAX_TEXT_LINE);
         let mut spool_failed = false;
+        let mut hops = HopCounter::new();
         let timeout = self.data_timeout();
+        let deadline = tokio::time::Instant::now() + self.max_data_time();
         loop {
-            if self.io.buffered().is_empty() {
-                match self.io.fill(timeout).await {
-                    Ok(FillEvent::Filled) => {}
-                    Ok(FillEvent::Closed) | Err(_) => return self.interrupted(Interrupted::Closed),
-                    Ok(FillEvent::TimedOut) => return self.interrupted(Interrupted::TimedOut),
-                }
+            if self.io.buffered().is_empty()
+                && let Err(why) = self.fill_before(timeout, deadline).await
+            {
+                return self.interrupted(why);
             }
+            // What this feed adds to the spool buffer is the decoded message: the hop
+            // counter reads it there (our own trace header, written first, is not in it).
+            let stored_before = writer.as_mut().map_or(0, |w| w.buffer().len());
             let fed = reader.feed(self.io.buffered(), writer.as_mut().map(|w| w.buffer()));
+            if let Some(w) = writer.as_mut() {
+                hops.feed(w.buffer().get(stored_before..).unwrap_or_default());
+            }
             self.io.consume(fed.consumed);
             if reader.octets() > self.ctx.config.limits.max_message_size {
                 writer = None;
@@ -104,6 +119,7 @@ impl Session {
             violations: reader.violations(),
             octets: reader.octets(),
             spool_failed,
+            hops: hops.count(),
         };
         let reply = self.finish_message(&helo, tx, writer, outcome).await;
         self.state = State::Ready(helo);
@@ -130,26 +146,42 @@ impl Session {
                     writer: Some(self.start_message(helo, tx)),
                     scanner: ChunkScanner::new(policy, MAX_TEXT_LINE),
                     spool_failed: false,
+                    hops: HopCounter::new(),
+                    deadline: tokio::time::Instant::now() + self.max_data_time(),
                 })),
                 (None, _) => None,
             };
         }
+        // The limit covers the whole transfer, across chunks and the commands between
+        // them: a client sending one small chunk at a time, each just inside the command
+        // timeout, must not hold the session (and a spool file) forever.
+        let deadline = chunk.as_ref().map_or_else(
+            || tokio::time::Instant::now() + self.max_data_time(),
+            |c| c.deadline,
+        );
+        if tokio::time::Instant::now() >= deadline {
+            return self.interrupted(Interrupted::TooSlow);
+        }
         let mut remaining = size;
         while remaining > 0 {
-            if self.io.buffered().is_empty() {
-                match self.io.fill(timeout).await {
-                    Ok(FillEvent::Filled) => {}
-                    Ok(FillEvent::Closed) | Err(_) => return self.interrupted(Interrupted::Closed),
-                    Ok(FillEvent::TimedOut) => return self.interrupted(Interrupted::TimedOut),
-                }
+            if self.io.buffered().is_empty()
+                && let Err(why) = self.fill_before(timeout, deadline).await
+            {
+                return self.interrupted(why);
             }
             let available = self.io.buffered();
             let take = available
                 .len()
                 .min(usize::try_from(remaining).unwrap_or(usize::MAX));
             if let Some(chunk) = chunk.as_mut() {
+                let stored_before = chunk.writer.as_mut().map_or(0, |w| w.buffer().len());
                 let out = chunk.writer.as_mut().map(|w| w.buffer());
                 chunk.scanner.feed(&available[..take], out);
+                if let Some(w) = chunk.writer.as_mut() {
+                    chunk
+                        .hops
+                        .feed(w.buffer().get(stored_before..).unwrap_or_default());
+                }
                 if chunk.scanner.octets() > max_size {
                     chunk.writer = None;
                 }
@@ -180,6 +212,7 @@ impl Session {
             violations: chunk.scanner.violations(),
             octets: chunk.scanner.octets(),
             spool_failed: chunk.spool_failed,
+            hops: chunk.hops.count(),
         };
         // A chunk that already dooms the message is refused at once (RFC 3030 §2: the
         // client must then stop sending chunks); pipelined chunks after it find no
@@ -272,6 +305,10 @@ impl Session {
                 codes::SYNTAX_ERROR,
                 "Message line longer than 998 octets",
             ))
+        } else if outcome.hops >= self.ctx.config.limits.max_hops {
+            // With our own trace field the message would carry more than `max_hops`:
+            // it is most likely circulating in a mail loop (RFC 5321 §6.3).
+            Some(Reply::new(554, codes::ROUTING_LOOP, "Too many hops"))
         } else if outcome.spool_failed {
             Some(Reply::new(
                 451,
@@ -405,6 +442,8 @@ impl Session {
         match committed {
             Ok(id) => {
                 self.accepted += 1;
+                // Mail moved: the NOOPs and RSETs around it were not junk.
+                self.junk = 0;
                 self.ctx
                     .metrics
                     .messages_accepted
@@ -536,6 +575,29 @@ impl Session {
         }
     }
 
+    /// The longest a whole message transfer may take.
+    fn max_data_time(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.ctx.config.limits.max_data_time_secs)
+    }
+
+    /// Reads more message data, waiting at most `timeout`, and never past `deadline`.
+    async fn fill_before(
+        &mut self,
+        timeout: std::time::Duration,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Interrupted> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(Interrupted::TooSlow);
+        }
+        match self.io.fill(timeout.min(left)).await {
+            Ok(FillEvent::Filled) => Ok(()),
+            Ok(FillEvent::Closed) | Err(_) => Err(Interrupted::Closed),
+            Ok(FillEvent::TimedOut) if left <= timeout => Err(Interrupted::TooSlow),
+            Ok(FillEvent::TimedOut) => Err(Interrupted::TimedOut),
+        }
+    }
+
     /// The client vanished or stalled in the middle of the data: the message is dropped
     /// (its writer removes the partial file) and nothing was acknowledged.
     fn interrupted(&mut self, why: Interrupted) -> Flow {
@@ -550,6 +612,18 @@ impl Session {
                 codes::TIMEOUT,
                 format!("{} Error: timeout exceeded", self.ctx.config.hostname),
             )),
+            Interrupted::TooSlow => {
+                self.close_reason = Some("timeout");
+                tracing::info!(peer = %self.peer, limit_secs = self.ctx.config.limits.max_data_time_secs, "message data took too long, closing");
+                self.close_with(Reply::new(
+                    421,
+                    codes::TIMEOUT,
+                    format!(
+                        "{} Error: message data took too long, closing",
+                        self.ctx.config.hostname
+                    ),
+                ))
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! STARTTLS (RFC 3207) and AUTH (RFC 4954): upgrading the connection and authenticating
 //! the client.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::connection::LineEvent;
@@ -117,6 +118,14 @@ impl Session {
                 return Flow::Continue;
             }
         };
+        // The attempt holds a place under the client's failure limit while it is being
+        // checked, so parallel sessions from one client cannot each get a guess in before
+        // the first failure is recorded.
+        let ctx = Arc::clone(&self.ctx);
+        let Some(attempt) = ctx.auth_failures.begin(self.peer.ip()) else {
+            self.respond(replies::too_many_failures());
+            return Flow::Continue;
+        };
         let credentials = match self
             .exchange(command.mechanism, command.initial_response)
             .await
@@ -124,7 +133,7 @@ impl Session {
             Ok(credentials) => credentials,
             Err(Exchange::Refused(e)) => {
                 if e != SaslError::Cancelled {
-                    self.ctx.auth_failures.record_failure(self.peer.ip());
+                    attempt.failed();
                 }
                 self.respond(e.reply());
                 return Flow::Continue;
@@ -152,7 +161,7 @@ impl Session {
             self.session_tags.clone_from(&self.tags);
             if let Some(refusal) = policy::refusal(&outcome.decision) {
                 if refusal.is_permanent_failure() {
-                    self.ctx.auth_failures.record_failure(self.peer.ip());
+                    attempt.failed();
                 }
                 tracing::info!(peer = %self.peer, user = %credentials.username, reply = %refusal, "authentication refused by policy");
                 self.respond(refusal);
@@ -163,7 +172,7 @@ impl Session {
             }
         }
         if accepted {
-            self.ctx.auth_failures.record_success(self.peer.ip());
+            attempt.succeeded();
             tracing::info!(peer = %self.peer, user = %credentials.username, mechanism = %command.mechanism, "authenticated");
             self.authenticated = Some(credentials.username.clone());
             self.may_relay = true;
@@ -174,7 +183,7 @@ impl Session {
                 .insert("auth".to_owned(), credentials.username.clone());
             self.respond(replies::success());
         } else {
-            self.ctx.auth_failures.record_failure(self.peer.ip());
+            attempt.failed();
             tracing::info!(peer = %self.peer, user = %credentials.username, "authentication failed");
             // A short pause makes guessing slower without holding a worker.
             tokio::time::sleep(Duration::from_millis(250)).await;

@@ -33,6 +33,7 @@ impl Session {
         }
         let mut body = BodyType::SevenBit;
         let mut smtputf8 = false;
+        let mut declared_size = 0;
         for param in &params {
             let value = param.value.as_deref();
             match (param.keyword.as_str(), value) {
@@ -51,7 +52,7 @@ impl Session {
                                 "Message size exceeds fixed maximum message size",
                             );
                         }
-                        Some(_) => {}
+                        Some(n) => declared_size = n,
                         None => {
                             return Reply::new(501, codes::INVALID_ARGUMENTS, "Bad SIZE value");
                         }
@@ -64,6 +65,14 @@ impl Session {
                     body = BodyType::EightBitMime;
                 }
                 ("SMTPUTF8", None) => smtputf8 = true,
+                // RFC 4954 §5: the identity that submitted the message, as xtext, or `<>`
+                // when unknown. Accepted and kept with the MAIL parameters, but vouched
+                // for by nothing, so it is not passed on to next hops.
+                ("AUTH", Some(identity)) => {
+                    if identity != "<>" && !is_xtext(identity) {
+                        return Reply::new(501, codes::INVALID_ARGUMENTS, "Bad AUTH value");
+                    }
+                }
                 (keyword, _) => {
                     return Reply::new(
                         555,
@@ -72,6 +81,16 @@ impl Session {
                     );
                 }
             }
+        }
+        // Below the disk reserve (or without room for the declared size above it), the
+        // client is asked to keep the message for now: the reserve is for the queue's
+        // state logs and bounces, so that nothing already accepted is ever lost.
+        if !self.ctx.free_space.has_room(declared_size) {
+            return Reply::new(
+                452,
+                codes::INSUFFICIENT_STORAGE,
+                "Insufficient system storage",
+            );
         }
         if let ReversePath::Mailbox(mailbox) = &sender
             && mailbox.is_utf8()
@@ -149,5 +168,43 @@ impl Session {
             },
         );
         Reply::new(250, codes::SENDER_OK, "Ok")
+    }
+}
+
+/// Whether `value` is valid xtext (RFC 3461 §4): printable ASCII other than `+` and `=`,
+/// with `+XX` (two upper-case hexadecimal digits) standing for any octet.
+fn is_xtext(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => {
+                let hex =
+                    |b: Option<&u8>| b.is_some_and(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'));
+                if !(hex(bytes.get(i + 1)) && hex(bytes.get(i + 2))) {
+                    return false;
+                }
+                i += 3;
+            }
+            b'=' => return false,
+            b'!'..=b'~' => i += 1,
+            _ => return false,
+        }
+    }
+    !bytes.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_xtext;
+
+    #[test]
+    fn xtext_values() {
+        for good in ["alice@example.test", "e+3Dmc2@example.test", "+2B"] {
+            assert!(is_xtext(good), "{good}");
+        }
+        for bad in ["", "a=b", "a+3d", "a+", "a+4", "a b"] {
+            assert!(!is_xtext(bad), "{bad}");
+        }
     }
 }

@@ -14,6 +14,7 @@ pub mod command;
 pub mod connection;
 mod data;
 mod ehlo;
+pub mod hops;
 pub mod listener;
 mod login;
 mod mail;
@@ -86,6 +87,8 @@ pub struct InboundContext {
     pub auth_failures: crate::auth::FailureLimiter,
     /// Sender authentication: verification and DKIM signing.
     pub sender_auth: Arc<crate::sender_auth::SenderAuth>,
+    /// The disk reserve of the spool's file system, checked at MAIL FROM.
+    pub free_space: crate::spool::space::FreeSpace,
 }
 
 impl InboundContext {
@@ -107,7 +110,12 @@ impl InboundContext {
             None => crate::auth::FailureLimiter::new(5, std::time::Duration::from_secs(300)),
         };
         let ehlo_reply = ehlo::ehlo_reply(&config);
+        let free_space = crate::spool::space::FreeSpace::new(
+            config.spool.path.clone(),
+            config.spool.min_free_space.0,
+        );
         InboundContext {
+            free_space,
             relay: RelayPolicy::new(&config.relay),
             admission: Admission::new(
                 config.limits.max_connections,

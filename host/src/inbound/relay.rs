@@ -60,7 +60,10 @@ impl RelayPolicy {
     /// Whether `domain` is one this gateway accepts mail for.
     pub fn accepts_domain(&self, domain: &Domain) -> bool {
         match domain {
-            Domain::Name(name) => self.accept_domains.contains(name.as_str()),
+            // Compared as A-labels, so an IDN matches in either form (U-labels arrive
+            // with SMTPUTF8).
+            Domain::Name(name) => crate::config::ascii_domain(name)
+                .is_some_and(|ascii| self.accept_domains.contains(&ascii)),
             Domain::Literal(_) => false,
         }
     }

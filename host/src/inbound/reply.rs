@@ -123,10 +123,14 @@ pub mod codes {
     pub const SHUTTING_DOWN: EnhancedCode = EnhancedCode::new(4, 3, 2);
     /// 4.3.0 Other or undefined mail system status (temporary).
     pub const SYSTEM_TEMPORARY: EnhancedCode = EnhancedCode::new(4, 3, 0);
+    /// 4.3.1 Mail system full (the spool's disk reserve is reached).
+    pub const INSUFFICIENT_STORAGE: EnhancedCode = EnhancedCode::new(4, 3, 1);
     /// 4.4.2 Bad connection (timeout).
     pub const TIMEOUT: EnhancedCode = EnhancedCode::new(4, 4, 2);
     /// 4.5.3 Too many recipients.
     pub const TOO_MANY_RECIPIENTS: EnhancedCode = EnhancedCode::new(4, 5, 3);
+    /// 2.7.0 Other or undefined security status (the 221 that ends an HTTP "session").
+    pub const SECURITY_OK: EnhancedCode = EnhancedCode::new(2, 7, 0);
     /// 4.7.0 Other or undefined security status (connection limits, error limits).
     pub const SECURITY_TEMPORARY: EnhancedCode = EnhancedCode::new(4, 7, 0);
     /// 5.1.3 Bad destination mailbox address syntax.
@@ -145,6 +149,8 @@ pub mod codes {
     pub const UTF8_NOT_PERMITTED: EnhancedCode = EnhancedCode::new(5, 6, 7);
     /// 5.7.1 Delivery not authorized (relay denied).
     pub const NOT_AUTHORIZED: EnhancedCode = EnhancedCode::new(5, 7, 1);
+    /// 5.4.6 Routing loop detected (too many `Received:` fields).
+    pub const ROUTING_LOOP: EnhancedCode = EnhancedCode::new(5, 4, 6);
     /// 5.3.0 Other or undefined mail system status (permanent).
     pub const SYSTEM_PERMANENT: EnhancedCode = EnhancedCode::new(5, 3, 0);
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::InboundContext;
 use super::address::{Param, ReversePath};
 use super::command::{Command, CommandError};
-use super::connection::{Connection, LineEvent};
+use super::connection::{Connection, FillEvent, LineEvent};
 use super::policy;
 use super::reply::{Reply, codes};
 use super::stream::SessionStream;
@@ -68,6 +68,16 @@ pub enum State {
     Transaction(Helo, Transaction),
 }
 
+/// What the client did before the greeting.
+enum Pregreet {
+    /// Nothing, as it should: greet it.
+    Quiet,
+    /// It sent something: refuse it with this reply.
+    TalkedFirst(Reply),
+    /// It closed the connection.
+    Gone,
+}
+
 /// Whether the session goes on after a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -105,6 +115,11 @@ pub struct Session {
     /// The sender authentication checks of this listener.
     pub(super) checks: crate::sender_auth::Checks,
     errors: u32,
+    /// NOOP, RSET, VRFY, EXPN and HELP since the last accepted message.
+    pub(super) junk: u32,
+    /// Why the session is being closed, when a command closes it for something other than
+    /// QUIT (a protocol violation: `errors`; message data too slow: `timeout`).
+    pub(super) close_reason: Option<&'static str>,
     line: Vec<u8>,
 }
 
@@ -143,6 +158,8 @@ impl Session {
             state: State::AwaitingHelo,
             may_relay,
             errors: 0,
+            junk: 0,
+            close_reason: None,
             line: Vec::with_capacity(MAX_PATH_COMMAND_LINE),
         }
     }
@@ -171,6 +188,14 @@ impl Session {
             self.io.queue(&refusal);
             return ("refused", true);
         }
+        match self.talked_first().await {
+            Pregreet::Quiet => {}
+            Pregreet::TalkedFirst(refusal) => {
+                self.io.queue(&refusal);
+                return ("refused", true);
+            }
+            Pregreet::Gone => return ("closed", false),
+        }
         let greeting = Reply::bare(220, format!("{} ESMTP", self.ctx.config.hostname));
         self.io.queue(&greeting);
         loop {
@@ -186,10 +211,19 @@ impl Session {
                 .read_line(&mut line, MAX_PATH_COMMAND_LINE, timeout, shutdown.as_ref())
                 .await;
             let (flow, reason) = match event {
-                Ok(LineEvent::Line) => (self.dispatch(&line).await, "quit"),
+                Ok(LineEvent::Line) => {
+                    let flow = self.dispatch(&line).await;
+                    (flow, self.close_reason.take().unwrap_or("quit"))
+                }
                 Ok(LineEvent::TooLong) => {
-                    self.respond(Reply::new(500, codes::SYNTAX_ERROR, "Line too long"));
-                    (Flow::Continue, "quit")
+                    let reply = Reply::new(500, codes::SYNTAX_ERROR, "Line too long");
+                    if is_bdat(self.io.long_line_head()) {
+                        let flow = self.bdat_lost(reply);
+                        (flow, self.close_reason.take().unwrap_or("errors"))
+                    } else {
+                        self.respond(reply);
+                        (Flow::Continue, "quit")
+                    }
                 }
                 Ok(LineEvent::Closed) => {
                     tracing::debug!(peer = %self.peer, "client closed the connection");
@@ -274,6 +308,37 @@ impl Session {
         }
     }
 
+    /// Pregreet detection (as Postfix's postscreen and Sendmail's greet_pause do): a
+    /// client that sends anything before our greeting is not waiting for the server, as
+    /// RFC 5321 §3.1 requires, and is typically a spam engine. Waits `greet_pause` for
+    /// such input (0: only looks at what has already arrived) and returns the refusal.
+    async fn talked_first(&mut self) -> Pregreet {
+        let pause = self
+            .ctx
+            .config
+            .smtp
+            .greet_pause
+            .map_or(Duration::ZERO, |d| d.0);
+        // With a zero timeout the read is still polled once, so input already received
+        // is seen; nothing is waited for.
+        match self.io.fill(pause).await {
+            Ok(FillEvent::TimedOut) => Pregreet::Quiet,
+            Ok(FillEvent::Filled) => {
+                tracing::info!(peer = %self.peer, listener = %self.listener, "client sent data before the greeting, refused");
+                Pregreet::TalkedFirst(Reply::new(
+                    554,
+                    codes::INVALID_COMMAND,
+                    format!(
+                        "{} Protocol error: data sent before the greeting",
+                        self.ctx.config.hostname
+                    ),
+                ))
+            }
+            // The client left (or the connection broke) before being greeted.
+            Ok(FillEvent::Closed) | Err(_) => Pregreet::Gone,
+        }
+    }
+
     /// Runs on-connect; a refusal replaces the greeting.
     async fn on_connect(&mut self) -> Option<Reply> {
         if !self.plugins.wants(Hook::Connect) {
@@ -306,13 +371,52 @@ impl Session {
     }
 
     async fn dispatch(&mut self, line: &[u8]) -> Flow {
+        if let Some(what) = http_request_line(line) {
+            // A browser or HTTP proxy made to talk to the SMTP port (a page that posts a
+            // form to port 25, a CONNECT through an open proxy): its lines must never be
+            // taken as SMTP commands, which could make it a relay client. Postfix closes
+            // such sessions (smtpd_forbidden_commands); so do we, with a last 221 that an
+            // SMTP client would understand and a browser ignores.
+            tracing::info!(peer = %self.peer, listener = %self.listener, line = what, "HTTP request on the SMTP port, disconnecting");
+            self.close_reason = Some("errors");
+            return self.close_with(Reply::new(
+                221,
+                codes::SECURITY_OK,
+                "Error: HTTP is not SMTP, closing",
+            ));
+        }
         let command = match Command::parse(line) {
             Ok(command) => command,
             Err(error) => return self.refuse_command(line, error),
         };
+        if matches!(
+            command,
+            Command::Noop | Command::Rset | Command::Vrfy | Command::Expn | Command::Help
+        ) {
+            // Commands that move no mail: a client looping over them holds a session (and
+            // a connection slot) while doing nothing. The count starts again with every
+            // accepted message, so a long session that sends mail is never cut off.
+            self.junk = self.junk.saturating_add(1);
+            if self.junk > self.ctx.config.limits.max_junk_commands {
+                tracing::info!(peer = %self.peer, listener = %self.listener, "too many junk commands, closing");
+                self.close_reason = Some("errors");
+                return self.close_with(Reply::new(
+                    421,
+                    codes::SECURITY_TEMPORARY,
+                    format!(
+                        "{} Too many junk commands, closing",
+                        self.ctx.config.hostname
+                    ),
+                ));
+            }
+        }
         let path_command = matches!(command, Command::Mail(_) | Command::Rcpt(_));
         if !path_command && line.len() + 2 > MAX_COMMAND_LINE {
-            self.respond(Reply::new(500, codes::SYNTAX_ERROR, "Line too long"));
+            let reply = Reply::new(500, codes::SYNTAX_ERROR, "Line too long");
+            if matches!(command, Command::Bdat { .. }) {
+                return self.bdat_lost(reply);
+            }
+            self.respond(reply);
             return Flow::Continue;
         }
         let reply = match command {
@@ -362,17 +466,23 @@ impl Session {
             .next()
             .unwrap_or_default();
         if verb.eq_ignore_ascii_case(b"BDAT") {
-            // Without a valid size the chunk cannot be skipped, and its bytes must never
-            // be read as commands (that would be a smuggling vector): end the session.
-            self.io.queue(&reply);
-            return self.close_with(Reply::new(
-                421,
-                codes::SECURITY_TEMPORARY,
-                "Cannot resynchronise after a bad BDAT, closing",
-            ));
+            return self.bdat_lost(reply);
         }
         self.respond(reply);
         Flow::Continue
+    }
+
+    /// A BDAT command that is refused before its size is taken (bad syntax, or a line
+    /// over the limit): its chunk cannot be skipped, and its bytes must never be read as
+    /// commands (that would be a smuggling vector), so the session ends.
+    fn bdat_lost(&mut self, reply: Reply) -> Flow {
+        self.io.queue(&reply);
+        self.close_reason = Some("errors");
+        self.close_with(Reply::new(
+            421,
+            codes::SECURITY_TEMPORARY,
+            "Cannot resynchronise after a bad BDAT, closing",
+        ))
     }
 
     /// Ends any transaction (RSET, a new EHLO, or the end of DATA), keeping the greeting.
@@ -382,5 +492,63 @@ impl Session {
             State::Transaction(helo, _) | State::Ready(helo) => State::Ready(helo),
             State::AwaitingHelo => State::AwaitingHelo,
         };
+    }
+}
+
+/// Whether a command line (or the start of one) is a BDAT command.
+fn is_bdat(line: &[u8]) -> bool {
+    line.get(..4)
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"BDAT"))
+        && matches!(line.get(4), Some(b' ' | b'\t'))
+}
+
+/// Recognises the lines an HTTP client sends (a request line such as `GET / HTTP/1.1`, or
+/// the `Host:` and `User-Agent:` header fields every browser sends), returning which one
+/// it is. None of them can begin a valid SMTP command.
+fn http_request_line(line: &[u8]) -> Option<&'static str> {
+    const METHODS: [&str; 8] = [
+        "GET", "POST", "CONNECT", "HEAD", "PUT", "OPTIONS", "DELETE", "PATCH",
+    ];
+    const HEADERS: [&str; 2] = ["Host:", "User-Agent:"];
+    let starts_with = |prefix: &str| {
+        line.get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+    };
+    for method in METHODS {
+        if starts_with(method) && matches!(line.get(method.len()), Some(b' ' | b'\t') | None) {
+            return Some(method);
+        }
+    }
+    HEADERS.into_iter().find(|header| starts_with(header))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::http_request_line;
+
+    #[test]
+    fn http_lines_are_recognised_and_smtp_lines_are_not() {
+        for line in [
+            "GET / HTTP/1.1",
+            "POST /form HTTP/1.0",
+            "CONNECT mail.example.test:25 HTTP/1.1",
+            "head / HTTP/1.1",
+            "PUT",
+            "Host: relay.example.test",
+            "host:relay.example.test",
+            "User-Agent: Mozilla/5.0",
+        ] {
+            assert!(http_request_line(line.as_bytes()).is_some(), "{line}");
+        }
+        for line in [
+            "EHLO client.test",
+            "MAIL FROM:<get@example.test>",
+            "GETX",
+            "HELO host",
+            "Hostname: x",
+            "",
+        ] {
+            assert!(http_request_line(line.as_bytes()).is_none(), "{line}");
+        }
     }
 }

@@ -194,6 +194,11 @@ impl ServerReply {
     }
 }
 
+/// The first line of a reply's text.
+fn first_line(text: &str) -> String {
+    text.split('\n').next().unwrap_or_default().to_owned()
+}
+
 /// One line: `451 4.3.0 first line second line`.
 impl fmt::Display for ServerReply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -305,6 +310,10 @@ pub enum ClientError {
     /// The TLS handshake failed (certificate not trusted, no common protocol...).
     #[error("TLS handshake failed: {0}")]
     Tls(String),
+    /// The next hop is this gateway itself (one of its listeners, or a server calling
+    /// itself by our host name): delivering would loop. Permanent (5.4.6).
+    #[error("mail loops back to myself ({0})")]
+    LoopsBack(String),
 }
 
 impl ClientError {
@@ -313,7 +322,7 @@ impl ClientError {
     pub fn is_permanent(&self) -> bool {
         match self {
             ClientError::Rejected { reply, .. } => reply.is_permanent(),
-            ClientError::Unsupported { .. } => true,
+            ClientError::Unsupported { .. } | ClientError::LoopsBack(_) => true,
             _ => false,
         }
     }
@@ -323,12 +332,14 @@ impl ClientError {
         match self {
             ClientError::Rejected { reply, .. } => Some(reply.status()),
             ClientError::Unsupported { enhanced, .. } => Some(*enhanced),
+            ClientError::LoopsBack(_) => Some(EnhancedCode::new(5, 4, 6)),
             _ => None,
         }
     }
 
-    /// Where the error happened; `None` for [`ClientError::Unsupported`] and
-    /// [`ClientError::Unusable`], which happen before anything is sent. From
+    /// Where the error happened; `None` for [`ClientError::Unsupported`],
+    /// [`ClientError::Unusable`] and [`ClientError::LoopsBack`], which are about the
+    /// message or the destination rather than a step of the dialogue. From
     /// [`Stage::DataBlock`] on, the server may have the message: resending it elsewhere
     /// risks a duplicate.
     pub fn stage(&self) -> Option<Stage> {
@@ -339,7 +350,9 @@ impl ClientError {
             | ClientError::Protocol { stage, .. }
             | ClientError::Rejected { stage, .. } => Some(*stage),
             ClientError::Tls(_) => Some(Stage::StartTls),
-            ClientError::Unsupported { .. } | ClientError::Unusable => None,
+            ClientError::Unsupported { .. } | ClientError::Unusable | ClientError::LoopsBack(_) => {
+                None
+            }
         }
     }
 
@@ -392,6 +405,8 @@ pub struct ClientSession<S = BoxedStream> {
     end: usize,
     wbuf: Vec<u8>,
     greeting: ServerReply,
+    /// The first line of the EHLO (or HELO) reply: the name the server gives itself.
+    ehlo_name: String,
     capabilities: Capabilities,
     timeouts: Timeouts,
     usable: bool,
@@ -472,6 +487,7 @@ impl ClientSession<BoxedStream> {
             end: 0,
             wbuf: self.wbuf,
             greeting: self.greeting,
+            ehlo_name: self.ehlo_name,
             capabilities: Capabilities::default(),
             timeouts,
             usable: true,
@@ -520,6 +536,7 @@ impl<S: Stream> ClientSession<S> {
                 enhanced: None,
                 text: String::new(),
             },
+            ehlo_name: String::new(),
             capabilities: Capabilities::default(),
             timeouts,
             usable: true,
@@ -538,6 +555,7 @@ impl<S: Stream> ClientSession<S> {
             .await?;
         if ehlo.is_positive() {
             session.capabilities = Capabilities::from_ehlo(&ehlo);
+            session.ehlo_name = first_line(&ehlo.text);
             return Ok(session);
         }
         if ehlo.is_permanent() {
@@ -547,6 +565,7 @@ impl<S: Stream> ClientSession<S> {
                 .command(&format!("HELO {helo_name}"), Stage::Ehlo, timeouts.command)
                 .await?;
             if helo.is_positive() {
+                session.ehlo_name = first_line(&helo.text);
                 return Ok(session);
             }
             return Err(session.refuse_handshake(Stage::Ehlo, helo).await);
@@ -572,6 +591,13 @@ impl<S: Stream> ClientSession<S> {
     /// The greeting the server sent, for the delivery log.
     pub fn greeting(&self) -> &ServerReply {
         &self.greeting
+    }
+
+    /// Whether the server calls itself `hostname` in its greeting or its EHLO/HELO
+    /// reply: then it is this gateway, and delivering to it would loop.
+    pub fn announces(&self, hostname: &str) -> bool {
+        super::loops::announces(&self.greeting.text, hostname)
+            || super::loops::announces(&self.ehlo_name, hostname)
     }
 
     /// What the server offered in reply to EHLO.

@@ -74,24 +74,71 @@ pub async fn resolve_host(
         .resolver()
         .ok_or_else(|| LookupError::Temporary("no DNS resolver".into()))?;
     let fqdn = absolute(host);
-    match resolver.lookup_ip(fqdn.as_str()).await {
-        Ok(ips) => {
-            let addrs: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(ip, port)).collect();
-            if addrs.is_empty() {
-                Err(LookupError::Temporary(format!("{host} has no addresses")))
-            } else {
-                Ok(addrs)
-            }
+    // A first, AAAA only when there is no A record (as before). Each answer is judged on
+    // its own: a resolver's combined A-then-AAAA lookup reports only the last one, so a
+    // temporary failure of the A query followed by an empty AAAA answer would look like
+    // "no addresses" and bounce mail that a retry would deliver.
+    let v4 = addresses(resolver, &fqdn, RecordType::A).await;
+    if let Answer::Found(ips) = &v4 {
+        return Ok(ips.iter().map(|&ip| SocketAddr::new(ip, port)).collect());
+    }
+    let v6 = addresses(resolver, &fqdn, RecordType::AAAA).await;
+    match (v4, v6) {
+        (_, Answer::Found(ips)) => Ok(ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect()),
+        (Answer::Failed(why), _) | (_, Answer::Failed(why)) => {
+            Err(LookupError::Temporary(format!("looking up {host}: {why}")))
         }
-        Err(e) if e.is_nx_domain() => Err(LookupError::Permanent {
+        (Answer::NxDomain, _) | (_, Answer::NxDomain) => Err(LookupError::Permanent {
             enhanced: "5.1.2",
             why: format!("host {host} does not exist"),
         }),
-        Err(e) if e.is_no_records_found() => Err(LookupError::Permanent {
+        _ => Err(LookupError::Permanent {
             enhanced: "5.1.2",
             why: format!("host {host} has no addresses"),
         }),
-        Err(e) => Err(LookupError::Temporary(format!("looking up {host}: {e}"))),
+    }
+}
+
+/// What one address query (A or AAAA) said.
+enum Answer {
+    /// Addresses (at least one).
+    Found(Vec<IpAddr>),
+    /// The name does not exist (NXDOMAIN): permanent.
+    NxDomain,
+    /// The name exists but has no record of this type: permanent.
+    NoData,
+    /// No usable answer (SERVFAIL, REFUSED, a timeout...): worth retrying.
+    Failed(String),
+}
+
+async fn addresses(
+    resolver: &hickory_resolver::TokioResolver,
+    fqdn: &str,
+    record_type: RecordType,
+) -> Answer {
+    match resolver.lookup(fqdn, record_type).await {
+        Ok(lookup) => {
+            let ips: Vec<IpAddr> = lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+                    _ => None,
+                })
+                .collect();
+            if ips.is_empty() {
+                Answer::NoData
+            } else {
+                Answer::Found(ips)
+            }
+        }
+        Err(e) if e.is_nx_domain() => Answer::NxDomain,
+        Err(e) if e.is_no_records_found() => Answer::NoData,
+        Err(e) => Answer::Failed(e.to_string()),
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod lookup;
+pub mod loops;
 pub mod maildir;
 pub mod mta_sts;
 pub mod pool;

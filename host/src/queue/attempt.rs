@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::notify::{bounce, delay_notice};
+use super::notify::{Report, bounce, delay_notice};
 use super::quarantine::quarantine;
 use super::routing::{Destination, route};
 use super::state::{self, Event, Outcome};
@@ -20,9 +20,17 @@ use crate::spool::envelope::{Envelope, apply_header_edits};
 
 /// Runs one attempt of message `id`.
 pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
+    if !record_held_outcomes(shared, id).await {
+        return;
+    }
     let Some((stored, pending)) = shared.pending(id) else {
         return;
     };
+    if pending.is_empty() {
+        // Held outcomes just recorded settled every recipient.
+        shared.finish_attempt(id, None);
+        return;
+    }
     let envelope = &stored.envelope;
     if let Some(reason) = &envelope.quarantine {
         quarantine(shared, id, &pending, reason);
@@ -30,46 +38,61 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         return;
     }
 
-    let path = shared.message_path(id);
-    let message_len = stored.message_len;
-    let edits = envelope.header_edits.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        crate::spool::read_message(&path, message_len).map(|raw| apply_header_edits(&raw, &edits))
-    })
-    .await;
-    let message = match read {
-        Ok(Ok(message)) => message,
-        Ok(Err(e)) => {
-            tracing::error!(%id, error = %e, "cannot read a queued message; will retry");
-            shared.finish_attempt(id, Some(now_ms() + 60_000));
-            return;
-        }
-        Err(_) => {
-            shared.finish_attempt(id, Some(now_ms() + 60_000));
-            return;
-        }
-    };
-
-    let mut plugins = shared.take_plugin_session();
-    plugins.set_message_tags(&envelope.tags);
-    let wants_route = plugins.has(w::Hooks::ROUTE);
-    let mut groups: BTreeMap<Destination, Vec<usize>> = BTreeMap::new();
-    for &(rcpt, _) in &pending {
-        let address = &envelope.recipients[rcpt].address;
-        let destination = route(shared, &mut plugins, wants_route, address).await;
-        groups.entry(destination).or_default().push(rcpt);
-    }
-
-    let mut results = Vec::with_capacity(pending.len());
-    for (destination, rcpts) in groups {
-        let limit = shared.destination_limit(&destination.limit_key());
-        let Ok(_permit) = limit.acquire_owned().await else {
+    // Routing runs under a global slot, so that a flood of due messages does not route
+    // (and take plugin instances) all at once; the slot is given back before waiting for
+    // any destination.
+    let groups = {
+        let Ok(_global) = shared.global.acquire().await else {
             return;
         };
-        results.extend(deliver(shared, &destination, envelope, &rcpts, &message).await);
-    }
+        let mut plugins = shared.take_plugin_session();
+        plugins.set_message_tags(&envelope.tags);
+        let wants_route = plugins.has(w::Hooks::ROUTE);
+        let mut groups: BTreeMap<Destination, Vec<usize>> = BTreeMap::new();
+        for &(rcpt, _) in &pending {
+            let address = &envelope.recipients[rcpt].address;
+            let destination = route(shared, &mut plugins, wants_route, address).await;
+            groups.entry(destination).or_default().push(rcpt);
+        }
+        shared.return_plugin_session(plugins);
+        groups
+    };
 
-    let (events, next_due) = outcomes(shared, envelope, &pending, results);
+    // The message body is read only once a delivery may start, so messages waiting for
+    // a slow destination's slot hold no body in memory.
+    let mut message: Option<Vec<u8>> = None;
+    let mut results = Vec::with_capacity(pending.len());
+    for (destination, rcpts) in groups {
+        // The destination's slot first, then a global one: a destination that tarpits
+        // (or is dead and times out) holds at most its own `max_per_destination` global
+        // slots while it delivers, and the messages queued behind it wait without one,
+        // so mail to every other destination keeps flowing.
+        let limit = shared.destination_limit(&destination.limit_key());
+        let Ok(_destination_slot) = limit.acquire_owned().await else {
+            return;
+        };
+        let Ok(_global) = shared.global.acquire().await else {
+            return;
+        };
+        let body = match &message {
+            Some(body) => body,
+            None => match read_body(shared, id, envelope, stored.message_len).await {
+                Some(body) => message.insert(body),
+                None => {
+                    shared.finish_attempt(id, Some(now_ms() + 60_000));
+                    return;
+                }
+            },
+        };
+        results.extend(deliver(shared, &destination, envelope, &rcpts, body).await);
+    }
+    // Every group had a destination, so the body was read; an empty one is only possible
+    // for a message without pending recipients, which never gets here.
+    let message = message.unwrap_or_default();
+    let mut plugins = shared.take_plugin_session();
+    plugins.set_message_tags(&envelope.tags);
+
+    let (mut events, mut next_due) = outcomes(shared, envelope, &pending, results);
 
     // The bounce is spooled before the outcomes are recorded: a crash in between repeats
     // the attempt (and perhaps the bounce) rather than losing the bounce.
@@ -77,12 +100,26 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         .iter()
         .filter(|e| e.outcome == Outcome::Bounced)
         .collect();
-    if !bounced.is_empty() {
-        bounce(shared, &stored, &bounced, &message).await;
+    if !bounced.is_empty() && bounce(shared, &stored, &bounced, &message).await == Report::Failed {
+        // A recipient recorded as bounced without its DSN on disk would be lost to the
+        // sender for good: it stays deferred, and the bounce is tried again with it.
+        let retry = now_ms() + first_retry_ms(shared);
+        for event in events.iter_mut().filter(|e| e.outcome == Outcome::Bounced) {
+            tracing::error!(%id, recipient = %envelope.recipients[event.rcpt].address, "the bounce could not be spooled: the recipient stays deferred until it can be");
+            event.outcome = Outcome::Deferred;
+            event.next = Some(retry / 1000);
+            event.reply = format!("bounce not spooled yet; {}", event.reply);
+        }
+        next_due = Some(next_due.map_or(retry, |d| d.min(retry)));
     }
 
     let Some(removed) = persist(shared, id, envelope, &pending, &events).await else {
-        shared.finish_attempt(id, Some(now_ms() + 60_000));
+        // Nothing of this attempt is on disk. Delivering again would repeat what the next
+        // hops already accepted, every retry for as long as the disk is full; so the
+        // message is held, its outcomes kept in memory, and only the record is retried.
+        tracing::error!(%id, "delivery outcomes could not be recorded: the message is held, and nothing more is delivered until they are on disk");
+        shared.set_unrecorded(id, events);
+        shared.finish_attempt(id, Some(now_ms() + first_retry_ms(shared)));
         return;
     };
     if let Err(e) = shared.record_in_memory(id, &events) {
@@ -97,6 +134,69 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         shared.finish_removed(id);
     } else {
         shared.finish_attempt(id, next_due);
+    }
+}
+
+/// Writes the outcomes of an earlier attempt that could not be recorded then (see
+/// `run`), before anything else is delivered; returns whether the attempt may go on. The
+/// recipients they settle are then not delivered again.
+async fn record_held_outcomes(shared: &Shared, id: QueueId) -> bool {
+    let held = shared.take_unrecorded(id);
+    if held.is_empty() {
+        return true;
+    }
+    let path = shared.state_path(id);
+    let to_write = held.clone();
+    match tokio::task::spawn_blocking(move || state::append(&path, &to_write)).await {
+        Ok(Ok(())) => {
+            if let Err(e) = shared.record_in_memory(id, &held) {
+                tracing::error!(%id, error = %e, "state update failed");
+            }
+            tracing::info!(%id, outcomes = held.len(), "held delivery outcomes recorded at last: delivering again");
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::error!(%id, error = %e, "delivery outcomes still cannot be recorded: the message stays held");
+            shared.set_unrecorded(id, held);
+            shared.finish_attempt(id, Some(now_ms() + first_retry_ms(shared)));
+            false
+        }
+        Err(_) => {
+            shared.set_unrecorded(id, held);
+            shared.finish_attempt(id, Some(now_ms() + first_retry_ms(shared)));
+            false
+        }
+    }
+}
+
+/// The first retry interval, in milliseconds: how soon a failed record or bounce is
+/// tried again.
+fn first_retry_ms(shared: &Shared) -> u64 {
+    u64::try_from(retry_delay(&shared.config.queue.retry_intervals, 1).as_millis())
+        .unwrap_or(u64::MAX)
+}
+
+/// Reads a queued message and applies its header edits, off the runtime; `None` (logged)
+/// when it cannot be read, and the attempt is to be retried.
+async fn read_body(
+    shared: &Shared,
+    id: QueueId,
+    envelope: &Envelope,
+    message_len: u64,
+) -> Option<Vec<u8>> {
+    let path = shared.message_path(id);
+    let edits = envelope.header_edits.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        crate::spool::read_message(&path, message_len).map(|raw| apply_header_edits(&raw, &edits))
+    })
+    .await;
+    match read {
+        Ok(Ok(message)) => Some(message),
+        Ok(Err(e)) => {
+            tracing::error!(%id, error = %e, "cannot read a queued message; will retry");
+            None
+        }
+        Err(_) => None,
     }
 }
 

@@ -62,6 +62,9 @@ struct Entry {
     recipients: Vec<RecipientState>,
     /// An attempt is running: the scheduler must not start another.
     in_flight: bool,
+    /// Outcomes of an attempt that could not be written to the state log: the message is
+    /// held (nothing delivered) until they are.
+    unrecorded: Vec<Event>,
 }
 
 /// A message and its pending recipients: (index in the envelope, attempts so far).
@@ -76,6 +79,8 @@ pub(crate) struct Shared {
     pub(crate) plugins: Arc<PluginHost>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) pool: ConnectionPool,
+    /// Our own listeners: a next hop among them is a mail loop.
+    pub(crate) own_addresses: crate::outbound::loops::OwnAddresses,
     /// STARTTLS without verification (opportunistic).
     pub(crate) tls_any: tokio_rustls::TlsConnector,
     /// STARTTLS with verification (required).
@@ -115,9 +120,15 @@ pub(crate) fn now_ms() -> u64 {
 
 impl Queue {
     /// Starts the queue with the messages recovered from the spool; their state logs are
-    /// replayed, so delivered recipients are not delivered again.
+    /// replayed, so delivered recipients are not delivered again. `listeners` are the
+    /// addresses the gateway listens on, which the queue never delivers to (a loop).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the parts the server built, each taken once"
+    )]
     pub fn start(
         config: Arc<Config>,
+        listeners: Vec<std::net::SocketAddr>,
         spool: Spool,
         recovered: Vec<StoredMessage>,
         dns: Arc<Dns>,
@@ -150,7 +161,11 @@ impl Queue {
             tls_any,
             tls_verified,
             global: Semaphore::new(config.queue.max_concurrent_deliveries),
-            pool: ConnectionPool::default(),
+            pool: ConnectionPool::new(
+                config.delivery.pool_idle_timeout.0,
+                config.delivery.pool_max_idle,
+            ),
+            own_addresses: crate::outbound::loops::OwnAddresses::new(listeners),
             config,
             spool,
             spool_dir,
@@ -162,6 +177,7 @@ impl Queue {
             wake: Notify::new(),
             per_destination: Mutex::new(HashMap::new()),
         });
+        tokio::spawn(reap_idle_connections(Arc::clone(&shared), shutdown.clone()));
         let queue = Queue { shared };
         let mut resumed = 0usize;
         for stored in recovered {
@@ -169,6 +185,7 @@ impl Queue {
                 resumed += 1;
             }
         }
+        queue.shared.remove_orphans();
         if queue.shared.config.queue.hold {
             tracing::warn!(
                 messages = resumed,
@@ -248,6 +265,7 @@ impl Queue {
                 stored: Arc::new(stored),
                 recipients,
                 in_flight: false,
+                unrecorded: Vec::new(),
             },
         );
         self.shared.schedule_at(id, due);
@@ -313,6 +331,21 @@ impl Shared {
     ) -> std::io::Result<Vec<RecipientState>> {
         state::append(&self.state_path(id), events)?;
         self.record_in_memory(id, events)
+    }
+
+    /// Keeps outcomes that could not be recorded, to be written before the next attempt.
+    pub(crate) fn set_unrecorded(&self, id: QueueId, events: Vec<Event>) {
+        if let Some(entry) = lock(&self.entries).get_mut(&id) {
+            entry.unrecorded = events;
+        }
+    }
+
+    /// Takes the outcomes still to be recorded (empty for most messages).
+    pub(crate) fn take_unrecorded(&self, id: QueueId) -> Vec<Event> {
+        lock(&self.entries)
+            .get_mut(&id)
+            .map(|entry| std::mem::take(&mut entry.unrecorded))
+            .unwrap_or_default()
     }
 
     /// Updates memory with outcomes already on disk.
@@ -393,6 +426,42 @@ impl Shared {
         let _ = std::fs::remove_file(self.delay_marker(id));
     }
 
+    /// Removes the state logs and delay markers of messages that are no longer in the
+    /// spool (a crash between removing a message and its log leaves them). Left behind,
+    /// they would be stale at best, and at worst read as the history of a new message that
+    /// happened to get the same ID. Runs at start-up, before anything is delivered.
+    fn remove_orphans(&self) {
+        let dir = self.spool_dir.join("state");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let known: std::collections::HashSet<QueueId> =
+            lock(&self.entries).keys().copied().collect();
+        let mut removed = 0usize;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            let id = name.strip_suffix(".delayed").unwrap_or(name);
+            // Only files the queue itself names are touched.
+            let Ok(id) = id.parse::<QueueId>() else {
+                continue;
+            };
+            // The log of a file set aside in corrupt/ is kept with it for the operator.
+            let set_aside = self.spool_dir.join("corrupt").join(id.to_string()).exists();
+            if !known.contains(&id) && !set_aside && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                files = removed,
+                "state files of messages no longer in the spool removed"
+            );
+        }
+    }
+
     /// The marker that says a delay notice went out for a message.
     pub(crate) fn delay_marker(&self, id: QueueId) -> PathBuf {
         self.spool_dir.join("state").join(format!("{id}.delayed"))
@@ -468,10 +537,8 @@ async fn run_scheduler(shared: Arc<Shared>, shutdown: CancellationToken) {
             if start {
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
-                    // Bounded: waits here (not in the scheduler) for a global slot.
-                    let Ok(_permit) = shared.global.acquire().await else {
-                        return;
-                    };
+                    // The attempt takes its slots itself, per destination first and then
+                    // global (see `attempt::run`), waiting there rather than here.
                     attempt::run(&shared, id).await;
                 });
             }
@@ -484,6 +551,25 @@ async fn run_scheduler(shared: Arc<Shared>, shutdown: CancellationToken) {
             () = shared.wake.notified() => {}
             () = tokio::time::sleep(sleep) => {}
         }
+    }
+}
+
+/// Closes pooled connections once they have been idle for the pool's idle timeout, so
+/// idle connections do not hold file descriptors (and the next hops' slots) for long.
+async fn reap_idle_connections(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let interval = shared.pool.reap_interval();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let expired = shared.pool.reap();
+        if !expired.is_empty() {
+            tracing::debug!(closed = expired.len(), "idle outbound connections closed");
+        }
+        // Dropping a session closes its socket; a QUIT is not owed to a server we stop
+        // talking to, and waiting for its reply could hold the descriptor longer.
+        drop(expired);
     }
 }
 

@@ -13,6 +13,17 @@ use super::{Shared, now_ms};
 use crate::spool::StoredMessage;
 use crate::spool::envelope::Envelope;
 
+/// What became of a DSN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Report {
+    /// Spooled: it will be delivered like any message.
+    Spooled,
+    /// None is owed (the sender is `<>`).
+    NotOwed,
+    /// It could not be spooled (a full disk, an I/O error): nothing was sent.
+    Failed,
+}
+
 /// Sends one DSN to the sender for the recipients that bounced in this attempt. Never to
 /// the null sender: a bounce of a bounce is logged and dropped.
 pub(super) async fn bounce(
@@ -20,19 +31,18 @@ pub(super) async fn bounce(
     stored: &StoredMessage,
     bounced: &[&Event],
     message: &[u8],
-) {
-    report(shared, stored, bounced, message, Action::Failed).await;
+) -> Report {
+    report(shared, stored, bounced, message, Action::Failed).await
 }
 
-/// Sends a DSN of kind `action` about `events` to the sender; returns whether one was
-/// spooled.
+/// Sends a DSN of kind `action` about `events` to the sender.
 async fn report(
     shared: &Arc<Shared>,
     stored: &StoredMessage,
     bounced: &[&Event],
     message: &[u8],
     action: Action,
-) -> bool {
+) -> Report {
     let envelope = &stored.envelope;
     let Some(sender) = envelope.sender.clone() else {
         if action == Action::Failed {
@@ -40,7 +50,7 @@ async fn report(
                 tracing::warn!(id = %stored.id, recipient = %envelope.recipients[event.rcpt].address, reply = %event.reply, "double bounce dropped (the sender is <>)");
             }
         }
-        return false;
+        return Report::NotOwed;
     };
     let now = SystemTime::now();
     let failed: Vec<FailedRecipient> = bounced
@@ -89,11 +99,11 @@ async fn report(
     match shared.inject(dsn_envelope, &dsn).await {
         Ok(dsn_id) => {
             tracing::info!(id = %stored.id, dsn = %dsn_id, to = %sender, recipients = failed.len(), kind = ?action, "delivery status notification sent");
-            true
+            Report::Spooled
         }
         Err(e) => {
             tracing::error!(id = %stored.id, error = %e, "cannot spool a delivery status notification");
-            false
+            Report::Failed
         }
     }
 }
@@ -122,7 +132,7 @@ pub(super) async fn delay_notice(
     if deferred.is_empty() || marker.exists() {
         return;
     }
-    if report(shared, stored, &deferred, message, Action::Delayed).await
+    if report(shared, stored, &deferred, message, Action::Delayed).await == Report::Spooled
         && let Err(e) = std::fs::write(&marker, b"")
     {
         tracing::warn!(id = %stored.id, error = %e, "cannot remember the delay notice");

@@ -54,9 +54,10 @@ pub(super) async fn route(
     wants_route: bool,
     address: &str,
 ) -> Destination {
+    // Names in A-label form: that is how routes are configured and how DNS knows them.
     let domain = match Mailbox::parse(address, true) {
         Ok(mailbox) => match mailbox.domain() {
-            Domain::Name(name) => name.clone(),
+            Domain::Name(name) => crate::config::ascii_domain(name).unwrap_or_else(|| name.clone()),
             Domain::Literal(literal) => literal.to_string(),
         },
         Err(_) => address

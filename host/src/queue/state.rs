@@ -1,7 +1,9 @@
 //! Per-recipient delivery state: an append-only log beside each message
 //! (`<spool>/state/<ID>`), one JSON line per outcome, fdatasynced before the queue acts on
-//! it. Recovery replays the log; a torn last line (a crash mid-append) is ignored, which
-//! only means that outcome is learnt again by the next attempt.
+//! it (and the directory fsynced when the log is created, so the file itself survives a
+//! power cut). Recovery replays the log; a torn line (a crash mid-append) is skipped,
+//! which only means that outcome is learnt again by the next attempt, and never hides the
+//! lines after it: an append after a torn tail starts on a line of its own.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -54,12 +56,30 @@ pub fn append(path: &Path, events: &[Event]) -> std::io::Result<()> {
         serde_json::to_writer(&mut text, event)?;
         text.push(b'\n');
     }
+    let existed = path.exists();
     let mut file = std::fs::File::options()
         .create(true)
         .append(true)
+        .read(true)
         .open(path)?;
+    // A torn last line (no newline) must not swallow the first event appended after it.
+    let len = file.metadata()?.len();
+    if len > 0 {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut last = [0u8; 1];
+        file.seek(SeekFrom::Start(len - 1))?;
+        file.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            text.insert(0, b'\n');
+        }
+    }
     file.write_all(&text)?;
-    file.sync_data()
+    file.sync_data()?;
+    if !existed && let Some(dir) = path.parent() {
+        // The new file's directory entry is durable only once the directory is synced.
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Reads every complete event of a log (none if it does not exist).
@@ -72,9 +92,9 @@ pub fn replay(path: &Path) -> std::io::Result<Vec<Event>> {
     let mut events = Vec::new();
     for line in std::io::BufReader::new(file).split(b'\n') {
         let line = line?;
-        match serde_json::from_slice::<Event>(&line) {
-            Ok(event) => events.push(event),
-            Err(_) => break,
+        // A line that does not parse is a torn one: skipped, and reading goes on.
+        if let Ok(event) = serde_json::from_slice::<Event>(&line) {
+            events.push(event);
         }
     }
     Ok(events)
@@ -113,5 +133,32 @@ mod tests {
         let events = replay(&path).unwrap();
         assert_eq!(events.len(), 3);
         assert_eq!(events[2], event(2, Outcome::Bounced));
+    }
+
+    #[test]
+    fn events_after_a_torn_line_are_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        append(&path, &[event(0, Outcome::Delivered)]).unwrap();
+        let mut file = std::fs::File::options().append(true).open(&path).unwrap();
+        file.write_all(b"{\"rcpt\":3,\"outc").unwrap();
+        // The next append starts on a line of its own, and replay reads past the tear.
+        append(&path, &[event(1, Outcome::Delivered)]).unwrap();
+        std::fs::File::options()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"garbage\n")
+            .unwrap();
+        append(&path, &[event(2, Outcome::Bounced)]).unwrap();
+        let events = replay(&path).unwrap();
+        assert_eq!(
+            events,
+            [
+                event(0, Outcome::Delivered),
+                event(1, Outcome::Delivered),
+                event(2, Outcome::Bounced)
+            ]
+        );
     }
 }

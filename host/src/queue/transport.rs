@@ -13,6 +13,7 @@ use crate::config::TlsPolicy;
 use crate::outbound::client::{ClientError, ClientSession, Outgoing, Stage, Timeouts};
 use crate::outbound::lookup::{self, LookupError, NextHop};
 use crate::outbound::maildir;
+use crate::outbound::pool::PoolKey;
 use crate::spool::envelope::Envelope;
 
 /// One recipient's outcome in this attempt, before it becomes an
@@ -226,17 +227,36 @@ async fn deliver_smtp(
         .clone()
         .unwrap_or_else(|| shared.config.hostname.to_string());
     let mut last_error = String::from("no address to try");
+    // A host that could not take the message as it is (status, reply, host), and whether
+    // some host could not be asked at all (then a later attempt may find it).
+    let mut unsupported: Option<(Option<String>, String, String)> = None;
+    let mut unreachable_host = false;
     for hop in &hops {
         for &addr in &hop.addrs {
             match transact(shared, addr, &hop.name, tls, &helo, &outgoing).await {
                 Ok(result) => return map_transaction(rcpts, &hop.name, result),
+                Err(error @ ClientError::Unsupported { .. }) => {
+                    // This host lacks what the message needs (8BITMIME, SMTPUTF8, SIZE
+                    // room), but nothing was sent: another MX host may have it. Only when
+                    // every host that answered says the same does the message bounce.
+                    tracing::info!(host = %hop.name, %addr, %error, "next hop cannot take the message, trying the next");
+                    unsupported = Some((
+                        error.enhanced().map(|e| e.to_string()),
+                        format!("{}: {error}", hop.name),
+                        hop.name.clone(),
+                    ));
+                }
                 Err(error)
                     if error.is_permanent()
-                        && !matches!(error.stage(), Some(Stage::Greeting | Stage::Ehlo)) =>
+                        && !matches!(
+                            error.stage(),
+                            Some(Stage::Greeting | Stage::Ehlo | Stage::StartTls)
+                        ) =>
                 {
                     // A MAIL refusal or a message the server cannot take: the message
                     // itself is refused, and trying elsewhere would not help. (A 5xx
-                    // greeting or EHLO refusal is about this host: the next one is tried.)
+                    // greeting, EHLO or STARTTLS refusal is about this host: the next one
+                    // is tried, and if none takes the mail it waits and is retried.)
                     let status = error.enhanced().map(|e| e.to_string());
                     let reply = format!("{}: {error}", hop.name);
                     return rcpts
@@ -272,9 +292,28 @@ async fn deliver_smtp(
                 Err(error) => {
                     tracing::info!(host = %hop.name, %addr, %error, "next hop failed, trying the next");
                     last_error = format!("{} [{addr}]: {error}", hop.name);
+                    unreachable_host = true;
                 }
             }
         }
+    }
+    if let Some((status, reply, host)) = unsupported
+        && !unreachable_host
+    {
+        // Every host that could be reached refused the message as it is: it will not
+        // change by waiting.
+        return rcpts
+            .iter()
+            .map(|&r| {
+                RecipientResult::new(
+                    r,
+                    Outcome::Bounced,
+                    reply.clone(),
+                    status.clone(),
+                    Some(host.clone()),
+                )
+            })
+            .collect();
     }
     rcpts
         .iter()
@@ -300,14 +339,21 @@ async fn transact(
     helo: &str,
     outgoing: &Outgoing<'_>,
 ) -> Result<crate::outbound::client::TransactionResult, ClientError> {
+    if shared.own_addresses.contains(addr) {
+        return Err(ClientError::LoopsBack(format!(
+            "{host} [{addr}] is one of this gateway's listeners"
+        )));
+    }
+    // A pooled connection serves only deliveries with the TLS requirements it met.
+    let key = PoolKey::new(addr, host, tls);
     let pooled = shared
         .pool
-        .take(addr)
+        .take(&key)
         .filter(|s| tls != TlsPolicy::Required || s.is_tls());
     if let Some(mut session) = pooled {
         let result = session.send(outgoing).await;
         // `send` leaves a usable session clean for the next transaction.
-        keep(shared, addr, session);
+        keep(shared, key.clone(), session);
         match result {
             Ok(result) => return Ok(result),
             // A stale pooled connection fails at its first command. Only then is a retry
@@ -321,7 +367,7 @@ async fn transact(
     }
     let mut session = open(shared, addr, host, tls, helo).await?;
     let result = session.send(outgoing).await;
-    keep(shared, addr, session);
+    keep(shared, key, session);
     result
 }
 
@@ -334,6 +380,13 @@ async fn open(
     helo: &str,
 ) -> Result<ClientSession, ClientError> {
     let session = ClientSession::connect(addr, helo, timeouts(shared)).await?;
+    let hostname = shared.config.hostname.as_str();
+    if session.announces(hostname) {
+        session.quit().await;
+        return Err(ClientError::LoopsBack(format!(
+            "{host} [{addr}] calls itself {hostname}, this gateway's own name"
+        )));
+    }
     let offered = session.capabilities().starttls;
     match tls {
         TlsPolicy::None => Ok(session),
@@ -369,9 +422,9 @@ fn server_name(host: &str, addr: SocketAddr) -> rustls::pki_types::ServerName<'s
         .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(addr.ip().into()))
 }
 
-fn keep(shared: &Shared, addr: SocketAddr, session: ClientSession) {
+fn keep(shared: &Shared, key: PoolKey, session: ClientSession) {
     if session.is_usable() {
-        shared.pool.put(addr, session);
+        shared.pool.put(key, session);
     }
 }
 

@@ -29,6 +29,7 @@
 mod commit;
 pub mod envelope;
 pub mod queue_id;
+pub mod space;
 mod writer;
 
 use std::fs::{self, File};
@@ -155,23 +156,37 @@ impl Spool {
             fs::remove_file(&path).map_err(io_error("cannot remove", &path))?;
             recovery.removed_partials += 1;
         }
+        // The highest queue ID of any file in msg/, readable or not: new IDs stay above
+        // it, so a message set aside can never share its ID with a new one.
+        let mut floor: Option<QueueId> = None;
         for result in scan(&msg_dir)? {
-            match result {
-                Ok(message) => recovery.messages.push(message),
-                Err(SpoolError::Corrupt { path, why }) => {
-                    let corrupt_dir = root.join("corrupt");
-                    fs::create_dir_all(&corrupt_dir)
-                        .map_err(io_error("cannot create", &corrupt_dir))?;
-                    let target = corrupt_dir.join(path.file_name().unwrap_or_default());
-                    fs::rename(&path, &target).map_err(io_error("cannot move", &path))?;
-                    tracing::error!(file = %path.display(), %why, moved_to = %target.display(), "corrupt spool file set aside");
-                    recovery.set_aside.push(target);
+            match result.map_err(|e| {
+                let why = e.to_string();
+                (e, why)
+            }) {
+                Ok(message) => {
+                    floor = floor.max(Some(message.id));
+                    recovery.messages.push(message);
                 }
-                Err(other) => return Err(other),
+                // One bad file (not a spool file, or one that cannot be read) is the
+                // operator's to look at, never a reason not to start: every other message
+                // is still delivered.
+                Err((SpoolError::Corrupt { path, .. } | SpoolError::Io { path, .. }, why))
+                    if path.parent() == Some(msg_dir.as_path()) =>
+                {
+                    floor = floor.max(
+                        path.file_name()
+                            .and_then(|n| n.to_str())
+                            .and_then(|n| n.parse().ok()),
+                    );
+                    if let Some(target) = set_aside(root, &path, &why) {
+                        recovery.set_aside.push(target);
+                    }
+                }
+                Err((other, _)) => return Err(other),
             }
         }
         recovery.messages.sort_by_key(|m| m.id);
-        let floor = recovery.messages.last().map(|m| m.id);
         let inner = Inner {
             ids: QueueIdGenerator::new(floor),
             committer: Committer::start(msg_dir.clone()),
@@ -215,6 +230,25 @@ impl Spool {
         let mut found = scan(&root.join("msg"))?;
         found.sort_by_key(|r| r.as_ref().map(|m| m.id).ok());
         Ok(found)
+    }
+}
+
+/// Moves a file of `msg/` that cannot be used into `corrupt/` and logs it; returns where it
+/// went, or `None` (logged) when it could not be moved, in which case it stays where it is
+/// and is ignored, as the queue does not know it.
+fn set_aside(root: &Path, path: &Path, why: &str) -> Option<PathBuf> {
+    let corrupt_dir = root.join("corrupt");
+    let target = corrupt_dir.join(path.file_name().unwrap_or_default());
+    let moved = fs::create_dir_all(&corrupt_dir).and_then(|()| fs::rename(path, &target));
+    match moved {
+        Ok(()) => {
+            tracing::error!(file = %path.display(), %why, moved_to = %target.display(), "unusable spool file set aside");
+            Some(target)
+        }
+        Err(e) => {
+            tracing::error!(file = %path.display(), %why, error = %e, "unusable spool file, and it cannot be set aside: ignored");
+            None
+        }
     }
 }
 

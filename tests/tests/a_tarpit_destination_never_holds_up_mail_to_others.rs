@@ -1,0 +1,73 @@
+//! A destination that answers every command slowly (a tarpit) holds only its own
+//! delivery slots: messages queued behind it wait for that destination's slot without
+//! taking a global one, so mail to a normal destination is delivered promptly all along.
+
+use std::time::{Duration, Instant};
+
+use tidegate_e2e::sink::{Behaviour, SinkServer};
+use tidegate_e2e::{Gateway, GatewayConfig, SmtpClient, sample_message};
+
+/// How long the tarpit waits before each reply (the greeting included): one transaction
+/// with it takes several times this.
+const TARPIT_DELAY: Duration = Duration::from_secs(5);
+
+#[test]
+fn mail_to_a_normal_destination_flows_while_a_tarpit_holds_its_slots() {
+    let tarpit = SinkServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Behaviour::default().reply_delay(TARPIT_DELAY),
+    );
+    let normal = SinkServer::start("127.0.0.1:0".parse().unwrap(), Behaviour::default());
+    let gateway = Gateway::start_with(
+        &GatewayConfig {
+            accept_domains: vec!["slow.example.test".into(), "fast.example.test".into()],
+            ..GatewayConfig::default()
+        }
+        // Two global slots, one per destination: messages waiting for the tarpit's slot
+        // would take the second global slot if they took it first, and nothing else
+        // could be delivered until the tarpit finished a whole transaction.
+        .queue("max_concurrent_deliveries", "2")
+        .queue("max_per_destination", "1")
+        .route("slow", &["slow.example.test"], tarpit.addr())
+        .route("fast", &["fast.example.test"], normal.addr()),
+    );
+    let mut client = SmtpClient::ehlo(gateway.addr());
+    for n in 0..3 {
+        client
+            .send_mail(
+                "sender@example.org",
+                &["user@slow.example.test"],
+                &sample_message(&format!("slow-{n}"), "x"),
+            )
+            .expect(250, "2.0.0");
+    }
+    // The tarpit has its one connection: its slot is taken, two messages wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tarpit.open_connections() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no delivery to the tarpit started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    for n in 0..3 {
+        let sent = Instant::now();
+        client
+            .send_mail(
+                "sender@example.org",
+                &["user@fast.example.test"],
+                &sample_message(&format!("fast-{n}"), "x"),
+            )
+            .expect(250, "2.0.0");
+        normal.wait_for(n + 1, Duration::from_secs(30));
+        // Far less than one tarpit reply: the fast mail never waited for the tarpit.
+        assert!(
+            sent.elapsed() < TARPIT_DELAY - Duration::from_secs(1),
+            "message {n} to the normal destination took {:?}",
+            sent.elapsed()
+        );
+    }
+    assert!(tarpit.received().is_empty(), "the tarpit was not that slow");
+    assert_eq!(tarpit.open_connections(), 1, "more than its one slot");
+}
