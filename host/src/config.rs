@@ -584,15 +584,28 @@ impl Default for Limits {
 }
 
 /// Protocol choices for the inbound SMTP server.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
+    /// Look up each client's forward-confirmed reverse DNS name at connect (for plugins),
+    /// when any plugin runs on its listener.
+    pub reverse_dns: bool,
     /// What to do with a bare CR or LF inside DATA (the SMTP smuggling vector).
     pub bare_line_endings: BareLineEndings,
     /// How long to wait before the greeting, watching for a client that talks first (a
     /// spam engine that does not wait for the server); 0 (the default) only checks what
     /// has already arrived when the greeting is due.
     pub greet_pause: Option<Duration>,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            reverse_dns: true,
+            bare_line_endings: BareLineEndings::default(),
+            greet_pause: None,
+        }
+    }
 }
 
 /// Logging.

@@ -122,6 +122,7 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             tls: tls.clone(),
             users,
             sender_auth,
+            dns: Arc::clone(&dns),
         },
         shutdown.clone(),
     ));

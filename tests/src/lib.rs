@@ -240,7 +240,12 @@ impl GatewayConfig {
         for (key, value) in &self.limits {
             text.push_str(&format!("{key} = {value}\n"));
         }
+        // Clients' reverse DNS names would be asked of the system's resolver: tests that
+        // want them serve them (dnsmasq) and turn this on.
         text.push_str("\n[smtp]\n");
+        if !self.smtp.iter().any(|(key, _)| key == "reverse_dns") {
+            text.push_str("reverse_dns = false\n");
+        }
         for (key, value) in &self.smtp {
             text.push_str(&format!("{key} = {value}\n"));
         }

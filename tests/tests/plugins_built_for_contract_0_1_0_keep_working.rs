@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tidegate_e2e::{Gateway, GatewayConfig, PluginEntry, SmtpClient, sample_message};
+use tidegate_e2e::{DnsServer, Gateway, GatewayConfig, PluginEntry, SmtpClient, sample_message};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/contract-0.1.0/test_plugin.wasm")
@@ -97,13 +97,13 @@ fn a_plugin_reads_the_helo_name_and_the_tls_facts_of_its_session() {
     };
     assert_eq!(
         ask(&mut client),
-        "5.7.1 user=nobody tls=none helo=client.example.org"
+        "5.7.1 user=nobody tls=none helo=client.example.org rdns=none"
     );
     client.starttls("relay.example.test");
     client.command("EHLO again.example.org").expect_code(250);
     assert_eq!(
         ask(&mut client),
-        "5.7.1 user=nobody tls=TLSv1.3 helo=again.example.org"
+        "5.7.1 user=nobody tls=TLSv1.3 helo=again.example.org rdns=none"
     );
 }
 
@@ -167,4 +167,35 @@ fn a_disconnect_verdict_refuses_and_closes_and_on_disconnect_hears_of_every_end(
     assert_eq!(reply.text(), "5.7.1 Go away");
     assert!(client.is_closed(), "the connection stayed open");
     wait_for_counter(&gateway, "disconnect_disconnect", 1);
+}
+
+#[test]
+fn the_clients_reverse_dns_name_is_given_when_forward_confirmed() {
+    // Loopback names are special-use (RFC 6761): the resolver answers 127.0.0.1's PTR with
+    // `localhost` itself, whose address is 127.0.0.1 again (confirmed), and 127.0.0.2 has
+    // no name. The lab's DNS server stands in for the system's, so nothing else is asked.
+    let dns = DnsServer::start(&["rdns.test"], &[]);
+    let gateway = Gateway::start_with(
+        &GatewayConfig {
+            plugins: vec![
+                PluginEntry::new("session", "test_plugin.wasm").config(r#"mode = "session""#),
+            ],
+            relay_networks: Vec::new(),
+            ..GatewayConfig::default()
+        }
+        .smtp("reverse_dns", "true")
+        .dns(dns.addr(), 1000),
+    );
+    let ask = |local: &str| {
+        let mut client = SmtpClient::connect_from(local.parse().unwrap(), gateway.addr());
+        client.command("EHLO client.example.org").expect_code(250);
+        client
+            .command("MAIL FROM:<a@example.org>")
+            .expect(250, "2.1.0");
+        client.command("RCPT TO:<u@example.test>").text()
+    };
+    let confirmed = ask("127.0.0.1");
+    assert!(confirmed.ends_with("rdns=localhost"), "{confirmed}");
+    let unnamed = ask("127.0.0.2");
+    assert!(unnamed.ends_with("rdns=none"), "{unnamed}");
 }

@@ -56,6 +56,8 @@ pub struct InboundParts {
     pub users: Option<Arc<arc_swap::ArcSwap<crate::auth::UsersFile>>>,
     /// Sender authentication: verification and DKIM signing.
     pub sender_auth: Arc<crate::sender_auth::SenderAuth>,
+    /// The gateway's resolver (clients' reverse DNS names).
+    pub dns: Arc<crate::dns::Dns>,
 }
 
 /// What every session needs from the server, shared read-only.
@@ -89,6 +91,8 @@ pub struct InboundContext {
     pub sender_auth: Arc<crate::sender_auth::SenderAuth>,
     /// The disk reserve of the spool's file system, checked at MAIL FROM.
     pub free_space: crate::spool::space::FreeSpace,
+    /// The gateway's resolver.
+    pub dns: Arc<crate::dns::Dns>,
 }
 
 impl InboundContext {
@@ -102,6 +106,7 @@ impl InboundContext {
             tls,
             users,
             sender_auth,
+            dns,
         } = parts;
         let auth_failures = match &config.auth {
             Some(auth) => {
@@ -132,6 +137,7 @@ impl InboundContext {
             users,
             auth_failures,
             sender_auth,
+            dns,
         }
     }
 }

@@ -29,7 +29,7 @@ impl Session {
             client_ip: self.peer.ip().to_canonical().to_string(),
             client_port: self.peer.port(),
             listener: self.listener.to_string(),
-            reverse_dns: None,
+            reverse_dns: self.reverse_dns.clone(),
             helo,
             tls: self
                 .io

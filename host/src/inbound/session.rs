@@ -114,6 +114,8 @@ pub struct Session {
     started: std::time::Instant,
     /// The sender authentication checks of this listener.
     pub(super) checks: crate::sender_auth::Checks,
+    /// The client's forward-confirmed reverse DNS name, looked up at connect.
+    pub(super) reverse_dns: Option<String>,
     errors: u32,
     /// NOOP, RSET, VRFY, EXPN and HELP since the last accepted message.
     pub(super) junk: u32,
@@ -144,6 +146,7 @@ impl Session {
             transactions: 0,
             accepted: 0,
             started: std::time::Instant::now(),
+            reverse_dns: None,
             checks: ctx
                 .config
                 .listeners
@@ -341,6 +344,10 @@ impl Session {
 
     /// Runs on-connect; a refusal replaces the greeting.
     async fn on_connect(&mut self) -> Option<Reply> {
+        // The name costs DNS lookups: only sessions whose plugins could see it pay them.
+        if self.ctx.config.smtp.reverse_dns && !self.plugins.chain().plugins.is_empty() {
+            self.reverse_dns = self.ctx.dns.confirmed_name(self.peer.ip()).await;
+        }
         if !self.plugins.wants(Hook::Connect) {
             return None;
         }
@@ -349,7 +356,7 @@ impl Session {
             client_port: self.peer.port(),
             listener: self.listener.to_string(),
             tls: self.io.stream().is_tls(),
-            reverse_dns: None,
+            reverse_dns: self.reverse_dns.clone(),
         };
         let outcome = self.run_stage(StageInput::Connect(info)).await;
         self.session_tags.clone_from(&self.tags);
