@@ -8,7 +8,9 @@
 # A variant is "sessions:msgs:size[:d]" (':d' = smtp-source -d, connection reuse).
 # Peer names: postfix, haraka (smtp.ini nodes=1, Haraka's default), haraka-n2 (nodes=cpus),
 # tidegate (bench/tidegate.toml), tidegate-plugins (bench/tidegate-plugins.toml: the five
-# shipped plugins), and custom (CUSTOM_ARGS='--label mine --start ... --stop ... --pids ...').
+# shipped plugins), tidegate-baseline (the same plugins under an earlier build:
+# BASELINE_BIN=path/to/tidegate BASELINE_PLUGINS=dir/of/its/components, config
+# bench/tidegate-plugins-baseline.toml), and custom (CUSTOM_ARGS='--label mine --start ...').
 # The first peer is the baseline of the ratios.
 #
 # Environment: REPS [3], PEERS [postfix tidegate tidegate-plugins haraka],
@@ -35,11 +37,12 @@ if [ "${BUILD:-1}" = 1 ]; then
     esac
 fi
 
-tidegate_args() {  # label config
+tidegate_args() {  # label config [environment for run-tidegate.sh]
+    local env="${3:-}"
     args=(--peer custom --label "$1"
-          --start "'$RT' start '$HERE/$2'"
-          --stop "'$RT' stop '$HERE/$2'"
-          --pids "'$RT' pids '$HERE/$2'")
+          --start "$env '$RT' start '$HERE/$2'"
+          --stop "$env '$RT' stop '$HERE/$2'"
+          --pids "$env '$RT' pids '$HERE/$2'")
 }
 
 echo "# $(date -Is) REPS=$REPS PEERS='$PEERS' VARIANTS='$VARIANTS' commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)" >> "$OUT"
@@ -52,6 +55,9 @@ for rep in $(seq 1 "$REPS"); do
                 haraka-n2) args=(--peer haraka --haraka-nodes cpus --label haraka-n2) ;;
                 tidegate) tidegate_args tidegate tidegate.toml ;;
                 tidegate-plugins) tidegate_args tidegate-plugins tidegate-plugins.toml ;;
+                tidegate-baseline) tidegate_args tidegate-baseline tidegate-plugins-baseline.toml \
+                    "TIDEGATE_BIN='${BASELINE_BIN:?set BASELINE_BIN}' TIDEGATE_PLUGINS='${BASELINE_PLUGINS:?set BASELINE_PLUGINS}'" ;;
+                tidegate-auth) tidegate_args tidegate-auth tidegate-auth.toml ;;
                 tidegate=*) tidegate_args "${p#tidegate=}" "${p#tidegate=}.toml" ;;  # bench/NAME.toml
                 custom) eval "args=(--peer custom ${CUSTOM_ARGS:-})" ;;  # shell-quoted
                 *) args=(--peer "$p") ;;

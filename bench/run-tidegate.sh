@@ -14,7 +14,8 @@
 # them in the middle of a matrix. So `build` copies target/release/tidegate and
 # plugins/dist/*.wasm to /tmp/tidegate-bench/pinned/ (with the commit in VERSION), and
 # `start` runs that copy, with a copy of CONFIG whose `../plugins/dist/` paths point at
-# the pinned components. `start` never compiles. TIDEGATE_BIN overrides the binary.
+# the pinned components. `start` never compiles. TIDEGATE_BIN overrides the binary and
+# TIDEGATE_PLUGINS the directory of components (a baseline build, for before/after runs).
 #
 # The server's output goes to $RUNDIR/tidegate.log when relay-bench.sh sets RUNDIR (one
 # directory per run), else to /tmp/tidegate-bench/<config name>.log; `stop` also leaves
@@ -26,6 +27,7 @@ ROOT="$(cd "$HERE/.." && pwd)"
 STATE=/tmp/tidegate-bench
 PINNED="$STATE/pinned"
 BIN="${TIDEGATE_BIN:-$PINNED/tidegate}"
+PLUGINS="${TIDEGATE_PLUGINS:-$PINNED/plugins}"
 
 die() { echo "run-tidegate: $*" >&2; exit 1; }
 
@@ -80,7 +82,7 @@ case "${1:-}" in
         log="$STATE/$NAME.log"
         [ -z "${RUNDIR:-}" ] || log="$RUNDIR/tidegate.log"
         # The configuration actually served: CONFIG with its plugins at the pinned copies.
-        sed "s|\"\\.\\./plugins/dist/|\"$PINNED/plugins/|" "$CONFIG" > "$STATE/$NAME.run.toml"
+        sed "s|\"\\.\\./plugins/dist/|\"$PLUGINS/|" "$CONFIG" > "$STATE/$NAME.run.toml"
         cp "$PINNED/VERSION" "${RUNDIR:-$STATE}/tidegate-version.txt" 2>/dev/null || true
         nohup "$BIN" serve -c "$STATE/$NAME.run.toml" > "$log" 2>&1 < /dev/null &
         pid=$!

@@ -15,10 +15,13 @@ const OUTSIDE: &str = "127.0.0.2";
 
 /// A key made with `tidegate dkim keygen`; returns its file and the record's text.
 fn keygen(dir: &Path, algorithm: &str) -> (PathBuf, String) {
-    let out = dir.join(format!("{algorithm}.pem"));
+    keygen_for(dir, "good.test", &format!("s-{algorithm}"), algorithm)
+}
+
+fn keygen_for(dir: &Path, domain: &str, selector: &str, algorithm: &str) -> (PathBuf, String) {
+    let out = dir.join(format!("{domain}-{selector}.pem"));
     let output = Command::new(binary())
-        .args(["dkim", "keygen", "--domain", "good.test", "--selector"])
-        .arg(format!("s-{algorithm}"))
+        .args(["dkim", "keygen", "--domain", domain, "--selector", selector])
         .arg("--out")
         .arg(&out)
         .args(["--algorithm", algorithm])
@@ -35,7 +38,7 @@ fn keygen(dir: &Path, algorithm: &str) -> (PathBuf, String) {
         .concat();
     assert!(
         line.starts_with(&format!(
-            "s-{algorithm}._domainkey.good.test. IN TXT \"v=DKIM1; k="
+            "{selector}._domainkey.{domain}. IN TXT \"v=DKIM1; k="
         )),
         "{line}"
     );
@@ -70,6 +73,8 @@ fn lab_with(plugins: Vec<PluginEntry>) -> Lab {
     let keys = tempfile::tempdir().unwrap();
     let (rsa_key, rsa_record) = keygen(keys.path(), "rsa");
     let (ed_key, ed_record) = keygen(keys.path(), "ed25519");
+    // A forwarder (a mailing list) that seals what it forwards with ARC.
+    let (_, arc_record) = keygen_for(keys.path(), "forwarder.test", "arc", "rsa");
     let too_many: String = (1..=11).map(|i| format!("a:h{i}.loop.test ")).collect();
     let mut args: Vec<String> = [
         "good.test",
@@ -80,6 +85,7 @@ fn lab_with(plugins: Vec<PluginEntry>) -> Lab {
         "loop.test",
         "example.test",
         "quarantine.test",
+        "forwarder.test",
         // DMARC's tree walk asks for _dmarc.test: answered (NXDOMAIN), not refused.
         "test",
     ]
@@ -96,6 +102,7 @@ fn lab_with(plugins: Vec<PluginEntry>) -> Lab {
         txt("_dmarc.quarantine.test", "v=DMARC1; p=quarantine"),
         txt("s-rsa._domainkey.good.test", &rsa_record),
         txt("s-ed25519._domainkey.good.test", &ed_record),
+        txt("arc._domainkey.forwarder.test", &arc_record),
     ]);
     // A server that never answers, for SPF's temperror: queries for unanswered.test are
     // forwarded to a socket nobody reads, and the gateway's resolver times out.
@@ -380,9 +387,15 @@ fn dkim_check_says_whether_the_published_record_matches_the_key() {
     assert!(ok, "{out}");
     assert!(out.contains("matches"), "{out}");
     // The Ed25519 key is not what s-rsa publishes.
-    let (ok, out) = check("s-rsa", Some(&lab._keys.path().join("ed25519.pem")));
+    let (ok, out) = check(
+        "s-rsa",
+        Some(&lab._keys.path().join("good.test-s-ed25519.pem")),
+    );
     assert!(!ok, "{out}");
-    let (ok, out) = check("s-missing", Some(&lab._keys.path().join("rsa.pem")));
+    let (ok, out) = check(
+        "s-missing",
+        Some(&lab._keys.path().join("good.test-s-rsa.pem")),
+    );
     assert!(!ok && out.contains("no TXT record"), "{out}");
 }
 
@@ -503,4 +516,88 @@ fn every_message_of_a_real_world_corpus_is_signed_and_then_verifies() {
         skipped <= 5,
         "{skipped} corpus messages had no proper header"
     );
+}
+
+/// The forwarder's ARC seal over `message` (dkimpy's `arc_sign`), which it makes after
+/// recording its own verification in an `Authentication-Results: forwarder.test` field.
+fn arc_seal(lab: &Lab, message: &str) -> String {
+    let key = lab._keys.path().join("forwarder.test-arc.pem");
+    let script = r#"
+import sys, dkim
+message = sys.stdin.buffer.read()
+key = open(sys.argv[1], "rb").read()
+seal = dkim.arc_sign(message, b"arc", b"forwarder.test", key, b"forwarder.test")
+sys.stdout.buffer.write(b"".join(seal) + message)
+"#;
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(&key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with dkimpy");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "arc_sign failed");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn an_arc_chain_sealed_by_a_trusted_forwarder_overrides_a_dmarc_failure() {
+    let trusting = lab_with(vec![
+        PluginEntry::new("dmarc", "dmarc_policy.wasm")
+            .config(r#"trusted_arc_sealers = ["forwarder.test"]"#),
+    ]);
+    // Signed by good.test, then changed by the list (a footer): DKIM fails, DMARC fails.
+    let signed = send(
+        &trusting,
+        "127.0.0.1",
+        "alice@good.test",
+        &plain_message("alice@good.test", "to the list"),
+    );
+    let forwarded =
+        without_our_fields(&signed).replace("to the list", "to the list\r\n-- \r\nthe list footer");
+    let forwarded = format!(
+        "Authentication-Results: forwarder.test; dkim=pass header.d=good.test\r\n{forwarded}"
+    );
+    let sealed = arc_seal(&trusting, &forwarded);
+    assert!(sealed.starts_with("ARC-Seal:"), "{sealed}");
+
+    // The list sends it on from its own address: SPF is not good.test's either. The
+    // trusting gateway lets it through, tagged with why.
+    let local: IpAddr = OUTSIDE.parse().unwrap();
+    let mut client = SmtpClient::connect_from(local, trusting.gateway.addr());
+    client.command("EHLO list.bad.test").expect_code(250);
+    let reply = client.send_mail("list@bad.test", &["user@example.test"], &sealed);
+    let id = reply.queue_id().expect("accepted");
+    let received = String::from_utf8(trusting.gateway.spool_show(&id)).unwrap();
+    let results = our_results(&received);
+    assert!(results.contains("arc=pass"), "{results}");
+    assert!(results.contains("dmarc=fail"), "{results}");
+    assert!(
+        received.contains("ARC-Seal:"),
+        "the seal is kept for the next hop"
+    );
+    let envelope = trusting.gateway.spool_envelope(&id);
+    assert_eq!(envelope["tags"]["dmarc"], "fail");
+    assert!(
+        envelope["tags"]["dmarc-policy"]
+            .as_str()
+            .is_some_and(|t| t.contains("ARC sealed by forwarder.test")),
+        "{envelope}"
+    );
+
+    // Without trust in the sealer, good.test's p=reject applies.
+    let wary = lab_with(vec![PluginEntry::new("dmarc", "dmarc_policy.wasm")]);
+    let mut client = SmtpClient::connect_from(local, wary.gateway.addr());
+    client.command("EHLO list.bad.test").expect_code(250);
+    client
+        .send_mail("list@bad.test", &["user@example.test"], &sealed)
+        .expect(550, "5.7.1");
 }
