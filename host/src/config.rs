@@ -74,6 +74,21 @@ pub struct Config {
     /// DKIM signing keys.
     #[serde(default, rename = "dkim_sign")]
     pub dkim_sign: Vec<DkimSignConfig>,
+    /// ARC sealing of verified mail as it leaves.
+    #[serde(default)]
+    pub arc_seal: Option<ArcSealConfig>,
+}
+
+/// `[arc_seal]`: seal the mail this gateway verified (RFC 8617) with this key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArcSealConfig {
+    /// The sealing domain (`d=`).
+    pub domain: DomainName,
+    /// The selector (`s=`).
+    pub selector: String,
+    /// The RSA private key, PEM; relative to the configuration file.
+    pub key_file: PathBuf,
 }
 
 /// One `[[plugin]]`: a WebAssembly component and how to run it.
@@ -837,6 +852,11 @@ impl Config {
             if key.key_file.is_relative() {
                 key.key_file = base.join(&key.key_file);
             }
+        }
+        if let Some(arc) = &mut config.arc_seal
+            && arc.key_file.is_relative()
+        {
+            arc.key_file = base.join(&arc.key_file);
         }
         Ok(config)
     }

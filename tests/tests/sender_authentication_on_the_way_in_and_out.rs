@@ -58,6 +58,7 @@ fn txt(name: &str, text: &str) -> String {
 
 struct Lab {
     gateway: Gateway,
+    arc_record: String,
     _silent: std::net::UdpSocket,
     _dns: DnsServer,
     _keys: tempfile::TempDir,
@@ -70,6 +71,12 @@ fn lab() -> Lab {
 }
 
 fn lab_with(plugins: Vec<PluginEntry>) -> Lab {
+    lab_sealing(plugins, false)
+}
+
+/// A lab whose gateway also seals, with ARC, what it verified (`[arc_seal]`, as the
+/// forwarder.test list would).
+fn lab_sealing(plugins: Vec<PluginEntry>, seal: bool) -> Lab {
     let keys = tempfile::tempdir().unwrap();
     let (rsa_key, rsa_record) = keygen(keys.path(), "rsa");
     let (ed_key, ed_record) = keygen(keys.path(), "ed25519");
@@ -124,10 +131,18 @@ fn lab_with(plugins: Vec<PluginEntry>) -> Lab {
         "\n[[dkim_sign]]\ndomain = \"good.test\"\nselector = \"s-rsa\"\nkey_file = {rsa_key:?}\n\
              \n[[dkim_sign]]\ndomain = \"good.test\"\nselector = \"s-ed25519\"\nkey_file = {ed_key:?}\n\
              \n[[dkim_sign]]\ndomain = \"good.test\"\nselector = \"s-old\"\nkey_file = {rsa_key:?}\nnot_after = \"2020-01-01T00:00:00Z\"\n"
-    );
+    ) + &if seal {
+        format!(
+            "\n[arc_seal]\ndomain = \"forwarder.test\"\nselector = \"arc\"\nkey_file = {:?}\n",
+            keys.path().join("forwarder.test-arc.pem")
+        )
+    } else {
+        String::new()
+    };
     let gateway = Gateway::start_with_text(&text, 1);
     Lab {
         gateway,
+        arc_record,
         _silent: silent,
         _dns: dns,
         _keys: keys,
@@ -600,4 +615,57 @@ fn an_arc_chain_sealed_by_a_trusted_forwarder_overrides_a_dmarc_failure() {
     client
         .send_mail("list@bad.test", &["user@example.test"], &sealed)
         .expect(550, "5.7.1");
+}
+
+#[test]
+fn tidegate_seals_what_it_verified_and_dkimpy_validates_the_chain() {
+    let lab = lab_sealing(Vec::new(), true);
+    // A message arrives from outside; the gateway verifies it and seals what it found.
+    let received = send(
+        &lab,
+        OUTSIDE,
+        "alice@good.test",
+        &plain_message("alice@good.test", "sealed"),
+    );
+    assert!(received.starts_with("ARC-Seal: i=1;"), "{received}");
+    assert!(received.contains("cv=none"), "{received}");
+    assert!(received.contains("ARC-Authentication-Results: i=1; relay.example.test"));
+    // dkimpy validates the chain with the published key.
+    let script = r#"
+import sys, dkim
+record = sys.argv[1].encode()
+def dns(name, timeout=5):
+    return record if name.rstrip(b".") == b"arc._domainkey.forwarder.test" else b""
+cv, results, comment = dkim.arc_verify(sys.stdin.buffer.read(), dnsfunc=dns)
+print(cv.decode(), comment)
+"#;
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script, &lab.arc_record])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with dkimpy");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(received.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let verdict = String::from_utf8_lossy(&output.stdout);
+    assert!(verdict.starts_with("pass"), "dkimpy: {verdict}\n{received}");
+
+    // The next hop (this same gateway again) finds the chain intact and extends it.
+    let again = send(
+        &lab,
+        OUTSIDE,
+        "alice@good.test",
+        &without_our_fields(&received),
+    );
+    assert!(our_results(&again).contains("arc=pass"), "{again}");
+    assert!(
+        again.starts_with("ARC-Seal: i=2;") && again.contains("cv=pass"),
+        "{again}"
+    );
 }

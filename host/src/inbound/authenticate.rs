@@ -79,6 +79,36 @@ impl Session {
             .set_auth_results(report.results.iter().map(to_plugin).collect());
     }
 
+    /// Seals the message as it will leave with ARC, when `[arc_seal]` is configured and
+    /// this session's mail was verified (what the seal vouches for).
+    pub(super) async fn seal_message(
+        &mut self,
+        raw: &[u8],
+        spf: Option<&SpfResults>,
+        envelope: &mut Envelope,
+    ) {
+        if !self.verifies() {
+            return;
+        }
+        // The session itself is not shared across threads: hold only the context over the
+        // lookups.
+        let ctx = std::sync::Arc::clone(&self.ctx);
+        let (Some(sealer), Some(verifier), Some(spf)) = (
+            ctx.sender_auth.sealer.as_ref(),
+            ctx.sender_auth.verifier.as_ref(),
+            spf,
+        ) else {
+            return;
+        };
+        let rendered = apply_header_edits(raw, &envelope.header_edits);
+        if let Some(fields) = sealer.seal(verifier.authenticator(), &rendered, spf).await {
+            // Edits prepend: the last added is on top, and ARC-Seal belongs there.
+            for (name, value) in fields.into_iter().rev() {
+                envelope.header_edits.push(HeaderEdit::Add { name, value });
+            }
+        }
+    }
+
     /// Signs the message as it will leave (the spooled bytes with every header edit
     /// applied) with each key of its From domain that is in its window. Only mail from a
     /// client that may relay is signed: an MX must never lend its key to a forged message

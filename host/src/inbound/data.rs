@@ -388,7 +388,9 @@ impl Session {
             tags: BTreeMap::new(),
             quarantine: None,
         };
-        let authenticating = self.checks.any() || !self.ctx.sender_auth.signer.is_empty();
+        let authenticating = self.checks.any()
+            || !self.ctx.sender_auth.signer.is_empty()
+            || self.ctx.sender_auth.sealer.is_some();
         let raw = if authenticating {
             match writer.contents().await {
                 Ok(raw) => Some(raw),
@@ -426,7 +428,10 @@ impl Session {
             }
         }
         if let Some(raw) = &raw {
-            // After every edit, on the bytes that will leave.
+            // After every edit, on the bytes that will leave: the ARC seal, then the DKIM
+            // signature over it all.
+            self.seal_message(raw, tx.spf.as_deref(), &mut envelope)
+                .await;
             self.sign_message(raw, &mut envelope);
         }
         envelope.tags.clone_from(&self.tags);

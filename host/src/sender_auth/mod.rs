@@ -9,6 +9,7 @@
 //! domains in its From is never signed with our key.
 
 pub mod keys;
+pub mod seal;
 pub mod sign;
 pub mod verify;
 
@@ -24,14 +25,24 @@ pub struct SenderAuth {
     pub verifier: Option<Verifier>,
     /// DKIM signing keys.
     pub signer: sign::Signer,
+    /// ARC sealing, when `[arc_seal]` is configured.
+    pub sealer: Option<seal::Sealer>,
 }
 
 impl SenderAuth {
     /// Sets up verification over `dns` and loads the signing keys of `config`.
-    pub fn new(config: &Config, dns: &Dns) -> Result<SenderAuth, sign::SignerError> {
+    pub fn new(config: &Config, dns: &Dns) -> anyhow::Result<SenderAuth> {
+        let sealer = match &config.arc_seal {
+            Some(arc) => Some(
+                seal::Sealer::load(arc, config.hostname.as_str())
+                    .map_err(|e| anyhow::anyhow!("arc_seal: {e}"))?,
+            ),
+            None => None,
+        };
         Ok(SenderAuth {
             verifier: Verifier::new(dns, config.hostname.as_str()),
             signer: sign::Signer::load(&config.dkim_sign)?,
+            sealer,
         })
     }
 }

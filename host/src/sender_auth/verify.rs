@@ -122,6 +122,18 @@ pub struct SpfResults {
 }
 
 impl SpfResults {
+    /// Adds these results to an `Authentication-Results:` field being built.
+    pub fn add_to<'x>(&self, header: AuthenticationResults<'x>) -> AuthenticationResults<'x> {
+        header
+            .with_spf_ehlo_result(&self.helo, self.client, &self.helo_name)
+            .with_spf_mailfrom_result(&self.mail_from, self.client, &self.sender, &self.helo_name)
+    }
+
+    /// The client the results are for.
+    pub fn client(&self) -> IpAddr {
+        self.client
+    }
+
     /// The typed results (HELO, then MAIL FROM).
     pub fn results(&self) -> Vec<AuthResult> {
         let mail_domain = self
@@ -219,6 +231,11 @@ impl Verifier {
         })
     }
 
+    /// The authenticator, over the gateway's resolver (for sealing).
+    pub fn authenticator(&self) -> &MessageAuthenticator {
+        &self.authenticator
+    }
+
     /// The authserv-id of our `Authentication-Results:` fields (the hostname).
     pub fn authserv_id(&self) -> &str {
         &self.authserv_id
@@ -255,9 +272,7 @@ impl Verifier {
         let mut results = Vec::new();
         let mut header = AuthenticationResults::new(&self.authserv_id);
         if checks.spf || checks.dmarc {
-            header = header
-                .with_spf_ehlo_result(&spf.helo, spf.client, &spf.helo_name)
-                .with_spf_mailfrom_result(&spf.mail_from, spf.client, &spf.sender, &spf.helo_name);
+            header = spf.add_to(header);
             results.extend(spf.results());
         }
         let Some(message) = AuthenticatedMessage::parse(raw) else {
