@@ -41,11 +41,28 @@ pub enum Stage {
     Data,
 }
 
+/// A value a plugin chose, as error messages quote it: cut short, control characters
+/// escaped, so that a hostile value cannot write lines of its own into a log.
+pub fn quoted(value: &str) -> String {
+    value
+        .chars()
+        .take(80)
+        .collect::<String>()
+        .escape_debug()
+        .to_string()
+}
+
 fn reply(reply: &Reply, class: u16) -> Result<(), String> {
-    if reply.code / 100 != class || !(200..=599).contains(&reply.code) {
-        return Err(format!("reply code {} is not {class}xx", reply.code));
+    reply_fields(reply.code, &reply.enhanced, &reply.text, class)
+}
+
+/// A reply of class `class` (4 or 5): the code, an enhanced code `class.x.y`, one line of
+/// text.
+pub fn reply_fields(code: u16, enhanced: &str, reply_text: &str, class: u16) -> Result<(), String> {
+    if code / 100 != class || !(200..=599).contains(&code) {
+        return Err(format!("reply code {code} is not {class}xx"));
     }
-    let parts: Vec<&str> = reply.enhanced.split('.').collect();
+    let parts: Vec<&str> = enhanced.split('.').collect();
     let enhanced_ok = parts.len() == 3
         && parts[0] == class.to_string()
         && parts[1..]
@@ -54,13 +71,14 @@ fn reply(reply: &Reply, class: u16) -> Result<(), String> {
     if !enhanced_ok {
         return Err(format!(
             "enhanced code `{}` is not {class}.x.y",
-            reply.enhanced
+            quoted(enhanced)
         ));
     }
-    text("reply text", &reply.text)
+    text("reply text", reply_text)
 }
 
-fn text(what: &str, text: &str) -> Result<(), String> {
+/// Single-line printable text of bounded length (reply, discard and quarantine texts).
+pub fn text(what: &str, text: &str) -> Result<(), String> {
     if text.len() > limits::MAX_TEXT || text.chars().any(char::is_control) {
         return Err(format!(
             "{what} is over {} bytes or has control characters",
@@ -70,13 +88,17 @@ fn text(what: &str, text: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn header(name: &str, value: &str) -> Result<(), String> {
+/// A header field a plugin adds or replaces: an RFC 5322 field name, and a value without
+/// CR or LF (nothing is folded for it; a line break would start a field of the plugin's
+/// choosing, or end the header) of bounded length.
+pub fn header(name: &str, value: &str) -> Result<(), String> {
     let name_ok = !name.is_empty()
         && name.len() <= limits::MAX_HEADER_NAME
         && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
     if !name_ok {
         return Err(format!(
-            "header name `{name}` is not an RFC 5322 field name"
+            "header name `{}` is not an RFC 5322 field name",
+            quoted(name)
         ));
     }
     if value.len() > limits::MAX_HEADER_VALUE || value.chars().any(|c| c.is_control() && c != '\t')
@@ -98,12 +120,17 @@ fn address(what: &str, address: &str) -> Result<(), String> {
             .chars()
             .any(|c| c.is_control() || c.is_whitespace() || "<>,;".contains(c));
     if !shaped || address.len() > 256 {
-        return Err(format!("{what} `{address}` is not a valid address"));
+        return Err(format!(
+            "{what} `{}` is not a valid address",
+            quoted(address)
+        ));
     }
     Ok(())
 }
 
-fn tag(key: &str, value: &str) -> Result<(), String> {
+/// A tag: a name of 1 to 64 of `[A-Za-z0-9-_.:]`, a bounded value without control
+/// characters.
+pub fn tag(key: &str, value: &str) -> Result<(), String> {
     let key_ok = !key.is_empty()
         && key.len() <= limits::MAX_TAG_NAME
         && key
@@ -111,7 +138,8 @@ fn tag(key: &str, value: &str) -> Result<(), String> {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
     if !key_ok {
         return Err(format!(
-            "tag name `{key}` is not 1 to {} of [A-Za-z0-9-_.:]",
+            "tag name `{}` is not 1 to {} of [A-Za-z0-9-_.:]",
+            quoted(key),
             limits::MAX_TAG_NAME
         ));
     }

@@ -203,6 +203,35 @@ fn without_our_fields(message: &str) -> String {
     out.concat()
 }
 
+/// Runs a Python script with Debian's python3 (and its dkimpy, which scripts/setup
+/// installs), `input` on its standard input; returns its standard output, or panics with
+/// its standard error when it fails.
+fn python(script: &str, args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with dkimpy (scripts/setup installs python3-dkim)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "python3 failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// Debian's dkimpy verifies `message` with the records this test published.
 fn dkimpy_verifies(lab: &Lab, message: &str) -> bool {
     let script = r#"
@@ -219,28 +248,7 @@ except dkim.ValidationError as e:
     ok = False
 print("pass" if ok else "fail")
 "#;
-    let mut child = Command::new("/usr/bin/python3")
-        .args(["-c", script, &lab.rsa_record, &lab.ed_record])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 with dkimpy (scripts/setup installs python3-dkim)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(message.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let verdict = String::from_utf8_lossy(&output.stdout);
-    if verdict.trim() != "pass" {
-        eprintln!(
-            "dkimpy: {verdict} {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    let verdict = python(script, &[&lab.rsa_record, &lab.ed_record], message);
     verdict.trim() == "pass"
 }
 
@@ -544,23 +552,7 @@ key = open(sys.argv[1], "rb").read()
 seal = dkim.arc_sign(message, b"arc", b"forwarder.test", key, b"forwarder.test")
 sys.stdout.buffer.write(b"".join(seal) + message)
 "#;
-    let mut child = Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .arg(&key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 with dkimpy");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(message.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "arc_sign failed");
-    String::from_utf8(output.stdout).unwrap()
+    python(script, &[key.to_str().expect("UTF-8 path")], message)
 }
 
 #[test]
@@ -639,21 +631,7 @@ def dns(name, timeout=5):
 cv, results, comment = dkim.arc_verify(sys.stdin.buffer.read(), dnsfunc=dns)
 print(cv.decode(), comment)
 "#;
-    let mut child = Command::new("/usr/bin/python3")
-        .args(["-c", script, &lab.arc_record])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 with dkimpy");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(received.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let verdict = String::from_utf8_lossy(&output.stdout);
+    let verdict = python(script, &[&lab.arc_record], &received);
     assert!(verdict.starts_with("pass"), "dkimpy: {verdict}\n{received}");
 
     // The next hop (this same gateway again) finds the chain intact and extends it.

@@ -31,6 +31,7 @@ use super::services::{HostServices, PluginState};
 use crate::config::{OnError, PluginConfig};
 use crate::inbound::address::Mailbox;
 use crate::metrics::{PluginFailureLabels, PluginHookLabels, PluginLabels};
+use tidegate_plugin_sdk::check;
 
 /// The stages of a session, as hooks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1009,15 +1010,10 @@ fn invalid(why: impl Into<String>) -> CallError {
     CallError::new(Failure::Invalid, why)
 }
 
-/// Single-line printable text of bounded length (reply, discard and quarantine texts).
+/// The SDK's checks (shared with its native harness, so the two never disagree), as
+/// plugin failures.
 fn check_text(what: &str, text: &str) -> Result<(), CallError> {
-    if text.len() > bounds::MAX_TEXT || text.chars().any(char::is_control) {
-        return Err(invalid(format!(
-            "{what} is over {} bytes or has control characters",
-            bounds::MAX_TEXT
-        )));
-    }
-    Ok(())
+    check::text(what, text).map_err(invalid)
 }
 
 /// An address a plugin hands back, through the same parser as SMTP input, in canonical
@@ -1028,77 +1024,21 @@ fn check_address(what: &str, address: &str) -> Result<String, CallError> {
         Ok(mailbox) => Ok(mailbox.to_string()),
         Err(e) => Err(invalid(format!(
             "{what} `{}` is not a valid address: {e}",
-            address.chars().take(80).collect::<String>().escape_debug()
+            check::quoted(address)
         ))),
     }
 }
 
 fn check_reply(reply: &w::Reply, class: u16) -> Result<(), CallError> {
-    let parts: Vec<&str> = reply.enhanced.split('.').collect();
-    let enhanced_ok = parts.len() == 3
-        && parts[0] == class.to_string()
-        && parts[1..]
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
-    if reply.code / 100 != class || !(200..=599).contains(&reply.code) {
-        return Err(invalid(format!(
-            "reply code {} is not {class}xx",
-            reply.code
-        )));
-    }
-    if !enhanced_ok {
-        return Err(invalid(format!(
-            "enhanced code `{}` is not {class}.x.y",
-            reply.enhanced.escape_debug()
-        )));
-    }
-    check_text("reply text", &reply.text)
+    check::reply_fields(reply.code, &reply.enhanced, &reply.text, class).map_err(invalid)
 }
 
-/// A header field a plugin adds or replaces: an RFC 5322 field name, and a value without
-/// CR or LF (the host folds nothing; a line break would start a field of the plugin's
-/// choosing, or end the header) of bounded length.
 fn check_header(name: &str, value: &str) -> Result<(), CallError> {
-    let name_ok = !name.is_empty()
-        && name.len() <= bounds::MAX_HEADER_NAME
-        && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
-    if !name_ok {
-        return Err(invalid(format!(
-            "header name `{}` is not an RFC 5322 field name",
-            name.chars().take(80).collect::<String>().escape_debug()
-        )));
-    }
-    let value_ok = value.len() <= bounds::MAX_HEADER_VALUE
-        && !value.chars().any(|c| c.is_control() && c != '\t');
-    if !value_ok {
-        return Err(invalid(format!(
-            "header `{name}` value is over {} bytes or has CR, LF or other control characters",
-            bounds::MAX_HEADER_VALUE
-        )));
-    }
-    Ok(())
+    check::header(name, value).map_err(invalid)
 }
 
 fn check_tag(key: &str, value: &str) -> Result<(), CallError> {
-    let key_ok = !key.is_empty()
-        && key.len() <= bounds::MAX_TAG_NAME
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-    if !key_ok {
-        return Err(invalid(format!(
-            "tag name `{}` is not 1 to {} of [A-Za-z0-9-_.:]",
-            key.chars().take(80).collect::<String>().escape_debug(),
-            bounds::MAX_TAG_NAME
-        )));
-    }
-    if value.len() > bounds::MAX_TAG_VALUE || value.chars().any(char::is_control) {
-        return Err(invalid(format!(
-            "tag `{key}` value is over {} bytes or has control characters",
-            bounds::MAX_TAG_VALUE
-        )));
-    }
-    Ok(())
+    check::tag(key, value).map_err(invalid)
 }
 
 /// Checks that a plugin's answer makes sense at this stage and stays within the response

@@ -93,22 +93,12 @@ impl Signer {
                 .unwrap_or_else(|| DEFAULT_HEADERS.iter().map(|h| (*h).to_owned()).collect());
             let domain = entry.domain.as_str().to_owned();
             let signer = match key {
-                SigningKey::Rsa(key) => Built::Rsa(
-                    DkimSigner::from_key(key)
-                        .domain(&domain)
-                        .selector(&entry.selector)
-                        .headers(headers.iter().map(String::as_str))
-                        .header_canonicalization(Canonicalization::Relaxed)
-                        .body_canonicalization(Canonicalization::Relaxed),
-                ),
-                SigningKey::Ed25519(key) => Built::Ed25519(
-                    DkimSigner::from_key(key)
-                        .domain(&domain)
-                        .selector(&entry.selector)
-                        .headers(headers.iter().map(String::as_str))
-                        .header_canonicalization(Canonicalization::Relaxed)
-                        .body_canonicalization(Canonicalization::Relaxed),
-                ),
+                SigningKey::Rsa(key) => {
+                    Built::Rsa(prepared(key, &domain, &entry.selector, &headers))
+                }
+                SigningKey::Ed25519(key) => {
+                    Built::Ed25519(prepared(key, &domain, &entry.selector, &headers))
+                }
             };
             entries.push(Entry {
                 domain,
@@ -150,6 +140,21 @@ impl Signer {
         }
         out
     }
+}
+
+/// A signer for one key, relaxed/relaxed.
+fn prepared<T: mail_auth::common::crypto::SigningKey>(
+    key: T,
+    domain: &str,
+    selector: &str,
+    headers: &[String],
+) -> DkimSigner<T, Done> {
+    DkimSigner::from_key(key)
+        .domain(domain)
+        .selector(selector)
+        .headers(headers.iter().map(String::as_str))
+        .header_canonicalization(Canonicalization::Relaxed)
+        .body_canonicalization(Canonicalization::Relaxed)
 }
 
 /// The value of a `Name: value\r\n` field as mail-auth writes it. mail-auth may fold the
