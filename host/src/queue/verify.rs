@@ -45,7 +45,7 @@ pub enum Verdict {
     },
 }
 
-/// Answers already known, by lower-cased address.
+/// Answers already known, by canonical address.
 #[derive(Debug, Default)]
 pub(crate) struct VerifyCache {
     entries: Mutex<HashMap<String, (Instant, Verdict)>>,
@@ -89,7 +89,8 @@ impl Queue {
             .routes
             .iter()
             .find(|r| r.verify_recipients && r.domains.iter().any(|d| d.as_str() == domain))?;
-        let key = address.to_lowercase();
+        // The canonical address (domain lower-cased): local parts may be case-sensitive.
+        let key = address.to_owned();
         if let Some(verdict) = shared.verify_cache.get(&key) {
             return Some(verdict);
         }
