@@ -363,6 +363,38 @@ pub struct RouteConfig {
     pub maildir: Option<PathBuf>,
     /// TLS towards the smarthost; `[delivery] tls` when absent.
     pub tls: Option<TlsPolicy>,
+    /// Verify recipients at RCPT TO by asking the smarthost (MAIL FROM:<>, RCPT, RSET):
+    /// an address it refuses gets 550 5.1.1 instead of a bounce later (backscatter).
+    #[serde(default)]
+    pub verify_recipients: bool,
+    /// How long an address the smarthost accepted is remembered.
+    #[serde(default = "default_verify_positive_ttl")]
+    pub verify_positive_ttl: Duration,
+    /// How long an address the smarthost refused is remembered.
+    #[serde(default = "default_verify_negative_ttl")]
+    pub verify_negative_ttl: Duration,
+    /// What RCPT answers when the smarthost cannot say (unreachable, or a 4xx).
+    #[serde(default)]
+    pub verify_unreachable: VerifyUnreachable,
+}
+
+fn default_verify_positive_ttl() -> Duration {
+    Duration(std::time::Duration::from_secs(3600))
+}
+
+fn default_verify_negative_ttl() -> Duration {
+    Duration(std::time::Duration::from_secs(300))
+}
+
+/// What recipient verification does when the next hop gives no answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyUnreachable {
+    /// 450 4.1.1: the client tries again later (the default, as Postfix does).
+    #[default]
+    Tempfail,
+    /// Accept the recipient unverified (delivery will tell).
+    Accept,
 }
 
 /// SMTP AUTH (RFC 4954).
@@ -1089,6 +1121,12 @@ impl Config {
                             format!("`{host}` is not host:port"),
                         ));
                     }
+                }
+                (None, Some(_)) if route.verify_recipients => {
+                    return Err((
+                        format!("route[{i}].verify_recipients"),
+                        "only a `smarthost` route can verify recipients".into(),
+                    ));
                 }
                 (None, Some(_)) => {}
                 _ => {

@@ -839,6 +839,22 @@ impl SmtpClient {
         SmtpClient::wrap_stream(ClientStream::Plain(stream))
     }
 
+    /// Wraps a connected stream and reads the greeting, or `None` if the server closes
+    /// before greeting (for tests in which the server may vanish at any moment).
+    pub fn try_wrap(stream: TcpStream) -> Option<SmtpClient> {
+        stream.set_read_timeout(Some(PATIENCE)).ok()?;
+        let mut client = SmtpClient {
+            stream: ClientStream::Plain(stream),
+            buf: Vec::new(),
+            greeting: Reply {
+                code: 0,
+                lines: Vec::new(),
+            },
+        };
+        client.greeting = client.try_read_reply()?;
+        Some(client)
+    }
+
     fn wrap_stream(stream: ClientStream) -> SmtpClient {
         let mut client = SmtpClient {
             stream,

@@ -42,9 +42,43 @@ impl Session {
         if tx.recipients.len() >= limits.max_recipients {
             return Reply::new(452, codes::TOO_MANY_RECIPIENTS, "Too many recipients");
         }
+        let tx_smtputf8 = tx.smtputf8;
         if self.ctx.relay.decide(&path, self.may_relay) == RelayDecision::Denied {
             tracing::info!(peer = %self.peer, recipient = %path, "relay access denied");
             return Reply::new(554, codes::NOT_AUTHORIZED, "Relay access denied");
+        }
+        if let ForwardPath::Mailbox(_) = &path
+            && let Some(verdict) = self
+                .ctx
+                .queue
+                .verify_recipient(&canonical, tx_smtputf8)
+                .await
+        {
+            use crate::config::VerifyUnreachable;
+            use crate::queue::verify::Verdict;
+            match verdict {
+                Verdict::Exists => {}
+                Verdict::Unknown(why) => {
+                    tracing::info!(peer = %self.peer, recipient = %canonical, reply = %why, "recipient refused by the next hop");
+                    return Reply::new(
+                        550,
+                        codes::BAD_MAILBOX,
+                        "Recipient address rejected: unknown user",
+                    );
+                }
+                Verdict::Unverifiable {
+                    why,
+                    then: VerifyUnreachable::Tempfail,
+                } => {
+                    tracing::info!(peer = %self.peer, recipient = %canonical, %why, "recipient could not be verified");
+                    return Reply::new(
+                        450,
+                        codes::MAILBOX_UNVERIFIED,
+                        "Recipient address verification failed, try again later",
+                    );
+                }
+                Verdict::Unverifiable { .. } => {}
+            }
         }
         let address = canonical;
         let mut accepted = vec![address.clone()];

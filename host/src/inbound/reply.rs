@@ -133,6 +133,10 @@ pub mod codes {
     pub const SECURITY_OK: EnhancedCode = EnhancedCode::new(2, 7, 0);
     /// 4.7.0 Other or undefined security status (connection limits, error limits).
     pub const SECURITY_TEMPORARY: EnhancedCode = EnhancedCode::new(4, 7, 0);
+    /// 5.1.1 Bad destination mailbox address (unknown user).
+    pub const BAD_MAILBOX: EnhancedCode = EnhancedCode::new(5, 1, 1);
+    /// 4.1.1 The destination mailbox could not be verified for now.
+    pub const MAILBOX_UNVERIFIED: EnhancedCode = EnhancedCode::new(4, 1, 1);
     /// 5.1.3 Bad destination mailbox address syntax.
     pub const BAD_RECIPIENT_SYNTAX: EnhancedCode = EnhancedCode::new(5, 1, 3);
     /// 5.1.7 Bad sender's mailbox address syntax.

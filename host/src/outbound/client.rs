@@ -573,6 +573,50 @@ impl<S: Stream> ClientSession<S> {
         Err(session.refuse_handshake(Stage::Ehlo, ehlo).await)
     }
 
+    /// Asks whether the server would take mail for `recipient`, without sending any:
+    /// `MAIL FROM:<>`, `RCPT TO`, then `RSET` (recipient verification, as Postfix's
+    /// `reject_unverified_recipient` does). Returns the reply to RCPT; a refused MAIL is
+    /// [`ClientError::Rejected`]. The session stays usable for another transaction.
+    pub async fn probe(
+        &mut self,
+        recipient: &str,
+        smtputf8: bool,
+    ) -> Result<ServerReply, ClientError> {
+        if recipient.bytes().any(|b| b.is_ascii_control() || b == b'>') {
+            return Err(ClientError::Unsupported {
+                enhanced: EnhancedCode::new(5, 1, 3),
+                why: "the recipient address cannot be sent".into(),
+            });
+        }
+        if smtputf8 && !self.capabilities.smtputf8 {
+            return Err(ClientError::Unsupported {
+                enhanced: EnhancedCode::new(5, 6, 7),
+                why: "the server does not offer SMTPUTF8".into(),
+            });
+        }
+        let timeout = self.timeouts.command;
+        let mail = if smtputf8 {
+            "MAIL FROM:<> SMTPUTF8"
+        } else {
+            "MAIL FROM:<>"
+        };
+        let reply = self.command(mail, Stage::Mail, timeout).await?;
+        if !reply.is_positive() {
+            if reply.code == 421 {
+                self.usable = false;
+            }
+            return Err(ClientError::Rejected {
+                stage: Stage::Mail,
+                reply,
+            });
+        }
+        let answer = self
+            .command(&format!("RCPT TO:<{recipient}>"), Stage::Rcpt, timeout)
+            .await;
+        self.rset_quietly().await;
+        answer
+    }
+
     /// The error for a handshake reply that is not a success; a refusal is followed by
     /// QUIT, which RFC 5321 §3.1 expects even after a 554 greeting.
     async fn refuse_handshake(mut self, stage: Stage, reply: ServerReply) -> ClientError {

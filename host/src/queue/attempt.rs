@@ -62,7 +62,10 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
     // a slow destination's slot hold no body in memory.
     let mut message: Option<Vec<u8>> = None;
     let mut results = Vec::with_capacity(pending.len());
-    for (destination, rcpts) in groups {
+    // Recipients whose delivery was recorded as soon as their destination accepted them.
+    let mut recorded_early: Vec<usize> = Vec::new();
+    let last_group = groups.len().saturating_sub(1);
+    for (n, (destination, rcpts)) in groups.into_iter().enumerate() {
         // The destination's slot first, then a global one: a destination that tarpits
         // (or is dead and times out) holds at most its own `max_per_destination` global
         // slots while it delivers, and the messages queued behind it wait without one,
@@ -84,7 +87,15 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
                 }
             },
         };
-        results.extend(deliver(shared, &destination, envelope, &rcpts, body).await);
+        let delivered = deliver(shared, &destination, envelope, &rcpts, body).await;
+        if n < last_group {
+            // More destinations follow, and they may take long: what this one accepted is
+            // recorded now, so a crash later in the attempt repeats no more than the one
+            // transaction it interrupts.
+            recorded_early
+                .extend(record_delivered(shared, id, envelope, &pending, &delivered).await);
+        }
+        results.extend(delivered);
     }
     // Every group had a destination, so the body was read; an empty one is only possible
     // for a message without pending recipients, which never gets here.
@@ -113,12 +124,26 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         next_due = Some(next_due.map_or(retry, |d| d.min(retry)));
     }
 
-    let Some(removed) = persist(shared, id, envelope, &pending, &events).await else {
+    let to_record: Vec<Event> = events
+        .iter()
+        .filter(|e| !recorded_early.contains(&e.rcpt))
+        .cloned()
+        .collect();
+    let Some(removed) = persist(
+        shared,
+        id,
+        envelope,
+        &pending,
+        &to_record,
+        recorded_early.is_empty(),
+    )
+    .await
+    else {
         // Nothing of this attempt is on disk. Delivering again would repeat what the next
         // hops already accepted, every retry for as long as the disk is full; so the
         // message is held, its outcomes kept in memory, and only the record is retried.
         tracing::error!(%id, "delivery outcomes could not be recorded: the message is held, and nothing more is delivered until they are on disk");
-        shared.set_unrecorded(id, events);
+        shared.set_unrecorded(id, to_record);
         shared.finish_attempt(id, Some(now_ms() + first_retry_ms(shared)));
         return;
     };
@@ -250,21 +275,56 @@ fn outcomes(
     (events, next_due)
 }
 
+/// Records at once the recipients of one destination that were delivered, before the
+/// attempt goes on to the next; returns those recorded (none if the log cannot be
+/// written: they are then recorded, or held, with the rest at the end of the attempt).
+async fn record_delivered(
+    shared: &Shared,
+    id: QueueId,
+    envelope: &Envelope,
+    pending: &[(usize, u32)],
+    results: &[RecipientResult],
+) -> Vec<usize> {
+    let delivered: Vec<RecipientResult> = results
+        .iter()
+        .filter(|r| r.outcome == Outcome::Delivered)
+        .cloned()
+        .collect();
+    if delivered.is_empty() {
+        return Vec::new();
+    }
+    let (events, _) = outcomes(shared, envelope, pending, delivered);
+    let path = shared.state_path(id);
+    let to_write = events.clone();
+    match tokio::task::spawn_blocking(move || state::append(&path, &to_write)).await {
+        Ok(Ok(())) => events.iter().map(|e| e.rcpt).collect(),
+        Ok(Err(e)) => {
+            tracing::warn!(%id, error = %e, "cannot record deliveries yet; trying again at the end of the attempt");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
 /// Makes this attempt's outcomes durable, either by removing a finished message or by
 /// appending to its state log. Returns whether the message was removed, or `None` when
-/// nothing is on disk and the attempt must be repeated.
+/// nothing is on disk and the attempt must be repeated. `may_skip_log`: nothing of this
+/// attempt is in the state log yet, so a first attempt that settles every recipient may
+/// record itself by removing the message.
 async fn persist(
     shared: &Shared,
     id: QueueId,
     envelope: &Envelope,
     pending: &[(usize, u32)],
     events: &[Event],
+    may_skip_log: bool,
 ) -> Option<bool> {
     // A first attempt that settles every recipient needs no state log: removing the
     // message (durably, in the spool's next group commit) is the record that it is done,
     // and a crash before that repeats the attempt exactly as a crash before a log append
     // would. This saves a file creation, an fdatasync and an unlink per message.
-    let first_and_final = pending.len() == envelope.recipients.len()
+    let first_and_final = may_skip_log
+        && pending.len() == envelope.recipients.len()
         && pending.iter().all(|&(_, attempts)| attempts == 0)
         && events.len() == pending.len()
         && events.iter().all(|e| e.outcome != Outcome::Deferred);

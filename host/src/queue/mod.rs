@@ -24,6 +24,7 @@ mod quarantine;
 mod routing;
 pub mod state;
 mod transport;
+pub mod verify;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -79,6 +80,8 @@ pub(crate) struct Shared {
     pub(crate) plugins: Arc<PluginHost>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) pool: ConnectionPool,
+    /// Recipient verification's answers (see `verify`).
+    pub(crate) verify_cache: verify::VerifyCache,
     /// Our own listeners: a next hop among them is a mail loop.
     pub(crate) own_addresses: crate::outbound::loops::OwnAddresses,
     /// STARTTLS without verification (opportunistic).
@@ -166,6 +169,7 @@ impl Queue {
                 config.delivery.pool_max_idle,
             ),
             own_addresses: crate::outbound::loops::OwnAddresses::new(listeners),
+            verify_cache: verify::VerifyCache::default(),
             config,
             spool,
             spool_dir,

@@ -372,7 +372,7 @@ async fn transact(
 }
 
 /// Connects and applies the TLS policy.
-async fn open(
+pub(super) async fn open(
     shared: &Arc<Shared>,
     addr: SocketAddr,
     host: &str,
@@ -422,7 +422,7 @@ fn server_name(host: &str, addr: SocketAddr) -> rustls::pki_types::ServerName<'s
         .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(addr.ip().into()))
 }
 
-fn keep(shared: &Shared, key: PoolKey, session: ClientSession) {
+pub(super) fn keep(shared: &Shared, key: PoolKey, session: ClientSession) {
     if session.is_usable() {
         shared.pool.put(key, session);
     }
