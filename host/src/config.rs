@@ -223,8 +223,19 @@ impl Config {
             .unwrap_or(0)
     }
 
+    /// The largest `memory_limit_mib` of any plugin, in bytes.
+    pub fn largest_plugin_memory(&self) -> usize {
+        self.plugin_list
+            .iter()
+            .map(|p| usize::try_from(p.memory_limit_mib).unwrap_or(usize::MAX))
+            .max()
+            .unwrap_or(0)
+            .saturating_mul(1024 * 1024)
+    }
+
     /// How many plugin instances the pool holds: configured, or enough for every session's
-    /// chain and every delivery's.
+    /// chain and every delivery's (the runtime caps the latter at what fits in the address
+    /// space).
     pub fn plugin_instances(&self) -> u32 {
         self.plugins.max_instances.unwrap_or_else(|| {
             let sessions = self

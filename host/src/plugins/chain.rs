@@ -140,6 +140,17 @@ impl LoadedPlugin {
         config: &PluginConfig,
         services: &Arc<HostServices>,
     ) -> Result<Arc<LoadedPlugin>, String> {
+        let limit = usize::try_from(config.memory_limit_mib)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(1024 * 1024);
+        if limit > engine.memory_slot() {
+            return Err(format!(
+                "memory_limit_mib {} is above the {} MiB the running gateway reserved per \
+                 instance at start: restart to apply it",
+                config.memory_limit_mib,
+                engine.memory_slot() >> 20
+            ));
+        }
         let compile_engine = Arc::clone(engine);
         let path = config.path.clone();
         let (component, hash): (Component, String) =

@@ -28,8 +28,32 @@ pub const FUEL_PER_MS: u64 = 7_000_000;
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// How much of an instance's dirtied memory (and tables) is reset in place for reuse.
 const KEEP_RESIDENT: usize = 1024 * 1024;
-/// The largest linear memory any plugin may be configured with.
-pub const MAX_PLUGIN_MEMORY: usize = 1024 * 1024 * 1024;
+/// The smallest memory slot the pool reserves per linear memory: room for every plugin
+/// at the default limit, and for raising a limit at a reload without a restart.
+pub const MIN_MEMORY_SLOT: usize = 256 * 1024 * 1024;
+/// The address space the pool may reserve in all (x86-64 gives a process 128 TiB).
+const POOL_ADDRESS_SPACE: usize = 32 << 40;
+/// Linear memories reserved per instance.
+const MEMORIES_PER_INSTANCE: u32 = 2;
+
+/// The memory slot for plugins limited to `largest_limit` bytes: every instance's linear
+/// memory is reserved at this size, so it bounds what a reload may raise a limit to.
+pub fn memory_slot(largest_limit: usize) -> usize {
+    largest_limit
+        .max(MIN_MEMORY_SLOT)
+        .next_multiple_of(1024 * 1024)
+}
+
+/// The most instances the computed default of `max_instances` asks for: each holds memory
+/// slots, a fiber stack and its guard page, and a process has a bounded number of
+/// mappings (vm.max_map_count, 65,530 by default). A larger pool must be asked for.
+pub const DEFAULT_INSTANCES_CAP: u32 = 4096;
+
+/// How many instances fit in the pool's address space with slots of `slot` bytes.
+pub fn instances_that_fit(slot: usize) -> u32 {
+    let per_instance = slot.saturating_add(64 * 1024) * MEMORIES_PER_INSTANCE as usize;
+    u32::try_from(POOL_ADDRESS_SPACE / per_instance.max(1)).unwrap_or(u32::MAX)
+}
 
 /// Why a plugin could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +80,7 @@ pub struct PluginEngine {
     cache: Option<ArtifactCache>,
     idle_instances: usize,
     stage_time_limit: Duration,
+    memory_slot: usize,
     /// Every plugin version that may hold idle instances, so a full pool can reclaim them.
     idle_holders: Mutex<Vec<Weak<dyn HoldsIdle>>>,
 }
@@ -75,13 +100,24 @@ impl std::fmt::Debug for PluginEngine {
 }
 
 impl PluginEngine {
-    /// Builds the engine with pooling allocation sized for `instances` instances.
+    /// Builds the engine with pooling allocation sized for `instances` instances whose
+    /// linear memories are at most `slot` bytes (see [`memory_slot`]).
     pub fn new(
         config: &PluginRuntimeConfig,
         instances: u32,
+        slot: usize,
     ) -> wasmtime::Result<Arc<PluginEngine>> {
         let mut pool = PoolingAllocationConfig::default();
         let instances = instances.max(1);
+        if instances > instances_that_fit(slot) {
+            return Err(wasmtime::format_err!(
+                "{instances} plugin instances with {} MiB memory slots do not fit in the address \
+                 space (at most {}): lower limits.max_connections, [plugins] max_instances or \
+                 the plugins' memory_limit_mib",
+                slot >> 20,
+                instances_that_fit(slot)
+            ));
+        }
         // Without PAGEMAP_SCAN (Linux < 6.7, other systems) wasmtime would memset the
         // lowest bytes of every memory instead, which a Rust guest barely touches (its
         // stack sits below its data and grows down): then unmapping is the better reset.
@@ -94,10 +130,10 @@ impl PluginEngine {
             // A Rust wasip2 component holds a handful of core modules (the program and
             // the WASI adapter pieces); leave room for them.
             .total_core_instances(instances.saturating_mul(8))
-            .total_memories(instances.saturating_mul(2))
+            .total_memories(instances.saturating_mul(MEMORIES_PER_INSTANCE))
             .total_tables(instances.saturating_mul(4))
             .total_stacks(instances)
-            .max_memory_size(MAX_PLUGIN_MEMORY)
+            .max_memory_size(slot)
             .max_core_instances_per_component(32)
             .max_memories_per_component(4)
             .max_tables_per_component(16)
@@ -115,7 +151,7 @@ impl PluginEngine {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             // Reserve only what a plugin may use: thousands of instances must fit in the
             // address space.
-            .memory_reservation(MAX_PLUGIN_MEMORY as u64)
+            .memory_reservation(slot as u64)
             .memory_guard_size(64 * 1024)
             .memory_reservation_for_growth(0)
             .max_wasm_stack(1024 * 1024)
@@ -155,6 +191,7 @@ impl PluginEngine {
             }
         };
         Ok(Arc::new(PluginEngine {
+            memory_slot: slot,
             engine,
             linker,
             cache_dir: config.cache_dir.clone(),
@@ -173,6 +210,11 @@ impl PluginEngine {
     /// How many finished sessions' instances each plugin version keeps for reuse.
     pub fn idle_instances(&self) -> usize {
         self.idle_instances
+    }
+
+    /// The largest linear memory an instance can have in this engine's pool.
+    pub fn memory_slot(&self) -> usize {
+        self.memory_slot
     }
 
     /// The deadline of one stage's whole chain.

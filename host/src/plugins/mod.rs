@@ -57,7 +57,25 @@ impl PluginHost {
         dns: Arc<crate::dns::Dns>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<PluginHost>> {
-        let engine = PluginEngine::new(&config.plugins, config.plugin_instances())
+        let slot = engine::memory_slot(config.largest_plugin_memory());
+        let instances = match config.plugins.max_instances {
+            Some(configured) => configured,
+            None => {
+                // The computed default stays within what a process can map; past it, a
+                // session that finds no instance free gets 451 (never skipped policy).
+                let wanted = config.plugin_instances();
+                let cap = engine::DEFAULT_INSTANCES_CAP.min(engine::instances_that_fit(slot));
+                if wanted > cap {
+                    tracing::warn!(
+                        wanted,
+                        cap,
+                        "max_connections x the plugin chain needs more instances than the default pool holds; set [plugins] max_instances to raise it"
+                    );
+                }
+                wanted.min(cap.max(16))
+            }
+        };
+        let engine = PluginEngine::new(&config.plugins, instances, slot)
             .map_err(|e| anyhow::anyhow!("plugin engine: {e:#}"))?;
         let services = Arc::new(HostServices::new(dns, metrics));
         let host = PluginHost {
