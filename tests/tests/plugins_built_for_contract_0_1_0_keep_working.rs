@@ -199,3 +199,37 @@ fn the_clients_reverse_dns_name_is_given_when_forward_confirmed() {
     let unnamed = ask("127.0.0.2");
     assert!(unnamed.ends_with("rdns=none"), "{unnamed}");
 }
+
+#[test]
+fn the_delivery_side_hooks_see_the_tags_the_session_set() {
+    use tidegate_e2e::sink::{Behaviour, SinkServer};
+    let sink = SinkServer::start("127.0.0.1:0".parse().unwrap(), Behaviour::default());
+    let gateway = Gateway::start_with(
+        &GatewayConfig {
+            top: vec![("admin".into(), r#"{ address = "127.0.0.1:0" }"#.into())],
+            plugins: vec![
+                // At RCPT it sets the tag `seen-watcher`; on-delivery counts the messages
+                // whose tags it finds.
+                PluginEntry::new("watcher", "test_plugin.wasm")
+                    .config(r#"mode = "tag""#)
+                    .config(r#"label = "watcher""#),
+            ],
+            ..GatewayConfig::default()
+        }
+        .route("internal", &["example.test"], sink.addr()),
+    );
+    let mut client = SmtpClient::ehlo(gateway.addr());
+    client
+        .send_mail(
+            "a@example.org",
+            &["user@example.test"],
+            &sample_message("tags", "x"),
+        )
+        .expect(250, "2.0.0");
+    sink.wait_for(1, Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counter(&gateway, "delivery_tagged") != 1 {
+        assert!(Instant::now() < deadline, "on-delivery never saw the tag");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
