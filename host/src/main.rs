@@ -227,6 +227,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check { config: path } => {
             let config = Config::load(&path)?;
+            // The signing and sealing keys load as the gateway would load them.
+            tidegate::sender_auth::SenderAuth::new(&config, &Default::default())
+                .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
             if !config.plugin_list.is_empty() {
                 // Every plugin is loaded as the gateway would load it (compiled, linked,
                 // initialised with its configuration), so a configuration that `check`

@@ -31,12 +31,12 @@ impl Algorithm {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// The file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: String,
-        /// The error.
-        source: std::io::Error,
+        /// The error (not a `source`: the message already says it).
+        error: std::io::Error,
     },
     /// The file holds no private key this gateway can sign with.
     #[error("{path}: {why}")]
@@ -70,9 +70,9 @@ impl SigningKey {
     /// PRIVATE KEY`).
     pub fn load(path: &Path) -> Result<SigningKey, KeyError> {
         let name = path.display().to_string();
-        let pem = std::fs::read(path).map_err(|source| KeyError::Io {
+        let pem = std::fs::read(path).map_err(|error| KeyError::Io {
             path: name.clone(),
-            source,
+            error,
         })?;
         let invalid = |why: String| KeyError::Invalid {
             path: name.clone(),
@@ -179,9 +179,9 @@ pub fn generate(algorithm: Algorithm, bits: usize, out: &Path) -> Result<Signing
             pem_wrap("PRIVATE KEY", &der)
         }
     };
-    write_private(out, pem.as_bytes()).map_err(|source| KeyError::Io {
+    write_private(out, pem.as_bytes()).map_err(|error| KeyError::Io {
         path: name.clone(),
-        source,
+        error,
     })?;
     SigningKey::load(out)
 }

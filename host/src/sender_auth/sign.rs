@@ -72,12 +72,12 @@ pub struct Signer {
 
 /// Why an entry could not be set up: its index and the key's problem.
 #[derive(Debug, thiserror::Error)]
-#[error("dkim_sign[{index}]: {source}")]
+#[error("dkim_sign[{index}]: {error}")]
 pub struct SignerError {
     /// The entry.
     pub index: usize,
     /// The key's problem.
-    pub source: KeyError,
+    pub error: KeyError,
 }
 
 impl Signer {
@@ -85,8 +85,8 @@ impl Signer {
     pub fn load(config: &[DkimSignConfig]) -> Result<Signer, SignerError> {
         let mut entries = Vec::with_capacity(config.len());
         for (index, entry) in config.iter().enumerate() {
-            let key = SigningKey::load(&entry.key_file)
-                .map_err(|source| SignerError { index, source })?;
+            let key =
+                SigningKey::load(&entry.key_file).map_err(|error| SignerError { index, error })?;
             let headers: Vec<String> = entry
                 .headers
                 .clone()
