@@ -163,7 +163,7 @@ impl PluginEngine {
         }
         let engine = Engine::new(&wasm)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        link_wasi(&mut linker)?;
         Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
         // The previous version of the contract, beside the current one (see `compat`).
         super::bindings::v1::Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(
@@ -293,4 +293,46 @@ impl PluginEngine {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Links the part of WASI 0.2 that a guest built with Rust's `std` imports, and no more:
+/// streams and polling, clocks, random numbers, the CLI interfaces (an empty environment
+/// and arguments, stdin empty, stdout and stderr into the log) and the filesystem types
+/// and preopens (there are none). Sockets and name lookups are not linked at all: a
+/// component that imports them is refused at load ("does not fit the host's imports")
+/// instead of running with a network it cannot use.
+fn link_wasi(l: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::WasiView;
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+    use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
+    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random};
+    use wasmtime_wasi::random::WasiRandom;
+    type S = PluginState;
+
+    wasmtime_wasi_io::add_to_linker_async(l)?;
+    clocks::wall_clock::add_to_linker::<S, WasiClocks>(l, <S as WasiClocksView>::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<S, WasiClocks>(l, <S as WasiClocksView>::clocks)?;
+    filesystem::types::add_to_linker::<S, WasiFilesystem>(
+        l,
+        <S as WasiFilesystemView>::filesystem,
+    )?;
+    filesystem::preopens::add_to_linker::<S, WasiFilesystem>(
+        l,
+        <S as WasiFilesystemView>::filesystem,
+    )?;
+    random::random::add_to_linker::<S, WasiRandom>(l, |t| t.ctx().ctx.random())?;
+    random::insecure::add_to_linker::<S, WasiRandom>(l, |t| t.ctx().ctx.random())?;
+    random::insecure_seed::add_to_linker::<S, WasiRandom>(l, |t| t.ctx().ctx.random())?;
+    cli::exit::add_to_linker::<S, WasiCli>(l, <S as WasiCliView>::cli)?;
+    cli::environment::add_to_linker::<S, WasiCli>(l, <S as WasiCliView>::cli)?;
+    cli::stdin::add_to_linker::<S, WasiCli>(l, <S as WasiCliView>::cli)?;
+    cli::stdout::add_to_linker::<S, WasiCli>(l, <S as WasiCliView>::cli)?;
+    cli::stderr::add_to_linker::<S, WasiCli>(l, <S as WasiCliView>::cli)?;
+    cli::terminal_input::add_to_linker::<S, WasiCli>(l, <S as WasiCliView>::cli)?;
+    cli::terminal_output::add_to_linker::<S, WasiCli>(l, <S as WasiCliView>::cli)?;
+    cli::terminal_stdin::add_to_linker::<S, WasiCli>(l, <S as WasiCliView>::cli)?;
+    cli::terminal_stdout::add_to_linker::<S, WasiCli>(l, <S as WasiCliView>::cli)?;
+    cli::terminal_stderr::add_to_linker::<S, WasiCli>(l, <S as WasiCliView>::cli)?;
+    Ok(())
 }

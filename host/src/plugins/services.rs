@@ -339,6 +339,12 @@ impl PluginState {
     }
 }
 
+impl wasmtime_wasi_io::IoView for PluginState {
+    fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+}
+
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
