@@ -47,7 +47,7 @@ pub fn memory_slot(largest_limit: usize) -> usize {
 /// The most instances the computed default of `max_instances` asks for: each holds memory
 /// slots, a fiber stack and its guard page, and a process has a bounded number of
 /// mappings (vm.max_map_count, 65,530 by default). A larger pool must be asked for.
-pub const DEFAULT_INSTANCES_CAP: u32 = 4096;
+pub const DEFAULT_INSTANCES_CAP: u32 = 16_384;
 
 /// How many instances fit in the pool's address space with slots of `slot` bytes.
 pub fn instances_that_fit(slot: usize) -> u32 {
