@@ -647,3 +647,19 @@ print(cv.decode(), comment)
         "{again}"
     );
 }
+
+#[test]
+fn a_forged_authentication_results_is_removed_even_where_nothing_is_verified() {
+    // The harness's listener has `verify = []`, as a submission listener would.
+    let gateway = Gateway::start_with(&GatewayConfig::default());
+    let mut client = SmtpClient::ehlo(gateway.addr());
+    let forged = format!(
+        "Authentication-Results: Relay.Example.Test (fake); dmarc=pass\r\n{}",
+        plain_message("alice@good.test", "no checks here")
+    );
+    let reply = client.send_mail("alice@good.test", &["user@example.test"], &forged);
+    let id = reply.queue_id().expect("accepted");
+    let stored = String::from_utf8(gateway.spool_show(&id)).unwrap();
+    assert!(!stored.contains("dmarc=pass"), "{stored}");
+    assert!(stored.contains("no checks here"));
+}

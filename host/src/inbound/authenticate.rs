@@ -36,10 +36,18 @@ impl Session {
         Some(spf)
     }
 
-    /// Verifies the complete message and records the outcome in the envelope's header
-    /// edits (applied when the message leaves): first the removal of every
-    /// `Authentication-Results:` field that claims our authserv-id (a forged one must never
-    /// survive), then ours. Plugins see the results in on-data.
+    /// Removes, from every message whatever the listener verifies, the
+    /// `Authentication-Results:` fields that claim our authserv-id (RFC 8601 §5): a forged
+    /// one must never survive, not even from an authenticated client.
+    pub(super) fn drop_forged_results(&self, envelope: &mut Envelope) {
+        envelope.header_edits.push(HeaderEdit::RemoveAuthResults {
+            authserv_id: self.ctx.config.hostname.as_str().to_owned(),
+        });
+    }
+
+    /// Verifies the complete message and records our `Authentication-Results:` field in
+    /// the envelope's header edits (applied when the message leaves, after the removal of
+    /// forged ones). Plugins see the results in on-data.
     pub(super) async fn verify_message(
         &mut self,
         raw: &[u8],
@@ -52,9 +60,6 @@ impl Session {
         if !self.verifies() {
             return;
         }
-        envelope.header_edits.push(HeaderEdit::RemoveAuthResults {
-            authserv_id: verifier.authserv_id().to_owned(),
-        });
         let fallback;
         let spf = match spf {
             Some(spf) => spf,

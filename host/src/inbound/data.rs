@@ -406,6 +406,7 @@ impl Session {
         } else {
             None
         };
+        self.drop_forged_results(&mut envelope);
         if let Some(raw) = &raw {
             self.verify_message(raw, tx.spf.as_deref(), &mut envelope)
                 .await;
