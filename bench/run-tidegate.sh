@@ -61,10 +61,15 @@ case "${1:-}" in
             echo "built $(date -Is)"
             sha256sum "$PINNED.new/tidegate" "$PINNED.new"/plugins/*.wasm 2>/dev/null | sed "s|$PINNED.new/||"
         } > "$PINNED.new/VERSION"
+        # The DKIM key of tidegate-auth.toml, and its record for the dnsmasq beside it.
+        "$PINNED.new/tidegate" dkim keygen --domain bench.test --selector bench \
+            --out "$PINNED.new/dkim-bench.pem" 2>/dev/null \
+            | sed 's/^[^"]*"//; s/"$//; s/" "/,/g' > "$PINNED.new/dkim-bench.record"
         rm -rf "$PINNED"
         mv "$PINNED.new" "$PINNED"
         "$PINNED/tidegate" check -c "$HERE/tidegate.toml" >&2
         ls "$PINNED"/plugins/*.wasm >/dev/null 2>&1 && "$PINNED/tidegate" check -c "$HERE/tidegate-plugins.toml" >&2
+        "$PINNED/tidegate" check -c "$HERE/tidegate-auth.toml" >&2
         sed -n 1p "$PINNED/VERSION" >&2 ;;
     start)
         shift; config_arg "$@"
@@ -84,6 +89,17 @@ case "${1:-}" in
         # The configuration actually served: CONFIG with its plugins at the pinned copies.
         sed "s|\"\\.\\./plugins/dist/|\"$PLUGINS/|" "$CONFIG" > "$STATE/$NAME.run.toml"
         cp "$PINNED/VERSION" "${RUNDIR:-$STATE}/tidegate-version.txt" 2>/dev/null || true
+        # A configuration that wants DNS records (bench/NAME.dnsmasq) gets a dnsmasq on
+        # 127.0.0.1:5399 serving them, beside the relay (inside the benchmark's namespace).
+        if [ -f "$HERE/$NAME.dnsmasq" ]; then
+            record=$(cat "$PINNED/dkim-bench.record" 2>/dev/null || true)
+            mapfile -t dns_args < <(grep -v '^#' "$HERE/$NAME.dnsmasq" | sed "s|@DKIM@|$record|")
+            dnsmasq --no-daemon --keep-in-foreground --conf-file=/dev/null --no-resolv \
+                --no-hosts --pid-file= --listen-address=127.0.0.1 --bind-interfaces \
+                --port=5399 "${dns_args[@]}" > "$STATE/$NAME.dnsmasq.log" 2>&1 < /dev/null &
+            echo $! > "$STATE/$NAME.dnsmasq.pid"
+            sleep 0.3
+        fi
         nohup "$BIN" serve -c "$STATE/$NAME.run.toml" > "$log" 2>&1 < /dev/null &
         pid=$!
         echo "$pid" > "$PIDFILE"
@@ -119,6 +135,10 @@ PY
             fi
         fi
         rm -f "$PIDFILE"
+        if [ -f "$STATE/$NAME.dnsmasq.pid" ]; then
+            kill "$(cat "$STATE/$NAME.dnsmasq.pid")" 2>/dev/null || true
+            rm -f "$STATE/$NAME.dnsmasq.pid"
+        fi
         "$BIN" spool list -c "$STATE/$NAME.run.toml" > "$out/spool-after.txt" 2>&1 || true ;;
     *)
         sed -n '2,/^set -euo/p' "$0" | sed 's/^# \{0,1\}//' | grep -v '^set -euo'; exit 2 ;;
