@@ -200,4 +200,13 @@ mod tests {
             );
         }
     }
+
+    /// The fuzz target's seeds (`fuzz/corpus/state_log/`) must stay logs replay reads.
+    #[test]
+    fn the_fuzz_seed_state_logs_replay() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/state_log");
+        assert_eq!(replay(&dir.join("log")).unwrap().len(), 3);
+        // A torn first line, then the whole log, then a torn tail.
+        assert_eq!(replay(&dir.join("torn-middle")).unwrap().len(), 3);
+    }
 }

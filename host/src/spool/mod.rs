@@ -436,4 +436,17 @@ mod tests {
         huge[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(parse_stored(id, &huge).unwrap_err().contains("impossible"));
     }
+
+    /// The fuzz target's seed (`fuzz/corpus/spool/full`) must stay a file the spool
+    /// accepts, or the fuzzer would start from nothing but rejections.
+    #[test]
+    fn the_fuzz_seed_spool_file_is_one_the_spool_accepts() {
+        let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/spool/full");
+        let file = fs::read(seed).unwrap();
+        let id: QueueId = "0000000000000001".parse().unwrap();
+        let (envelope, message_len) = parse_stored(id, &file).unwrap();
+        assert_eq!(envelope.recipients.len(), 1);
+        assert!(!envelope.header_edits.is_empty() && envelope.quarantine.is_some());
+        assert!(file[..message_len as usize].starts_with(b"Received:"));
+    }
 }
