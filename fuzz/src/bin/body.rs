@@ -6,8 +6,9 @@
 //! including the first CR LF `.` CR LF that starts at a line start, and never past it;
 //! under `Normalize` what is stored holds no bare CR or bare LF; under `Reject` a bare
 //! ending is always flagged and, when none is flagged, the stored bytes hold none;
-//! discarding output counts the same octets; BDAT output is the input when nothing needs
-//! normalising.
+//! discarding output counts the same octets; under `Normalize` a line is flagged as too
+//! long exactly when a stored line exceeds the limit; BDAT output is the input when nothing
+//! needs normalising.
 
 use tidegate::inbound::body::{BareLineEndings, ChunkScanner, DotReader, Fed, Violations};
 
@@ -122,7 +123,7 @@ fn main() {
         let _ = discarding.feed(input, None);
         assert_eq!(discarding.octets(), octets, "discarding changed the count");
         assert_eq!(discarding.violations(), violations);
-        check_endings(policy, &out, violations, complete);
+        check_endings(policy, max, &out, violations, complete);
 
         // BDAT: the whole input as chunks, then LAST.
         let scan = |parts: &[&[u8]]| {
@@ -142,7 +143,7 @@ fn main() {
         );
         let (out, violations, octets) = chunks_whole;
         assert_eq!(octets, out.len() as u64);
-        check_endings(policy, &out, violations, true);
+        check_endings(policy, max, &out, violations, true);
         if policy == BareLineEndings::Reject {
             assert_eq!(out, input, "BDAT under Reject stores exactly what came");
         } else if only_crlf(input) {
@@ -151,7 +152,28 @@ fn main() {
     });
 }
 
-fn check_endings(policy: BareLineEndings, out: &[u8], violations: Violations, complete: bool) {
+/// The longest run of octets between CR LF pairs.
+fn longest_line(bytes: &[u8]) -> usize {
+    let (mut longest, mut start, mut i) = (0, 0, 0);
+    while i < bytes.len() {
+        if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+            longest = longest.max(i - start);
+            i += 2;
+            start = i;
+        } else {
+            i += 1;
+        }
+    }
+    longest.max(bytes.len() - start)
+}
+
+fn check_endings(
+    policy: BareLineEndings,
+    max: usize,
+    out: &[u8],
+    violations: Violations,
+    complete: bool,
+) {
     match policy {
         BareLineEndings::Normalize => {
             assert!(!violations.bare_line_ending);
@@ -164,6 +186,13 @@ fn check_endings(policy: BareLineEndings, out: &[u8], violations: Violations, co
             assert!(
                 only_crlf(checked),
                 "bare CR or LF stored under Normalize: {out:?}"
+            );
+            // Every ending stored is then CR LF and no stuffing dot is stored, so the
+            // stored lines are exactly the lines the limit is about.
+            assert_eq!(
+                violations.line_too_long,
+                longest_line(checked) > max,
+                "line limit {max} misjudged: {out:?}"
             );
         }
         BareLineEndings::Reject => {
