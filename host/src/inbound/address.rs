@@ -15,8 +15,8 @@
 //! are counted on the text as the client sent it, quotes, backslashes and any source route
 //! included, which is what the limits of RFC 5321 §4.5.3.1 are about. The canonical
 //! [`fmt::Display`] form is never longer (bar the rare capital whose lowercase takes more
-//! octets, for which the domain limits are checked again), so a parsed mailbox can be sent
-//! on again.
+//! octets, for which the domain and path limits are checked again on the canonical form),
+//! so a parsed mailbox can be sent on again.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -519,7 +519,12 @@ impl<'a> Cursor<'a> {
             return Err(self.error("expected '@' after local part"));
         }
         let domain = self.domain()?;
-        Ok(Mailbox { local_part, domain })
+        let mailbox = Mailbox { local_part, domain };
+        // The limits are counted on the text as sent, but the canonical form is what goes
+        // on to the next hop: a domain whose lowercase is longer (U+0130 'İ' becomes "i̇")
+        // can push it past the path limit even though the domain itself still fits.
+        check_path_length(mailbox.to_string().len())?;
+        Ok(mailbox)
     }
 
     /// `Dot-string / Quoted-string`, returned unquoted and unescaped.
@@ -1294,6 +1299,36 @@ mod tests {
             Mailbox::parse(&format!("{local}@{}", long_domain(192)), false),
             Err(AddressError::PathTooLong)
         );
+    }
+
+    /// Found by the `address` fuzz target: `İ` lowercases to two code points (three octets
+    /// for two), so a 256-octet mailbox came out 257 octets in canonical form, a path the
+    /// next hop may refuse and that did not parse again.
+    #[test]
+    fn a_capital_that_grows_in_lowercase_cannot_push_a_mailbox_past_the_path_limit() {
+        let domain = format!(
+            "\u{130}{}.{}.{}.{}",
+            "a".repeat(60),
+            "a".repeat(63),
+            "a".repeat(63),
+            "a".repeat(62)
+        );
+        let input = format!("ab@{domain}");
+        assert_eq!(input.len(), 256);
+        assert_eq!(Mailbox::parse(&input, true), Err(AddressError::PathTooLong));
+        assert_eq!(
+            parse_forward_path(&format!("<{input}>"), true),
+            Err(AddressError::PathTooLong)
+        );
+        assert_eq!(
+            parse_reverse_path(&format!("<{input}>"), true),
+            Err(AddressError::PathTooLong)
+        );
+        // One octet shorter as sent is 256 in canonical form, and round-trips.
+        let fits = format!("a@{domain}");
+        let mailbox = Mailbox::parse(&fits, true).unwrap();
+        assert_eq!(mailbox.to_string().len(), 256);
+        assert_eq!(Mailbox::parse(&mailbox.to_string(), true), Ok(mailbox));
     }
 
     #[test]

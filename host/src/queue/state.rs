@@ -51,11 +51,6 @@ pub fn append(path: &Path, events: &[Event]) -> std::io::Result<()> {
     if events.is_empty() {
         return Ok(());
     }
-    let mut text = Vec::with_capacity(events.len() * 128);
-    for event in events {
-        serde_json::to_writer(&mut text, event)?;
-        text.push(b'\n');
-    }
     let existed = path.exists();
     let mut file = std::fs::File::options()
         .create(true)
@@ -64,15 +59,15 @@ pub fn append(path: &Path, events: &[Event]) -> std::io::Result<()> {
         .open(path)?;
     // A torn last line (no newline) must not swallow the first event appended after it.
     let len = file.metadata()?.len();
+    let mut last = None;
     if len > 0 {
         use std::io::{Read, Seek, SeekFrom};
-        let mut last = [0u8; 1];
+        let mut byte = [0u8; 1];
         file.seek(SeekFrom::Start(len - 1))?;
-        file.read_exact(&mut last)?;
-        if last[0] != b'\n' {
-            text.insert(0, b'\n');
-        }
+        file.read_exact(&mut byte)?;
+        last = Some(byte[0]);
     }
+    let text = encode_append(last, events)?;
     file.write_all(&text)?;
     file.sync_data()?;
     if !existed && let Some(dir) = path.parent() {
@@ -89,15 +84,37 @@ pub fn replay(path: &Path) -> std::io::Result<Vec<Event>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
+    parse(std::io::BufReader::new(file))
+}
+
+/// Reads every complete event from the text of a log; a line that does not parse is a torn
+/// one: skipped, and reading goes on. [`replay`] runs it on the file; it is public for
+/// fuzzing (`fuzz/`), which runs it on bytes.
+pub fn parse(log: impl BufRead) -> std::io::Result<Vec<Event>> {
     let mut events = Vec::new();
-    for line in std::io::BufReader::new(file).split(b'\n') {
+    for line in log.split(b'\n') {
         let line = line?;
-        // A line that does not parse is a torn one: skipped, and reading goes on.
         if let Ok(event) = serde_json::from_slice::<Event>(&line) {
             events.push(event);
         }
     }
     Ok(events)
+}
+
+/// The bytes [`append`] adds to a log whose last byte is `last` (`None` when it is empty):
+/// one JSON line per event, after a line ending of its own when the log ends in a torn
+/// line. Public for fuzzing (`fuzz/`): whatever a log holds, [`parse`] of it with these
+/// bytes appended must give its old events followed by the new ones.
+pub fn encode_append(last: Option<u8>, events: &[Event]) -> std::io::Result<Vec<u8>> {
+    let mut text = Vec::with_capacity(events.len() * 128 + 1);
+    if last.is_some_and(|b| b != b'\n') {
+        text.push(b'\n');
+    }
+    for event in events {
+        serde_json::to_writer(&mut text, event)?;
+        text.push(b'\n');
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -160,5 +177,36 @@ mod tests {
                 event(2, Outcome::Bounced)
             ]
         );
+    }
+
+    #[test]
+    fn an_append_after_any_tail_is_read_back_after_the_old_events() {
+        let old = encode_append(None, &[event(0, Outcome::Deferred)]).unwrap();
+        for tail in [
+            &b""[..],
+            b"{\"rcpt\":3,\"outc",
+            b"garbage\n",
+            b"\n\n",
+            b"\r",
+        ] {
+            let mut log = old.clone();
+            log.extend_from_slice(tail);
+            let appended = encode_append(log.last().copied(), &[event(1, Outcome::Bounced)]);
+            log.extend_from_slice(&appended.unwrap());
+            assert_eq!(
+                parse(&log[..]).unwrap(),
+                [event(0, Outcome::Deferred), event(1, Outcome::Bounced)],
+                "{tail:?}"
+            );
+        }
+    }
+
+    /// The fuzz target's seeds (`fuzz/corpus/state_log/`) must stay logs replay reads.
+    #[test]
+    fn the_fuzz_seed_state_logs_replay() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/state_log");
+        assert_eq!(replay(&dir.join("log")).unwrap().len(), 3);
+        // A torn first line, then the whole log, then a torn tail.
+        assert_eq!(replay(&dir.join("torn-middle")).unwrap().len(), 3);
     }
 }

@@ -290,31 +290,13 @@ pub fn read_stored(path: &Path) -> Result<StoredMessage, SpoolError> {
     file.seek(SeekFrom::Start(file_len - FOOTER_LEN))
         .and_then(|_| file.read_exact(&mut footer))
         .map_err(io_error("cannot read", path))?;
-    let (len_bytes, magic) = footer.split_at(8);
-    if magic != MAGIC {
-        return Err(corrupt("no TGSPOOL1 footer".into()));
-    }
-    let mut len = [0u8; 8];
-    len.copy_from_slice(len_bytes);
-    let envelope_len = u64::from_le_bytes(len);
-    if envelope_len > MAX_ENVELOPE_LEN || envelope_len > file_len - FOOTER_LEN {
-        return Err(corrupt(format!(
-            "envelope length {envelope_len} is impossible"
-        )));
-    }
+    let envelope_len = envelope_len_from_footer(&footer, file_len).map_err(corrupt)?;
     let message_len = file_len - FOOTER_LEN - envelope_len;
     let mut record = vec![0u8; envelope_len as usize];
     file.seek(SeekFrom::Start(message_len))
         .and_then(|_| file.read_exact(&mut record))
         .map_err(io_error("cannot read", path))?;
-    let envelope: Envelope =
-        serde_json::from_slice(&record).map_err(|e| corrupt(format!("envelope: {e}")))?;
-    if envelope.version != envelope::ENVELOPE_VERSION || envelope.id != id.to_string() {
-        return Err(corrupt(format!(
-            "envelope version {} / id {} does not match",
-            envelope.version, envelope.id
-        )));
-    }
+    let envelope = decode_envelope(&record, id).map_err(corrupt)?;
     Ok(StoredMessage {
         id,
         envelope,
@@ -322,8 +304,57 @@ pub fn read_stored(path: &Path) -> Result<StoredMessage, SpoolError> {
     })
 }
 
-/// Encodes the envelope record and footer that close a spool file.
-fn encode_trailer(envelope: &Envelope) -> Vec<u8> {
+/// The envelope record's length, from the footer of a file of `file_len` octets.
+fn envelope_len_from_footer(
+    footer: &[u8; FOOTER_LEN as usize],
+    file_len: u64,
+) -> Result<u64, String> {
+    let (len_bytes, magic) = footer.split_at(8);
+    if magic != MAGIC {
+        return Err("no TGSPOOL1 footer".into());
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(len_bytes);
+    let envelope_len = u64::from_le_bytes(len);
+    if envelope_len > MAX_ENVELOPE_LEN || envelope_len > file_len.saturating_sub(FOOTER_LEN) {
+        return Err(format!("envelope length {envelope_len} is impossible"));
+    }
+    Ok(envelope_len)
+}
+
+/// Decodes an envelope record and checks that it belongs to the file named `id`.
+fn decode_envelope(record: &[u8], id: QueueId) -> Result<Envelope, String> {
+    let envelope: Envelope =
+        serde_json::from_slice(record).map_err(|e| format!("envelope: {e}"))?;
+    if envelope.version != envelope::ENVELOPE_VERSION || envelope.id != id.to_string() {
+        return Err(format!(
+            "envelope version {} / id {} does not match",
+            envelope.version, envelope.id
+        ));
+    }
+    Ok(envelope)
+}
+
+/// Parses a whole spool file held in memory, as [`read_stored`] parses one on disk, and
+/// returns its envelope and the length of its message octets. It exists for fuzzing
+/// (`fuzz/`): it runs the same footer and envelope checks on bytes without a file.
+pub fn parse_stored(id: QueueId, file: &[u8]) -> Result<(Envelope, u64), String> {
+    let file_len = file.len() as u64;
+    let Some(footer_at) = file.len().checked_sub(FOOTER_LEN as usize) else {
+        return Err(format!("{file_len} octets is too short"));
+    };
+    let mut footer = [0u8; FOOTER_LEN as usize];
+    footer.copy_from_slice(&file[footer_at..]);
+    let envelope_len = envelope_len_from_footer(&footer, file_len)?;
+    let message_len = file_len - FOOTER_LEN - envelope_len;
+    let record = &file[message_len as usize..footer_at];
+    let envelope = decode_envelope(record, id)?;
+    Ok((envelope, message_len))
+}
+
+/// Encodes the envelope record and footer that close a spool file. Public for fuzzing
+/// (`fuzz/`), to check that what [`parse_stored`] accepts encodes back to what it read.
+pub fn encode_trailer(envelope: &Envelope) -> Vec<u8> {
     // Serialising plain data with string keys cannot fail; fall back to an empty record
     // (which recovery would flag) rather than panic if that ever changes.
     let mut trailer = serde_json::to_vec(envelope).unwrap_or_default();
@@ -341,4 +372,81 @@ pub fn read_message(path: &Path, message_len: u64) -> Result<Vec<u8>, SpoolError
         .read_to_end(&mut bytes)
         .map_err(io_error("cannot read", path))?;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(id: QueueId) -> Envelope {
+        Envelope {
+            version: envelope::ENVELOPE_VERSION,
+            id: id.to_string(),
+            received_at: 1,
+            sender: None,
+            mail_params: Vec::new(),
+            recipients: vec![envelope::Recipient {
+                address: "bob@example.com".into(),
+                params: Vec::new(),
+            }],
+            body: envelope::BodyType::SevenBit,
+            smtputf8: false,
+            client: envelope::ClientInfo {
+                address: "192.0.2.1:25".parse().unwrap(),
+                helo: "client".into(),
+                listener: "mx".into(),
+                protocol: "ESMTP".into(),
+                tls: None,
+                authenticated: None,
+            },
+            size: 5,
+            header_edits: Vec::new(),
+            tags: Default::default(),
+            quarantine: None,
+        }
+    }
+
+    #[test]
+    fn a_spool_file_in_memory_parses_like_one_on_disk() {
+        let id: QueueId = "0000000000000001".parse().unwrap();
+        let mut file = b"hello".to_vec();
+        file.extend_from_slice(&encode_trailer(&envelope(id)));
+        let (parsed, message_len) = parse_stored(id, &file).unwrap();
+        assert_eq!((parsed, message_len), (envelope(id), 5));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(id.to_string());
+        fs::write(&path, &file).unwrap();
+        let stored = read_stored(&path).unwrap();
+        assert_eq!((stored.envelope, stored.message_len), (envelope(id), 5));
+    }
+
+    #[test]
+    fn truncated_or_garbled_spool_files_are_refused_not_panicked_on() {
+        let id: QueueId = "0000000000000001".parse().unwrap();
+        let other: QueueId = "0000000000000002".parse().unwrap();
+        let mut file = b"hello".to_vec();
+        file.extend_from_slice(&encode_trailer(&envelope(id)));
+        for len in 0..file.len() {
+            assert!(parse_stored(id, &file[..len]).is_err(), "{len}");
+        }
+        assert!(parse_stored(other, &file).is_err());
+        let mut huge = file.clone();
+        let at = huge.len() - 16;
+        huge[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(parse_stored(id, &huge).unwrap_err().contains("impossible"));
+    }
+
+    /// The fuzz target's seed (`fuzz/corpus/spool/full`) must stay a file the spool
+    /// accepts, or the fuzzer would start from nothing but rejections.
+    #[test]
+    fn the_fuzz_seed_spool_file_is_one_the_spool_accepts() {
+        let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/spool/full");
+        let file = fs::read(seed).unwrap();
+        let id: QueueId = "0000000000000001".parse().unwrap();
+        let (envelope, message_len) = parse_stored(id, &file).unwrap();
+        assert_eq!(envelope.recipients.len(), 1);
+        assert!(!envelope.header_edits.is_empty() && envelope.quarantine.is_some());
+        assert!(file[..message_len as usize].starts_with(b"Received:"));
+    }
 }
