@@ -1302,3 +1302,40 @@ impl GatewayConfig {
         self
     }
 }
+
+/// A tmpfs of `size` mounted for a test (disk-full tests), unmounted when dropped.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts one; `None` (after saying why) where mounting is not allowed.
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status();
+        match status {
+            Ok(status) if status.success() => Some(Tmpfs { dir }),
+            other => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs at {} ({other:?}); this test needs root",
+                    dir.path().display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}

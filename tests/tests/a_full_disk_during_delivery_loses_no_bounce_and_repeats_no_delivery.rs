@@ -7,46 +7,10 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tidegate_e2e::sink::{Behaviour, SinkServer};
-use tidegate_e2e::{Gateway, GatewayConfig, SmtpClient, sample_message};
-
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().expect("mount point");
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status();
-        match status {
-            Ok(status) if status.success() => Some(Tmpfs { dir }),
-            other => {
-                eprintln!(
-                    "SKIPPED: cannot mount a tmpfs at {} ({other:?}); this test needs root",
-                    dir.path().display()
-                );
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
+use tidegate_e2e::{Gateway, GatewayConfig, SmtpClient, Tmpfs, sample_message};
 
 /// Writes `path` until the file system is full.
 fn fill(path: &Path) {

@@ -4,46 +4,10 @@
 //! of it), and takes mail again once the space is freed. Needs root (to mount); without
 //! it the test says so and passes without running.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tidegate_e2e::{Gateway, GatewayConfig, SmtpClient, sample_message};
-
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().expect("mount point");
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status();
-        match status {
-            Ok(status) if status.success() => Some(Tmpfs { dir }),
-            other => {
-                eprintln!(
-                    "SKIPPED: cannot mount a tmpfs at {} ({other:?}); this test needs root",
-                    dir.path().display()
-                );
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
+use tidegate_e2e::{Gateway, GatewayConfig, SmtpClient, Tmpfs, sample_message};
 
 /// Tries MAIL FROM until its reply has `code`, resetting in between; panics after 10 s.
 fn wait_for_mail_reply(client: &mut SmtpClient, code: u16, gateway: &Gateway) {

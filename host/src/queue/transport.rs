@@ -48,6 +48,20 @@ impl RecipientResult {
             remote,
         }
     }
+
+    /// The same outcome for every recipient of a group.
+    fn for_all(
+        rcpts: &[usize],
+        outcome: Outcome,
+        reply: &str,
+        status: Option<String>,
+        remote: Option<String>,
+    ) -> Vec<RecipientResult> {
+        rcpts
+            .iter()
+            .map(|&r| RecipientResult::new(r, outcome, reply, status.clone(), remote.clone()))
+            .collect()
+    }
 }
 
 /// Delivers one group of recipients to one destination.
@@ -58,11 +72,8 @@ pub(super) async fn deliver(
     rcpts: &[usize],
     message: &[u8],
 ) -> Vec<RecipientResult> {
-    let all = |outcome: Outcome, reply: &str, status: Option<&str>| -> Vec<RecipientResult> {
-        rcpts
-            .iter()
-            .map(|&r| RecipientResult::new(r, outcome, reply, status.map(str::to_owned), None))
-            .collect()
+    let all = |outcome: Outcome, reply: &str, status: Option<&str>| {
+        RecipientResult::for_all(rcpts, outcome, reply, status.map(str::to_owned), None)
     };
     match destination {
         Destination::Discard => all(Outcome::Delivered, "discarded by policy", None),
@@ -259,35 +270,25 @@ async fn deliver_smtp(
                     // is tried, and if none takes the mail it waits and is retried.)
                     let status = error.enhanced().map(|e| e.to_string());
                     let reply = format!("{}: {error}", hop.name);
-                    return rcpts
-                        .iter()
-                        .map(|&r| {
-                            RecipientResult::new(
-                                r,
-                                Outcome::Bounced,
-                                reply.clone(),
-                                status.clone(),
-                                Some(hop.name.clone()),
-                            )
-                        })
-                        .collect();
+                    return RecipientResult::for_all(
+                        rcpts,
+                        Outcome::Bounced,
+                        &reply,
+                        status,
+                        Some(hop.name.clone()),
+                    );
                 }
                 Err(error) if matches!(error.stage(), Some(Stage::DataBlock | Stage::DataEnd)) => {
                     // The server may have the message already: another host now could
                     // deliver it twice. Defer, and let the retry find out.
                     let reply = format!("{} [{addr}]: {error}", hop.name);
-                    return rcpts
-                        .iter()
-                        .map(|&r| {
-                            RecipientResult::new(
-                                r,
-                                Outcome::Deferred,
-                                reply.clone(),
-                                Some("4.4.2".into()),
-                                Some(hop.name.clone()),
-                            )
-                        })
-                        .collect();
+                    return RecipientResult::for_all(
+                        rcpts,
+                        Outcome::Deferred,
+                        &reply,
+                        Some("4.4.2".into()),
+                        Some(hop.name.clone()),
+                    );
                 }
                 Err(error) => {
                     tracing::info!(host = %hop.name, %addr, %error, "next hop failed, trying the next");
@@ -302,31 +303,15 @@ async fn deliver_smtp(
     {
         // Every host that could be reached refused the message as it is: it will not
         // change by waiting.
-        return rcpts
-            .iter()
-            .map(|&r| {
-                RecipientResult::new(
-                    r,
-                    Outcome::Bounced,
-                    reply.clone(),
-                    status.clone(),
-                    Some(host.clone()),
-                )
-            })
-            .collect();
+        return RecipientResult::for_all(rcpts, Outcome::Bounced, &reply, status, Some(host));
     }
-    rcpts
-        .iter()
-        .map(|&r| {
-            RecipientResult::new(
-                r,
-                Outcome::Deferred,
-                last_error.clone(),
-                Some("4.4.1".into()),
-                None,
-            )
-        })
-        .collect()
+    RecipientResult::for_all(
+        rcpts,
+        Outcome::Deferred,
+        &last_error,
+        Some("4.4.1".into()),
+        None,
+    )
 }
 
 /// One transaction on a pooled or new connection; a pooled connection that fails before
