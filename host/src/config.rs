@@ -263,14 +263,27 @@ pub struct QueueConfig {
     pub max_lifetime: Duration,
     /// Deliveries in progress at once, over all destinations.
     pub max_concurrent_deliveries: usize,
-    /// Deliveries in progress at once to one destination (route or domain).
+    /// Deliveries in progress at once to one destination (route or domain); as many
+    /// attempts again may wait for them, and the rest wait parked, costing nothing.
     pub max_per_destination: usize,
+    /// Attempts in progress at once, delivering or waiting for a slot (the messages whose
+    /// envelopes are in memory); absent: four times `max_concurrent_deliveries`.
+    pub max_active: Option<usize>,
     /// Send a delay notice to the sender once a message has waited this long (off when
     /// absent).
     pub delay_notice_after: Option<Duration>,
     /// Accept and keep mail but deliver nothing (maintenance, or a gateway that only
     /// spools); restart with `hold = false` to release it.
     pub hold: bool,
+}
+
+impl QueueConfig {
+    /// The bound on attempts in progress: `max_active`, or four times the deliveries.
+    pub fn active_limit(&self) -> usize {
+        self.max_active
+            .unwrap_or(self.max_concurrent_deliveries.saturating_mul(4))
+            .max(1)
+    }
 }
 
 impl Default for QueueConfig {
@@ -287,6 +300,7 @@ impl Default for QueueConfig {
             max_lifetime: Duration(std::time::Duration::from_secs(5 * 86_400)),
             max_concurrent_deliveries: 200,
             max_per_destination: 20,
+            max_active: None,
             delay_notice_after: None,
             hold: false,
         }
@@ -1160,6 +1174,16 @@ impl Config {
             return Err((
                 "queue.max_per_destination".into(),
                 "concurrency limits must be greater than 0".into(),
+            ));
+        }
+        if self
+            .queue
+            .max_active
+            .is_some_and(|active| active < self.queue.max_concurrent_deliveries)
+        {
+            return Err((
+                "queue.max_active".into(),
+                "at least `max_concurrent_deliveries`: every delivery is an active attempt".into(),
             ));
         }
         let idle = self.delivery.pool_idle_timeout.0;

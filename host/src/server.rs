@@ -39,8 +39,7 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         spool = %spool_path.display(),
         messages = recovery.messages.len(),
         partial_files_removed = recovery.removed_partials,
-        corrupt_set_aside = recovery.set_aside.len(),
-        "spool opened"
+        "spool opened; recovering its messages in the background"
     );
 
     let metrics = Arc::new(Metrics::new());
@@ -105,7 +104,7 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         Arc::clone(&config),
         bound_addresses,
         spool.clone(),
-        recovery.messages,
+        recovery,
         Arc::clone(&dns),
         Arc::clone(&plugins),
         Arc::clone(&metrics),

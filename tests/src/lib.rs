@@ -349,6 +349,9 @@ impl Gateway {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The listeners come up before the spool's messages are read back (in the
+        // background); tests look at a queue that has them all.
+        self.wait_for_log("spool recovered");
     }
 
     /// The directory holding the configuration and the spool.

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::destinations::Entry;
 use super::notify::{Report, bounce, delay_notice};
 use super::quarantine::quarantine;
 use super::routing::{Destination, route};
@@ -23,18 +24,20 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
     if !record_held_outcomes(shared, id).await {
         return;
     }
-    let Some((stored, pending)) = shared.pending(id) else {
+    let Some(mut message) = shared.load(id).await else {
         return;
     };
+    let pending = message.pending();
     if pending.is_empty() {
         // Held outcomes just recorded settled every recipient.
-        shared.finish_attempt(id, None);
+        shared.finish_attempt(id, &message, None);
         return;
     }
+    let stored = Arc::clone(&message.stored);
     let envelope = &stored.envelope;
     if let Some(reason) = &envelope.quarantine {
-        quarantine(shared, id, &pending, reason);
-        shared.finish_attempt(id, None);
+        quarantine(shared, id, &mut message, &pending, reason);
+        shared.finish_attempt(id, &message, None);
         return;
     }
 
@@ -60,34 +63,45 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
 
     // The message body is read only once a delivery may start, so messages waiting for
     // a slow destination's slot hold no body in memory.
-    let mut message: Option<Vec<u8>> = None;
+    let mut body: Option<Vec<u8>> = None;
     let mut results = Vec::with_capacity(pending.len());
     // Recipients whose delivery was recorded as soon as their destination accepted them.
     let mut recorded_early: Vec<usize> = Vec::new();
+    // A destination with no room for this message: the attempt stops there, and the
+    // message waits parked on it with its remaining recipients.
+    let mut parked_on: Option<String> = None;
     let last_group = groups.len().saturating_sub(1);
     for (n, (destination, rcpts)) in groups.into_iter().enumerate() {
         // The destination's slot first, then a global one: a destination that tarpits
         // (or is dead and times out) holds at most its own `max_per_destination` global
-        // slots while it delivers, and the messages queued behind it wait without one,
-        // so mail to every other destination keeps flowing.
-        let limit = shared.destination_limit(&destination.limit_key());
-        let Ok(_destination_slot) = limit.acquire_owned().await else {
+        // slots while it delivers, as many attempts wait for it, and the messages queued
+        // behind those wait parked, holding nothing, so mail to every other destination
+        // keeps flowing.
+        let key = destination.limit_key();
+        let ticket = match shared.destinations.enter(&key) {
+            Entry::Wait(ticket) => ticket,
+            Entry::Full => {
+                parked_on = Some(key);
+                break;
+            }
+        };
+        let Some(_destination_slot) = ticket.acquire().await else {
             return;
         };
         let Ok(_global) = shared.global.acquire().await else {
             return;
         };
-        let body = match &message {
-            Some(body) => body,
+        let octets = match &body {
+            Some(octets) => octets,
             None => match read_body(shared, id, envelope, stored.message_len).await {
-                Some(body) => message.insert(body),
+                Some(octets) => body.insert(octets),
                 None => {
-                    shared.finish_attempt(id, Some(now_ms() + 60_000));
+                    shared.finish_attempt(id, &message, Some(now_ms() + 60_000));
                     return;
                 }
             },
         };
-        let delivered = deliver(shared, &destination, envelope, &rcpts, body).await;
+        let delivered = deliver(shared, &destination, envelope, &rcpts, octets).await;
         if n < last_group {
             // More destinations follow, and they may take long: what this one accepted is
             // recorded now, so a crash later in the attempt repeats no more than the one
@@ -97,9 +111,15 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         }
         results.extend(delivered);
     }
-    // Every group had a destination, so the body was read; an empty one is only possible
-    // for a message without pending recipients, which never gets here.
-    let message = message.unwrap_or_default();
+    if results.is_empty()
+        && let Some(key) = &parked_on
+    {
+        // Nothing was tried: nothing to record.
+        shared.finish_parked(id, key);
+        return;
+    }
+    // Every group that was tried had read the body.
+    let octets = body.unwrap_or_default();
     let mut plugins = shared.take_plugin_session();
     plugins.set_message_tags(&envelope.tags);
 
@@ -111,7 +131,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         .iter()
         .filter(|e| e.outcome == Outcome::Bounced)
         .collect();
-    if !bounced.is_empty() && bounce(shared, &stored, &bounced, &message).await == Report::Failed {
+    if !bounced.is_empty() && bounce(shared, &stored, &bounced, &octets).await == Report::Failed {
         // A recipient recorded as bounced without its DSN on disk would be lost to the
         // sender for good: it stays deferred, and the bounce is tried again with it.
         let retry = now_ms() + first_retry_ms(shared);
@@ -144,27 +164,28 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         // message is held, its outcomes kept in memory, and only the record is retried.
         tracing::error!(%id, "delivery outcomes could not be recorded: the message is held, and nothing more is delivered until they are on disk");
         shared.set_unrecorded(id, to_record);
-        shared.finish_attempt(id, Some(now_ms() + first_retry_ms(shared)));
+        shared.finish_attempt(id, &message, Some(now_ms() + first_retry_ms(shared)));
         return;
     };
-    if let Err(e) = shared.record_in_memory(id, &events) {
-        tracing::error!(%id, error = %e, "state update failed");
-    }
+    message.apply(&events);
     count_and_log(shared, id, envelope, &events);
     tell_plugins(&mut plugins, id, envelope, &events).await;
 
-    delay_notice(shared, &stored, &events, &message).await;
+    delay_notice(shared, &stored, &events, &octets).await;
     shared.return_plugin_session(plugins);
     if removed {
         shared.finish_removed(id);
+    } else if let Some(key) = &parked_on {
+        shared.finish_parked(id, key);
     } else {
-        shared.finish_attempt(id, next_due);
+        shared.finish_attempt(id, &message, next_due);
     }
 }
 
 /// Writes the outcomes of an earlier attempt that could not be recorded then (see
 /// `run`), before anything else is delivered; returns whether the attempt may go on. The
-/// recipients they settle are then not delivered again.
+/// recipients they settle are then not delivered again (the attempt reads them back from
+/// the log).
 async fn record_held_outcomes(shared: &Shared, id: QueueId) -> bool {
     let held = shared.take_unrecorded(id);
     if held.is_empty() {
@@ -172,23 +193,18 @@ async fn record_held_outcomes(shared: &Shared, id: QueueId) -> bool {
     }
     let path = shared.state_path(id);
     let to_write = held.clone();
-    match tokio::task::spawn_blocking(move || state::append(&path, &to_write)).await {
+    let written = tokio::task::spawn_blocking(move || state::append(&path, &to_write)).await;
+    match written {
         Ok(Ok(())) => {
-            if let Err(e) = shared.record_in_memory(id, &held) {
-                tracing::error!(%id, error = %e, "state update failed");
-            }
             tracing::info!(%id, outcomes = held.len(), "held delivery outcomes recorded at last: delivering again");
             true
         }
-        Ok(Err(e)) => {
-            tracing::error!(%id, error = %e, "delivery outcomes still cannot be recorded: the message stays held");
+        failed => {
+            if let Ok(Err(e)) = failed {
+                tracing::error!(%id, error = %e, "delivery outcomes still cannot be recorded: the message stays held");
+            }
             shared.set_unrecorded(id, held);
-            shared.finish_attempt(id, Some(now_ms() + first_retry_ms(shared)));
-            false
-        }
-        Err(_) => {
-            shared.set_unrecorded(id, held);
-            shared.finish_attempt(id, Some(now_ms() + first_retry_ms(shared)));
+            shared.schedule_retry(id, now_ms() + first_retry_ms(shared));
             false
         }
     }

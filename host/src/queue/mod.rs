@@ -1,9 +1,14 @@
 //! The queue manager: every spooled message is delivered, retried or bounced, exactly once
 //! per recipient, across crashes.
 //!
-//! An in-memory schedule (due time → queue ID) is rebuilt at start-up from the spool and
-//! each message's state log ([`state`]). A scheduler task takes due messages and starts an
-//! [`attempt`] for each, bounded by a global limit and a limit per destination. Outcomes are
+//! An in-memory [`index`] (due time → queue ID, a few tens of octets per message) is
+//! rebuilt in the background at start-up from the spool and each message's state log
+//! ([`state`]), while the listeners already take new mail. A scheduler task takes due
+//! messages and starts an [`attempt`] for each, bounded by an active set (attempts in
+//! progress, whatever they wait for), a global limit on deliveries and a gate per
+//! destination ([`destinations`]), where a destination's surplus waits parked, costing
+//! nothing. An attempt reads its message's envelope and state when it starts
+//! ([`message`]) and keeps them only while it runs. Outcomes are
 //! written to the state log and fdatasynced before the queue acts on them; a message whose
 //! recipients are all final is removed from the spool. A first attempt that settles every
 //! recipient (the common case) writes no log at all: the message's removal, made durable by
@@ -18,7 +23,10 @@
 //! recipient is delivered or bounced (and the bounce itself is spooled).
 
 pub mod attempt;
+mod destinations;
 pub mod dsn;
+mod index;
+mod message;
 mod notify;
 mod quarantine;
 mod routing;
@@ -26,12 +34,11 @@ pub mod state;
 mod transport;
 pub mod verify;
 
-use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -40,36 +47,11 @@ use crate::metrics::Metrics;
 use crate::outbound::pool::ConnectionPool;
 use crate::plugins::PluginHost;
 use crate::spool::{QueueId, Spool, StoredMessage};
-use state::{Event, Outcome};
-
-/// Where a recipient stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecipientState {
-    /// Not final yet: `attempts` made so far.
-    Pending {
-        /// Attempts made so far.
-        attempts: u32,
-    },
-    /// Final: delivered.
-    Delivered,
-    /// Final: bounced.
-    Bounced,
-}
-
-/// A message the queue knows about.
-#[derive(Debug)]
-struct Entry {
-    stored: Arc<StoredMessage>,
-    recipients: Vec<RecipientState>,
-    /// An attempt is running: the scheduler must not start another.
-    in_flight: bool,
-    /// Outcomes of an attempt that could not be written to the state log: the message is
-    /// held (nothing delivered) until they are.
-    unrecorded: Vec<Event>,
-}
-
-/// A message and its pending recipients: (index in the envelope, attempts so far).
-pub(crate) type Pending = (Arc<StoredMessage>, Vec<(usize, u32)>);
+use destinations::Destinations;
+use index::Index;
+pub use message::RecipientState;
+use message::{LoadError, Message};
+use state::Event;
 
 /// Shared state of the queue.
 pub(crate) struct Shared {
@@ -93,11 +75,14 @@ pub(crate) struct Shared {
     plugin_sessions: Mutex<Vec<crate::plugins::chain::SessionPlugins>>,
     /// MTA-STS policies, when enabled.
     pub(crate) mta_sts: Option<crate::outbound::mta_sts::MtaSts>,
-    schedule: Mutex<BTreeSet<(u64, QueueId)>>,
-    entries: Mutex<HashMap<QueueId, Entry>>,
-    wake: Notify,
-    global: Semaphore,
-    per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// What the queue knows of each message.
+    index: Arc<Index>,
+    /// Attempts in progress, whatever they are waiting for: the scheduler starts no more.
+    active: Arc<Semaphore>,
+    /// Deliveries in progress over all destinations.
+    pub(crate) global: Semaphore,
+    /// Deliveries, waiters and parked messages of each destination.
+    pub(crate) destinations: Arc<Destinations>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -122,8 +107,9 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Queue {
-    /// Starts the queue with the messages recovered from the spool; their state logs are
-    /// replayed, so delivered recipients are not delivered again. `listeners` are the
+    /// Starts the queue, and a task that takes in the messages found in the spool
+    /// (`recovered`) in the background, replaying their state logs so that delivered
+    /// recipients are not delivered again. `listeners` are the
     /// addresses the gateway listens on, which the queue never delivers to (a loop).
     #[allow(
         clippy::too_many_arguments,
@@ -133,7 +119,7 @@ impl Queue {
         config: Arc<Config>,
         listeners: Vec<std::net::SocketAddr>,
         spool: Spool,
-        recovered: Vec<StoredMessage>,
+        recovered: crate::spool::Recovery,
         dns: Arc<Dns>,
         plugins: Arc<PluginHost>,
         metrics: Arc<Metrics>,
@@ -158,12 +144,19 @@ impl Queue {
                 config.delivery.mta_sts_port,
             )
         });
+        let index = Arc::new(Index::default());
         let shared = Arc::new(Shared {
             plugin_sessions: Mutex::new(Vec::new()),
             mta_sts,
             tls_any,
             tls_verified,
             global: Semaphore::new(config.queue.max_concurrent_deliveries),
+            active: Arc::new(Semaphore::new(config.queue.active_limit())),
+            destinations: Arc::new(Destinations::new(
+                config.queue.max_per_destination,
+                Arc::clone(&index),
+            )),
+            index,
             pool: ConnectionPool::new(
                 config.delivery.pool_idle_timeout.0,
                 config.delivery.pool_max_idle,
@@ -176,27 +169,13 @@ impl Queue {
             dns,
             plugins,
             metrics,
-            schedule: Mutex::new(BTreeSet::new()),
-            entries: Mutex::new(HashMap::new()),
-            wake: Notify::new(),
-            per_destination: Mutex::new(HashMap::new()),
         });
         tokio::spawn(reap_idle_connections(Arc::clone(&shared), shutdown.clone()));
         let queue = Queue { shared };
-        let mut resumed = 0usize;
-        for stored in recovered {
-            if queue.admit(stored) {
-                resumed += 1;
-            }
-        }
-        queue.shared.remove_orphans();
+        tokio::spawn(recover(Arc::clone(&queue.shared), recovered));
         if queue.shared.config.queue.hold {
-            tracing::warn!(
-                messages = resumed,
-                "queue on hold: mail is accepted and kept, nothing is delivered"
-            );
+            tracing::warn!("queue on hold: mail is accepted and kept, nothing is delivered");
         } else {
-            tracing::info!(messages = resumed, "queue resumed");
             tokio::spawn(run_scheduler(Arc::clone(&queue.shared), shutdown));
         }
         Ok(queue)
@@ -204,77 +183,84 @@ impl Queue {
 
     /// Takes a newly committed message into the queue, due at once.
     pub fn enqueue(&self, stored: StoredMessage) {
-        self.admit(stored);
+        let id = stored.id;
+        self.shared.index.keep_warm(Arc::new(stored));
+        if !self.shared.admit(id, now_ms()) {
+            self.shared.index.take_warm(id);
+        }
     }
 
     /// Messages the queue holds.
     pub fn len(&self) -> usize {
-        lock(&self.shared.entries).len()
+        self.shared.index.len()
     }
 
     /// Whether the queue is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
 
-    /// Adds a message, replaying its state log; returns false if it was already complete
-    /// (and removes it).
-    fn admit(&self, stored: StoredMessage) -> bool {
-        let id = stored.id;
-        let log = self.shared.state_path(id);
-        let events = match state::replay(&log) {
-            Ok(events) => events,
-            Err(e) => {
-                tracing::error!(%id, error = %e, "cannot read the state log; retrying every recipient");
-                Vec::new()
-            }
+/// How many messages recovery reads per blocking task: enough to make the hop to the
+/// blocking pool cheap, few enough that new mail is admitted between batches.
+const RECOVERY_BATCH: usize = 512;
+
+/// Takes the messages found in the spool into the queue, oldest first, in batches read
+/// off the runtime, while the listeners already accept mail; then removes the state files
+/// of messages that are gone.
+async fn recover(shared: Arc<Shared>, recovered: crate::spool::Recovery) {
+    let started = std::time::Instant::now();
+    let found = recovered.messages.len();
+    let (mut resumed, mut finished) = (0usize, 0usize);
+    let mut set_aside = recovered.set_aside.len();
+    let mut ids = recovered.messages.into_iter();
+    loop {
+        let batch: Vec<QueueId> = ids.by_ref().take(RECOVERY_BATCH).collect();
+        if batch.is_empty() {
+            break;
+        }
+        let dir = shared.spool_dir.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let now = now_ms();
+            batch
+                .into_iter()
+                .map(|id| (id, message::recovered_due(&dir, id, now)))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(read) = read else {
+            tracing::error!("spool recovery task failed");
+            return;
         };
-        let count = stored.envelope.recipients.len();
-        let mut recipients = vec![RecipientState::Pending { attempts: 0 }; count];
-        let mut due = now_ms();
-        let mut next_due: Option<u64> = None;
-        for event in &events {
-            let Some(slot) = recipients.get_mut(event.rcpt) else {
-                continue;
-            };
-            *slot = match event.outcome {
-                Outcome::Delivered => RecipientState::Delivered,
-                Outcome::Bounced => RecipientState::Bounced,
-                Outcome::Deferred => {
-                    if let Some(next) = event.next {
-                        next_due = Some(next_due.map_or(next * 1000, |d| d.max(next * 1000)));
-                    }
-                    RecipientState::Pending {
-                        attempts: event.attempt,
-                    }
+        for (id, due) in read {
+            match due {
+                Ok(Some(due)) => resumed += usize::from(shared.admit(id, due)),
+                Ok(None) => {
+                    // Every recipient is final: the crash fell between the last record
+                    // and the removal. Finish the removal now.
+                    shared.remove_files(id);
+                    finished += 1;
                 }
-            };
+                Err(LoadError::Gone) => {}
+                Err(LoadError::Corrupt(why)) => {
+                    set_aside += usize::from(shared.spool.set_aside(id, &why));
+                }
+                Err(LoadError::Unreadable(why)) => {
+                    tracing::error!(%id, error = %why, "cannot read a queued message now; trying it again in a minute");
+                    resumed += usize::from(shared.admit(id, now_ms() + 60_000));
+                }
+            }
         }
-        if let Some(next) = next_due {
-            due = due.max(next);
-        }
-        if recipients
-            .iter()
-            .all(|r| !matches!(r, RecipientState::Pending { .. }))
-        {
-            // Every recipient is final: the crash fell between the last record and the
-            // removal. Finish the removal now.
-            self.shared.remove_files(id);
-            return false;
-        }
-        self.shared.metrics.queued.inc();
-        lock(&self.shared.entries).insert(
-            id,
-            Entry {
-                stored: Arc::new(stored),
-                recipients,
-                in_flight: false,
-                unrecorded: Vec::new(),
-            },
-        );
-        self.shared.schedule_at(id, due);
-        true
     }
+    shared.remove_orphans();
+    tracing::info!(
+        found,
+        messages = resumed,
+        already_complete = finished,
+        corrupt_set_aside = set_aside,
+        secs = started.elapsed().as_secs_f64(),
+        "spool recovered"
+    );
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -291,9 +277,20 @@ impl Shared {
         self.spool_dir.join("msg").join(id.to_string())
     }
 
-    fn schedule_at(&self, id: QueueId, due_ms: u64) {
-        lock(&self.schedule).insert((due_ms, id));
-        self.wake.notify_one();
+    /// Adds a message to the index, due at `due_ms`; false if it was there already.
+    fn admit(&self, id: QueueId, due_ms: u64) -> bool {
+        let added = self.index.insert(id, due_ms);
+        if added {
+            self.metrics.queued.inc();
+        }
+        added
+    }
+
+    /// Drops a message from the index (its files are someone else's business).
+    fn forget(&self, id: QueueId) {
+        if self.index.remove(id) {
+            self.metrics.queued.dec();
+        }
     }
 
     /// A plugin session for one attempt: a warm one if it runs the current plugins.
@@ -318,102 +315,94 @@ impl Shared {
         }
     }
 
-    /// The semaphore limiting deliveries to one destination.
-    pub(crate) fn destination_limit(&self, key: &str) -> Arc<Semaphore> {
-        let mut map = lock(&self.per_destination);
-        Arc::clone(
-            map.entry(key.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.config.queue.max_per_destination))),
-        )
-    }
-
-    /// Records outcomes durably, then updates memory; returns the recipients' new states.
+    /// Records outcomes durably, then in the attempt's copy of the message.
     pub(crate) fn record(
         &self,
         id: QueueId,
+        message: &mut Message,
         events: &[Event],
-    ) -> std::io::Result<Vec<RecipientState>> {
+    ) -> std::io::Result<()> {
         state::append(&self.state_path(id), events)?;
-        self.record_in_memory(id, events)
+        message.apply(events);
+        Ok(())
     }
 
     /// Keeps outcomes that could not be recorded, to be written before the next attempt.
     pub(crate) fn set_unrecorded(&self, id: QueueId, events: Vec<Event>) {
-        if let Some(entry) = lock(&self.entries).get_mut(&id) {
-            entry.unrecorded = events;
-        }
+        self.index.set_unrecorded(id, events);
     }
 
     /// Takes the outcomes still to be recorded (empty for most messages).
     pub(crate) fn take_unrecorded(&self, id: QueueId) -> Vec<Event> {
-        lock(&self.entries)
-            .get_mut(&id)
-            .map(|entry| std::mem::take(&mut entry.unrecorded))
-            .unwrap_or_default()
+        self.index.take_unrecorded(id)
     }
 
-    /// Updates memory with outcomes already on disk.
-    pub(crate) fn record_in_memory(
-        &self,
-        id: QueueId,
-        events: &[Event],
-    ) -> std::io::Result<Vec<RecipientState>> {
-        let mut entries = lock(&self.entries);
-        let Some(entry) = entries.get_mut(&id) else {
-            return Ok(Vec::new());
+    /// Loads a message for an attempt: its envelope (from the cache of fresh ones, or the
+    /// spool file) and its recipients' states. `None` when there is nothing to attempt:
+    /// the file is gone or set aside (the message is forgotten), or cannot be read now
+    /// (it is scheduled again).
+    pub(crate) async fn load(&self, id: QueueId) -> Option<Message> {
+        let loaded = match self.index.take_warm(id) {
+            // A fresh message has no state log yet: looking costs one failed open.
+            Some(warm) => Message::load(&self.spool_dir, id, Some(warm)),
+            None => {
+                let dir = self.spool_dir.clone();
+                tokio::task::spawn_blocking(move || Message::load(&dir, id, None))
+                    .await
+                    .unwrap_or_else(|e| Err(LoadError::Unreadable(e.to_string())))
+            }
         };
-        for event in events {
-            if let Some(slot) = entry.recipients.get_mut(event.rcpt) {
-                *slot = match event.outcome {
-                    Outcome::Delivered => RecipientState::Delivered,
-                    Outcome::Bounced => RecipientState::Bounced,
-                    Outcome::Deferred => RecipientState::Pending {
-                        attempts: event.attempt,
-                    },
-                };
+        match loaded {
+            Ok(message) => Some(message),
+            Err(LoadError::Gone) => {
+                tracing::warn!(%id, "a queued message is no longer in the spool; forgotten");
+                self.forget(id);
+                None
+            }
+            Err(LoadError::Corrupt(why)) => {
+                self.spool.set_aside(id, &why);
+                self.forget(id);
+                None
+            }
+            Err(LoadError::Unreadable(why)) => {
+                tracing::error!(%id, error = %why, "cannot read a queued message; will retry");
+                self.index.schedule(id, now_ms() + 60_000);
+                None
             }
         }
-        Ok(entry.recipients.clone())
     }
 
     /// Ends an attempt: either the message is complete and leaves the spool, or it is
     /// scheduled again.
-    pub(crate) fn finish_attempt(&self, id: QueueId, next_due_ms: Option<u64>) {
-        let complete = {
-            let mut entries = lock(&self.entries);
-            match entries.get_mut(&id) {
-                Some(entry) => {
-                    entry.in_flight = false;
-                    let complete = entry
-                        .recipients
-                        .iter()
-                        .all(|r| !matches!(r, RecipientState::Pending { .. }));
-                    if complete {
-                        entries.remove(&id);
-                        self.metrics.queued.dec();
-                    }
-                    complete
-                }
-                None => true,
-            }
-        };
-        if complete {
+    pub(crate) fn finish_attempt(&self, id: QueueId, message: &Message, next_due_ms: Option<u64>) {
+        if message.is_complete() {
+            self.forget(id);
             self.remove_files(id);
             tracing::info!(%id, "message complete, removed from the spool");
         } else {
-            self.schedule_at(id, next_due_ms.unwrap_or_else(|| now_ms() + 60_000));
+            self.index
+                .schedule(id, next_due_ms.unwrap_or_else(|| now_ms() + 60_000));
         }
+    }
+
+    /// Schedules a message again without looking at its recipients (an attempt that could
+    /// not start).
+    pub(crate) fn schedule_retry(&self, id: QueueId, due_ms: u64) {
+        self.index.schedule(id, due_ms);
     }
 
     /// Ends an attempt that completed the message and already removed it from the spool
     /// (see `attempt::run`: a first attempt with every recipient final writes no log).
     pub(crate) fn finish_removed(&self, id: QueueId) {
-        let mut entries = lock(&self.entries);
-        if entries.remove(&id).is_some() {
-            self.metrics.queued.dec();
-        }
-        drop(entries);
+        self.forget(id);
         tracing::info!(%id, "message complete, removed from the spool");
+    }
+
+    /// Ends an attempt that stopped at a destination with no room: the message waits
+    /// parked there until a delivery to it ends.
+    pub(crate) fn finish_parked(&self, id: QueueId, destination: &str) {
+        tracing::debug!(%id, %destination, "destination busy: message parked");
+        self.destinations.park(destination, id);
     }
 
     /// Removes a finished message: the message file first (so a crash in between leaves
@@ -433,14 +422,12 @@ impl Shared {
     /// Removes the state logs and delay markers of messages that are no longer in the
     /// spool (a crash between removing a message and its log leaves them). Left behind,
     /// they would be stale at best, and at worst read as the history of a new message that
-    /// happened to get the same ID. Runs at start-up, before anything is delivered.
+    /// happened to get the same ID. Runs once recovery has taken in every message.
     fn remove_orphans(&self) {
         let dir = self.spool_dir.join("state");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
         };
-        let known: std::collections::HashSet<QueueId> =
-            lock(&self.entries).keys().copied().collect();
         let mut removed = 0usize;
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -454,7 +441,8 @@ impl Shared {
             };
             // The log of a file set aside in corrupt/ is kept with it for the operator.
             let set_aside = self.spool_dir.join("corrupt").join(id.to_string()).exists();
-            if !known.contains(&id) && !set_aside && std::fs::remove_file(entry.path()).is_ok() {
+            let known = self.index.contains(id) || self.message_path(id).exists();
+            if !known && !set_aside && std::fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
             }
         }
@@ -469,22 +457,6 @@ impl Shared {
     /// The marker that says a delay notice went out for a message.
     pub(crate) fn delay_marker(&self, id: QueueId) -> PathBuf {
         self.spool_dir.join("state").join(format!("{id}.delayed"))
-    }
-
-    /// The pending recipients of a message and their attempt counts.
-    pub(crate) fn pending(&self, id: QueueId) -> Option<Pending> {
-        let entries = lock(&self.entries);
-        let entry = entries.get(&id)?;
-        let pending = entry
-            .recipients
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| match r {
-                RecipientState::Pending { attempts } => Some((i, *attempts)),
-                _ => None,
-            })
-            .collect();
-        Some((Arc::clone(&entry.stored), pending))
     }
 
     /// Spools and enqueues a message the queue itself writes (a DSN).
@@ -512,48 +484,38 @@ impl Shared {
     }
 }
 
+/// Starts an attempt for each due message, as long as the active set has room: a
+/// million due messages are a million entries in the index, never a million tasks.
 async fn run_scheduler(shared: Arc<Shared>, shutdown: CancellationToken) {
     loop {
-        let now = now_ms();
-        let mut due = Vec::new();
-        let next_wake = {
-            let mut schedule = lock(&shared.schedule);
-            while let Some(&(at, id)) = schedule.first() {
-                if at > now {
-                    break;
-                }
-                schedule.pop_first();
-                due.push(id);
-            }
-            schedule.first().map(|&(at, _)| at)
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => return,
+            permit = Arc::clone(&shared.active).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
         };
-        for id in due {
-            let start = {
-                let mut entries = lock(&shared.entries);
-                match entries.get_mut(&id) {
-                    Some(entry) if !entry.in_flight => {
-                        entry.in_flight = true;
-                        true
-                    }
-                    _ => false,
-                }
-            };
-            if start {
+        match shared.index.pop_due(now_ms()) {
+            Ok(id) => {
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
                     // The attempt takes its slots itself, per destination first and then
                     // global (see `attempt::run`), waiting there rather than here.
                     attempt::run(&shared, id).await;
+                    drop(permit);
                 });
             }
-        }
-        let sleep = next_wake.map_or(Duration::from_secs(3600), |at| {
-            Duration::from_millis(at.saturating_sub(now_ms()).max(1))
-        });
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = shared.wake.notified() => {}
-            () = tokio::time::sleep(sleep) => {}
+            Err(next) => {
+                drop(permit);
+                let sleep = next.map_or(Duration::from_secs(3600), |at| {
+                    Duration::from_millis(at.saturating_sub(now_ms()).max(1))
+                });
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = shared.index.wake.notified() => {}
+                    () = tokio::time::sleep(sleep) => {}
+                }
+            }
         }
     }
 }

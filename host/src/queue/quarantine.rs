@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::message::Message;
 use super::state::{Event, Outcome};
 use super::{Shared, now_ms};
 use crate::spool::QueueId;
@@ -12,6 +13,7 @@ use crate::spool::QueueId;
 pub(super) fn quarantine(
     shared: &Arc<Shared>,
     id: QueueId,
+    message: &mut Message,
     pending: &[(usize, u32)],
     reason: &str,
 ) {
@@ -35,7 +37,7 @@ pub(super) fn quarantine(
             remote: None,
         })
         .collect();
-    if let Err(e) = shared.record(id, &events) {
+    if let Err(e) = shared.record(id, message, &events) {
         tracing::error!(%id, error = %e, "cannot record the quarantine");
     }
     tracing::info!(%id, %reason, "message quarantined");

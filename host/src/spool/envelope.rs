@@ -225,3 +225,41 @@ pub struct ClientInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authenticated: Option<String>,
 }
+
+/// Envelopes for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+    use crate::spool::QueueId;
+
+    /// An envelope of message `id` with `recipients` recipients at example.com.
+    pub(crate) fn envelope(id: QueueId, recipients: usize) -> Envelope {
+        Envelope {
+            version: ENVELOPE_VERSION,
+            id: id.to_string(),
+            received_at: 1,
+            sender: None,
+            mail_params: Vec::new(),
+            recipients: (0..recipients)
+                .map(|n| Recipient {
+                    address: format!("user{n}@example.com"),
+                    params: Vec::new(),
+                })
+                .collect(),
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            client: ClientInfo {
+                address: "192.0.2.1:25".parse().expect("an address"),
+                helo: "client".into(),
+                listener: "mx".into(),
+                protocol: "ESMTP".into(),
+                tls: None,
+                authenticated: None,
+            },
+            size: 5,
+            header_edits: Vec::new(),
+            tags: Default::default(),
+            quarantine: None,
+        }
+    }
+}

@@ -97,6 +97,7 @@ pub struct Spool {
 
 #[derive(Debug)]
 struct Inner {
+    root: PathBuf,
     tmp_dir: PathBuf,
     msg_dir: PathBuf,
     ids: QueueIdGenerator,
@@ -119,18 +120,20 @@ pub struct StoredMessage {
 /// What [`Spool::open`] found.
 #[derive(Debug, Default)]
 pub struct Recovery {
-    /// Committed messages, in queue-ID order.
-    pub messages: Vec<StoredMessage>,
+    /// The committed messages, in queue-ID order; their envelopes are not read yet (the
+    /// queue reads them in the background, and sets aside those that cannot be used).
+    pub messages: Vec<QueueId>,
     /// Partial files removed from `tmp/`.
     pub removed_partials: usize,
-    /// Unreadable files moved to `corrupt/`.
+    /// Files in `msg/` not named like a message, moved to `corrupt/`.
     pub set_aside: Vec<PathBuf>,
 }
 
 impl Spool {
     /// Opens (creating if needed) the spool at `root`, takes its lock, deletes partial files
-    /// and reads every committed message. Must be called inside a tokio runtime: it starts
-    /// the commit task.
+    /// and lists the committed messages by name (reading a directory of a million names
+    /// takes a moment; reading a million envelopes would take a minute, and is left to the
+    /// queue). Must be called inside a tokio runtime: it starts the commit task.
     pub fn open(root: &Path) -> Result<(Spool, Recovery), SpoolError> {
         let tmp_dir = root.join("tmp");
         let msg_dir = root.join("msg");
@@ -156,38 +159,33 @@ impl Spool {
             fs::remove_file(&path).map_err(io_error("cannot remove", &path))?;
             recovery.removed_partials += 1;
         }
-        // The highest queue ID of any file in msg/, readable or not: new IDs stay above
-        // it, so a message set aside can never share its ID with a new one.
+        // The highest queue ID in msg/: new IDs stay above it, so a message set aside
+        // later can never share its ID with a new one either.
         let mut floor: Option<QueueId> = None;
-        for result in scan(&msg_dir)? {
-            match result.map_err(|e| {
-                let why = e.to_string();
-                (e, why)
-            }) {
-                Ok(message) => {
-                    floor = floor.max(Some(message.id));
-                    recovery.messages.push(message);
+        for entry in fs::read_dir(&msg_dir).map_err(io_error("cannot read", &msg_dir))? {
+            let path = entry.map_err(io_error("cannot read", &msg_dir))?.path();
+            match path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse().ok())
+            {
+                Some(id) => {
+                    floor = floor.max(Some(id));
+                    recovery.messages.push(id);
                 }
-                // One bad file (not a spool file, or one that cannot be read) is the
-                // operator's to look at, never a reason not to start: every other message
-                // is still delivered.
-                Err((SpoolError::Corrupt { path, .. } | SpoolError::Io { path, .. }, why))
-                    if path.parent() == Some(msg_dir.as_path()) =>
-                {
-                    floor = floor.max(
-                        path.file_name()
-                            .and_then(|n| n.to_str())
-                            .and_then(|n| n.parse().ok()),
-                    );
-                    if let Some(target) = set_aside(root, &path, &why) {
+                // Not a file the spool wrote: the operator's to look at, never a reason
+                // not to start.
+                None => {
+                    if let Some(target) = set_aside(root, &path, "the file name is not a queue ID")
+                    {
                         recovery.set_aside.push(target);
                     }
                 }
-                Err((other, _)) => return Err(other),
             }
         }
-        recovery.messages.sort_by_key(|m| m.id);
+        recovery.messages.sort_unstable();
         let inner = Inner {
+            root: root.to_owned(),
             ids: QueueIdGenerator::new(floor),
             committer: Committer::start(msg_dir.clone()),
             tmp_dir,
@@ -214,6 +212,13 @@ impl Spool {
     /// A message that is already gone counts as removed.
     pub async fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
         self.inner.committer.remove(self.msg_path(id)).await
+    }
+
+    /// Moves message `id`, found unusable (`why`), into `corrupt/` for the operator, with
+    /// its state log left where it is (the queue keeps the log of a file set aside).
+    /// Returns whether it was moved (a failure is logged, and the file left in place).
+    pub fn set_aside(&self, id: QueueId, why: &str) -> bool {
+        set_aside(&self.inner.root, &self.msg_path(id), why).is_some()
     }
 
     fn tmp_path(&self, id: QueueId) -> PathBuf {
@@ -379,31 +384,9 @@ mod tests {
     use super::*;
 
     fn envelope(id: QueueId) -> Envelope {
-        Envelope {
-            version: envelope::ENVELOPE_VERSION,
-            id: id.to_string(),
-            received_at: 1,
-            sender: None,
-            mail_params: Vec::new(),
-            recipients: vec![envelope::Recipient {
-                address: "bob@example.com".into(),
-                params: Vec::new(),
-            }],
-            body: envelope::BodyType::SevenBit,
-            smtputf8: false,
-            client: envelope::ClientInfo {
-                address: "192.0.2.1:25".parse().unwrap(),
-                helo: "client".into(),
-                listener: "mx".into(),
-                protocol: "ESMTP".into(),
-                tls: None,
-                authenticated: None,
-            },
-            size: 5,
-            header_edits: Vec::new(),
-            tags: Default::default(),
-            quarantine: None,
-        }
+        let mut envelope = envelope::tests_support::envelope(id, 1);
+        envelope.recipients[0].address = "bob@example.com".into();
+        envelope
     }
 
     #[test]
