@@ -34,6 +34,7 @@ use tokio::time::Instant;
 
 use crate::inbound::connection::Stream;
 use crate::inbound::reply::{EnhancedCode, codes};
+use crate::spool::outgoing::MessageOctets;
 use crate::spool::envelope::BodyType;
 
 const CR: u8 = b'\r';
@@ -314,6 +315,11 @@ pub enum ClientError {
     /// itself by our host name): delivering would loop. Permanent (5.4.6).
     #[error("mail loops back to myself ({0})")]
     LoopsBack(String),
+    /// The message could not be read from the spool while it was being sent. The data
+    /// was cut off without its final dot (the connection is dropped), so the server
+    /// cannot have taken it; transient.
+    #[error("reading the message from the spool failed: {0}")]
+    Spool(#[source] io::Error),
 }
 
 impl ClientError {
@@ -350,6 +356,7 @@ impl ClientError {
             | ClientError::Protocol { stage, .. }
             | ClientError::Rejected { stage, .. } => Some(*stage),
             ClientError::Tls(_) => Some(Stage::StartTls),
+            ClientError::Spool(_) => Some(Stage::DataBlock),
             ClientError::Unsupported { .. } | ClientError::Unusable | ClientError::LoopsBack(_) => {
                 None
             }
@@ -380,9 +387,10 @@ pub struct Outgoing<'a> {
     pub body: BodyType,
     /// Whether the message needs SMTPUTF8 (also implied by a non-ASCII address).
     pub smtputf8: bool,
-    /// The message octets as stored, header edits already applied. Line endings are
-    /// made CR LF on the way out and dots are stuffed here, not by the caller.
-    pub message: &'a [u8],
+    /// The message octets as stored, header edits already applied (a large body is read
+    /// from the spool file as it is sent). Line endings are made CR LF on the way out and
+    /// dots are stuffed here, not by the caller.
+    pub message: &'a MessageOctets,
 }
 
 /// The outcome of one transaction whose MAIL was accepted.
@@ -968,17 +976,22 @@ impl<S: Stream> ClientSession<S> {
     }
 
     /// Streams the message after a 354 and returns the reply to the final dot.
-    async fn send_data(&mut self, message: &[u8]) -> Result<ServerReply, ClientError> {
+    async fn send_data(&mut self, message: &MessageOctets) -> Result<ServerReply, ClientError> {
         let mut encoder = DataEncoder::default();
-        // A block at a time: the message is never copied whole.
+        let mut reader = message.reader().await.map_err(ClientError::Spool)?;
+        // A block at a time: the message is never copied whole, nor held whole when it
+        // comes from the spool file.
+        let mut chunk = vec![0u8; DATA_CHUNK];
         let mut out = Vec::with_capacity(2 * DATA_CHUNK + 5);
-        let mut chunks = message.chunks(DATA_CHUNK).peekable();
         loop {
             out.clear();
-            if let Some(chunk) = chunks.next() {
-                encoder.encode(chunk, &mut out);
-            }
-            let last = chunks.peek().is_none();
+            let n = fill(&mut reader, &mut chunk).await.map_err(|e| {
+                // Never end a cut-off message with its dot: the server would take it.
+                self.usable = false;
+                ClientError::Spool(e)
+            })?;
+            encoder.encode(&chunk[..n], &mut out);
+            let last = n < chunk.len();
             if last {
                 // The terminator rides with the last block: one write fewer.
                 encoder.finish(&mut out);
@@ -1126,6 +1139,22 @@ async fn write_all<S: Stream>(
         Ok(Err(source)) => Err(ClientError::Io { stage, source }),
         Err(_) => Err(ClientError::Timeout(stage)),
     }
+}
+
+/// Reads until `buf` is full or the reader is at its end; returns the octets read.
+async fn fill(
+    reader: &mut (dyn tokio::io::AsyncRead + Unpin + Send + '_),
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]).await? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 /// Collects the lines of one reply, checking each as it comes.
@@ -1478,13 +1507,15 @@ mod tests {
     }
 
     fn outgoing<'a>(recipients: &'a [String], message: &'a [u8]) -> Outgoing<'a> {
+        // Leaked: a test's few octets, kept for the 'a the struct borrows them for.
+        let octets = Box::leak(Box::new(MessageOctets::in_memory(message.to_vec())));
         Outgoing {
             sender: Some("a@x.test"),
             recipients,
             size: message.len() as u64,
             body: BodyType::SevenBit,
             smtputf8: false,
-            message,
+            message: octets,
         }
     }
 
@@ -1805,7 +1836,7 @@ mod tests {
                 size: message.len() as u64,
                 body: BodyType::EightBitMime,
                 smtputf8: false,
-                message,
+                message: &MessageOctets::in_memory(message.to_vec()),
             })
             .await
             .unwrap();

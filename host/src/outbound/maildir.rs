@@ -48,7 +48,7 @@ pub fn deliver(
     hostname: &str,
     recipient: &str,
     sender: Option<&str>,
-    message: &[u8],
+    message: &mut dyn std::io::Read,
 ) -> std::io::Result<PathBuf> {
     let mailbox = mailbox_dir(root, recipient);
     for sub in ["tmp", "new", "cur"] {
@@ -69,7 +69,7 @@ pub fn deliver(
             clean(sender.unwrap_or("")),
             clean(recipient)
         )?;
-        file.write_all(message)?;
+        std::io::copy(message, &mut file)?;
         file.sync_all()?;
     }
     std::fs::rename(&tmp, &new)?;
@@ -89,7 +89,7 @@ mod tests {
             "relay.test",
             "User@Example.test",
             Some("a@b.test"),
-            b"Subject: x\r\n\r\nhi\r\n",
+            &mut &b"Subject: x\r\n\r\nhi\r\n"[..],
         )
         .unwrap();
         assert!(path.starts_with(root.path().join("user@example.test").join("new")));

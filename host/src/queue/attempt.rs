@@ -17,7 +17,8 @@ use super::{Shared, now_ms, retry_delay};
 use crate::plugins::bindings::tidegate::plugin::types as w;
 use crate::plugins::chain::SessionPlugins;
 use crate::spool::QueueId;
-use crate::spool::envelope::{Envelope, apply_header_edits};
+use crate::spool::envelope::Envelope;
+use crate::spool::outgoing::MessageOctets;
 
 /// Runs one attempt of message `id`.
 pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
@@ -63,7 +64,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
 
     // The message body is read only once a delivery may start, so messages waiting for
     // a slow destination's slot hold no body in memory.
-    let mut body: Option<Vec<u8>> = None;
+    let mut body: Option<MessageOctets> = None;
     let mut results = Vec::with_capacity(pending.len());
     // Recipients whose delivery was recorded as soon as their destination accepted them.
     let mut recorded_early: Vec<usize> = Vec::new();
@@ -118,8 +119,9 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         shared.finish_parked(id, key);
         return;
     }
-    // Every group that was tried had read the body.
-    let octets = body.unwrap_or_default();
+    // Every group that was tried had read the body; what the notices return of it is
+    // its header block.
+    let octets = body.unwrap_or_else(|| MessageOctets::in_memory(Vec::new()));
     let mut plugins = shared.take_plugin_session();
     plugins.set_message_tags(&envelope.tags);
 
@@ -131,7 +133,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         .iter()
         .filter(|e| e.outcome == Outcome::Bounced)
         .collect();
-    if !bounced.is_empty() && bounce(shared, &stored, &bounced, &octets).await == Report::Failed {
+    if !bounced.is_empty() && bounce(shared, &stored, &bounced, octets.head()).await == Report::Failed {
         // A recipient recorded as bounced without its DSN on disk would be lost to the
         // sender for good: it stays deferred, and the bounce is tried again with it.
         let retry = now_ms() + first_retry_ms(shared);
@@ -171,7 +173,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
     count_and_log(shared, id, envelope, &events);
     tell_plugins(&mut plugins, id, envelope, &events).await;
 
-    delay_notice(shared, &stored, &events, &octets).await;
+    delay_notice(shared, &stored, &events, octets.head()).await;
     shared.return_plugin_session(plugins);
     if removed {
         shared.finish_removed(id);
@@ -217,20 +219,20 @@ fn first_retry_ms(shared: &Shared) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// Reads a queued message and applies its header edits, off the runtime; `None` (logged)
-/// when it cannot be read, and the attempt is to be retried.
+/// Opens a queued message for sending, its header edits applied, off the runtime (a large
+/// body stays in the spool file and is read as it is sent); `None` (logged) when it
+/// cannot be read, and the attempt is to be retried.
 async fn read_body(
     shared: &Shared,
     id: QueueId,
     envelope: &Envelope,
     message_len: u64,
-) -> Option<Vec<u8>> {
+) -> Option<MessageOctets> {
     let path = shared.message_path(id);
     let edits = envelope.header_edits.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        crate::spool::read_message(&path, message_len).map(|raw| apply_header_edits(&raw, &edits))
-    })
-    .await;
+    let read =
+        tokio::task::spawn_blocking(move || MessageOctets::open(&path, message_len, &edits))
+            .await;
     match read {
         Ok(Ok(message)) => Some(message),
         Ok(Err(e)) => {

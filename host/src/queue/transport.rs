@@ -15,6 +15,7 @@ use crate::outbound::lookup::{self, LookupError, NextHop};
 use crate::outbound::maildir;
 use crate::outbound::pool::PoolKey;
 use crate::spool::envelope::Envelope;
+use crate::spool::outgoing::MessageOctets;
 
 /// One recipient's outcome in this attempt, before it becomes an
 /// [`Event`](super::state::Event).
@@ -70,7 +71,7 @@ pub(super) async fn deliver(
     destination: &Destination,
     envelope: &Envelope,
     rcpts: &[usize],
-    message: &[u8],
+    message: &MessageOctets,
 ) -> Vec<RecipientResult> {
     let all = |outcome: Outcome, reply: &str, status: Option<&str>| {
         RecipientResult::for_all(rcpts, outcome, reply, status.map(str::to_owned), None)
@@ -158,7 +159,7 @@ async fn deliver_maildir(
     root: &std::path::Path,
     envelope: &Envelope,
     rcpts: &[usize],
-    message: &[u8],
+    message: &MessageOctets,
 ) -> Vec<RecipientResult> {
     let mut results = Vec::with_capacity(rcpts.len());
     for &rcpt in rcpts {
@@ -166,9 +167,10 @@ async fn deliver_maildir(
         let hostname = shared.config.hostname.to_string();
         let address = envelope.recipients[rcpt].address.clone();
         let sender = envelope.sender.clone();
-        let body = message.to_vec();
+        let octets = message.clone();
         let written = tokio::task::spawn_blocking(move || {
-            maildir::deliver(&root, &hostname, &address, sender.as_deref(), &body)
+            let mut reader = octets.blocking_reader()?;
+            maildir::deliver(&root, &hostname, &address, sender.as_deref(), &mut reader)
         })
         .await;
         results.push(match written {
@@ -217,7 +219,7 @@ async fn deliver_smtp(
     tls: TlsPolicy,
     envelope: &Envelope,
     rcpts: &[usize],
-    message: &[u8],
+    message: &MessageOctets,
 ) -> Vec<RecipientResult> {
     let recipients: Vec<String> = rcpts
         .iter()
@@ -226,7 +228,7 @@ async fn deliver_smtp(
     let outgoing = Outgoing {
         sender: envelope.sender.as_deref(),
         recipients: &recipients,
-        size: message.len() as u64,
+        size: message.len(),
         body: envelope.body,
         smtputf8: envelope.smtputf8,
         message,

@@ -134,7 +134,7 @@ pub fn apply_header_edits(raw: &[u8], edits: &[HeaderEdit]) -> Vec<u8> {
 }
 
 /// The offset of the empty line that ends the header block (or the end of the message).
-fn find_header_end(raw: &[u8]) -> usize {
+pub(crate) fn find_header_end(raw: &[u8]) -> usize {
     let mut at_line_start = true;
     for (i, b) in raw.iter().enumerate() {
         if at_line_start && (*b == b'\r' || *b == b'\n') {

@@ -28,6 +28,7 @@
 
 mod commit;
 pub mod envelope;
+pub mod outgoing;
 pub mod queue_id;
 pub mod space;
 mod writer;
