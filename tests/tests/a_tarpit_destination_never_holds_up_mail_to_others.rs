@@ -71,3 +71,117 @@ fn mail_to_a_normal_destination_flows_while_a_tarpit_holds_its_slots() {
     assert!(tarpit.received().is_empty(), "the tarpit was not that slow");
     assert_eq!(tarpit.open_connections(), 1, "more than its one slot");
 }
+
+/// The queue bounds its active set (attempts in progress, whatever they wait for). A
+/// destination takes at most its deliveries and as many waiters from it; the rest of its
+/// backlog waits parked, outside the active set, so the active set always has room for
+/// mail to other destinations.
+#[test]
+fn a_tarpit_backlog_waits_parked_outside_the_active_set() {
+    let tarpit = SinkServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Behaviour::default().reply_delay(TARPIT_DELAY),
+    );
+    let normal = SinkServer::start("127.0.0.1:0".parse().unwrap(), Behaviour::default());
+    let gateway = Gateway::start_with(
+        &GatewayConfig {
+            accept_domains: vec!["slow.example.test".into(), "fast.example.test".into()],
+            ..GatewayConfig::default()
+        }
+        // Three active attempts: the tarpit's delivery and its one waiter leave exactly
+        // one. If the backlog waited in the active set, it would fill it, and nothing
+        // else could even start until the tarpit finished a transaction.
+        .queue("max_concurrent_deliveries", "2")
+        .queue("max_active", "3")
+        .queue("max_per_destination", "1")
+        .route("slow", &["slow.example.test"], tarpit.addr())
+        .route("fast", &["fast.example.test"], normal.addr()),
+    );
+    let mut client = SmtpClient::ehlo(gateway.addr());
+    for n in 0..10 {
+        client
+            .send_mail(
+                "sender@example.org",
+                &["user@slow.example.test"],
+                &sample_message(&format!("slow-{n}"), "x"),
+            )
+            .expect(250, "2.0.0");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tarpit.open_connections() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no delivery to the tarpit started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for n in 0..3 {
+        let sent = Instant::now();
+        client
+            .send_mail(
+                "sender@example.org",
+                &["user@fast.example.test"],
+                &sample_message(&format!("fast-{n}"), "x"),
+            )
+            .expect(250, "2.0.0");
+        normal.wait_for(n + 1, Duration::from_secs(30));
+        assert!(
+            sent.elapsed() < TARPIT_DELAY - Duration::from_secs(1),
+            "message {n} to the normal destination took {:?}",
+            sent.elapsed()
+        );
+    }
+    assert_eq!(tarpit.open_connections(), 1, "more than its one slot");
+}
+
+/// Parked messages are not forgotten: each delivery that ends wakes the next, and a
+/// backlog for a destination that takes one message at a time drains completely, each
+/// message once.
+#[test]
+fn a_parked_backlog_drains_completely_each_message_once() {
+    let slow = SinkServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Behaviour::default().delay_data_reply(Duration::from_millis(30)),
+    );
+    let gateway = Gateway::start_with(
+        &GatewayConfig {
+            accept_domains: vec!["slow.example.test".into()],
+            ..GatewayConfig::default()
+        }
+        .queue("max_concurrent_deliveries", "2")
+        .queue("max_active", "4")
+        .queue("max_per_destination", "1")
+        .route("slow", &["slow.example.test"], slow.addr()),
+    );
+    let mut client = SmtpClient::ehlo(gateway.addr());
+    let count = 40;
+    for n in 0..count {
+        client
+            .send_mail(
+                "sender@example.org",
+                &["user@slow.example.test"],
+                &sample_message(&format!("backlog-{n}"), "x"),
+            )
+            .expect(250, "2.0.0");
+    }
+    let received = slow.wait_for(count, Duration::from_secs(60));
+    let mut subjects: Vec<String> = received
+        .iter()
+        .map(|m| {
+            m.text()
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
+                .unwrap_or_default()
+        })
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), count, "a message missing or repeated");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !gateway.spool_list().is_empty() {
+        assert!(Instant::now() < deadline, "the spool never emptied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(slow.received().len(), count, "delivered twice");
+}

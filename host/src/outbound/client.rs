@@ -34,8 +34,8 @@ use tokio::time::Instant;
 
 use crate::inbound::connection::Stream;
 use crate::inbound::reply::{EnhancedCode, codes};
-use crate::spool::outgoing::MessageOctets;
 use crate::spool::envelope::BodyType;
+use crate::spool::outgoing::MessageOctets;
 
 const CR: u8 = b'\r';
 const LF: u8 = b'\n';

@@ -133,7 +133,9 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         .iter()
         .filter(|e| e.outcome == Outcome::Bounced)
         .collect();
-    if !bounced.is_empty() && bounce(shared, &stored, &bounced, octets.head()).await == Report::Failed {
+    if !bounced.is_empty()
+        && bounce(shared, &stored, &bounced, octets.head()).await == Report::Failed
+    {
         // A recipient recorded as bounced without its DSN on disk would be lost to the
         // sender for good: it stays deferred, and the bounce is tried again with it.
         let retry = now_ms() + first_retry_ms(shared);
@@ -231,8 +233,7 @@ async fn read_body(
     let path = shared.message_path(id);
     let edits = envelope.header_edits.clone();
     let read =
-        tokio::task::spawn_blocking(move || MessageOctets::open(&path, message_len, &edits))
-            .await;
+        tokio::task::spawn_blocking(move || MessageOctets::open(&path, message_len, &edits)).await;
     match read {
         Ok(Ok(message)) => Some(message),
         Ok(Err(e)) => {

@@ -177,7 +177,10 @@ mod tests {
         let outgoing = MessageOctets::open(&path, message.len() as u64, &edits).unwrap();
         let mut expected = b"X-Score: 1\r\nSubject: big\r\n\r\n".to_vec();
         expected.extend_from_slice(&body);
-        assert!(outgoing.head().len() as u64 <= INLINE + 64, "not read whole");
+        assert!(
+            outgoing.head().len() as u64 <= INLINE + 64,
+            "not read whole"
+        );
         assert_eq!(outgoing.len(), expected.len() as u64);
         assert_eq!(read_all_async(&outgoing), expected);
         assert_eq!(read_all_blocking(&outgoing), expected);
