@@ -401,6 +401,10 @@ pub struct RouteConfig {
     /// What RCPT answers when the smarthost cannot say (unreachable, or a 4xx).
     #[serde(default)]
     pub verify_unreachable: VerifyUnreachable,
+    /// The recipients the route's domains have, one address (or `@domain`) per line;
+    /// anyone else gets 550 5.1.1 at RCPT. Relative to the configuration file.
+    #[serde(default)]
+    pub recipients_file: Option<PathBuf>,
 }
 
 fn default_verify_positive_ttl() -> Duration {
@@ -898,6 +902,11 @@ impl Config {
                 && dir.is_relative()
             {
                 *dir = base.join(&*dir);
+            }
+            if let Some(file) = &mut route.recipients_file
+                && file.is_relative()
+            {
+                *file = base.join(&*file);
             }
         }
         for plugin in &mut config.plugin_list {

@@ -230,6 +230,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // The signing and sealing keys load as the gateway would load them.
             tidegate::sender_auth::SenderAuth::new(&config, &Default::default())
                 .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+            tidegate::queue::recipients::RecipientLists::load(&config)
+                .map_err(|e| anyhow::anyhow!("{}: recipients list {e}", path.display()))?;
             if !config.plugin_list.is_empty() {
                 // Every plugin is loaded as the gateway would load it (compiled, linked,
                 // initialised with its configuration), so a configuration that `check`

@@ -100,11 +100,15 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     }
 
     let shutdown = CancellationToken::new();
+    let recipient_lists = crate::queue::recipients::RecipientLists::load(&config)
+        .context("loading a recipients list")?;
+    recipient_lists.watch(&shutdown);
     let queue = Queue::start(
         Arc::clone(&config),
         bound_addresses,
         spool.clone(),
         recovery,
+        recipient_lists,
         Arc::clone(&dns),
         Arc::clone(&plugins),
         Arc::clone(&metrics),

@@ -127,3 +127,77 @@ fn a_next_hop_that_cannot_be_asked_defers_or_accepts_as_configured() {
         .command("RCPT TO:<b@lenient.example.test>")
         .expect(250, "2.1.5");
 }
+
+/// A route's recipients list answers without asking anyone: a listed address (or any
+/// address of a listed `@domain`) passes, any other gets 550 5.1.1, and the next hop never
+/// sees a probe. A changed file applies at once; one that does not load keeps the last.
+#[test]
+fn a_recipients_list_refuses_unlisted_addresses_and_reloads_when_it_changes() {
+    let internal = SinkServer::start("127.0.0.1:0".parse().unwrap(), Behaviour::default());
+    let lists = tempfile::tempdir().unwrap();
+    let file = lists.path().join("recipients.txt");
+    std::fs::write(
+        &file,
+        "# internal users\nAlice@example.test\n@sales.example.test\n",
+    )
+    .unwrap();
+    let mut config = GatewayConfig {
+        relay_networks: Vec::new(),
+        accept_domains: vec!["example.test".into(), "sales.example.test".into()],
+        ..GatewayConfig::default()
+    }
+    .deliver();
+    config.routes.push(format!(
+        r#"{{ name = "internal", domains = ["example.test", "sales.example.test"], smarthost = "{}", recipients_file = {:?} }}"#,
+        internal.addr(),
+        file
+    ));
+    let gateway = Gateway::start_with(&config);
+
+    let mut client = SmtpClient::ehlo(gateway.addr());
+    client
+        .command("MAIL FROM:<someone@elsewhere.test>")
+        .expect(250, "2.1.0");
+    client
+        .command("RCPT TO:<nobody@example.test>")
+        .expect(550, "5.1.1");
+    client
+        .command("RCPT TO:<alice@example.test>")
+        .expect(250, "2.1.5");
+    client
+        .command("RCPT TO:<anyone@sales.example.test>")
+        .expect(250, "2.1.5");
+    client.command("RSET").expect(250, "2.0.0");
+    assert!(
+        internal.transcript().is_empty(),
+        "the list needs no probe: {:?}",
+        internal.transcript()
+    );
+
+    // Bob joins; a broken edit afterwards changes nothing.
+    std::fs::write(&file, "alice@example.test\nbob@example.test\n").unwrap();
+    gateway.wait_for_log("recipients list reloaded");
+    client
+        .command("MAIL FROM:<someone@elsewhere.test>")
+        .expect(250, "2.1.0");
+    client
+        .command("RCPT TO:<bob@example.test>")
+        .expect(250, "2.1.5");
+    client
+        .command("RCPT TO:<anyone@sales.example.test>")
+        .expect(550, "5.1.1");
+    client.command("RSET").expect(250, "2.0.0");
+    std::fs::write(&file, "bob@example.test\nthis is not an address\n").unwrap();
+    gateway.wait_for_log("recipients list not reloaded");
+    assert!(
+        gateway.log().contains("recipients.txt:2"),
+        "{}",
+        gateway.log()
+    );
+    client
+        .command("MAIL FROM:<someone@elsewhere.test>")
+        .expect(250, "2.1.0");
+    client
+        .command("RCPT TO:<alice@example.test>")
+        .expect(250, "2.1.5");
+}

@@ -10,11 +10,12 @@
 //! the pace it accepts mail, and mail to every other destination keeps flowing.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::index::Index;
+use super::lock;
 use super::now_ms;
 use crate::spool::QueueId;
 
@@ -41,10 +42,6 @@ pub(crate) struct Destinations {
     gates: Mutex<HashMap<String, Gate>>,
     limit: usize,
     index: Arc<Index>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The answer to an attempt that wants a destination.

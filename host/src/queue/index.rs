@@ -11,10 +11,11 @@
 //! and a message that does not fit is read from disk like any other.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use super::lock;
 use super::state::Event;
 use crate::spool::{QueueId, StoredMessage};
 
@@ -61,11 +62,6 @@ pub(crate) struct Index {
     warm: Mutex<Warm>,
     /// Told when something becomes due earlier than the scheduler's next wake-up.
     pub(crate) wake: Notify,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Plain data, changed in single steps: a panic elsewhere cannot leave it half-changed.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A rough size of an envelope in memory, for the cache's bound.

@@ -29,6 +29,7 @@ mod index;
 mod message;
 mod notify;
 mod quarantine;
+pub mod recipients;
 mod routing;
 pub mod state;
 mod transport;
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) pool: ConnectionPool,
     /// Recipient verification's answers (see `verify`).
     pub(crate) verify_cache: verify::VerifyCache,
+    /// The routes' recipients lists (see `recipients`).
+    pub(crate) recipient_lists: recipients::RecipientLists,
     /// Our own listeners: a next hop among them is a mail loop.
     pub(crate) own_addresses: crate::outbound::loops::OwnAddresses,
     /// STARTTLS without verification (opportunistic).
@@ -120,6 +123,7 @@ impl Queue {
         listeners: Vec<std::net::SocketAddr>,
         spool: Spool,
         recovered: crate::spool::Recovery,
+        recipient_lists: recipients::RecipientLists,
         dns: Arc<Dns>,
         plugins: Arc<PluginHost>,
         metrics: Arc<Metrics>,
@@ -163,6 +167,7 @@ impl Queue {
             ),
             own_addresses: crate::outbound::loops::OwnAddresses::new(listeners),
             verify_cache: verify::VerifyCache::default(),
+            recipient_lists,
             config,
             spool,
             spool_dir,

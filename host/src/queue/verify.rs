@@ -78,17 +78,27 @@ impl VerifyCache {
 }
 
 impl Queue {
-    /// Verifies `address` against its route's next hop, when its domain's static route
-    /// asks for verification (`None` otherwise: nothing to check).
+    /// Verifies `address` against its route's recipients list and/or next hop, when its
+    /// domain's static route has either (`None` otherwise: nothing to check).
     pub async fn verify_recipient(&self, address: &str, smtputf8: bool) -> Option<Verdict> {
         let shared = &self.shared;
         let (_, domain) = address.rsplit_once('@')?;
         let domain = crate::config::ascii_domain(domain)?;
-        let route = shared
-            .config
-            .routes
-            .iter()
-            .find(|r| r.verify_recipients && r.domains.iter().any(|d| d.as_str() == domain))?;
+        let route = shared.config.routes.iter().find(|r| {
+            (r.verify_recipients || r.recipients_file.is_some())
+                && r.domains.iter().any(|d| d.as_str() == domain)
+        })?;
+        if let Some(list) = shared.recipient_lists.get(&route.name) {
+            if list.contains(address) {
+                return Some(Verdict::Exists);
+            }
+            if !route.verify_recipients {
+                return Some(Verdict::Unknown(format!(
+                    "not in the recipients list of route {}",
+                    route.name
+                )));
+            }
+        }
         // The canonical address (domain lower-cased): local parts may be case-sensitive.
         let key = address.to_owned();
         if let Some(verdict) = shared.verify_cache.get(&key) {
