@@ -86,7 +86,7 @@ impl RecipientList {
             let Some((local, domain)) = line.rsplit_once('@') else {
                 return Err((n + 1, format!("`{line}` is not an address or @domain")));
             };
-            if line.contains(char::is_whitespace) || local.contains('@') {
+            if line.contains(char::is_whitespace) || local.contains('@') || domain.is_empty() {
                 return Err((n + 1, format!("`{line}` is not an address or @domain")));
             }
             if local.is_empty() {
