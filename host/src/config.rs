@@ -27,6 +27,10 @@ pub struct Config {
     /// How long sessions in progress may go on after SIGTERM/SIGINT before the process exits.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Duration,
+    /// How long after SIGTERM/SIGINT `/readyz` says "draining" while the listeners still
+    /// accept, so a load balancer stops sending before they close (0 by default).
+    #[serde(default)]
+    pub drain_delay: Duration,
     /// The sockets to accept SMTP on; several may run at once.
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
@@ -461,9 +465,13 @@ fn default_auth_window() -> Duration {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Where to serve `/metrics` and `/health` (HTTP); off when absent. Keep it on
-    /// loopback or a management network: it has no authentication.
+    /// Where to serve the admin API (HTTP); off when absent. Keep it on loopback or a
+    /// management network.
     pub address: Option<SocketAddr>,
+    /// The bearer tokens of the API: one per line, `TOKEN` or `NAME TOKEN` (the name is
+    /// logged with every change it makes); relative to the configuration file. Without
+    /// it only `/metrics`, `/healthz` and `/readyz` are served.
+    pub token_file: Option<PathBuf>,
 }
 
 /// DNS settings.
@@ -690,11 +698,25 @@ impl Default for SmtpConfig {
 pub struct LogConfig {
     /// A `tracing` filter such as `info` or `tidegate=debug`; `RUST_LOG` overrides it.
     pub level: String,
+    /// `text` (human-readable lines, the default) or `json` (one object per line).
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
+            format: LogFormat::Text,
             level: "info".to_owned(),
         }
     }
@@ -767,7 +789,7 @@ pub fn ascii_domain(name: &str) -> Option<String> {
 }
 
 /// A duration written the usual way: `30s`, `5m`, `2h`, `5d` (or `500ms`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Duration(pub std::time::Duration);
 
@@ -896,6 +918,11 @@ impl Config {
             && ca.is_relative()
         {
             *ca = base.join(&*ca);
+        }
+        if let Some(file) = &mut config.admin.token_file
+            && file.is_relative()
+        {
+            *file = base.join(&*file);
         }
         for route in &mut config.routes {
             if let Some(dir) = &mut route.maildir

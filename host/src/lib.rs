@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod inbound;
+pub mod logging;
 pub mod metrics;
 pub mod outbound;
 pub mod plugins;

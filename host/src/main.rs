@@ -60,6 +60,34 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Steer the queue of a running gateway (through its admin API).
+    Queue {
+        #[command(subcommand)]
+        command: tidegate::cli::admin::QueueCommand,
+    },
+    /// The quarantine of a running gateway.
+    Quarantine {
+        #[command(subcommand)]
+        command: tidegate::cli::admin::QuarantineCommand,
+    },
+    /// Each plugin of a running gateway: version hash, load time, place, calls, failures.
+    Plugins {
+        #[command(flatten)]
+        client: tidegate::cli::admin::ClientArgs,
+    },
+    /// Reload a running gateway (as SIGHUP does) and say what changed, what failed and
+    /// what needs a restart.
+    Reload {
+        #[command(flatten)]
+        client: tidegate::cli::admin::ClientArgs,
+    },
+    /// Change a running gateway's log level (a `tracing` filter such as `debug`).
+    LogLevel {
+        #[command(flatten)]
+        client: tidegate::cli::admin::ClientArgs,
+        /// The new level.
+        level: String,
+    },
     /// Hash a password read from standard input (one line) for the SMTP AUTH users file.
     ///
     /// Prints the argon2id PHC string, or the whole `NAME:hash` users-file line with
@@ -251,9 +279,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}: ok", path.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Queue { command } => {
+            tidegate::cli::admin::queue(command)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Quarantine { command } => {
+            tidegate::cli::admin::quarantine(command)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugins { client } => {
+            tidegate::cli::admin::plugins(client)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload { client } => {
+            tidegate::cli::admin::reload(client)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::LogLevel { client, level } => {
+            tidegate::cli::admin::log_level(client, level)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve { config: path } => {
             let config = Config::load(&path)?;
-            init_logging(&config.log.level);
+            let _log = tidegate::logging::init(&config.log.level, config.log.format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -336,16 +384,4 @@ fn read_password_line() -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
     }
     anyhow::ensure!(!line.is_empty(), "the password is empty");
     Ok(line)
-}
-
-fn init_logging(level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
 }

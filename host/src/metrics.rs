@@ -117,6 +117,10 @@ pub struct Metrics {
     pub plugin_counters: Family<PluginCounterLabels, Counter>,
     /// Delivery outcomes per recipient and attempt.
     pub deliveries: Family<OutcomeLabels, Counter>,
+    /// Admin API requests refused for a missing or wrong token.
+    pub admin_unauthorized: Counter,
+    /// Log lines dropped because the log writer could not keep up.
+    pub log_lines_dropped: Gauge,
     /// Messages in the queue.
     pub queued: Gauge,
 }
@@ -149,6 +153,18 @@ impl Metrics {
         let plugin_instances = Family::default();
         let deliveries = Family::default();
         let queued = Gauge::default();
+        let admin_unauthorized = Counter::default();
+        registry.register(
+            "admin_unauthorized",
+            "Admin API requests refused for a missing or wrong token",
+            admin_unauthorized.clone(),
+        );
+        let log_lines_dropped = Gauge::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer could not keep up",
+            log_lines_dropped.clone(),
+        );
         registry.register(
             "deliveries",
             "Delivery outcomes, one per recipient per attempt",
@@ -251,6 +267,8 @@ impl Metrics {
             plugin_counters,
             deliveries,
             queued,
+            admin_unauthorized,
+            log_lines_dropped,
         }
     }
 

@@ -138,8 +138,30 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     if let (Some(tls), Some(tls_config)) = (tls, config.tls.clone()) {
         tokio::spawn(tls.watch(tls_config, shutdown.clone()));
     }
+    let readiness = Arc::new(admin::Readiness::default());
+    // The admin API outlives the listeners: `/readyz` says "draining" until the end.
+    let admin_stop = CancellationToken::new();
     if let Some(socket) = admin {
-        tokio::spawn(admin::serve(socket, Arc::clone(&metrics), shutdown.clone()));
+        let tokens = match &config.admin.token_file {
+            Some(path) => {
+                Some(admin::tokens::Tokens::load(path).context("loading the admin tokens")?)
+            }
+            None => None,
+        };
+        let started_with = std::fs::read_to_string(&config_path)
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .unwrap_or_default();
+        let state = Arc::new(admin::AdminState {
+            metrics: Arc::clone(&metrics),
+            queue: ctx.queue.clone(),
+            plugins: Arc::clone(&plugins),
+            tokens,
+            readiness: Arc::clone(&readiness),
+            config_path: config_path.clone(),
+            started_with,
+        });
+        tokio::spawn(admin::serve(socket, state, admin_stop.clone()));
     }
     tokio::spawn(reload::watch(config_path, plugins, shutdown.clone()));
     let sessions = TaskTracker::new();
@@ -148,8 +170,17 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         accepting.spawn(listener.serve(Arc::clone(&ctx), sessions.clone()));
     }
     accepting.close();
+    readiness.set_started();
 
     wait_for_signal().await?;
+    readiness.set_draining();
+    if !config.drain_delay.0.is_zero() {
+        tracing::info!(
+            secs = config.drain_delay.0.as_secs_f64(),
+            "draining: not ready, still accepting"
+        );
+        tokio::time::sleep(config.drain_delay.0).await;
+    }
     let grace = config.shutdown_grace.0;
     tracing::info!(
         grace_secs = grace.as_secs_f64(),
@@ -165,6 +196,7 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             "grace period over, closing the remaining sessions"
         );
     }
+    admin_stop.cancel();
     tracing::info!("stopped");
     Ok(())
 }

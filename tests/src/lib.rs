@@ -401,7 +401,11 @@ impl Gateway {
         let mut stream =
             TcpStream::connect_timeout(&self.admin_addr(), PATIENCE).expect("connect admin");
         stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("send request");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send request");
         let mut response = String::new();
         stream.read_to_string(&mut response).expect("read response");
         let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));

@@ -1,80 +1,527 @@
-//! The admin listener: a deliberately tiny HTTP/1.1 endpoint for `/metrics` (Prometheus
-//! text format) and `/health`. It reads one bounded request per connection and closes;
-//! anything else gets 404 or 400. Bind it to loopback or a management network.
+//! The admin API: HTTP and JSON on `[admin] address`, for operators and the CLI
+//! (`tidegate queue ...`, which is a client of it). `/metrics` (Prometheus), `/healthz`
+//! (alive) and `/readyz` (ready for traffic: started, spool recovered, not draining) are
+//! open, for scrapers and load balancers; everything under `/v1/` needs a bearer token
+//! from `[admin] token_file`, and a request without a valid one gets 401 and is counted.
+//! Every change is logged with the name of the token that asked for it.
+//!
+//! HTTP is hyper's (HTTP/1.1), routing axum's. Requests are bounded: headers must arrive
+//! within 10 s, a body is at most 64 KiB, and a connection lives at most a minute.
+
+pub mod tokens;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::plugins::PluginHost;
+use crate::queue::Queue;
+use crate::queue::control::{ControlError, ListQuery, Selector};
+use tokens::Tokens;
 
-/// Requests larger than this are refused: the endpoint has nothing to receive.
-const MAX_REQUEST: usize = 8 * 1024;
+/// The largest request body (a selector or a level is a few octets).
+const MAX_BODY: usize = 64 * 1024;
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one connection may last.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Binds the admin socket.
 pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await
 }
 
-/// Serves requests until shutdown.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let metrics = Arc::clone(&metrics);
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &metrics))
-                        .await;
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+/// Whether the gateway should get traffic.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    started: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    /// The listeners are up.
+    pub fn set_started(&self) {
+        self.started.store(true, Ordering::Release);
+    }
+
+    /// Shutting down: the load balancer must stop sending before the listeners close.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    let mut request = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 || request.len() + n > MAX_REQUEST {
-            break;
-        }
-        request.extend_from_slice(&chunk[..n]);
+/// What the API serves.
+#[derive(Debug)]
+pub struct AdminState {
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// The queue.
+    pub queue: Queue,
+    /// The plugins.
+    pub plugins: Arc<PluginHost>,
+    /// The tokens; `None`: only the open endpoints are served.
+    pub tokens: Option<Tokens>,
+    /// Readiness.
+    pub readiness: Arc<Readiness>,
+    /// The configuration file, read again by a reload.
+    pub config_path: PathBuf,
+    /// The configuration file's tables at start-up, to name what a reload cannot apply.
+    pub started_with: toml::Table,
+}
+
+/// Who asked (the token's name), for the log.
+#[derive(Debug, Clone)]
+struct Caller(String);
+
+/// Serves the API until `stop` (which the server cancels only once sessions have
+/// drained, so `/readyz` says "draining" meanwhile).
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    let app = router(state);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_BODY)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+        });
     }
-    let line = request.split(|b| *b == b'\n').next().unwrap_or_default();
-    let mut words = line.split(|b| *b == b' ');
-    let (method, path) = (
-        words.next().unwrap_or_default(),
-        words.next().unwrap_or_default(),
-    );
-    let (status, content_type, body) = match (method, path) {
-        (b"GET", b"/metrics") => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(),
-        ),
-        (b"GET", b"/health") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        (b"GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-        _ => ("400 Bad Request", "text/plain", "bad request\n".to_owned()),
+}
+
+fn router(state: Arc<AdminState>) -> Router {
+    let api = Router::new()
+        .route("/v1/queue/summary", get(queue_summary))
+        .route("/v1/queue", get(queue_list))
+        .route("/v1/queue/{id}", get(queue_show))
+        .route("/v1/queue/retry", post(queue_retry))
+        .route("/v1/queue/hold", post(queue_hold))
+        .route("/v1/queue/release", post(queue_release))
+        .route("/v1/queue/delete", post(queue_delete))
+        .route("/v1/quarantine", get(quarantine_list))
+        .route(
+            "/v1/quarantine/{id}",
+            get(queue_show).delete(quarantine_delete),
+        )
+        .route("/v1/quarantine/{id}/release", post(quarantine_release))
+        .route("/v1/plugins", get(plugins))
+        .route("/v1/reload", post(reload))
+        .route("/v1/log-level", put(log_level))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authorize,
+        ));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(api)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Lets a request through with a valid bearer token; 401 (counted) otherwise.
+async fn authorize(
+    State(state): State<Arc<AdminState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .map(<[u8]>::to_vec);
+    let caller = match (&state.tokens, presented) {
+        (Some(tokens), Some(presented)) => tokens.check(&presented).map(str::to_owned),
+        _ => None,
     };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    let Some(caller) = caller else {
+        state.metrics.admin_unauthorized.inc();
+        let why = if state.tokens.is_none() {
+            "the admin API needs [admin] token_file"
+        } else {
+            "a valid bearer token is needed"
+        };
+        return error(StatusCode::UNAUTHORIZED, why);
+    };
+    request.extensions_mut().insert(Caller(caller));
+    next.run(request).await
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+fn error(status: StatusCode, why: &str) -> Response {
+    (status, Json(ErrorBody { error: why })).into_response()
+}
+
+fn control_error(e: &ControlError) -> Response {
+    let status = match e {
+        ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+        ControlError::Busy(_) => StatusCode::CONFLICT,
+        ControlError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, &e.to_string())
+}
+
+fn respond<T: Serialize>(result: Result<T, ControlError>) -> Response {
+    match result {
+        Ok(value) => Json(value).into_response(),
+        Err(e) => control_error(&e),
+    }
+}
+
+/// Logs a change with who asked for it.
+fn audited<T: Serialize>(
+    caller: &Caller,
+    what: &str,
+    target: &impl std::fmt::Debug,
+    result: Result<T, ControlError>,
+) -> Response {
+    match &result {
+        Ok(_) => tracing::info!(by = %caller.0, action = what, target = ?target, "admin change"),
+        Err(e) => {
+            tracing::info!(by = %caller.0, action = what, target = ?target, error = %e, "admin change refused")
+        }
+    }
+    respond(result)
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    state
+        .metrics
+        .log_lines_dropped
+        .set(i64::try_from(crate::logging::dropped_lines()).unwrap_or(i64::MAX));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    let readiness = &state.readiness;
+    let why = if readiness.draining.load(Ordering::Acquire) {
+        Some("draining")
+    } else if !readiness.started.load(Ordering::Acquire) {
+        Some("starting")
+    } else if !state.queue.is_recovered() {
+        Some("recovering the spool")
+    } else {
+        None
+    };
+    match why {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn queue_summary(State(state): State<Arc<AdminState>>) -> Response {
+    Json(state.queue.summary()).into_response()
+}
+
+async fn queue_list(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    respond(state.queue.list(&query).await)
+}
+
+async fn queue_show(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    respond(state.queue.show(&id).await)
+}
+
+async fn queue_retry(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Json(selector): Json<Selector>,
+) -> Response {
+    audited(&caller, "retry", &selector, state.queue.retry(&selector))
+}
+
+async fn queue_hold(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Json(selector): Json<Selector>,
+) -> Response {
+    audited(&caller, "hold", &selector, state.queue.hold(&selector))
+}
+
+async fn queue_release(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Json(selector): Json<Selector>,
+) -> Response {
+    audited(
+        &caller,
+        "release",
+        &selector,
+        state.queue.release(&selector),
+    )
+}
+
+async fn queue_delete(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Json(selector): Json<Selector>,
+) -> Response {
+    let result = state.queue.delete(&selector).await;
+    audited(&caller, "delete", &selector, result)
+}
+
+#[derive(Debug, Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn quarantine_list(
+    State(state): State<Arc<AdminState>>,
+    Query(limit): Query<Limit>,
+) -> Response {
+    respond(
+        state
+            .queue
+            .quarantine_list(limit.limit.unwrap_or(100))
+            .await,
+    )
+}
+
+async fn quarantine_release(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let result = state.queue.quarantine_release(&id).await;
+    audited(&caller, "quarantine release", &id, result)
+}
+
+async fn quarantine_delete(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    audited(
+        &caller,
+        "quarantine delete",
+        &id,
+        state.queue.quarantine_delete(&id),
+    )
+}
+
+/// One plugin, for `tidegate plugins`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginStatus {
+    /// Its configured name.
+    pub name: String,
+    /// Its place in the configuration (the queue's chain order), from 1.
+    pub position: usize,
+    /// SHA-256 of the component.
+    pub hash: String,
+    /// When this version was loaded (seconds since the epoch).
+    pub loaded_at: u64,
+    /// The contract version it was built against.
+    pub contract: String,
+    /// Calls made, over every hook.
+    pub calls: u64,
+    /// Failures, by kind.
+    pub failures: std::collections::BTreeMap<String, u64>,
+    /// Fuel burnt, over every hook.
+    pub fuel: u64,
+    /// The most memory one of its instances has had, in octets.
+    pub memory_bytes: u64,
+}
+
+async fn plugins(State(state): State<Arc<AdminState>>) -> Response {
+    let snapshot = state.plugins.snapshot();
+    let rendered = state.metrics.render();
+    let statuses: Vec<PluginStatus> = snapshot
+        .order
+        .iter()
+        .enumerate()
+        .filter_map(|(n, name)| {
+            let plugin = snapshot.plugins.get(name)?;
+            let sum = |metric: &str| sum_metric(&rendered, metric, name, None);
+            let mut failures = std::collections::BTreeMap::new();
+            for kind in failure_kinds(&rendered, name) {
+                let count = sum_metric(
+                    &rendered,
+                    "tidegate_plugin_failures_total",
+                    name,
+                    Some(&kind),
+                );
+                failures.insert(kind, count);
+            }
+            Some(PluginStatus {
+                name: name.clone(),
+                position: n + 1,
+                hash: plugin.hash.clone(),
+                loaded_at: plugin
+                    .loaded_at
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                contract: plugin.contract.to_owned(),
+                calls: sum("tidegate_plugin_calls_total"),
+                failures,
+                fuel: sum("tidegate_plugin_fuel_total"),
+                memory_bytes: sum("tidegate_plugin_memory_high_water_bytes"),
+            })
+        })
+        .collect();
+    Json(statuses).into_response()
+}
+
+/// The value of a label in one line of the Prometheus text format.
+fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+    let end = line[start..].find('"')? + start;
+    Some(&line[start..end])
+}
+
+/// The sum of a metric's samples for one plugin (and one failure kind).
+fn sum_metric(rendered: &str, metric: &str, plugin: &str, kind: Option<&str>) -> u64 {
+    rendered
+        .lines()
+        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with('{'))
+        .filter(|l| label(l, "plugin") == Some(plugin))
+        .filter(|l| kind.is_none_or(|k| label(l, "kind") == Some(k)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+fn failure_kinds(rendered: &str, plugin: &str) -> Vec<String> {
+    let mut kinds: Vec<String> = rendered
+        .lines()
+        .filter(|l| l.starts_with("tidegate_plugin_failures_total{"))
+        .filter(|l| label(l, "plugin") == Some(plugin))
+        .filter_map(|l| label(l, "kind").map(str::to_owned))
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// Plugins loaded anew.
+    pub changed: Vec<String>,
+    /// Why the reload was refused (nothing changed), if it was.
+    pub failed: Option<String>,
+    /// Configuration tables that changed but apply only at the next start.
+    pub needs_restart: Vec<String>,
+}
+
+async fn reload(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let mut report = ReloadReport::default();
+    let path = state.config_path.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let config = crate::config::Config::load(&path).map_err(|e| format!("{e:#}"))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+        Ok::<_, String>((config, table))
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match loaded {
+        Err(why) => report.failed = Some(why),
+        Ok((config, table)) => {
+            match state.plugins.reload(&config).await {
+                Ok(changed) => report.changed = changed,
+                Err(why) => report.failed = Some(why),
+            }
+            // Plugins, the users file, recipients lists and TLS certificates are applied
+            // live (the last three when their files change); the rest at a restart.
+            let live = ["plugin", "plugins"];
+            let mut keys: Vec<&String> = table.keys().chain(state.started_with.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            report.needs_restart = keys
+                .into_iter()
+                .filter(|k| !live.contains(&k.as_str()))
+                .filter(|k| table.get(*k) != state.started_with.get(*k))
+                .cloned()
+                .collect();
+        }
+    }
+    tracing::info!(by = %caller.0, changed = ?report.changed, failed = ?report.failed, needs_restart = ?report.needs_restart, "reload asked for by the admin API");
+    Json(report).into_response()
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Level {
+    level: String,
+}
+
+async fn log_level(Extension(caller): Extension<Caller>, Json(level): Json<Level>) -> Response {
+    match crate::logging::set_level(&level.level) {
+        Ok(()) => {
+            tracing::warn!(by = %caller.0, level = %level.level, "log level changed");
+            Json(level).into_response()
+        }
+        Err(why) => error(StatusCode::BAD_REQUEST, &why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_figures_are_summed_from_the_metrics_text() {
+        let text = "tidegate_plugin_calls_total{plugin=\"a\",hook=\"connect\"} 3\n\
+                    tidegate_plugin_calls_total{plugin=\"a\",hook=\"data\"} 4\n\
+                    tidegate_plugin_calls_total{plugin=\"ab\",hook=\"data\"} 100\n\
+                    tidegate_plugin_failures_total{plugin=\"a\",kind=\"time\"} 2\n";
+        assert_eq!(
+            sum_metric(text, "tidegate_plugin_calls_total", "a", None),
+            7
+        );
+        assert_eq!(failure_kinds(text, "a"), vec!["time".to_owned()]);
+        assert_eq!(
+            sum_metric(text, "tidegate_plugin_failures_total", "a", Some("time")),
+            2
+        );
+    }
 }

@@ -1,4 +1,5 @@
 //! Commands of the `tidegate` binary that do more than start the server: each is a small
 //! module, callable from `main` (and from tests), that prints what an operator needs.
 
+pub mod admin;
 pub mod dkim;

@@ -109,6 +109,8 @@ pub struct LoadedPlugin {
     pre: Pre,
     /// The version of the contract it was built against.
     pub contract: &'static str,
+    /// When this version was loaded.
+    pub loaded_at: std::time::SystemTime,
     /// Instances of finished sessions, ready for the next one.
     idle: Mutex<Vec<Instance>>,
     idle_limit: usize,
@@ -190,6 +192,7 @@ impl LoadedPlugin {
             limits: Arc::new(PluginLimits::new(config)),
             pre,
             contract,
+            loaded_at: std::time::SystemTime::now(),
             idle: Mutex::new(Vec::new()),
             idle_limit: engine.idle_instances(),
         };

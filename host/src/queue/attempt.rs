@@ -28,14 +28,30 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
     let Some(mut message) = shared.load(id).await else {
         return;
     };
-    let pending = message.pending();
-    if pending.is_empty() {
+    let all_pending = message.pending();
+    if all_pending.is_empty() {
         // Held outcomes just recorded settled every recipient.
         shared.finish_attempt(id, &message, None);
         return;
     }
     let stored = Arc::clone(&message.stored);
     let envelope = &stored.envelope;
+    // Recipients whose destination the operator holds wait; the others go on.
+    let pending: Vec<(usize, u32)> = all_pending
+        .iter()
+        .copied()
+        .filter(|&(rcpt, _)| {
+            let domain = envelope.recipients[rcpt]
+                .address
+                .rsplit_once('@')
+                .map_or("", |(_, d)| d);
+            !shared.holds.holds_domain(domain)
+        })
+        .collect();
+    if pending.is_empty() {
+        shared.finish_held(id);
+        return;
+    }
     if let Some(reason) = &envelope.quarantine {
         quarantine(shared, id, &mut message, &pending, reason);
         shared.finish_attempt(id, &message, None);
@@ -221,6 +237,22 @@ fn first_retry_ms(shared: &Shared) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// The header block of a queued message (what a DSN returns of it), empty if it cannot
+/// be read.
+pub(super) async fn message_head(
+    shared: &Shared,
+    id: QueueId,
+    stored: &crate::spool::StoredMessage,
+) -> Vec<u8> {
+    read_body(shared, id, &stored.envelope, stored.message_len)
+        .await
+        .map(|octets| {
+            let head = octets.head();
+            head[..crate::spool::envelope::find_header_end(head)].to_vec()
+        })
+        .unwrap_or_default()
+}
+
 /// Opens a queued message for sending, its header edits applied, off the runtime (a large
 /// body stays in the spool file and is read as it is sent); `None` (logged) when it
 /// cannot be read, and the attempt is to be retried.
@@ -383,6 +415,7 @@ fn count_and_log(shared: &Shared, id: QueueId, envelope: &Envelope, events: &[Ev
             Outcome::Delivered => "delivered",
             Outcome::Deferred => "deferred",
             Outcome::Bounced => "bounced",
+            Outcome::Deleted => "deleted",
         };
         shared
             .metrics
@@ -392,6 +425,10 @@ fn count_and_log(shared: &Shared, id: QueueId, envelope: &Envelope, events: &[Ev
             })
             .inc();
         let address = &envelope.recipients[event.rcpt].address;
+        if matches!(event.outcome, Outcome::Deferred | Outcome::Bounced) {
+            let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+            shared.note_error(domain, &event.reply);
+        }
         tracing::info!(%id, recipient = %address, outcome = ?event.outcome, attempt = event.attempt, reply = %event.reply, "delivery attempt");
     }
 }
@@ -412,7 +449,7 @@ async fn tell_plugins(
                 status: match event.outcome {
                     Outcome::Delivered => w::DeliveryStatus::Delivered,
                     Outcome::Deferred => w::DeliveryStatus::Deferred,
-                    Outcome::Bounced => w::DeliveryStatus::Bounced,
+                    Outcome::Bounced | Outcome::Deleted => w::DeliveryStatus::Bounced,
                 },
                 reply: event.reply.clone(),
                 attempt: event.attempt,

@@ -215,7 +215,7 @@ mod tests {
             })
             .collect();
         for n in 1..=3 {
-            index.insert(id(n), 0);
+            index.insert(id(n), 0, Default::default());
             assert_eq!(index.pop_due(0), Ok(id(n)));
             assert!(matches!(gates.enter("slow.example"), Entry::Full));
             gates.park("slow.example", id(n));
@@ -240,7 +240,7 @@ mod tests {
     async fn parking_on_a_gate_that_opened_meanwhile_schedules_at_once() {
         let index = Arc::new(Index::default());
         let gates = Arc::new(Destinations::new(1, Arc::clone(&index)));
-        index.insert(id(1), 0);
+        index.insert(id(1), 0, Default::default());
         assert_eq!(index.pop_due(0), Ok(id(1)));
         gates.park("idle.example", id(1));
         assert_eq!(index.pop_due(u64::MAX), Ok(id(1)));

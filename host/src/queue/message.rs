@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::index::Info;
 use super::state::{self, Event, Outcome};
 use crate::spool::{QueueId, SpoolError, StoredMessage};
 
@@ -19,6 +20,8 @@ pub enum RecipientState {
     Delivered,
     /// Final: bounced.
     Bounced,
+    /// Final: deleted by the operator.
+    Deleted,
 }
 
 /// A message and its recipients' states.
@@ -75,12 +78,18 @@ impl Message {
                 *slot = match event.outcome {
                     Outcome::Delivered => RecipientState::Delivered,
                     Outcome::Bounced => RecipientState::Bounced,
+                    Outcome::Deleted => RecipientState::Deleted,
                     Outcome::Deferred => RecipientState::Pending {
                         attempts: event.attempt,
                     },
                 };
             }
         }
+    }
+
+    /// Where recipient `i` stands.
+    pub(crate) fn recipient(&self, i: usize) -> Option<RecipientState> {
+        self.recipients.get(i).copied()
     }
 
     /// The pending recipients: (index in the envelope, attempts so far).
@@ -93,6 +102,37 @@ impl Message {
                 _ => None,
             })
             .collect()
+    }
+
+    /// What the index keeps of the message for the operator's views; `intern` shares one
+    /// copy of each domain name between messages.
+    pub(crate) fn info(&self, held: bool, intern: impl Fn(&str) -> Arc<str>) -> Info {
+        let envelope = &self.stored.envelope;
+        let mut domains: Vec<Arc<str>> = Vec::new();
+        let mut recipients = 0u32;
+        let mut attempts = 0u32;
+        for (i, state) in self.recipients.iter().enumerate() {
+            let RecipientState::Pending { attempts: tried } = state else {
+                continue;
+            };
+            recipients += 1;
+            attempts = attempts.max(*tried);
+            let domain = envelope.recipients[i]
+                .address
+                .rsplit_once('@')
+                .map_or("", |(_, d)| d)
+                .to_ascii_lowercase();
+            if !domains.iter().any(|d| **d == *domain) {
+                domains.push(intern(&domain));
+            }
+        }
+        Info {
+            received_at: envelope.received_at,
+            domains: domains.into_boxed_slice(),
+            recipients,
+            attempts,
+            held,
+        }
     }
 
     /// Whether every recipient is delivered or bounced.
@@ -130,19 +170,20 @@ fn is_lasting(error: &SpoolError) -> bool {
 }
 
 /// When a recovered message is next due, from its state log: the latest `next` of its
-/// deferrals (or now), or `None` when every recipient is already final. The envelope is
+/// deferrals (or now), with the message; or `None` when every recipient is already final. The envelope is
 /// read (and so checked) even for a message never tried, so that a file that cannot be
 /// used is set aside at start-up rather than at its first attempt. Blocking.
 pub(crate) fn recovered_due(
     spool_dir: &std::path::Path,
     id: QueueId,
     now_ms: u64,
-) -> Result<Option<u64>, LoadError> {
+) -> Result<Option<(u64, Message)>, LoadError> {
     let stored = read_envelope(spool_dir, id)?;
     let log = spool_dir.join("state").join(id.to_string());
     let events = state::replay(&log)
         .map_err(|e| LoadError::Unreadable(format!("state log {}: {e}", log.display())))?;
-    if Message::new(stored, &events).is_complete() {
+    let message = Message::new(stored, &events);
+    if message.is_complete() {
         return Ok(None);
     }
     let next = events
@@ -151,5 +192,5 @@ pub(crate) fn recovered_due(
         .filter_map(|e| e.next)
         .max()
         .map_or(now_ms, |next| next.saturating_mul(1000).max(now_ms));
-    Ok(Some(next))
+    Ok(Some((next, message)))
 }

@@ -23,8 +23,10 @@
 //! recipient is delivered or bounced (and the bounce itself is spooled).
 
 pub mod attempt;
+pub mod control;
 mod destinations;
 pub mod dsn;
+pub mod holds;
 mod index;
 mod message;
 mod notify;
@@ -35,6 +37,7 @@ pub mod state;
 mod transport;
 pub mod verify;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -80,6 +83,12 @@ pub(crate) struct Shared {
     pub(crate) mta_sts: Option<crate::outbound::mta_sts::MtaSts>,
     /// What the queue knows of each message.
     index: Arc<Index>,
+    /// What the operator holds.
+    holds: holds::Holds,
+    /// The last failure reported per recipient domain (for the summary), bounded.
+    last_errors: Mutex<HashMap<String, String>>,
+    /// Start-up recovery has read every message of the spool.
+    recovered: std::sync::atomic::AtomicBool,
     /// Attempts in progress, whatever they are waiting for: the scheduler starts no more.
     active: Arc<Semaphore>,
     /// Deliveries in progress over all destinations.
@@ -161,6 +170,9 @@ impl Queue {
                 Arc::clone(&index),
             )),
             index,
+            holds: holds::Holds::load(&spool_dir),
+            last_errors: Mutex::new(HashMap::new()),
+            recovered: std::sync::atomic::AtomicBool::new(false),
             pool: ConnectionPool::new(
                 config.delivery.pool_idle_timeout.0,
                 config.delivery.pool_max_idle,
@@ -180,17 +192,19 @@ impl Queue {
         tokio::spawn(recover(Arc::clone(&queue.shared), recovered));
         if queue.shared.config.queue.hold {
             tracing::warn!("queue on hold: mail is accepted and kept, nothing is delivered");
-        } else {
-            tokio::spawn(run_scheduler(Arc::clone(&queue.shared), shutdown));
         }
+        tokio::spawn(run_scheduler(Arc::clone(&queue.shared), shutdown));
         Ok(queue)
     }
 
     /// Takes a newly committed message into the queue, due at once.
     pub fn enqueue(&self, stored: StoredMessage) {
         let id = stored.id;
-        self.shared.index.keep_warm(Arc::new(stored));
-        if !self.shared.admit(id, now_ms()) {
+        let stored = Arc::new(stored);
+        let info =
+            Message::new(Arc::clone(&stored), &[]).info(false, |d| self.shared.index.intern(d));
+        self.shared.index.keep_warm(stored);
+        if !self.shared.admit(id, now_ms(), info) {
             self.shared.index.take_warm(id);
         }
     }
@@ -203,6 +217,13 @@ impl Queue {
     /// Whether the queue is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether start-up recovery has read every message of the spool back.
+    pub fn is_recovered(&self) -> bool {
+        self.shared
+            .recovered
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -239,7 +260,11 @@ async fn recover(shared: Arc<Shared>, recovered: crate::spool::Recovery) {
         };
         for (id, due) in read {
             match due {
-                Ok(Some(due)) => resumed += usize::from(shared.admit(id, due)),
+                Ok(Some((due, message))) => {
+                    let held = shared.hold_marker(id).exists();
+                    let info = message.info(held, |d| shared.index.intern(d));
+                    resumed += usize::from(shared.admit(id, due, info));
+                }
                 Ok(None) => {
                     // Every recipient is final: the crash fell between the last record
                     // and the removal. Finish the removal now.
@@ -252,12 +277,15 @@ async fn recover(shared: Arc<Shared>, recovered: crate::spool::Recovery) {
                 }
                 Err(LoadError::Unreadable(why)) => {
                     tracing::error!(%id, error = %why, "cannot read a queued message now; trying it again in a minute");
-                    resumed += usize::from(shared.admit(id, now_ms() + 60_000));
+                    resumed += usize::from(shared.admit(id, now_ms() + 60_000, Default::default()));
                 }
             }
         }
     }
     shared.remove_orphans();
+    shared
+        .recovered
+        .store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(
         found,
         messages = resumed,
@@ -282,9 +310,32 @@ impl Shared {
         self.spool_dir.join("msg").join(id.to_string())
     }
 
+    /// Remembers the last failure reported for a recipient domain (for the summary).
+    pub(crate) fn note_error(&self, domain: &str, reply: &str) {
+        /// Domains remembered at most; past that the map starts again.
+        const MAX_DOMAINS: usize = 10_000;
+        let mut errors = lock(&self.last_errors);
+        if errors.len() >= MAX_DOMAINS && !errors.contains_key(domain) {
+            errors.clear();
+        }
+        let mut reply = reply.to_owned();
+        reply.truncate(reply.floor_char_boundary(512));
+        errors.insert(domain.to_ascii_lowercase(), reply);
+    }
+
+    /// The last failure per recipient domain.
+    pub(crate) fn last_errors(&self) -> HashMap<String, String> {
+        lock(&self.last_errors).clone()
+    }
+
+    /// Whether the whole queue is held (by the configuration or the operator).
+    fn held(&self) -> bool {
+        self.config.queue.hold || self.holds.all()
+    }
+
     /// Adds a message to the index, due at `due_ms`; false if it was there already.
-    fn admit(&self, id: QueueId, due_ms: u64) -> bool {
-        let added = self.index.insert(id, due_ms);
+    fn admit(&self, id: QueueId, due_ms: u64, info: index::Info) -> bool {
+        let added = self.index.insert(id, due_ms, info);
         if added {
             self.metrics.queued.inc();
         }
@@ -385,6 +436,7 @@ impl Shared {
             self.remove_files(id);
             tracing::info!(%id, "message complete, removed from the spool");
         } else {
+            self.update_info(id, message);
             self.index
                 .schedule(id, next_due_ms.unwrap_or_else(|| now_ms() + 60_000));
         }
@@ -401,6 +453,20 @@ impl Shared {
     pub(crate) fn finish_removed(&self, id: QueueId) {
         self.forget(id);
         tracing::info!(%id, "message complete, removed from the spool");
+    }
+
+    /// Refreshes what the index shows of a message from the attempt's copy of it.
+    pub(crate) fn update_info(&self, id: QueueId, message: &Message) {
+        let held = self.index.is_held(id);
+        let info = message.info(held, |d| self.index.intern(d));
+        self.index.update_info(id, |slot| *slot = info);
+    }
+
+    /// Ends an attempt whose pending recipients all go to held destinations: the message
+    /// waits held until one of them is released.
+    pub(crate) fn finish_held(&self, id: QueueId) {
+        tracing::debug!(%id, "every pending recipient's destination is held");
+        self.index.hold_running(id);
     }
 
     /// Ends an attempt that stopped at a destination with no room: the message waits
@@ -422,6 +488,7 @@ impl Shared {
         }
         let _ = std::fs::remove_file(self.state_path(id));
         let _ = std::fs::remove_file(self.delay_marker(id));
+        let _ = std::fs::remove_file(self.hold_marker(id));
     }
 
     /// Removes the state logs and delay markers of messages that are no longer in the
@@ -439,7 +506,10 @@ impl Shared {
             let Some(name) = name.to_str() else {
                 continue;
             };
-            let id = name.strip_suffix(".delayed").unwrap_or(name);
+            let id = name
+                .strip_suffix(".delayed")
+                .or_else(|| name.strip_suffix(".held"))
+                .unwrap_or(name);
             // Only files the queue itself names are touched.
             let Ok(id) = id.parse::<QueueId>() else {
                 continue;
@@ -457,6 +527,12 @@ impl Shared {
                 "state files of messages no longer in the spool removed"
             );
         }
+    }
+
+    /// The marker that says the operator holds a message (so that it stays held across
+    /// a restart).
+    pub(crate) fn hold_marker(&self, id: QueueId) -> PathBuf {
+        self.spool_dir.join("state").join(format!("{id}.held"))
     }
 
     /// The marker that says a delay notice went out for a message.
@@ -500,7 +576,13 @@ async fn run_scheduler(shared: Arc<Shared>, shutdown: CancellationToken) {
                 Err(_) => return,
             },
         };
-        match shared.index.pop_due(now_ms()) {
+        let due = if shared.held() {
+            // Held: wake up now and then (or when released) to look again.
+            Err(Some(now_ms() + 1000))
+        } else {
+            shared.index.pop_due(now_ms())
+        };
+        match due {
             Ok(id) => {
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {

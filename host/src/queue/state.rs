@@ -20,6 +20,8 @@ pub enum Outcome {
     Deferred,
     /// A permanent failure (or expiry): final, a DSN goes to the sender.
     Bounced,
+    /// Deleted by the operator without a DSN: final.
+    Deleted,
 }
 
 /// One line of the log.

@@ -222,6 +222,40 @@ impl Spool {
         set_aside(&self.inner.root, &self.msg_path(id), why).is_some()
     }
 
+    /// Takes message `id` out of `quarantine/` back into `msg/`, its envelope's
+    /// quarantine reason cleared, so that the queue delivers it as it would have been
+    /// delivered (header edits and all). Durable like a commit: written to `tmp/`, synced,
+    /// renamed, `msg/` synced; only then is the quarantined copy removed.
+    pub fn release_quarantined(&self, id: QueueId) -> Result<StoredMessage, SpoolError> {
+        let from = self.inner.root.join("quarantine").join(id.to_string());
+        let stored = read_stored(&from)?;
+        let mut envelope = stored.envelope;
+        envelope.quarantine = None;
+        // A leftover state log would be read as this message's history (its recipients
+        // were recorded as final when it was quarantined).
+        let _ = fs::remove_file(self.inner.root.join("state").join(id.to_string()));
+        let tmp = self.tmp_path(id);
+        let written = (|| -> io::Result<()> {
+            let mut out = File::create(&tmp)?;
+            let mut source = File::open(&from)?.take(stored.message_len);
+            io::copy(&mut source, &mut out)?;
+            io::Write::write_all(&mut out, &encode_trailer(&envelope))?;
+            out.sync_data()?;
+            fs::rename(&tmp, self.msg_path(id))?;
+            File::open(&self.inner.msg_dir)?.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_error("cannot release", &from)(e));
+        }
+        fs::remove_file(&from).map_err(io_error("cannot remove", &from))?;
+        Ok(StoredMessage {
+            id,
+            envelope,
+            message_len: stored.message_len,
+        })
+    }
+
     fn tmp_path(&self, id: QueueId) -> PathBuf {
         self.inner.tmp_dir.join(id.to_string())
     }
