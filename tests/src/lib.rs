@@ -415,6 +415,41 @@ impl Gateway {
         )
     }
 
+    /// Runs a `tidegate` command that talks to this gateway's admin API: `args` (e.g.
+    /// `["queue", "summary", "--json"]`) with `-c` and `--admin` added.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let admin = self.admin_addr().to_string();
+        let config = self.config_path();
+        Command::new(binary())
+            .args(args)
+            .arg("-c")
+            .arg(&config)
+            .arg("--admin")
+            .arg(&admin)
+            .output()
+            .expect("run tidegate")
+    }
+
+    /// [`cli`](Self::cli) that must succeed; its standard output.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "tidegate {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// [`cli_ok`](Self::cli_ok) of a `--json` command, parsed.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        let out = self.cli_ok(&with_json);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    }
+
     /// Everything the gateway has logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
