@@ -16,6 +16,9 @@ mod buffer;
 pub mod file;
 pub mod webhook;
 
+#[cfg(test)]
+mod tests;
+
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
