@@ -81,6 +81,247 @@ pub struct Config {
     /// ARC sealing of verified mail as it leaves.
     #[serde(default)]
     pub arc_seal: Option<ArcSealConfig>,
+    /// Where delivery events (received, refused, delivered, ...) are sent.
+    #[serde(default)]
+    pub events: Vec<EventSinkConfig>,
+}
+
+/// One `[[events]]`: a sink that delivery events are written or posted to.
+///
+/// One flat table for both kinds (rather than a serde enum tagged by `kind`), so that a
+/// bad value still reports its exact key and line; the keys that do not belong to the
+/// sink's kind are refused by [`Config::validate`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSinkConfig {
+    /// `file` or `webhook`.
+    pub kind: EventSinkKind,
+    /// The name used in logs and metrics, and the webhook buffer's directory under
+    /// `<spool>/events/`; the sink's index in the list when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Events queued in memory for this sink before new ones are dropped.
+    #[serde(default = "default_event_queue")]
+    pub queue_size: usize,
+    /// file: the JSON-lines file; relative to the configuration file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// file: rotate when the file would grow over this (default 100MB).
+    #[serde(default)]
+    pub max_size: Option<ByteSize>,
+    /// file: rotated files kept (`events.jsonl.1` ... `.N`; default 5).
+    #[serde(default)]
+    pub keep: Option<u32>,
+    /// webhook: the URL posted to (`http://` only).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// webhook: the file holding the HMAC secret (a trailing newline is ignored); relative
+    /// to the configuration file.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// webhook: the most events in one POST (default 100).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// webhook: how long a partial batch waits for more events (default 1s).
+    #[serde(default)]
+    pub batch_wait: Option<Duration>,
+    /// webhook: the deadline of one POST, connect to response read (default 10s).
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+    /// webhook: the most the on-disk buffer holds (default 64MiB); the oldest events are
+    /// dropped over it.
+    #[serde(default)]
+    pub max_buffer: Option<ByteSize>,
+    /// webhook: the first wait after a failed POST (default 1s); it doubles per failure.
+    #[serde(default)]
+    pub retry_min: Option<Duration>,
+    /// webhook: the longest wait between retries (default 5m).
+    #[serde(default)]
+    pub retry_max: Option<Duration>,
+}
+
+/// What an `[[events]]` sink is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSinkKind {
+    /// JSON lines appended to a file, rotated by size.
+    File,
+    /// Batches POSTed to an HTTP endpoint from a durable buffer.
+    Webhook,
+}
+
+fn default_event_queue() -> usize {
+    10_000
+}
+
+impl EventSinkConfig {
+    /// The name in logs, metrics and the buffer directory: `name`, or the index.
+    pub fn label(&self, index: usize) -> String {
+        self.name.clone().unwrap_or_else(|| index.to_string())
+    }
+
+    /// file: the size past which the file is rotated.
+    pub fn file_max_size(&self) -> u64 {
+        self.max_size.map_or(100_000_000, |s| s.0)
+    }
+
+    /// file: rotated files kept.
+    pub fn file_keep(&self) -> u32 {
+        self.keep.unwrap_or(5)
+    }
+
+    /// webhook: events per POST.
+    pub fn webhook_batch_size(&self) -> usize {
+        self.batch_size.unwrap_or(100)
+    }
+
+    /// webhook: how long a partial batch waits.
+    pub fn webhook_batch_wait(&self) -> std::time::Duration {
+        self.batch_wait
+            .map_or(std::time::Duration::from_secs(1), |d| d.0)
+    }
+
+    /// webhook: the deadline of one POST.
+    pub fn webhook_timeout(&self) -> std::time::Duration {
+        self.timeout
+            .map_or(std::time::Duration::from_secs(10), |d| d.0)
+    }
+
+    /// webhook: the on-disk buffer's bound, in octets.
+    pub fn webhook_max_buffer(&self) -> u64 {
+        self.max_buffer.map_or(64 << 20, |s| s.0)
+    }
+
+    /// webhook: the first and the longest wait between retries.
+    pub fn webhook_retry(&self) -> (std::time::Duration, std::time::Duration) {
+        let secs = std::time::Duration::from_secs;
+        (
+            self.retry_min.map_or(secs(1), |d| d.0),
+            self.retry_max.map_or(secs(300), |d| d.0),
+        )
+    }
+
+    /// The keys set that belong to the other kind, for validation.
+    fn foreign_keys(&self) -> Vec<&'static str> {
+        let file = [
+            ("path", self.path.is_some()),
+            ("max_size", self.max_size.is_some()),
+            ("keep", self.keep.is_some()),
+        ];
+        let webhook = [
+            ("url", self.url.is_some()),
+            ("secret_file", self.secret_file.is_some()),
+            ("batch_size", self.batch_size.is_some()),
+            ("batch_wait", self.batch_wait.is_some()),
+            ("timeout", self.timeout.is_some()),
+            ("max_buffer", self.max_buffer.is_some()),
+            ("retry_min", self.retry_min.is_some()),
+            ("retry_max", self.retry_max.is_some()),
+        ];
+        let foreign: &[(&'static str, bool)] = match self.kind {
+            EventSinkKind::File => &webhook,
+            EventSinkKind::Webhook => &file,
+        };
+        foreign
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Checks one sink; returns the key (under `events[i].`) and the problem.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(key) = self.foreign_keys().first() {
+            return Err((
+                key,
+                format!("`{key}` does not apply to a {:?} sink", self.kind),
+            ));
+        }
+        if let Some(name) = &self.name
+            && (name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            return Err((
+                "name",
+                "1 to 64 letters, digits, `-` or `_` (it names a directory)".into(),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.queue_size) {
+            return Err(("queue_size", "must be between 1 and 1000000".into()));
+        }
+        match self.kind {
+            EventSinkKind::File => {
+                if self.path.is_none() {
+                    return Err(("path", "a file sink needs a `path`".into()));
+                }
+                if self.file_max_size() < 4096 {
+                    return Err(("max_size", "at least 4096 octets".into()));
+                }
+                if !(1..=1000).contains(&self.file_keep()) {
+                    return Err(("keep", "must be between 1 and 1000".into()));
+                }
+            }
+            EventSinkKind::Webhook => {
+                let Some(url) = &self.url else {
+                    return Err(("url", "a webhook sink needs a `url`".into()));
+                };
+                if let Err(problem) = check_webhook_url(url) {
+                    return Err(("url", problem));
+                }
+                if self.secret_file.is_none() {
+                    return Err((
+                        "secret_file",
+                        "a webhook sink needs a `secret_file` to sign its posts".into(),
+                    ));
+                }
+                if !(1..=10_000).contains(&self.webhook_batch_size()) {
+                    return Err(("batch_size", "must be between 1 and 10000".into()));
+                }
+                if self.webhook_batch_wait() > std::time::Duration::from_secs(3600) {
+                    return Err(("batch_wait", "at most 1h".into()));
+                }
+                if self.webhook_timeout().is_zero() {
+                    return Err(("timeout", "must be greater than 0".into()));
+                }
+                if self.webhook_max_buffer() < 64 * 1024 {
+                    return Err(("max_buffer", "at least 64KiB".into()));
+                }
+                let (min, max) = self.webhook_retry();
+                if min.is_zero() {
+                    return Err(("retry_min", "must be greater than 0".into()));
+                }
+                if max < min {
+                    return Err(("retry_max", "must be at least retry_min".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A webhook URL the sink can post to: `http://host[:port]/path`.
+fn check_webhook_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(
+                "https is not supported yet: post to http:// (loopback, or a local \
+                        TLS-terminating proxy)"
+                    .into(),
+            );
+        }
+        _ => return Err(format!("`{url}` is not an http:// URL")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok(())
 }
 
 /// `[arc_seal]`: seal the mail this gateway verified (RFC 8617) with this key.
@@ -951,6 +1192,16 @@ impl Config {
         {
             arc.key_file = base.join(&arc.key_file);
         }
+        for sink in &mut config.events {
+            for file in [&mut sink.path, &mut sink.secret_file]
+                .into_iter()
+                .flatten()
+            {
+                if file.is_relative() {
+                    *file = base.join(&*file);
+                }
+            }
+        }
         Ok(config)
     }
 
@@ -1245,6 +1496,20 @@ impl Config {
                 "at most 86400 (a day)".into(),
             ));
         }
+        let mut sink_names = std::collections::HashMap::new();
+        for (i, sink) in self.events.iter().enumerate() {
+            sink.validate()
+                .map_err(|(key, problem)| (format!("events[{i}].{key}"), problem))?;
+            if let Some(&first) = sink_names.get(&sink.label(i)) {
+                // Point at the sink whose `name` clashes with the other's index.
+                let at = if sink.name.is_some() { i } else { first };
+                return Err((
+                    format!("events[{at}].name"),
+                    format!("sink name `{}` is used twice", sink.label(i)),
+                ));
+            }
+            sink_names.insert(sink.label(i), i);
+        }
         let limits = &self.limits;
         for (key, value) in [
             ("max_message_size", limits.max_message_size),
@@ -1431,6 +1696,109 @@ command_timeout_secs = 300
         assert_eq!(
             parse(EXAMPLE).unwrap().spool.min_free_space,
             ByteSize(64 << 20)
+        );
+    }
+
+    const EVENTS: &str = r#"
+[[events]]
+kind = "file"
+path = "var/events.jsonl"
+
+[[events]]
+kind = "webhook"
+url = "http://127.0.0.1:8099/tidegate-events"
+secret_file = "webhook.secret"
+"#;
+
+    #[test]
+    fn the_documented_event_sinks_are_accepted_with_their_defaults() {
+        let config = parse(&format!("{EXAMPLE}{EVENTS}")).expect("events parse");
+        let [file, hook] = &config.events[..] else {
+            panic!("two sinks: {:?}", config.events);
+        };
+        assert_eq!(file.kind, EventSinkKind::File);
+        assert_eq!(file.file_max_size(), 100_000_000);
+        assert_eq!(file.file_keep(), 5);
+        assert_eq!(hook.kind, EventSinkKind::Webhook);
+        assert_eq!(hook.label(1), "1");
+        assert_eq!(hook.webhook_batch_size(), 100);
+        assert_eq!(hook.webhook_max_buffer(), 64 << 20);
+        let text = EVENTS.replace(
+            "secret_file = \"webhook.secret\"",
+            "secret_file = \"webhook.secret\"\nname = \"crm\"\nbatch_size = 10\n\
+             batch_wait = \"200ms\"\ntimeout = \"5s\"\nmax_buffer = \"1MiB\"\n\
+             retry_min = \"100ms\"\nretry_max = \"1m\"",
+        );
+        let config = parse(&format!("{EXAMPLE}{text}")).expect("every webhook key parses");
+        assert_eq!(config.events[1].label(1), "crm");
+        assert_eq!(config.events[1].webhook_max_buffer(), 1 << 20);
+    }
+
+    #[test]
+    fn a_bad_event_sink_names_its_key() {
+        for (from, to, key) in [
+            (
+                "http://127.0.0.1:8099",
+                "ftp://127.0.0.1:8099",
+                "events[1].url",
+            ),
+            (
+                "http://127.0.0.1:8099",
+                "https://127.0.0.1:8099",
+                "events[1].url",
+            ),
+            (
+                "secret_file = \"webhook.secret\"",
+                "",
+                "events[1].secret_file",
+            ),
+            (
+                "path = \"var/events.jsonl\"",
+                "url = \"http://x/\"",
+                "events[0].url",
+            ),
+            (
+                "kind = \"file\"",
+                "kind = \"file\"\nmax_size = \"1kB\"",
+                "events[0].max_size",
+            ),
+            (
+                "kind = \"file\"",
+                "kind = \"file\"\nname = \"1\"",
+                "events[0].name",
+            ),
+            (
+                "kind = \"file\"",
+                "kind = \"file\"\nname = \"../x\"",
+                "events[0].name",
+            ),
+            (
+                "kind = \"file\"",
+                "kind = \"file\"\npaht = \"x\"",
+                "events[0]",
+            ),
+        ] {
+            let text = format!("{EXAMPLE}{}", EVENTS.replacen(from, to, 1));
+            let err = parse(&text).expect_err(key);
+            assert!(err.key.starts_with(key), "{key}: {err}");
+            // A missing key has no line of its own.
+            assert!(err.line.is_some() || to.is_empty(), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn event_sink_paths_are_relative_to_the_configuration_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tidegate.toml");
+        std::fs::write(&file, format!("{EXAMPLE}{EVENTS}")).unwrap();
+        let config = Config::load(&file).unwrap();
+        assert_eq!(
+            config.events[0].path,
+            Some(dir.path().join("var/events.jsonl"))
+        );
+        assert_eq!(
+            config.events[1].secret_file,
+            Some(dir.path().join("webhook.secret"))
         );
     }
 

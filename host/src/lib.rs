@@ -4,13 +4,15 @@
 //! [`inbound`] (listener → session → stage handlers, with [`plugins`] at every stage and
 //! [`sender_auth`] verifying and signing) → [`spool`] (durable, group-committed) →
 //! [`queue`] → [`outbound`] (delivery). [`config`] is the one configuration tree, [`dns`]
-//! the one resolver, and [`server`] wires the parts together.
+//! the one resolver, [`events`] tells other systems what happened to each message, and
+//! [`server`] wires the parts together.
 
 pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod events;
 pub mod inbound;
 pub mod logging;
 pub mod metrics;

@@ -79,6 +79,41 @@ pub struct PluginCounterLabels {
     pub name: String,
 }
 
+/// Labels naming a delivery-event type (`received`, `delivered`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventKindLabels {
+    /// The event's `type`.
+    pub kind: &'static str,
+}
+
+/// Labels naming an event sink (its `name`, or its index in `[[events]]`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventSinkLabels {
+    /// The sink.
+    pub sink: String,
+}
+
+/// Labels of events a sink dropped, and why: `queue_full` (its in-memory queue),
+/// `buffer_full` (the webhook's on-disk bound, oldest first), `rejected` (a 4xx answer),
+/// `write_error` (the file or buffer could not be written).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventDropLabels {
+    /// The sink.
+    pub sink: String,
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// Labels of a failed webhook POST: `connect`, `timeout`, `status` (retried) or
+/// `rejected` (a 4xx other than 408/429: the batch is dropped).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookFailureLabels {
+    /// The sink.
+    pub sink: String,
+    /// The kind of failure.
+    pub kind: &'static str,
+}
+
 /// Every metric of the gateway.
 #[derive(Debug)]
 pub struct Metrics {
@@ -123,6 +158,16 @@ pub struct Metrics {
     pub log_lines_dropped: Gauge,
     /// Messages in the queue.
     pub queued: Gauge,
+    /// Delivery events emitted, by type.
+    pub events_emitted: Family<EventKindLabels, Counter>,
+    /// Delivery events a sink dropped, by reason.
+    pub events_dropped: Family<EventDropLabels, Counter>,
+    /// Events in a webhook sink's on-disk buffer, not yet acknowledged.
+    pub webhook_backlog: Family<EventSinkLabels, Gauge>,
+    /// Webhook POSTs that failed.
+    pub webhook_failures: Family<WebhookFailureLabels, Counter>,
+    /// Webhook batches acknowledged (2xx).
+    pub webhook_deliveries: Family<EventSinkLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -164,6 +209,36 @@ impl Metrics {
             "log_lines_dropped",
             "Log lines dropped because the log writer could not keep up",
             log_lines_dropped.clone(),
+        );
+        let events_emitted = Family::default();
+        let events_dropped = Family::default();
+        let webhook_backlog = Family::default();
+        let webhook_failures = Family::default();
+        let webhook_deliveries = Family::default();
+        registry.register(
+            "events_emitted",
+            "Delivery events emitted, by type",
+            events_emitted.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Delivery events a sink dropped, by sink and reason",
+            events_dropped.clone(),
+        );
+        registry.register(
+            "webhook_backlog_events",
+            "Events in a webhook sink's on-disk buffer, not yet acknowledged",
+            webhook_backlog.clone(),
+        );
+        registry.register(
+            "webhook_failures",
+            "Webhook POSTs that failed, by sink and kind",
+            webhook_failures.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook batches acknowledged with a 2xx answer",
+            webhook_deliveries.clone(),
         );
         registry.register(
             "deliveries",
@@ -269,6 +344,11 @@ impl Metrics {
             queued,
             admin_unauthorized,
             log_lines_dropped,
+            events_emitted,
+            events_dropped,
+            webhook_backlog,
+            webhook_failures,
+            webhook_deliveries,
         }
     }
 
