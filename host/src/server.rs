@@ -100,6 +100,15 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     }
 
     let shutdown = CancellationToken::new();
+    // The event sinks outlive the sessions and deliveries, to write out their last events.
+    let events_stop = CancellationToken::new();
+    let events = crate::events::Events::start(
+        &config.events,
+        &config.spool.path.join("events"),
+        Arc::clone(&metrics),
+        events_stop.clone(),
+    )
+    .context("starting the event sinks")?;
     let recipient_lists = crate::queue::recipients::RecipientLists::load(&config)
         .context("loading a recipients list")?;
     recipient_lists.watch(&shutdown);
@@ -109,6 +118,7 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         spool.clone(),
         recovery,
         recipient_lists,
+        events.clone(),
         Arc::clone(&dns),
         Arc::clone(&plugins),
         Arc::clone(&metrics),
@@ -126,6 +136,7 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             users,
             sender_auth,
             dns: Arc::clone(&dns),
+            events: events.clone(),
         },
         shutdown.clone(),
     ));
@@ -197,6 +208,13 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         );
     }
     admin_stop.cancel();
+    events_stop.cancel();
+    if tokio::time::timeout(std::time::Duration::from_secs(5), events.stopped())
+        .await
+        .is_err()
+    {
+        tracing::warn!("event sinks did not finish writing in 5 s");
+    }
     tracing::info!("stopped");
     Ok(())
 }

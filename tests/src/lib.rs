@@ -389,6 +389,10 @@ impl Gateway {
             .lines()
             .filter(|l| l.contains("admin listening"))
             .find_map(|l| {
+                if l.starts_with('{') {
+                    let value: serde_json::Value = serde_json::from_str(l).ok()?;
+                    return value["address"].as_str()?.parse().ok();
+                }
                 l.split_whitespace()
                     .find_map(|w| w.strip_prefix("address="))
                     .and_then(|a| a.parse().ok())
@@ -613,6 +617,16 @@ impl Drop for Gateway {
 }
 
 fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
+    if line.starts_with('{') {
+        // `[log] format = "json"`.
+        let value: serde_json::Value = serde_json::from_str(line).ok()?;
+        if value["message"] != "listening" {
+            return None;
+        }
+        let name = value["listener"].as_str()?.to_owned();
+        let address = value["address"].as_str()?.parse().ok()?;
+        return Some((name, address));
+    }
     if !line.contains(" listening ") {
         return None;
     }

@@ -290,12 +290,8 @@ async fn queue_release(
     Extension(caller): Extension<Caller>,
     Json(selector): Json<Selector>,
 ) -> Response {
-    audited(
-        &caller,
-        "release",
-        &selector,
-        state.queue.release(&selector),
-    )
+    let result = state.queue.release(&selector, &caller.0);
+    audited(&caller, "release", &selector, result)
 }
 
 async fn queue_delete(
@@ -303,7 +299,7 @@ async fn queue_delete(
     Extension(caller): Extension<Caller>,
     Json(selector): Json<Selector>,
 ) -> Response {
-    let result = state.queue.delete(&selector).await;
+    let result = state.queue.delete(&selector, &caller.0).await;
     audited(&caller, "delete", &selector, result)
 }
 
@@ -329,7 +325,7 @@ async fn quarantine_release(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    let result = state.queue.quarantine_release(&id).await;
+    let result = state.queue.quarantine_release(&id, &caller.0).await;
     audited(&caller, "quarantine release", &id, result)
 }
 
@@ -342,7 +338,7 @@ async fn quarantine_delete(
         &caller,
         "quarantine delete",
         &id,
-        state.queue.quarantine_delete(&id),
+        state.queue.quarantine_delete(&id, &caller.0),
     )
 }
 

@@ -527,6 +527,11 @@ impl Events {
         }
     }
 
+    /// Whether any sink is configured (so that callers skip work only events need).
+    pub fn is_enabled(&self) -> bool {
+        !self.inner.sinks.is_empty()
+    }
+
     /// Waits until every sink has stopped: after the shutdown token is cancelled, each
     /// writes out what it holds (the file flushed, the webhook's queue into its buffer).
     pub async fn stopped(&self) {

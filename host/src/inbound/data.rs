@@ -333,6 +333,13 @@ impl Session {
         };
         if let Some(refusal) = self.refusal_for(&outcome) {
             tracing::info!(peer = %self.peer, reply = %refusal, "message refused");
+            self.ctx.events.emit(crate::events::Event::refused(
+                crate::events::Stage::Data,
+                &refusal,
+                self.peer.ip(),
+                Some(&tx.sender.to_string()),
+                None,
+            ));
             self.ctx
                 .metrics
                 .messages_refused
@@ -423,7 +430,7 @@ impl Session {
                     return reply;
                 }
                 DataPolicy::Discard(why) => {
-                    tracing::info!(id = %id, peer = %self.peer, reason = %why, "message discarded by policy");
+                    tracing::info!(queue_id = %id, peer = %self.peer, reason = %why, "message discarded by policy");
                     return Reply::new(250, codes::OK, format!("Ok: queued as {id}"));
                 }
             }
@@ -436,6 +443,12 @@ impl Session {
             self.sign_message(raw, &mut envelope);
         }
         envelope.tags.clone_from(&self.tags);
+        // The start of the message for the `received` event's Message-ID, when events
+        // are on and the message was not read back anyway.
+        let head = match (&raw, self.ctx.events.is_enabled()) {
+            (None, true) => writer.head(64 * 1024).await.ok(),
+            _ => None,
+        };
         let committed = writer.commit(&envelope).await;
         if let Ok(id) = &committed {
             let message_len = envelope.size;
@@ -444,6 +457,15 @@ impl Session {
                 envelope: envelope.clone(),
                 message_len,
             });
+        }
+        if let Ok(id) = &committed
+            && self.ctx.events.is_enabled()
+        {
+            self.ctx.events.emit(received_event(
+                *id,
+                &envelope,
+                raw.as_deref().or(head.as_deref()),
+            ));
         }
         match committed {
             Ok(id) => {
@@ -456,7 +478,7 @@ impl Session {
                     .get_or_create(&labels)
                     .inc();
                 tracing::info!(
-                    id = %id,
+                    queue_id = %id,
                     peer = %self.peer,
                     from = envelope.sender.as_deref().unwrap_or("<>"),
                     recipients = envelope.recipients.len(),
@@ -466,7 +488,7 @@ impl Session {
                 Reply::new(250, codes::OK, format!("Ok: queued as {id}"))
             }
             Err(e) => {
-                tracing::error!(id = %id, error = %e, "spool commit failed");
+                tracing::error!(queue_id = %id, error = %e, "spool commit failed");
                 Reply::new(
                     451,
                     codes::SYSTEM_TEMPORARY,
@@ -656,4 +678,47 @@ fn protocol_keyword(helo: &Helo, tx: &Transaction, tls: bool, auth: bool) -> &'s
         (true, true, false, true) => "UTF8SMTPA",
         (true, true, true, true) => "UTF8SMTPSA",
     }
+}
+
+/// The `received` event of a message just committed; its `Message-ID:` is read from the
+/// message's header when the message was read back anyway (`raw`).
+fn received_event(
+    id: crate::spool::QueueId,
+    envelope: &crate::spool::Envelope,
+    raw: Option<&[u8]>,
+) -> crate::events::Event {
+    let message_id = raw.and_then(|raw| {
+        let header = &raw[..crate::spool::envelope::find_header_end(raw)];
+        String::from_utf8_lossy(header)
+            .split("\r\n")
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.trim()
+                    .eq_ignore_ascii_case("message-id")
+                    .then(|| value.trim().chars().take(998).collect::<String>())
+            })
+    });
+    crate::events::Event::received(
+        id,
+        crate::events::Received {
+            client_ip: envelope.client.address.ip(),
+            helo: Some(envelope.client.helo.clone()),
+            sender: envelope.sender.clone().unwrap_or_default(),
+            recipients: envelope
+                .recipients
+                .iter()
+                .map(|r| r.address.clone())
+                .collect(),
+            size: envelope.size,
+            message_id,
+            tags: envelope
+                .tags
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+            listener: envelope.client.listener.clone(),
+            tls: envelope.client.tls.is_some(),
+            auth: envelope.client.authenticated.clone(),
+        },
+    )
 }

@@ -58,6 +58,8 @@ pub struct InboundParts {
     pub sender_auth: Arc<crate::sender_auth::SenderAuth>,
     /// The gateway's resolver (clients' reverse DNS names).
     pub dns: Arc<crate::dns::Dns>,
+    /// Delivery events.
+    pub events: crate::events::Events,
 }
 
 /// What every session needs from the server, shared read-only.
@@ -93,6 +95,8 @@ pub struct InboundContext {
     pub free_space: crate::spool::space::FreeSpace,
     /// The gateway's resolver.
     pub dns: Arc<crate::dns::Dns>,
+    /// Delivery events (received, refused).
+    pub events: crate::events::Events,
 }
 
 impl InboundContext {
@@ -107,6 +111,7 @@ impl InboundContext {
             users,
             sender_auth,
             dns,
+            events,
         } = parts;
         let auth_failures = match &config.auth {
             Some(auth) => {
@@ -138,6 +143,7 @@ impl InboundContext {
             auth_failures,
             sender_auth,
             dns,
+            events,
         }
     }
 }

@@ -426,6 +426,12 @@ impl Session {
             self.respond(reply);
             return Flow::Continue;
         }
+        let refusal_stage = match &command {
+            Command::Ehlo(_) | Command::Helo(_) => Some(crate::events::Stage::Helo),
+            Command::Mail(_) => Some(crate::events::Stage::Mail),
+            Command::Rcpt(_) => Some(crate::events::Stage::Rcpt),
+            _ => None,
+        };
         let reply = match command {
             Command::Ehlo(name) => self.ehlo(name, true).await,
             Command::Helo(name) => self.ehlo(name, false).await,
@@ -456,6 +462,26 @@ impl Session {
             Command::Auth(argument) => return self.auth(argument).await,
             Command::Expn => Reply::new(502, codes::INVALID_COMMAND, "Command not implemented"),
         };
+        if let Some(stage) = refusal_stage
+            && reply.code >= 400
+            && !(500..=504).contains(&reply.code)
+        {
+            // A policy's refusal (not a syntax or sequence error): an event, with the
+            // address it was about.
+            let path = path_of(line);
+            let (sender, recipient) = match stage {
+                crate::events::Stage::Mail => (path.as_deref(), None),
+                crate::events::Stage::Rcpt => (None, path.as_deref()),
+                _ => (None, None),
+            };
+            self.ctx.events.emit(crate::events::Event::refused(
+                stage,
+                &reply,
+                self.peer.ip(),
+                sender,
+                recipient,
+            ));
+        }
         self.respond(reply);
         Flow::Continue
     }
@@ -527,6 +553,13 @@ fn http_request_line(line: &[u8]) -> Option<&'static str> {
         }
     }
     HEADERS.into_iter().find(|header| starts_with(header))
+}
+
+/// The address inside the angle brackets of a MAIL or RCPT line, for an event.
+fn path_of(line: &[u8]) -> Option<String> {
+    let start = line.iter().position(|b| *b == b'<')? + 1;
+    let end = line[start..].iter().position(|b| *b == b'>')? + start;
+    Some(String::from_utf8_lossy(&line[start..end]).into_owned())
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use crate::spool::outgoing::MessageOctets;
 
 /// Runs one attempt of message `id`.
 pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
+    let started = std::time::Instant::now();
     if !record_held_outcomes(shared, id).await {
         return;
     }
@@ -156,7 +157,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         // sender for good: it stays deferred, and the bounce is tried again with it.
         let retry = now_ms() + first_retry_ms(shared);
         for event in events.iter_mut().filter(|e| e.outcome == Outcome::Bounced) {
-            tracing::error!(%id, recipient = %envelope.recipients[event.rcpt].address, "the bounce could not be spooled: the recipient stays deferred until it can be");
+            tracing::error!(queue_id = %id, recipient = %envelope.recipients[event.rcpt].address, "the bounce could not be spooled: the recipient stays deferred until it can be");
             event.outcome = Outcome::Deferred;
             event.next = Some(retry / 1000);
             event.reply = format!("bounce not spooled yet; {}", event.reply);
@@ -182,13 +183,13 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         // Nothing of this attempt is on disk. Delivering again would repeat what the next
         // hops already accepted, every retry for as long as the disk is full; so the
         // message is held, its outcomes kept in memory, and only the record is retried.
-        tracing::error!(%id, "delivery outcomes could not be recorded: the message is held, and nothing more is delivered until they are on disk");
+        tracing::error!(queue_id = %id, "delivery outcomes could not be recorded: the message is held, and nothing more is delivered until they are on disk");
         shared.set_unrecorded(id, to_record);
         shared.finish_attempt(id, &message, Some(now_ms() + first_retry_ms(shared)));
         return;
     };
     message.apply(&events);
-    count_and_log(shared, id, envelope, &events);
+    count_and_log(shared, id, envelope, &events, started);
     tell_plugins(&mut plugins, id, envelope, &events).await;
 
     delay_notice(shared, &stored, &events, octets.head()).await;
@@ -216,12 +217,12 @@ async fn record_held_outcomes(shared: &Shared, id: QueueId) -> bool {
     let written = tokio::task::spawn_blocking(move || state::append(&path, &to_write)).await;
     match written {
         Ok(Ok(())) => {
-            tracing::info!(%id, outcomes = held.len(), "held delivery outcomes recorded at last: delivering again");
+            tracing::info!(queue_id = %id, outcomes = held.len(), "held delivery outcomes recorded at last: delivering again");
             true
         }
         failed => {
             if let Ok(Err(e)) = failed {
-                tracing::error!(%id, error = %e, "delivery outcomes still cannot be recorded: the message stays held");
+                tracing::error!(queue_id = %id, error = %e, "delivery outcomes still cannot be recorded: the message stays held");
             }
             shared.set_unrecorded(id, held);
             shared.schedule_retry(id, now_ms() + first_retry_ms(shared));
@@ -269,7 +270,7 @@ async fn read_body(
     match read {
         Ok(Ok(message)) => Some(message),
         Ok(Err(e)) => {
-            tracing::error!(%id, error = %e, "cannot read a queued message; will retry");
+            tracing::error!(queue_id = %id, error = %e, "cannot read a queued message; will retry");
             None
         }
         Err(_) => None,
@@ -350,7 +351,7 @@ async fn record_delivered(
     match tokio::task::spawn_blocking(move || state::append(&path, &to_write)).await {
         Ok(Ok(())) => events.iter().map(|e| e.rcpt).collect(),
         Ok(Err(e)) => {
-            tracing::warn!(%id, error = %e, "cannot record deliveries yet; trying again at the end of the attempt");
+            tracing::warn!(queue_id = %id, error = %e, "cannot record deliveries yet; trying again at the end of the attempt");
             Vec::new()
         }
         Err(_) => Vec::new(),
@@ -384,7 +385,7 @@ async fn persist(
             match shared.spool.remove(id).await {
                 Ok(()) => true,
                 Err(e) => {
-                    tracing::warn!(%id, error = %e, "cannot remove a finished message; recording its state instead");
+                    tracing::warn!(queue_id = %id, error = %e, "cannot remove a finished message; recording its state instead");
                     false
                 }
             }
@@ -401,15 +402,22 @@ async fn persist(
         Ok(Err(e)) => {
             // Without a durable record the outcomes may be repeated; retry later rather
             // than act on what is not on disk.
-            tracing::error!(%id, error = %e, "cannot write the state log; will retry");
+            tracing::error!(queue_id = %id, error = %e, "cannot write the state log; will retry");
             None
         }
         Err(_) => None,
     }
 }
 
-/// Counts each outcome in the metrics and logs it.
-fn count_and_log(shared: &Shared, id: QueueId, envelope: &Envelope, events: &[Event]) {
+/// Counts each outcome in the metrics, logs it and emits its delivery event.
+fn count_and_log(
+    shared: &Shared,
+    id: QueueId,
+    envelope: &Envelope,
+    events: &[Event],
+    started: std::time::Instant,
+) {
+    let duration = started.elapsed();
     for event in events {
         let outcome = match event.outcome {
             Outcome::Delivered => "delivered",
@@ -429,7 +437,22 @@ fn count_and_log(shared: &Shared, id: QueueId, envelope: &Envelope, events: &[Ev
             let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
             shared.note_error(domain, &event.reply);
         }
-        tracing::info!(%id, recipient = %address, outcome = ?event.outcome, attempt = event.attempt, reply = %event.reply, "delivery attempt");
+        tracing::info!(queue_id = %id, recipient = %address, outcome = ?event.outcome, attempt = event.attempt, remote = event.remote.as_deref().unwrap_or(""), duration_ms = duration.as_millis() as u64, reply = %event.reply, "delivery attempt");
+        let mut delivery = crate::events::Delivery::new(address.clone(), event.attempt, duration)
+            .reply(event.reply.clone(), event.status.clone());
+        if let Some(remote) = &event.remote {
+            delivery = delivery.host(remote.clone());
+        }
+        use crate::events::Event as Fact;
+        shared.events.emit(match event.outcome {
+            Outcome::Delivered => Fact::delivered(id, delivery),
+            Outcome::Deferred => Fact::deferred(id, delivery),
+            Outcome::Bounced if event.status.as_deref() == Some("4.4.7") => {
+                Fact::expired(id, vec![address.clone()])
+            }
+            Outcome::Bounced => Fact::bounced(id, delivery),
+            Outcome::Deleted => Fact::deleted(id, "the queue"),
+        });
     }
 }
 

@@ -525,8 +525,8 @@ impl Queue {
         }
     }
 
-    /// Releases a message, a destination or the whole queue.
-    pub fn release(&self, selector: &Selector) -> Result<Done, ControlError> {
+    /// Releases a message, a destination or the whole queue; `by` is who asked.
+    pub fn release(&self, selector: &Selector, by: &str) -> Result<Done, ControlError> {
         let shared = &self.shared;
         let now = now_ms();
         match selector.target()? {
@@ -536,6 +536,9 @@ impl Queue {
                 }
                 let _ = std::fs::remove_file(shared.hold_marker(id));
                 let released = shared.index.release(id, false, now);
+                if released {
+                    shared.events.emit(crate::events::Event::released(id, by));
+                }
                 Ok(Done {
                     messages: u64::from(released),
                     detail: format!("message {id} released"),
@@ -586,8 +589,9 @@ impl Queue {
         }
     }
 
-    /// Deletes a message, or a destination's recipients, silently or with a DSN.
-    pub async fn delete(&self, selector: &Selector) -> Result<Done, ControlError> {
+    /// Deletes a message, or a destination's recipients, silently or with a DSN; `by` is
+    /// who asked.
+    pub async fn delete(&self, selector: &Selector, by: &str) -> Result<Done, ControlError> {
         let ids = match selector.target()? {
             Target::Message(id) => {
                 let entry = self
@@ -621,7 +625,12 @@ impl Queue {
                 .delete_one(id, domain.as_deref(), selector.bounce)
                 .await
             {
-                Ok(true) => changed += 1,
+                Ok(true) => {
+                    changed += 1;
+                    self.shared
+                        .events
+                        .emit(crate::events::Event::deleted(id, by));
+                }
                 Ok(false) => {}
                 Err(e) => return Err(e),
             }
@@ -716,7 +725,7 @@ impl Queue {
             )));
         }
         for event in &events {
-            tracing::info!(%id, recipient = %stored.envelope.recipients[event.rcpt].address, bounce, "recipient deleted by the operator");
+            tracing::info!(queue_id = %id, recipient = %stored.envelope.recipients[event.rcpt].address, bounce, "recipient deleted by the operator");
         }
         if message.is_complete() {
             shared.forget(id);
@@ -779,8 +788,8 @@ impl Queue {
         .map_err(|e| ControlError::Io(e.to_string()))
     }
 
-    /// Delivers a quarantined message as it would have been delivered.
-    pub async fn quarantine_release(&self, id: &str) -> Result<Done, ControlError> {
+    /// Delivers a quarantined message as it would have been delivered; `by` is who asked.
+    pub async fn quarantine_release(&self, id: &str, by: &str) -> Result<Done, ControlError> {
         let queue_id = parse_id(id)?;
         let spool = self.shared.spool.clone();
         let released = tokio::task::spawn_blocking(move || spool.release_quarantined(queue_id))
@@ -789,7 +798,10 @@ impl Queue {
         match released {
             Ok(stored) => {
                 self.enqueue(stored);
-                tracing::info!(id = %queue_id, "quarantined message released into the queue");
+                tracing::info!(queue_id = %queue_id, by, "quarantined message released into the queue");
+                self.shared
+                    .events
+                    .emit(crate::events::Event::released(queue_id, by));
                 Ok(Done {
                     messages: 1,
                     detail: format!("message {id} released from quarantine"),
@@ -804,8 +816,8 @@ impl Queue {
         }
     }
 
-    /// Deletes a quarantined message for good.
-    pub fn quarantine_delete(&self, id: &str) -> Result<Done, ControlError> {
+    /// Deletes a quarantined message for good; `by` is who asked.
+    pub fn quarantine_delete(&self, id: &str, by: &str) -> Result<Done, ControlError> {
         let queue_id = parse_id(id)?;
         let path = self
             .shared
@@ -814,7 +826,10 @@ impl Queue {
             .join(queue_id.to_string());
         match std::fs::remove_file(&path) {
             Ok(()) => {
-                tracing::info!(id = %queue_id, "quarantined message deleted");
+                tracing::info!(queue_id = %queue_id, by, "quarantined message deleted");
+                self.shared
+                    .events
+                    .emit(crate::events::Event::deleted(queue_id, by));
                 Ok(Done {
                     messages: 1,
                     detail: format!("message {id} deleted from quarantine"),

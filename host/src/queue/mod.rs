@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     pub(crate) verify_cache: verify::VerifyCache,
     /// The routes' recipients lists (see `recipients`).
     pub(crate) recipient_lists: recipients::RecipientLists,
+    /// Delivery events.
+    pub(crate) events: crate::events::Events,
     /// Our own listeners: a next hop among them is a mail loop.
     pub(crate) own_addresses: crate::outbound::loops::OwnAddresses,
     /// STARTTLS without verification (opportunistic).
@@ -133,6 +135,7 @@ impl Queue {
         spool: Spool,
         recovered: crate::spool::Recovery,
         recipient_lists: recipients::RecipientLists,
+        events: crate::events::Events,
         dns: Arc<Dns>,
         plugins: Arc<PluginHost>,
         metrics: Arc<Metrics>,
@@ -180,6 +183,7 @@ impl Queue {
             own_addresses: crate::outbound::loops::OwnAddresses::new(listeners),
             verify_cache: verify::VerifyCache::default(),
             recipient_lists,
+            events,
             config,
             spool,
             spool_dir,
@@ -276,7 +280,7 @@ async fn recover(shared: Arc<Shared>, recovered: crate::spool::Recovery) {
                     set_aside += usize::from(shared.spool.set_aside(id, &why));
                 }
                 Err(LoadError::Unreadable(why)) => {
-                    tracing::error!(%id, error = %why, "cannot read a queued message now; trying it again in a minute");
+                    tracing::error!(queue_id = %id, error = %why, "cannot read a queued message now; trying it again in a minute");
                     resumed += usize::from(shared.admit(id, now_ms() + 60_000, Default::default()));
                 }
             }
@@ -411,7 +415,7 @@ impl Shared {
         match loaded {
             Ok(message) => Some(message),
             Err(LoadError::Gone) => {
-                tracing::warn!(%id, "a queued message is no longer in the spool; forgotten");
+                tracing::warn!(queue_id = %id, "a queued message is no longer in the spool; forgotten");
                 self.forget(id);
                 None
             }
@@ -421,7 +425,7 @@ impl Shared {
                 None
             }
             Err(LoadError::Unreadable(why)) => {
-                tracing::error!(%id, error = %why, "cannot read a queued message; will retry");
+                tracing::error!(queue_id = %id, error = %why, "cannot read a queued message; will retry");
                 self.index.schedule(id, now_ms() + 60_000);
                 None
             }
@@ -434,7 +438,7 @@ impl Shared {
         if message.is_complete() {
             self.forget(id);
             self.remove_files(id);
-            tracing::info!(%id, "message complete, removed from the spool");
+            tracing::info!(queue_id = %id, "message complete, removed from the spool");
         } else {
             self.update_info(id, message);
             self.index
@@ -452,7 +456,7 @@ impl Shared {
     /// (see `attempt::run`: a first attempt with every recipient final writes no log).
     pub(crate) fn finish_removed(&self, id: QueueId) {
         self.forget(id);
-        tracing::info!(%id, "message complete, removed from the spool");
+        tracing::info!(queue_id = %id, "message complete, removed from the spool");
     }
 
     /// Refreshes what the index shows of a message from the attempt's copy of it.
@@ -465,14 +469,14 @@ impl Shared {
     /// Ends an attempt whose pending recipients all go to held destinations: the message
     /// waits held until one of them is released.
     pub(crate) fn finish_held(&self, id: QueueId) {
-        tracing::debug!(%id, "every pending recipient's destination is held");
+        tracing::debug!(queue_id = %id, "every pending recipient's destination is held");
         self.index.hold_running(id);
     }
 
     /// Ends an attempt that stopped at a destination with no room: the message waits
     /// parked there until a delivery to it ends.
     pub(crate) fn finish_parked(&self, id: QueueId, destination: &str) {
-        tracing::debug!(%id, %destination, "destination busy: message parked");
+        tracing::debug!(queue_id = %id, %destination, "destination busy: message parked");
         self.destinations.park(destination, id);
     }
 
@@ -483,7 +487,7 @@ impl Shared {
         if let Err(e) = std::fs::remove_file(&message)
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            tracing::error!(%id, error = %e, "cannot remove a finished message");
+            tracing::error!(queue_id = %id, error = %e, "cannot remove a finished message");
             return;
         }
         let _ = std::fs::remove_file(self.state_path(id));

@@ -47,7 +47,7 @@ async fn report(
     let Some(sender) = envelope.sender.clone() else {
         if action == Action::Failed {
             for event in bounced {
-                tracing::warn!(id = %stored.id, recipient = %envelope.recipients[event.rcpt].address, reply = %event.reply, "double bounce dropped (the sender is <>)");
+                tracing::warn!(queue_id = %stored.id, recipient = %envelope.recipients[event.rcpt].address, reply = %event.reply, "double bounce dropped (the sender is <>)");
             }
         }
         return Report::NotOwed;
@@ -98,11 +98,11 @@ async fn report(
     };
     match shared.inject(dsn_envelope, &dsn).await {
         Ok(dsn_id) => {
-            tracing::info!(id = %stored.id, dsn = %dsn_id, to = %sender, recipients = failed.len(), kind = ?action, "delivery status notification sent");
+            tracing::info!(queue_id = %stored.id, dsn = %dsn_id, to = %sender, recipients = failed.len(), kind = ?action, "delivery status notification sent");
             Report::Spooled
         }
         Err(e) => {
-            tracing::error!(id = %stored.id, error = %e, "cannot spool a delivery status notification");
+            tracing::error!(queue_id = %stored.id, error = %e, "cannot spool a delivery status notification");
             Report::Failed
         }
     }
@@ -135,6 +135,6 @@ pub(super) async fn delay_notice(
     if report(shared, stored, &deferred, message, Action::Delayed).await == Report::Spooled
         && let Err(e) = std::fs::write(&marker, b"")
     {
-        tracing::warn!(id = %stored.id, error = %e, "cannot remember the delay notice");
+        tracing::warn!(queue_id = %stored.id, error = %e, "cannot remember the delay notice");
     }
 }

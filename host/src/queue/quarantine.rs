@@ -21,7 +21,7 @@ pub(super) fn quarantine(
     let moved = std::fs::create_dir_all(&dir)
         .and_then(|()| std::fs::rename(shared.message_path(id), dir.join(id.to_string())));
     if let Err(e) = moved {
-        tracing::error!(%id, error = %e, "cannot move a message into quarantine");
+        tracing::error!(queue_id = %id, error = %e, "cannot move a message into quarantine");
         return;
     }
     let events: Vec<Event> = pending
@@ -38,7 +38,10 @@ pub(super) fn quarantine(
         })
         .collect();
     if let Err(e) = shared.record(id, message, &events) {
-        tracing::error!(%id, error = %e, "cannot record the quarantine");
+        tracing::error!(queue_id = %id, error = %e, "cannot record the quarantine");
     }
-    tracing::info!(%id, %reason, "message quarantined");
+    tracing::info!(queue_id = %id, %reason, "message quarantined");
+    shared
+        .events
+        .emit(crate::events::Event::quarantined(id, reason));
 }

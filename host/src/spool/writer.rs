@@ -101,6 +101,31 @@ impl MessageWriter {
         .await
     }
 
+    /// The first `max` octets of the message so far (its header, for a delivery event),
+    /// without reading the rest back.
+    pub async fn head(&mut self, max: usize) -> Result<Vec<u8>, SpoolError> {
+        let Some(file) = self.file.as_ref() else {
+            return Ok(self.buf[..self.buf.len().min(max)].to_vec());
+        };
+        let path = self.spool.tmp_path(self.id);
+        let file = file.try_clone().map_err(io_error("cannot reopen", &path))?;
+        run_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut head = vec![0u8; max];
+            let mut filled = 0;
+            while filled < max {
+                match file.read_at(&mut head[filled..], filled as u64) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) => return Err(io_error("cannot read", &path)(e)),
+                }
+            }
+            head.truncate(filled);
+            Ok(head)
+        })
+        .await
+    }
+
     /// Appends the envelope record, makes the file durable, and renames it into `msg/`
     /// through the group commit. When this returns `Ok`, the message survives a crash and
     /// the 250 may be sent.
