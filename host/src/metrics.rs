@@ -70,6 +70,53 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Labels with a fixed set of values (a state, a result, a transport).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `active`, `deferred`, `held` or `quarantined`.
+    pub state: &'static str,
+}
+
+/// Labels naming a destination (recipient domain) of the queue: the top ones by queued
+/// messages, and `other`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabels {
+    /// The recipient domain, or `other`.
+    pub destination: String,
+}
+
+/// Labels of a delivery attempt's outcome by destination class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    /// `delivered`, `deferred`, `bounced`.
+    pub outcome: &'static str,
+    /// `mx`, `smarthost`, `maildir`, `discard` or `misrouted`.
+    pub class: &'static str,
+}
+
+/// Labels of a bounce: its enhanced status code's class and subject (`5.1`, `4.4`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BounceLabels {
+    /// The first two parts of the enhanced code, or `none`.
+    pub code: String,
+}
+
+/// Labels of a TLS session.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsLabels {
+    /// `in` (a client's STARTTLS or implicit TLS) or `out` (to a next hop).
+    pub direction: &'static str,
+    /// `TLSv1.3`, `TLSv1.2`.
+    pub version: String,
+}
+
+/// Labels of an AUTH attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabels {
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
 /// Labels of a counter a plugin keeps through `counter-add`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginCounterLabels {
@@ -152,6 +199,22 @@ pub struct Metrics {
     pub plugin_counters: Family<PluginCounterLabels, Counter>,
     /// Delivery outcomes per recipient and attempt.
     pub deliveries: Family<OutcomeLabels, Counter>,
+    /// Messages in the queue by state (set when `/metrics` is read).
+    pub queue_by_state: Family<StateLabels, Gauge>,
+    /// Messages in the queue by destination, the top ones and `other` (set when read).
+    pub queue_by_destination: Family<DestinationLabels, Gauge>,
+    /// Delivery attempts by outcome and destination class, one per recipient.
+    pub delivery_attempts: Family<AttemptLabels, Counter>,
+    /// Time from acceptance to delivery, per delivered recipient.
+    pub delivery_latency: Histogram,
+    /// Bounces by enhanced status code class.
+    pub bounces: Family<BounceLabels, Counter>,
+    /// TLS sessions by direction and version.
+    pub tls_sessions: Family<TlsLabels, Counter>,
+    /// SMTP AUTH attempts by result.
+    pub auth_attempts: Family<AuthLabels, Counter>,
+    /// Plugin reloads that applied.
+    pub plugin_reloads: Counter,
     /// Admin API requests refused for a missing or wrong token.
     pub admin_unauthorized: Counter,
     /// Log lines dropped because the log writer could not keep up.
@@ -198,6 +261,55 @@ impl Metrics {
         let plugin_instances = Family::default();
         let deliveries = Family::default();
         let queued = Gauge::default();
+        let queue_by_state = Family::default();
+        registry.register(
+            "queue_messages",
+            "Messages in the queue by state",
+            queue_by_state.clone(),
+        );
+        let queue_by_destination = Family::default();
+        registry.register(
+            "queue_destination_messages",
+            "Messages in the queue by recipient domain (the top 20, and other)",
+            queue_by_destination.clone(),
+        );
+        let delivery_attempts = Family::default();
+        registry.register(
+            "delivery_attempts",
+            "Delivery attempts by outcome and destination class, per recipient",
+            delivery_attempts.clone(),
+        );
+        // From a second to about three days.
+        let delivery_latency = Histogram::new(exponential_buckets(1.0, 4.0, 10));
+        registry.register(
+            "delivery_latency_seconds",
+            "Time from acceptance to delivery, per delivered recipient",
+            delivery_latency.clone(),
+        );
+        let bounces = Family::default();
+        registry.register(
+            "bounces",
+            "Bounces by enhanced status code class",
+            bounces.clone(),
+        );
+        let tls_sessions = Family::default();
+        registry.register(
+            "tls_sessions",
+            "TLS sessions by direction and version",
+            tls_sessions.clone(),
+        );
+        let auth_attempts = Family::default();
+        registry.register(
+            "auth_attempts",
+            "SMTP AUTH attempts by result",
+            auth_attempts.clone(),
+        );
+        let plugin_reloads = Counter::default();
+        registry.register(
+            "plugin_reloads",
+            "Plugin reloads that applied",
+            plugin_reloads.clone(),
+        );
         let admin_unauthorized = Counter::default();
         registry.register(
             "admin_unauthorized",
@@ -342,6 +454,14 @@ impl Metrics {
             plugin_counters,
             deliveries,
             queued,
+            queue_by_state,
+            queue_by_destination,
+            delivery_attempts,
+            delivery_latency,
+            bounces,
+            tls_sessions,
+            auth_attempts,
+            plugin_reloads,
             admin_unauthorized,
             log_lines_dropped,
             events_emitted,

@@ -161,6 +161,20 @@ fn an_operator_steers_deferred_held_and_quarantined_mail() {
         "{table}"
     );
 
+    // The same figures for Prometheus, and what the attempts did.
+    let metrics = gateway.admin_get("/metrics").1;
+    for line in [
+        "tidegate_queue_messages{state=\"deferred\"} 1",
+        "tidegate_queue_messages{state=\"held\"} 1",
+        "tidegate_queue_messages{state=\"quarantined\"} 1",
+        "tidegate_queue_destination_messages{destination=\"flaky.test\"} 1",
+        "tidegate_delivery_attempts_total{outcome=\"delivered\",class=\"smarthost\"} 1",
+        "tidegate_delivery_attempts_total{outcome=\"deferred\",class=\"smarthost\"} 1",
+        "tidegate_delivery_latency_seconds_count 1",
+    ] {
+        assert!(metrics.contains(line), "no {line} in\n{metrics}");
+    }
+
     let list = gateway.cli_json(&["queue", "list", "--state", "deferred"]);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list[0]["id"], deferred.as_str());

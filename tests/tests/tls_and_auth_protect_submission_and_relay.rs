@@ -75,6 +75,9 @@ relay_networks = []
 [queue]
 hold = true
 
+[admin]
+address = "127.0.0.1:0"
+
 [tls]
 certificate = "{dir}/default.pem"
 key = "{dir}/default.key"
@@ -215,6 +218,16 @@ fn auth_login_works_and_failures_are_rate_limited() {
         .expect(454, "4.7.0");
     // Any AUTH is refused while blocked, before a challenge is even sent.
     guesser.command("AUTH PLAIN").expect(454, "4.7.0");
+
+    // The metrics count both TLS sessions and every AUTH attempt by its result.
+    let metrics = s.gateway.admin_get("/metrics").1;
+    for line in [
+        "tidegate_tls_sessions_total{direction=\"in\",version=\"TLSv1.3\"} 2",
+        "tidegate_auth_attempts_total{result=\"success\"} 1",
+        "tidegate_auth_attempts_total{result=\"failure\"} 3",
+    ] {
+        assert!(metrics.contains(line), "no {line} in\n{metrics}");
+    }
 }
 
 #[test]

@@ -218,17 +218,58 @@ fn audited<T: Serialize>(
     respond(result)
 }
 
+/// Destinations named in `tidegate_queue_destination_messages`; the rest are `other`.
+const TOP_DESTINATIONS: usize = 20;
+
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
-    state
-        .metrics
+    let metrics = &state.metrics;
+    metrics
         .log_lines_dropped
         .set(i64::try_from(crate::logging::dropped_lines()).unwrap_or(i64::MAX));
+    // The queue's gauges are read from the index when scraped, not kept on every change.
+    let summary = state.queue.summary();
+    let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    use crate::metrics::{DestinationLabels, StateLabels};
+    for (name, count) in [
+        ("active", summary.messages.active),
+        ("deferred", summary.messages.deferred),
+        ("held", summary.messages.held),
+        ("quarantined", summary.quarantined),
+    ] {
+        metrics
+            .queue_by_state
+            .get_or_create(&StateLabels { state: name })
+            .set(gauge(count));
+    }
+    metrics.queue_by_destination.clear();
+    let mut other = 0u64;
+    for (n, d) in summary.destinations.iter().enumerate() {
+        let count = d.messages.active + d.messages.deferred + d.messages.held;
+        if n < TOP_DESTINATIONS && d.domain != "other" {
+            metrics
+                .queue_by_destination
+                .get_or_create(&DestinationLabels {
+                    destination: d.domain.clone(),
+                })
+                .set(gauge(count));
+        } else {
+            other += count;
+        }
+    }
+    if other > 0 {
+        metrics
+            .queue_by_destination
+            .get_or_create(&DestinationLabels {
+                destination: "other".into(),
+            })
+            .set(gauge(other));
+    }
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(),
+        metrics.render(),
     )
         .into_response()
 }

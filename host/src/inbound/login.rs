@@ -76,6 +76,7 @@ impl Session {
             }
         }
         tracing::debug!(peer = %self.peer, tls = ?self.io.stream().tls_summary(), "STARTTLS done");
+        self.count_tls();
         // RFC 3207 §4.2: the server forgets everything it learnt before the handshake.
         self.state = State::AwaitingHelo;
         self.session_tags.clear();
@@ -134,6 +135,7 @@ impl Session {
             Err(Exchange::Refused(e)) => {
                 if e != SaslError::Cancelled {
                     attempt.failed();
+                    self.count_auth("failure");
                 }
                 self.respond(e.reply());
                 return Flow::Continue;
@@ -162,6 +164,7 @@ impl Session {
             if let Some(refusal) = policy::refusal(&outcome.decision) {
                 if refusal.is_permanent_failure() {
                     attempt.failed();
+                    self.count_auth("failure");
                 }
                 tracing::info!(peer = %self.peer, user = %credentials.username, reply = %refusal, "authentication refused by policy");
                 self.respond(refusal);
@@ -173,6 +176,7 @@ impl Session {
         }
         if accepted {
             attempt.succeeded();
+            self.count_auth("success");
             tracing::info!(peer = %self.peer, user = %credentials.username, mechanism = %command.mechanism, "authenticated");
             self.authenticated = Some(credentials.username.clone());
             self.may_relay = true;
@@ -184,12 +188,22 @@ impl Session {
             self.respond(replies::success());
         } else {
             attempt.failed();
+            self.count_auth("failure");
             tracing::info!(peer = %self.peer, user = %credentials.username, "authentication failed");
             // A short pause makes guessing slower without holding a worker.
             tokio::time::sleep(Duration::from_millis(250)).await;
             self.respond(replies::invalid_credentials());
         }
         Flow::Continue
+    }
+
+    /// Counts an AUTH attempt by its result.
+    fn count_auth(&self, result: &'static str) {
+        self.ctx
+            .metrics
+            .auth_attempts
+            .get_or_create(&crate::metrics::AuthLabels { result })
+            .inc();
     }
 
     /// Runs the challenge/response part of a mechanism.

@@ -291,6 +291,20 @@ impl Session {
         }
     }
 
+    /// Counts a TLS session that has just started, by its version.
+    pub(super) fn count_tls(&self) {
+        if let Some((version, _, _)) = self.io.stream().tls_facts() {
+            self.ctx
+                .metrics
+                .tls_sessions
+                .get_or_create(&crate::metrics::TlsLabels {
+                    direction: "in",
+                    version,
+                })
+                .inc();
+        }
+    }
+
     /// The handshake of an `smtps` listener (RFC 8314), before the greeting.
     async fn implicit_tls(&mut self) -> bool {
         let Some(tls) = self.ctx.tls.clone() else {
@@ -299,7 +313,10 @@ impl Session {
         let acceptor = tls.acceptor();
         let timeout = self.command_timeout();
         match tokio::time::timeout(timeout, self.io.stream_mut().upgrade(&acceptor)).await {
-            Ok(Ok(())) => true,
+            Ok(Ok(())) => {
+                self.count_tls();
+                true
+            }
             Ok(Err(e)) => {
                 tracing::info!(peer = %self.peer, error = %e, "TLS handshake failed");
                 false

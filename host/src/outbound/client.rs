@@ -419,6 +419,8 @@ pub struct ClientSession<S = BoxedStream> {
     timeouts: Timeouts,
     usable: bool,
     tls: bool,
+    /// The TLS version negotiated by STARTTLS.
+    tls_version: Option<String>,
 }
 
 impl<S> fmt::Debug for ClientSession<S> {
@@ -488,7 +490,9 @@ impl ClientSession<BoxedStream> {
             }
             Err(_) => return Err(ClientError::Timeout(Stage::StartTls)),
         };
+        let tls_version = crate::tls::handshake_facts(tls.get_ref().1).map(|(version, _)| version);
         let mut session = ClientSession {
+            tls_version,
             stream: Box::new(tls) as BoxedStream,
             rbuf: self.rbuf,
             start: 0,
@@ -519,6 +523,11 @@ impl<S: Stream> ClientSession<S> {
         self.tls
     }
 
+    /// The TLS version STARTTLS negotiated, if it did.
+    pub fn tls_version(&self) -> Option<&str> {
+        self.tls_version.as_deref()
+    }
+
     /// Starts a session on a connected stream: greeting, then EHLO (or HELO), as
     /// [`connect`](ClientSession::connect) does.
     pub async fn start(
@@ -534,6 +543,7 @@ impl<S: Stream> ClientSession<S> {
             )));
         }
         let mut session = ClientSession {
+            tls_version: None,
             stream,
             rbuf: vec![0; READ_BUFFER].into_boxed_slice(),
             start: 0,

@@ -152,6 +152,9 @@ impl PluginHost {
             .map(|(name, _)| name.clone())
             .collect();
         self.current.store(Arc::new(set));
+        if !changed.is_empty() {
+            self.services.metrics.plugin_reloads.inc();
+        }
         Ok(changed)
     }
 

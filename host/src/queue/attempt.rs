@@ -88,6 +88,8 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
     // A destination with no room for this message: the attempt stops there, and the
     // message waits parked on it with its remaining recipients.
     let mut parked_on: Option<String> = None;
+    // Each attempted recipient's destination class, for the metrics.
+    let mut classes: Vec<(usize, &'static str)> = Vec::with_capacity(pending.len());
     let last_group = groups.len().saturating_sub(1);
     for (n, (destination, rcpts)) in groups.into_iter().enumerate() {
         // The destination's slot first, then a global one: a destination that tarpits
@@ -119,6 +121,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
                 }
             },
         };
+        classes.extend(rcpts.iter().map(|&r| (r, destination.class())));
         let delivered = deliver(shared, &destination, envelope, &rcpts, octets).await;
         if n < last_group {
             // More destinations follow, and they may take long: what this one accepted is
@@ -189,7 +192,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         return;
     };
     message.apply(&events);
-    count_and_log(shared, id, envelope, &events, started);
+    count_and_log(shared, id, envelope, &events, started, &classes);
     tell_plugins(&mut plugins, id, envelope, &events).await;
 
     delay_notice(shared, &stored, &events, octets.head()).await;
@@ -416,8 +419,10 @@ fn count_and_log(
     envelope: &Envelope,
     events: &[Event],
     started: std::time::Instant,
+    classes: &[(usize, &'static str)],
 ) {
     let duration = started.elapsed();
+    let metrics = &shared.metrics;
     for event in events {
         let outcome = match event.outcome {
             Outcome::Delivered => "delivered",
@@ -432,6 +437,32 @@ fn count_and_log(
                 outcome: outcome.to_owned(),
             })
             .inc();
+        let class = classes
+            .iter()
+            .find(|(r, _)| *r == event.rcpt)
+            .map_or("none", |(_, c)| c);
+        metrics
+            .delivery_attempts
+            .get_or_create(&crate::metrics::AttemptLabels { outcome, class })
+            .inc();
+        match event.outcome {
+            Outcome::Delivered => {
+                let waited = event.at.saturating_sub(envelope.received_at);
+                metrics.delivery_latency.observe(waited as f64);
+            }
+            Outcome::Bounced => {
+                let code = event
+                    .status
+                    .as_deref()
+                    .and_then(|s| s.rsplit_once('.').map(|(class, _)| class.to_owned()))
+                    .unwrap_or_else(|| "none".to_owned());
+                metrics
+                    .bounces
+                    .get_or_create(&crate::metrics::BounceLabels { code })
+                    .inc();
+            }
+            _ => {}
+        }
         let address = &envelope.recipients[event.rcpt].address;
         if matches!(event.outcome, Outcome::Deferred | Outcome::Bounced) {
             let domain = address.rsplit_once('@').map_or("", |(_, d)| d);

@@ -35,6 +35,17 @@ pub(super) enum Destination {
 
 impl Destination {
     /// The key of the per-destination concurrency limit.
+    /// The destination's class, for metrics.
+    pub(super) fn class(&self) -> &'static str {
+        match self {
+            Destination::Smarthost { .. } => "smarthost",
+            Destination::Mx { .. } => "mx",
+            Destination::Maildir { .. } => "maildir",
+            Destination::Discard => "discard",
+            Destination::Misrouted(_) => "misrouted",
+        }
+    }
+
     pub(super) fn limit_key(&self) -> String {
         match self {
             Destination::Smarthost { route, .. } => format!("route:{route}"),

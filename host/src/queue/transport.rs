@@ -375,6 +375,19 @@ pub(super) async fn open(
         )));
     }
     let offered = session.capabilities().starttls;
+    let counted = |session: ClientSession| {
+        if let Some(version) = session.tls_version() {
+            shared
+                .metrics
+                .tls_sessions
+                .get_or_create(&crate::metrics::TlsLabels {
+                    direction: "out",
+                    version: version.to_owned(),
+                })
+                .inc();
+        }
+        session
+    };
     match tls {
         TlsPolicy::None => Ok(session),
         TlsPolicy::Opportunistic if !offered => Ok(session),
@@ -387,7 +400,7 @@ pub(super) async fn open(
         TlsPolicy::Opportunistic => {
             let name = server_name(host, addr);
             match session.starttls(&shared.tls_any, name, helo).await {
-                Ok(session) => Ok(session),
+                Ok(session) => Ok(counted(session)),
                 Err(error) => {
                     // RFC 7435: opportunistic encryption must not make delivery worse
                     // than plain text. Start over without it.
@@ -398,7 +411,10 @@ pub(super) async fn open(
         }
         TlsPolicy::Required => {
             let name = server_name(host, addr);
-            session.starttls(&shared.tls_verified, name, helo).await
+            session
+                .starttls(&shared.tls_verified, name, helo)
+                .await
+                .map(counted)
         }
     }
 }
