@@ -276,11 +276,25 @@ impl Session {
     /// go back for reuse, so that a client that sees the connection close and reconnects
     /// finds them, then the final replies are flushed and the connection shut down.
     async fn end(&mut self, reason: &'static str, close: bool) {
+        let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // One line per session: who, how, what it did.
+        tracing::info!(
+            peer = %self.peer,
+            listener = %self.listener,
+            helo = self.helo_name().unwrap_or(""),
+            tls = self.io.stream().tls_summary().as_deref().unwrap_or("none"),
+            auth = self.authenticated.as_deref().unwrap_or(""),
+            transactions = self.transactions,
+            accepted = self.accepted,
+            duration_ms,
+            reason,
+            "session ended"
+        );
         if self.plugins.wants_disconnect() {
             let summary = w::SessionSummary {
                 transactions: self.transactions,
                 accepted: self.accepted,
-                duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                duration_ms,
                 reason: reason.to_owned(),
             };
             self.plugins.disconnect(&summary).await;
@@ -288,6 +302,14 @@ impl Session {
         self.plugins.release();
         if close {
             let _ = self.io.close(self.command_timeout()).await;
+        }
+    }
+
+    /// The name the client gave in HELO/EHLO, if it did.
+    fn helo_name(&self) -> Option<&str> {
+        match &self.state {
+            State::Ready(helo) | State::Transaction(helo, _) => Some(&helo.name),
+            State::AwaitingHelo => None,
         }
     }
 

@@ -438,7 +438,7 @@ impl Shared {
         if message.is_complete() {
             self.forget(id);
             self.remove_files(id);
-            tracing::info!(queue_id = %id, "message complete, removed from the spool");
+            tracing::debug!(queue_id = %id, "message complete, removed from the spool");
         } else {
             self.update_info(id, message);
             self.index
@@ -456,7 +456,7 @@ impl Shared {
     /// (see `attempt::run`: a first attempt with every recipient final writes no log).
     pub(crate) fn finish_removed(&self, id: QueueId) {
         self.forget(id);
-        tracing::info!(queue_id = %id, "message complete, removed from the spool");
+        tracing::debug!(queue_id = %id, "message complete, removed from the spool");
     }
 
     /// Refreshes what the index shows of a message from the attempt's copy of it.
