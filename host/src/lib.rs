@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod plugins;
 pub mod queue;
+pub mod reconfigure;
 pub mod sender_auth;
 pub mod server;
 pub mod spool;

@@ -22,7 +22,7 @@ use crate::dns::Dns;
 use crate::inbound::listener::Listener;
 use crate::inbound::{InboundContext, InboundParts};
 use crate::metrics::Metrics;
-use crate::plugins::{PluginHost, reload};
+use crate::plugins::PluginHost;
 use crate::queue::Queue;
 use crate::spool::Spool;
 use crate::tls::ServerTls;
@@ -149,6 +149,13 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     if let (Some(tls), Some(tls_config)) = (tls, config.tls.clone()) {
         tokio::spawn(tls.watch(tls_config, shutdown.clone()));
     }
+    let reconfigurer = Arc::new(crate::reconfigure::Reconfigurer::new(
+        config_path.clone(),
+        Arc::clone(&plugins),
+        ctx.queue.clone(),
+        Arc::clone(&ctx),
+        Arc::clone(&dns),
+    ));
     let readiness = Arc::new(admin::Readiness::default());
     // The admin API outlives the listeners: `/readyz` says "draining" until the end.
     let admin_stop = CancellationToken::new();
@@ -159,22 +166,17 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             }
             None => None,
         };
-        let started_with = std::fs::read_to_string(&config_path)
-            .ok()
-            .and_then(|text| text.parse::<toml::Table>().ok())
-            .unwrap_or_default();
         let state = Arc::new(admin::AdminState {
             metrics: Arc::clone(&metrics),
             queue: ctx.queue.clone(),
             plugins: Arc::clone(&plugins),
             tokens,
             readiness: Arc::clone(&readiness),
-            config_path: config_path.clone(),
-            started_with,
+            reconfigurer: Arc::clone(&reconfigurer),
         });
         tokio::spawn(admin::serve(socket, state, admin_stop.clone()));
     }
-    tokio::spawn(reload::watch(config_path, plugins, shutdown.clone()));
+    tokio::spawn(Arc::clone(&reconfigurer).watch(shutdown.clone()));
     let sessions = TaskTracker::new();
     let accepting = TaskTracker::new();
     for listener in listeners {

@@ -11,7 +11,6 @@
 pub mod tokens;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
@@ -76,10 +75,8 @@ pub struct AdminState {
     pub tokens: Option<Tokens>,
     /// Readiness.
     pub readiness: Arc<Readiness>,
-    /// The configuration file, read again by a reload.
-    pub config_path: PathBuf,
-    /// The configuration file's tables at start-up, to name what a reload cannot apply.
-    pub started_with: toml::Table,
+    /// Reloads.
+    pub reconfigurer: Arc<crate::reconfigure::Reconfigurer>,
 }
 
 /// Who asked (the token's name), for the log.
@@ -476,53 +473,12 @@ fn failure_kinds(rendered: &str, plugin: &str) -> Vec<String> {
     kinds
 }
 
-/// What a reload did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReloadReport {
-    /// Plugins loaded anew.
-    pub changed: Vec<String>,
-    /// Why the reload was refused (nothing changed), if it was.
-    pub failed: Option<String>,
-    /// Configuration tables that changed but apply only at the next start.
-    pub needs_restart: Vec<String>,
-}
-
 async fn reload(
     State(state): State<Arc<AdminState>>,
     Extension(caller): Extension<Caller>,
 ) -> Response {
-    let mut report = ReloadReport::default();
-    let path = state.config_path.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
-        let config = crate::config::Config::load(&path).map_err(|e| format!("{e:#}"))?;
-        let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
-        Ok::<_, String>((config, table))
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
-    match loaded {
-        Err(why) => report.failed = Some(why),
-        Ok((config, table)) => {
-            match state.plugins.reload(&config).await {
-                Ok(changed) => report.changed = changed,
-                Err(why) => report.failed = Some(why),
-            }
-            // Plugins, the users file, recipients lists and TLS certificates are applied
-            // live (the last three when their files change); the rest at a restart.
-            let live = ["plugin", "plugins"];
-            let mut keys: Vec<&String> = table.keys().chain(state.started_with.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            report.needs_restart = keys
-                .into_iter()
-                .filter(|k| !live.contains(&k.as_str()))
-                .filter(|k| table.get(*k) != state.started_with.get(*k))
-                .cloned()
-                .collect();
-        }
-    }
-    tracing::info!(by = %caller.0, changed = ?report.changed, failed = ?report.failed, needs_restart = ?report.needs_restart, "reload asked for by the admin API");
+    let report = state.reconfigurer.reload("admin API").await;
+    tracing::info!(by = %caller.0, failed = ?report.failed, "reload asked for by the admin API");
     Json(report).into_response()
 }
 

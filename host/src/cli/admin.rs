@@ -13,11 +13,11 @@ use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 
-use crate::admin::{PluginStatus, ReloadReport};
-use crate::config::Config;
+use crate::admin::PluginStatus;
 use crate::queue::control::{
     Done, ListQuery, MessageDetail, MessageLine, MessageState, QuarantinedLine, Selector, Summary,
 };
+use crate::reconfigure::ReloadReport;
 
 /// The most a reply may hold (a list of 10,000 messages fits).
 const MAX_REPLY: usize = 32 * 1024 * 1024;
@@ -170,16 +170,43 @@ struct Client {
 
 impl Client {
     fn new(args: &ClientArgs) -> anyhow::Result<Client> {
-        let config = Config::load(&args.config)?;
-        let address = args.admin.or(config.admin.address).with_context(|| {
+        // Only the `[admin]` table is read, not the whole file checked: `tidegate reload`
+        // must be able to tell the gateway about a file that has errors elsewhere.
+        let path = &args.config;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let table: toml::Table = text
+            .parse()
+            .with_context(|| format!("{}: not TOML", path.display()))?;
+        let admin = table.get("admin").and_then(|a| a.as_table());
+        let configured = admin
+            .and_then(|a| a.get("address"))
+            .and_then(|a| a.as_str())
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .with_context(|| format!("{}: admin.address `{a}`", path.display()))
+            })
+            .transpose()?;
+        let address = args.admin.or(configured).with_context(|| {
             format!(
                 "{} has no [admin] address: the admin API is off",
-                args.config.display()
+                path.display()
             )
         })?;
-        let token = match &config.admin.token_file {
-            Some(path) => {
-                let tokens = crate::admin::tokens::Tokens::load(path)?;
+        let token = match admin
+            .and_then(|a| a.get("token_file"))
+            .and_then(|f| f.as_str())
+        {
+            Some(file) => {
+                let file = PathBuf::from(file);
+                let file = if file.is_relative() {
+                    path.parent()
+                        .unwrap_or(std::path::Path::new("."))
+                        .join(file)
+                } else {
+                    file
+                };
+                let tokens = crate::admin::tokens::Tokens::load(&file)?;
                 tokens
                     .first()
                     .map(|t| String::from_utf8_lossy(t).into_owned())
@@ -670,6 +697,9 @@ pub fn reload(args: ClientArgs) -> anyhow::Result<()> {
                 println!("plugins: unchanged");
             } else {
                 println!("plugins reloaded: {}", report.changed.join(", "));
+            }
+            if !report.applied.is_empty() {
+                println!("applied: {}", report.applied.join(", "));
             }
             if !report.needs_restart.is_empty() {
                 println!(

@@ -13,7 +13,9 @@ impl Session {
     /// Whether this session's mail is verified: the listener asks for it and the client
     /// did not authenticate (submission clients are known, not judged).
     fn verifies(&self) -> bool {
-        self.checks.any() && self.authenticated.is_none() && self.ctx.sender_auth.verifier.is_some()
+        self.checks.any()
+            && self.authenticated.is_none()
+            && self.live.sender_auth.verifier.is_some()
     }
 
     /// SPF for the transaction MAIL FROM opens, if the listener checks SPF (or DMARC,
@@ -23,7 +25,7 @@ impl Session {
         helo: &str,
         sender: Option<&str>,
     ) -> Option<SpfResults> {
-        let verifier = self.ctx.sender_auth.verifier.as_ref()?;
+        let verifier = self.live.sender_auth.verifier.as_ref()?;
         if !self.verifies() || !(self.checks.spf || self.checks.dmarc) {
             self.plugins.set_auth_results(Vec::new());
             return None;
@@ -41,7 +43,7 @@ impl Session {
     /// one must never survive, not even from an authenticated client.
     pub(super) fn drop_forged_results(&self, envelope: &mut Envelope) {
         envelope.header_edits.push(HeaderEdit::RemoveAuthResults {
-            authserv_id: self.ctx.config.hostname.as_str().to_owned(),
+            authserv_id: self.live.config.hostname.as_str().to_owned(),
         });
     }
 
@@ -54,7 +56,7 @@ impl Session {
         spf: Option<&SpfResults>,
         envelope: &mut Envelope,
     ) {
-        let Some(verifier) = self.ctx.sender_auth.verifier.clone() else {
+        let Some(verifier) = self.live.sender_auth.verifier.clone() else {
             return;
         };
         if !self.verifies() {
@@ -97,10 +99,10 @@ impl Session {
         }
         // The session itself is not shared across threads: hold only the context over the
         // lookups.
-        let ctx = std::sync::Arc::clone(&self.ctx);
+        let live = std::sync::Arc::clone(&self.live);
         let (Some(sealer), Some(verifier), Some(spf)) = (
-            ctx.sender_auth.sealer.as_ref(),
-            ctx.sender_auth.verifier.as_ref(),
+            live.sender_auth.sealer.as_ref(),
+            live.sender_auth.verifier.as_ref(),
             spf,
         ) else {
             return;
@@ -119,7 +121,7 @@ impl Session {
     /// client that may relay is signed: an MX must never lend its key to a forged message
     /// arriving from outside.
     pub(super) fn sign_message(&self, raw: &[u8], envelope: &mut Envelope) {
-        let signer = &self.ctx.sender_auth.signer;
+        let signer = &self.live.sender_auth.signer;
         if signer.is_empty() || !(self.may_relay || self.authenticated.is_some()) {
             return;
         }

@@ -81,7 +81,7 @@ impl Session {
         self.io
             .queue(&Reply::bare(354, "End data with <CR><LF>.<CR><LF>"));
         let mut writer = Some(self.start_message(&helo, &tx));
-        let policy = self.ctx.config.smtp.bare_line_endings;
+        let policy = self.live.config.smtp.bare_line_endings;
         let mut reader = DotReader::new(policy, MAX_TEXT_LINE);
         let mut spool_failed = false;
         let mut hops = HopCounter::new();
@@ -101,7 +101,7 @@ impl Session {
                 hops.feed(w.buffer().get(stored_before..).unwrap_or_default());
             }
             self.io.consume(fed.consumed);
-            if reader.octets() > self.ctx.config.limits.max_message_size {
+            if reader.octets() > self.live.config.limits.max_message_size {
                 writer = None;
             }
             if fed.complete {
@@ -132,8 +132,8 @@ impl Session {
     pub(super) async fn bdat(&mut self, size: u64, last: bool) -> Flow {
         let refusal = self.refuse_data_now(true);
         let timeout = self.data_timeout();
-        let max_size = self.ctx.config.limits.max_message_size;
-        let policy = self.ctx.config.smtp.bare_line_endings;
+        let max_size = self.live.config.limits.max_message_size;
+        let policy = self.live.config.smtp.bare_line_endings;
         let mut chunk = None;
         if refusal.is_none() {
             let existing = match &mut self.state {
@@ -269,7 +269,7 @@ impl Session {
             [(only, _)] => Some(only.as_str()),
             _ => None,
         };
-        let hostname = self.ctx.config.hostname.to_string();
+        let hostname = self.live.config.hostname.to_string();
         let tls = self.io.stream().tls_summary();
         let trace = Trace {
             helo: &helo.name,
@@ -287,7 +287,7 @@ impl Session {
 
     /// The reply that refuses a fully read message, if it must be refused.
     fn refusal_for(&self, outcome: &Outcome) -> Option<Reply> {
-        if outcome.octets > self.ctx.config.limits.max_message_size {
+        if outcome.octets > self.live.config.limits.max_message_size {
             Some(Reply::new(
                 552,
                 codes::TOO_BIG,
@@ -305,7 +305,7 @@ impl Session {
                 codes::SYNTAX_ERROR,
                 "Message line longer than 998 octets",
             ))
-        } else if outcome.hops >= self.ctx.config.limits.max_hops {
+        } else if outcome.hops >= self.live.config.limits.max_hops {
             // With our own trace field the message would carry more than `max_hops`:
             // it is most likely circulating in a mail loop (RFC 5321 §6.3).
             Some(Reply::new(554, codes::ROUTING_LOOP, "Too many hops"))
@@ -396,8 +396,8 @@ impl Session {
             quarantine: None,
         };
         let authenticating = self.checks.any()
-            || !self.ctx.sender_auth.signer.is_empty()
-            || self.ctx.sender_auth.sealer.is_some();
+            || !self.live.sender_auth.signer.is_empty()
+            || self.live.sender_auth.sealer.is_some();
         let raw = if authenticating {
             match writer.contents().await {
                 Ok(raw) => Some(raw),
@@ -563,7 +563,7 @@ impl Session {
                 w::Edit::AddRecipient(address) => {
                     let known = envelope.recipients.iter().any(|r| r.address == address);
                     if !known && self.plugin_recipient_allowed(&address) {
-                        if envelope.recipients.len() >= self.ctx.config.limits.max_recipients {
+                        if envelope.recipients.len() >= self.live.config.limits.max_recipients {
                             tracing::warn!(recipient = %address, "recipient added by a plugin is over max_recipients, dropped");
                         } else {
                             envelope.recipients.push(envelope::Recipient {
@@ -605,7 +605,7 @@ impl Session {
 
     /// The longest a whole message transfer may take.
     fn max_data_time(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.ctx.config.limits.max_data_time_secs)
+        std::time::Duration::from_secs(self.live.config.limits.max_data_time_secs)
     }
 
     /// Reads more message data, waiting at most `timeout`, and never past `deadline`.
@@ -638,17 +638,17 @@ impl Session {
             Interrupted::TimedOut => self.close_with(Reply::new(
                 421,
                 codes::TIMEOUT,
-                format!("{} Error: timeout exceeded", self.ctx.config.hostname),
+                format!("{} Error: timeout exceeded", self.live.config.hostname),
             )),
             Interrupted::TooSlow => {
                 self.close_reason = Some("timeout");
-                tracing::info!(peer = %self.peer, limit_secs = self.ctx.config.limits.max_data_time_secs, "message data took too long, closing");
+                tracing::info!(peer = %self.peer, limit_secs = self.live.config.limits.max_data_time_secs, "message data took too long, closing");
                 self.close_with(Reply::new(
                     421,
                     codes::TIMEOUT,
                     format!(
                         "{} Error: message data took too long, closing",
-                        self.ctx.config.hostname
+                        self.live.config.hostname
                     ),
                 ))
             }

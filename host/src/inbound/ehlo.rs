@@ -54,7 +54,7 @@ impl Session {
             extended,
         });
         if extended {
-            let mut reply = self.ctx.ehlo_reply.clone();
+            let mut reply = self.live.ehlo_reply.clone();
             let mut text = reply.text.into_owned();
             if self.starttls_offered() {
                 text.push_str("\nSTARTTLS");
@@ -65,7 +65,7 @@ impl Session {
             reply.text = text.into();
             reply
         } else {
-            Reply::bare(250, self.ctx.config.hostname.to_string())
+            Reply::bare(250, self.live.config.hostname.to_string())
         }
     }
 }

@@ -26,7 +26,7 @@ impl Session {
     /// Whether AUTH is on offer now: configured, not done yet, and over TLS (unless
     /// plaintext AUTH is allowed for tests).
     pub(super) fn auth_offered(&self) -> bool {
-        match &self.ctx.config.auth {
+        match &self.live.config.auth {
             Some(auth) => {
                 self.authenticated.is_none() && (self.io.stream().is_tls() || auth.allow_plaintext)
             }
@@ -82,13 +82,13 @@ impl Session {
         self.session_tags.clear();
         self.tags.clear();
         self.authenticated = None;
-        self.may_relay = self.ctx.relay.is_relay_client(self.peer.ip());
+        self.may_relay = self.live.relay.is_relay_client(self.peer.ip());
         Flow::Continue
     }
 
     /// Handles `AUTH mechanism [initial-response]`.
     pub(super) async fn auth(&mut self, argument: &str) -> Flow {
-        let Some(config) = self.ctx.config.auth.clone() else {
+        let Some(config) = self.live.config.auth.clone() else {
             self.respond(Reply::new(
                 502,
                 codes::INVALID_COMMAND,
@@ -249,7 +249,7 @@ impl Session {
                 return Err(Exchange::Ended(self.close_with(Reply::new(
                     421,
                     codes::TIMEOUT,
-                    format!("{} Error: timeout exceeded", self.ctx.config.hostname),
+                    format!("{} Error: timeout exceeded", self.live.config.hostname),
                 ))));
             }
             Ok(LineEvent::Closed | LineEvent::Shutdown) | Err(_) => {

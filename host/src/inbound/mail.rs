@@ -45,7 +45,7 @@ impl Session {
                         && size.bytes().all(|b| b.is_ascii_digit()))
                     .then(|| size.parse::<u64>().unwrap_or(u64::MAX));
                     match declared {
-                        Some(n) if n > self.ctx.config.limits.max_message_size => {
+                        Some(n) if n > self.live.config.limits.max_message_size => {
                             return Reply::new(
                                 552,
                                 codes::TOO_BIG,
@@ -103,7 +103,7 @@ impl Session {
             );
         }
         if let (Some(user), Some(auth), ReversePath::Mailbox(mailbox)) =
-            (&self.authenticated, &self.ctx.config.auth, &sender)
+            (&self.authenticated, &self.live.config.auth, &sender)
             && auth.require_sender_match
             && !mailbox.to_string().eq_ignore_ascii_case(user)
         {

@@ -62,21 +62,44 @@ pub struct InboundParts {
     pub events: crate::events::Events,
 }
 
+/// What a reload may change for the sessions to come: each session takes the current one
+/// when it starts and keeps it to its end, so a session never sees rules change under it.
+#[derive(Debug)]
+pub struct Live {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Relay rules built from it.
+    pub relay: RelayPolicy,
+    /// The EHLO reply built from it.
+    pub ehlo_reply: Reply,
+    /// DKIM signing, ARC sealing and verification built from it.
+    pub sender_auth: Arc<crate::sender_auth::SenderAuth>,
+}
+
+impl Live {
+    /// The live part of `config`, with `sender_auth` already built from it.
+    pub fn new(config: Arc<Config>, sender_auth: Arc<crate::sender_auth::SenderAuth>) -> Live {
+        Live {
+            relay: RelayPolicy::new(&config.relay),
+            ehlo_reply: ehlo::ehlo_reply(&config),
+            config,
+            sender_auth,
+        }
+    }
+}
+
 /// What every session needs from the server, shared read-only.
 #[derive(Debug)]
 pub struct InboundContext {
-    /// The configuration the server runs with.
+    /// The configuration the server started with: what only a restart changes (the
+    /// listeners, limits on connections). Sessions read the rest from [`Live`].
     pub config: Arc<Config>,
     /// Where accepted messages go.
     pub spool: Spool,
-    /// Relay control.
-    pub relay: RelayPolicy,
     /// Session limits.
     pub admission: Arc<Admission>,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
-    /// The EHLO reply, built once.
-    pub ehlo_reply: Reply,
     /// The plugin runtime.
     pub plugins: Arc<PluginHost>,
     /// The gateway's metrics.
@@ -89,17 +112,22 @@ pub struct InboundContext {
     pub users: Option<Arc<arc_swap::ArcSwap<crate::auth::UsersFile>>>,
     /// Failed AUTH attempts per client address.
     pub auth_failures: crate::auth::FailureLimiter,
-    /// Sender authentication: verification and DKIM signing.
-    pub sender_auth: Arc<crate::sender_auth::SenderAuth>,
     /// The disk reserve of the spool's file system, checked at MAIL FROM.
     pub free_space: crate::spool::space::FreeSpace,
     /// The gateway's resolver.
     pub dns: Arc<crate::dns::Dns>,
     /// Delivery events (received, refused).
     pub events: crate::events::Events,
+    /// What a reload changes; see [`Live`].
+    pub live: arc_swap::ArcSwap<Live>,
 }
 
 impl InboundContext {
+    /// Applies a reloaded configuration to the sessions that start from now on.
+    pub fn reconfigure(&self, live: Live) {
+        self.live.store(Arc::new(live));
+    }
+
     /// Builds the context from the configuration and the server's parts.
     pub fn new(config: Arc<Config>, parts: InboundParts, shutdown: CancellationToken) -> Self {
         let InboundParts {
@@ -119,14 +147,17 @@ impl InboundContext {
             }
             None => crate::auth::FailureLimiter::new(5, std::time::Duration::from_secs(300)),
         };
-        let ehlo_reply = ehlo::ehlo_reply(&config);
         let free_space = crate::spool::space::FreeSpace::new(
             config.spool.path.clone(),
             config.spool.min_free_space.0,
         );
+        let live = arc_swap::ArcSwap::from_pointee(Live::new(
+            Arc::clone(&config),
+            Arc::clone(&sender_auth),
+        ));
         InboundContext {
+            live,
             free_space,
-            relay: RelayPolicy::new(&config.relay),
             admission: Admission::new(
                 config.limits.max_connections,
                 config.limits.max_connections_per_ip,
@@ -134,14 +165,12 @@ impl InboundContext {
             config,
             spool,
             shutdown,
-            ehlo_reply,
             plugins,
             metrics,
             queue,
             tls,
             users,
             auth_failures,
-            sender_auth,
             dns,
             events,
         }

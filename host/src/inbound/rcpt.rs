@@ -30,9 +30,9 @@ impl Session {
                 format!("Unsupported parameter {}", param.keyword),
             );
         }
-        let limits = &self.ctx.config.limits;
+        let limits = &self.live.config.limits;
         let canonical = match &path {
-            ForwardPath::Postmaster => format!("postmaster@{}", self.ctx.config.hostname),
+            ForwardPath::Postmaster => format!("postmaster@{}", self.live.config.hostname),
             ForwardPath::Mailbox(mailbox) => mailbox.to_string(),
         };
         // Repeating an accepted recipient is harmless and must not count against the limit.
@@ -43,7 +43,7 @@ impl Session {
             return Reply::new(452, codes::TOO_MANY_RECIPIENTS, "Too many recipients");
         }
         let tx_smtputf8 = tx.smtputf8;
-        if self.ctx.relay.decide(&path, self.may_relay) == RelayDecision::Denied {
+        if self.live.relay.decide(&path, self.may_relay) == RelayDecision::Denied {
             tracing::info!(peer = %self.peer, recipient = %path, "relay access denied");
             return Reply::new(554, codes::NOT_AUTHORIZED, "Relay access denied");
         }
@@ -113,7 +113,7 @@ impl Session {
                 return Reply::new(554, codes::NOT_AUTHORIZED, "Relay access denied");
             }
         }
-        let max_recipients = self.ctx.config.limits.max_recipients;
+        let max_recipients = self.live.config.limits.max_recipients;
         let State::Transaction(_, tx) = &mut self.state else {
             return Reply::new(503, codes::INVALID_COMMAND, "Need MAIL before RCPT");
         };
@@ -135,7 +135,7 @@ impl Session {
     /// would the same address from this client (logged when not).
     pub(super) fn plugin_recipient_allowed(&self, address: &str) -> bool {
         let allowed = Mailbox::parse(address, true).is_ok_and(|mailbox| {
-            self.ctx
+            self.live
                 .relay
                 .decide(&ForwardPath::Mailbox(mailbox), self.may_relay)
                 != RelayDecision::Denied

@@ -91,6 +91,8 @@ pub enum Flow {
 pub struct Session {
     pub(super) io: Connection<SessionStream>,
     pub(super) ctx: Arc<InboundContext>,
+    /// The reloadable configuration as it was when the session started.
+    pub(super) live: Arc<super::Live>,
     pub(super) peer: SocketAddr,
     pub(super) listener: Arc<str>,
     pub(super) state: State,
@@ -134,7 +136,8 @@ impl Session {
         protocol: Protocol,
         ctx: Arc<InboundContext>,
     ) -> Self {
-        let may_relay = ctx.relay.is_relay_client(peer.ip());
+        let live = ctx.live.load_full();
+        let may_relay = live.relay.is_relay_client(peer.ip());
         let plugins = ctx.plugins.session(&listener);
         Session {
             plugins,
@@ -147,7 +150,7 @@ impl Session {
             accepted: 0,
             started: std::time::Instant::now(),
             reverse_dns: None,
-            checks: ctx
+            checks: live
                 .config
                 .listeners
                 .iter()
@@ -155,6 +158,7 @@ impl Session {
                 .map(|l| l.checks())
                 .unwrap_or_default(),
             io: Connection::new(stream),
+            live,
             ctx,
             peer,
             listener,
@@ -168,11 +172,11 @@ impl Session {
     }
 
     pub(super) fn command_timeout(&self) -> Duration {
-        Duration::from_secs(self.ctx.config.limits.command_timeout_secs)
+        Duration::from_secs(self.live.config.limits.command_timeout_secs)
     }
 
     pub(super) fn data_timeout(&self) -> Duration {
-        Duration::from_secs(self.ctx.config.limits.data_timeout_secs)
+        Duration::from_secs(self.live.config.limits.data_timeout_secs)
     }
 
     /// Runs the session to its end.
@@ -199,7 +203,7 @@ impl Session {
             }
             Pregreet::Gone => return ("closed", false),
         }
-        let greeting = Reply::bare(220, format!("{} ESMTP", self.ctx.config.hostname));
+        let greeting = Reply::bare(220, format!("{} ESMTP", self.live.config.hostname));
         self.io.queue(&greeting);
         loop {
             // An idle session is closed at shutdown; one inside a transaction may finish.
@@ -236,7 +240,7 @@ impl Session {
                     self.close_with(Reply::new(
                         421,
                         codes::TIMEOUT,
-                        format!("{} Error: timeout exceeded", self.ctx.config.hostname),
+                        format!("{} Error: timeout exceeded", self.live.config.hostname),
                     )),
                     "timeout",
                 ),
@@ -244,7 +248,7 @@ impl Session {
                     self.close_with(Reply::new(
                         421,
                         codes::SHUTTING_DOWN,
-                        format!("{} Service shutting down", self.ctx.config.hostname),
+                        format!("{} Service shutting down", self.live.config.hostname),
                     )),
                     "shutdown",
                 ),
@@ -258,11 +262,11 @@ impl Session {
                 // The plugin's reply is queued; nothing more is read from this client.
                 return ("disconnect", true);
             }
-            if flow == Flow::Continue && self.errors >= self.ctx.config.limits.max_errors {
+            if flow == Flow::Continue && self.errors >= self.live.config.limits.max_errors {
                 self.close_with(Reply::new(
                     421,
                     codes::SECURITY_TEMPORARY,
-                    format!("{} Too many errors, closing", self.ctx.config.hostname),
+                    format!("{} Too many errors, closing", self.live.config.hostname),
                 ));
                 return ("errors", true);
             }
@@ -356,7 +360,7 @@ impl Session {
     /// such input (0: only looks at what has already arrived) and returns the refusal.
     async fn talked_first(&mut self) -> Pregreet {
         let pause = self
-            .ctx
+            .live
             .config
             .smtp
             .greet_pause
@@ -372,7 +376,7 @@ impl Session {
                     codes::INVALID_COMMAND,
                     format!(
                         "{} Protocol error: data sent before the greeting",
-                        self.ctx.config.hostname
+                        self.live.config.hostname
                     ),
                 ))
             }
@@ -384,7 +388,7 @@ impl Session {
     /// Runs on-connect; a refusal replaces the greeting.
     async fn on_connect(&mut self) -> Option<Reply> {
         // The name costs DNS lookups: only sessions whose plugins could see it pay them.
-        if self.ctx.config.smtp.reverse_dns && !self.plugins.chain().plugins.is_empty() {
+        if self.live.config.smtp.reverse_dns && !self.plugins.chain().plugins.is_empty() {
             self.reverse_dns = self.ctx.dns.confirmed_name(self.peer.ip()).await;
         }
         if !self.plugins.wants(Hook::Connect) {
@@ -443,7 +447,7 @@ impl Session {
             // a connection slot) while doing nothing. The count starts again with every
             // accepted message, so a long session that sends mail is never cut off.
             self.junk = self.junk.saturating_add(1);
-            if self.junk > self.ctx.config.limits.max_junk_commands {
+            if self.junk > self.live.config.limits.max_junk_commands {
                 tracing::info!(peer = %self.peer, listener = %self.listener, "too many junk commands, closing");
                 self.close_reason = Some("errors");
                 return self.close_with(Reply::new(
@@ -451,7 +455,7 @@ impl Session {
                     codes::SECURITY_TEMPORARY,
                     format!(
                         "{} Too many junk commands, closing",
-                        self.ctx.config.hostname
+                        self.live.config.hostname
                     ),
                 ));
             }

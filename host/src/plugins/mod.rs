@@ -14,7 +14,6 @@ pub mod dns;
 pub mod engine;
 pub mod kv;
 pub mod limits;
-pub mod reload;
 pub mod services;
 
 use std::collections::HashMap;

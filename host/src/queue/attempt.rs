@@ -237,7 +237,7 @@ async fn record_held_outcomes(shared: &Shared, id: QueueId) -> bool {
 /// The first retry interval, in milliseconds: how soon a failed record or bounce is
 /// tried again.
 fn first_retry_ms(shared: &Shared) -> u64 {
-    u64::try_from(retry_delay(&shared.config.queue.retry_intervals, 1).as_millis())
+    u64::try_from(retry_delay(&shared.config().queue.retry_intervals, 1).as_millis())
         .unwrap_or(u64::MAX)
 }
 
@@ -295,7 +295,7 @@ fn outcomes(
     let expired = now_secs
         .saturating_sub(envelope.received_at)
         .saturating_mul(1000)
-        >= u64::try_from(shared.config.queue.max_lifetime.0.as_millis()).unwrap_or(u64::MAX);
+        >= u64::try_from(shared.config().queue.max_lifetime.0.as_millis()).unwrap_or(u64::MAX);
     let mut next_due: Option<u64> = None;
     let events: Vec<Event> = results
         .into_iter()
@@ -309,7 +309,7 @@ fn outcomes(
                     result.reply =
                         format!("message expired in the queue; last error: {}", result.reply);
                 } else {
-                    let delay = retry_delay(&shared.config.queue.retry_intervals, attempt);
+                    let delay = retry_delay(&shared.config().queue.retry_intervals, attempt);
                     let due = now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
                     next_due = Some(next_due.map_or(due, |d| d.min(due)));
                     next = Some(due / 1000);

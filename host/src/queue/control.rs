@@ -576,7 +576,7 @@ impl Queue {
                     .change(|h| h.all = false)
                     .map_err(|e| ControlError::Io(e.to_string()))?;
                 shared.index.wake.notify_one();
-                let detail = if shared.config.queue.hold {
+                let detail = if shared.config().queue.hold {
                     "released, but the configuration holds the queue ([queue] hold = true)".into()
                 } else {
                     "the whole queue is released".into()

@@ -59,7 +59,9 @@ use state::Event;
 
 /// Shared state of the queue.
 pub(crate) struct Shared {
-    pub(crate) config: Arc<Config>,
+    /// The configuration: a reload replaces it (routes, retry settings, ...); what sized
+    /// the queue at start (its limits, the pool) stays until a restart.
+    config: arc_swap::ArcSwap<Config>,
     pub(crate) spool: Spool,
     pub(crate) spool_dir: PathBuf,
     pub(crate) dns: Arc<Dns>,
@@ -184,7 +186,7 @@ impl Queue {
             verify_cache: verify::VerifyCache::default(),
             recipient_lists,
             events,
-            config,
+            config: arc_swap::ArcSwap::new(config),
             spool,
             spool_dir,
             dns,
@@ -194,7 +196,7 @@ impl Queue {
         tokio::spawn(reap_idle_connections(Arc::clone(&shared), shutdown.clone()));
         let queue = Queue { shared };
         tokio::spawn(recover(Arc::clone(&queue.shared), recovered));
-        if queue.shared.config.queue.hold {
+        if queue.shared.config().queue.hold {
             tracing::warn!("queue on hold: mail is accepted and kept, nothing is delivered");
         }
         tokio::spawn(run_scheduler(Arc::clone(&queue.shared), shutdown));
@@ -221,6 +223,12 @@ impl Queue {
     /// Whether the queue is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Applies a reloaded configuration: routes, retry settings and the like apply to
+    /// every attempt from now on, queued mail included.
+    pub fn reconfigure(&self, config: Arc<Config>) {
+        self.shared.config.store(config);
     }
 
     /// Whether start-up recovery has read every message of the spool back.
@@ -306,6 +314,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// The configuration as it is now.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
     pub(crate) fn state_path(&self, id: QueueId) -> PathBuf {
         self.spool_dir.join("state").join(id.to_string())
     }
@@ -334,7 +347,7 @@ impl Shared {
 
     /// Whether the whole queue is held (by the configuration or the operator).
     fn held(&self) -> bool {
-        self.config.queue.hold || self.holds.all()
+        self.config().queue.hold || self.holds.all()
     }
 
     /// Adds a message to the index, due at `due_ms`; false if it was there already.
@@ -368,7 +381,7 @@ impl Shared {
     /// Keeps a plugin session for the next attempt (at most one per concurrent delivery).
     pub(crate) fn return_plugin_session(&self, session: crate::plugins::chain::SessionPlugins) {
         let mut idle = lock(&self.plugin_sessions);
-        if idle.len() < self.config.queue.max_concurrent_deliveries
+        if idle.len() < self.config().queue.max_concurrent_deliveries
             && self.plugins.is_current_queue_session(&session)
         {
             idle.push(session);

@@ -68,7 +68,7 @@ async fn report(
             last_attempt: now,
         })
         .collect();
-    let hostname = shared.config.hostname.to_string();
+    let hostname = shared.config().hostname.to_string();
     let dsn = build_dsn(&DsnInput {
         reporting_mta: &hostname,
         original: envelope,
@@ -117,7 +117,7 @@ pub(super) async fn delay_notice(
     events: &[Event],
     message: &[u8],
 ) {
-    let Some(after) = shared.config.queue.delay_notice_after else {
+    let Some(after) = shared.config().queue.delay_notice_after else {
         return;
     };
     let waited = now_ms() / 1000 - stored.envelope.received_at.min(now_ms() / 1000);

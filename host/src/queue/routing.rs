@@ -77,8 +77,8 @@ pub(super) async fn route(
             .unwrap_or_default(),
     };
     let named = |name: &str| -> Destination {
-        match shared.config.routes.iter().find(|r| r.name == name) {
-            Some(route) => configured(route, shared.config.delivery.tls),
+        match shared.config().routes.iter().find(|r| r.name == name) {
+            Some(route) => configured(route, shared.config().delivery.tls),
             None => Destination::Misrouted(format!("no [[route]] is named `{name}`")),
         }
     };
@@ -86,7 +86,7 @@ pub(super) async fn route(
         return match choice {
             w::Route::Mx => Destination::Mx { domain },
             w::Route::Named(name) => named(&name),
-            w::Route::Local => match &shared.config.delivery.local_maildir {
+            w::Route::Local => match &shared.config().delivery.local_maildir {
                 Some(root) => Destination::Maildir { root: root.clone() },
                 None => Destination::Misrouted(
                     "a plugin chose `local`, but [delivery] local_maildir is not set".into(),
@@ -95,13 +95,13 @@ pub(super) async fn route(
             w::Route::Discard => Destination::Discard,
         };
     }
-    if let Some(route) = shared
-        .config
+    let config = shared.config();
+    if let Some(route) = config
         .routes
         .iter()
         .find(|r| r.domains.iter().any(|d| d.as_str() == domain))
     {
-        return configured(route, shared.config.delivery.tls);
+        return configured(route, config.delivery.tls);
     }
     Destination::Mx { domain }
 }

@@ -105,9 +105,9 @@ pub(super) async fn deliver(
             Err(e) => lookup_failure(rcpts, &e),
         },
         Destination::Mx { domain } => {
-            match lookup::mx_hosts(&shared.dns, domain, shared.config.delivery.mx_port).await {
+            match lookup::mx_hosts(&shared.dns, domain, shared.config().delivery.mx_port).await {
                 Ok(mut hops) => {
-                    let mut tls = shared.config.delivery.tls;
+                    let mut tls = shared.config().delivery.tls;
                     if let Some(sts) = &shared.mta_sts
                         && let Some(policy) = sts.policy(&shared.dns, domain).await
                     {
@@ -164,7 +164,7 @@ async fn deliver_maildir(
     let mut results = Vec::with_capacity(rcpts.len());
     for &rcpt in rcpts {
         let root = root.to_owned();
-        let hostname = shared.config.hostname.to_string();
+        let hostname = shared.config().hostname.to_string();
         let address = envelope.recipients[rcpt].address.clone();
         let sender = envelope.sender.clone();
         let octets = message.clone();
@@ -201,7 +201,8 @@ async fn deliver_maildir(
 }
 
 fn timeouts(shared: &Shared) -> Timeouts {
-    let delivery = &shared.config.delivery;
+    let config = shared.config();
+    let delivery = &config.delivery;
     Timeouts {
         connect: delivery.connect_timeout.0,
         greeting: delivery.command_timeout.0,
@@ -234,11 +235,11 @@ async fn deliver_smtp(
         message,
     };
     let helo = shared
-        .config
+        .config()
         .delivery
         .helo_name
         .clone()
-        .unwrap_or_else(|| shared.config.hostname.to_string());
+        .unwrap_or_else(|| shared.config().hostname.to_string());
     let mut last_error = String::from("no address to try");
     // A host that could not take the message as it is (status, reply, host), and whether
     // some host could not be asked at all (then a later attempt may find it).
@@ -367,7 +368,8 @@ pub(super) async fn open(
     helo: &str,
 ) -> Result<ClientSession, ClientError> {
     let session = ClientSession::connect(addr, helo, timeouts(shared)).await?;
-    let hostname = shared.config.hostname.as_str();
+    let config = shared.config();
+    let hostname = config.hostname.as_str();
     if session.announces(hostname) {
         session.quit().await;
         return Err(ClientError::LoopsBack(format!(

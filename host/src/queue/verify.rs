@@ -84,7 +84,8 @@ impl Queue {
         let shared = &self.shared;
         let (_, domain) = address.rsplit_once('@')?;
         let domain = crate::config::ascii_domain(domain)?;
-        let route = shared.config.routes.iter().find(|r| {
+        let config = shared.config();
+        let route = config.routes.iter().find(|r| {
             (r.verify_recipients || r.recipients_file.is_some())
                 && r.domains.iter().any(|d| d.as_str() == domain)
         })?;
@@ -143,13 +144,13 @@ impl Queue {
             Ok(addrs) => addrs,
             Err(e) => return unverifiable(e.to_string()),
         };
-        let tls = route.tls.unwrap_or(shared.config.delivery.tls);
+        let tls = route.tls.unwrap_or(shared.config().delivery.tls);
         let helo = shared
-            .config
+            .config()
             .delivery
             .helo_name
             .clone()
-            .unwrap_or_else(|| shared.config.hostname.to_string());
+            .unwrap_or_else(|| shared.config().hostname.to_string());
         let mut last = String::from("no address to try");
         for addr in addrs {
             if shared.own_addresses.contains(addr) {
