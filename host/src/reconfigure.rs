@@ -9,9 +9,12 @@
 //! - for every delivery attempt from now on, queued mail included: routes, retry
 //!   intervals, lifetimes, delivery settings.
 //!
-//! What was sized or bound at start (listeners, the spool, the admin API, TLS and AUTH
-//! file locations, connection and concurrency limits, the resolver, event sinks, logging)
-//! needs a restart: the reply and the log name it. The AUTH users file, recipients lists
+//! - listeners added (bound before anything else changes: one that cannot be bound
+//!   refuses the reload), moved or removed (their sessions finish).
+//!
+//! What was sized or bound at start (the spool, the admin API, TLS and AUTH file
+//! locations, connection and concurrency limits, the resolver, event sinks, logging, a
+//! listener's protocol on the same address) needs a restart: the reply and the log name it. The AUTH users file, recipients lists
 //! and TLS certificates reload by themselves when their files change.
 
 use std::path::PathBuf;
@@ -22,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::dns::Dns;
+use crate::inbound::listener::Listeners;
 use crate::inbound::{InboundContext, Live};
 use crate::plugins::PluginHost;
 use crate::queue::Queue;
@@ -29,7 +33,6 @@ use crate::watch::Trigger;
 
 /// Top-level tables and keys only a restart applies.
 const RESTART: &[&str] = &[
-    "listener",
     "spool",
     "admin",
     "tls",
@@ -76,6 +79,7 @@ pub struct Reconfigurer {
     plugins: Arc<PluginHost>,
     queue: Queue,
     inbound: Arc<InboundContext>,
+    listeners: Arc<Listeners>,
     dns: Arc<Dns>,
     /// The configuration file's tables as running (what was applied last).
     running: std::sync::Mutex<toml::Table>,
@@ -99,6 +103,7 @@ impl Reconfigurer {
         plugins: Arc<PluginHost>,
         queue: Queue,
         inbound: Arc<InboundContext>,
+        listeners: Arc<Listeners>,
         dns: Arc<Dns>,
     ) -> Reconfigurer {
         let started_with = read_table(&config_path);
@@ -109,6 +114,7 @@ impl Reconfigurer {
             plugins,
             queue,
             inbound,
+            listeners,
             dns,
             busy: tokio::sync::Mutex::new(()),
         }
@@ -143,6 +149,16 @@ impl Reconfigurer {
                 return report;
             }
         };
+        // New or moved listeners are bound now: an address that cannot be bound refuses
+        // the whole reload (and closes what was bound for it).
+        let plan = match self.listeners.prepare(&config.listeners).await {
+            Ok(plan) => plan,
+            Err(why_not) => {
+                tracing::error!(trigger = why, error = %why_not, "configuration not applied, nothing changed");
+                report.failed = Some(why_not);
+                return report;
+            }
+        };
         match self.plugins.reload(&config).await {
             Ok(changed) => report.changed = changed,
             Err(why_not) => {
@@ -156,10 +172,23 @@ impl Reconfigurer {
             .filter(|k| !RESTART.contains(&k.as_str()))
             .collect();
         report.needs_restart = needs_restart(&self.started_with, &table);
+        report
+            .needs_restart
+            .extend(plan.needs_restart.iter().cloned());
         let config = Arc::new(config);
+        // The new rules first, so the first session on a new listener has them.
         self.inbound
             .reconfigure(Live::new(Arc::clone(&config), sender_auth));
         self.queue.reconfigure(config);
+        let (added, removed) = self.listeners.apply(plan);
+        if !added.is_empty() || !removed.is_empty() {
+            tracing::info!(
+                ?added,
+                ?removed,
+                "listeners changed; sessions on removed ones finish"
+            );
+            self.queue.set_listeners(self.listeners.addresses());
+        }
         if let Ok(mut running) = self.running.lock() {
             *running = table;
         }

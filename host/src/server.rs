@@ -19,7 +19,7 @@ use crate::admin;
 use crate::auth::UsersFile;
 use crate::config::Config;
 use crate::dns::Dns;
-use crate::inbound::listener::Listener;
+use crate::inbound::listener;
 use crate::inbound::{InboundContext, InboundParts};
 use crate::metrics::Metrics;
 use crate::plugins::PluginHost;
@@ -84,19 +84,16 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         None => None,
     };
 
+    // Bound before the queue starts (it must know them to refuse delivering to itself),
+    // served once the sessions' context exists.
     let mut listeners = Vec::with_capacity(config.listeners.len());
     let mut bound_addresses = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
-        let bound = Listener::bind(listener).await.with_context(|| {
-            format!(
-                "binding listener `{}` to {}",
-                listener.name, listener.address
-            )
-        })?;
-        let address = bound.local_addr().context("reading a bound address")?;
-        tracing::info!(listener = %listener.name, %address, "listening");
-        bound_addresses.push(address);
-        listeners.push(bound);
+        let bound = listener::bind_one(listener)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        bound_addresses.push(bound.local_addr().context("reading a bound address")?);
+        listeners.push((listener.clone(), bound));
     }
 
     let shutdown = CancellationToken::new();
@@ -149,11 +146,19 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     if let (Some(tls), Some(tls_config)) = (tls, config.tls.clone()) {
         tokio::spawn(tls.watch(tls_config, shutdown.clone()));
     }
+    let sessions = TaskTracker::new();
+    let accepting = TaskTracker::new();
+    let running = Arc::new(listener::Listeners::new(
+        Arc::clone(&ctx),
+        sessions.clone(),
+        accepting.clone(),
+    ));
     let reconfigurer = Arc::new(crate::reconfigure::Reconfigurer::new(
         config_path.clone(),
         Arc::clone(&plugins),
         ctx.queue.clone(),
         Arc::clone(&ctx),
+        Arc::clone(&running),
         Arc::clone(&dns),
     ));
     let readiness = Arc::new(admin::Readiness::default());
@@ -177,10 +182,8 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         tokio::spawn(admin::serve(socket, state, admin_stop.clone()));
     }
     tokio::spawn(Arc::clone(&reconfigurer).watch(shutdown.clone()));
-    let sessions = TaskTracker::new();
-    let accepting = TaskTracker::new();
-    for listener in listeners {
-        accepting.spawn(listener.serve(Arc::clone(&ctx), sessions.clone()));
+    for (config, bound) in listeners {
+        running.start(&config, bound);
     }
     accepting.close();
     readiness.set_started();

@@ -132,4 +132,48 @@ fn a_new_route_applies_to_queued_mail_and_new_rules_to_new_sessions() {
     assert!(subjects.contains(&"queued".to_owned()), "{subjects:?}");
     assert!(subjects.contains(&"in progress".to_owned()), "{subjects:?}");
     assert!(gateway.log().contains("configuration reloaded"));
+
+    // A listener added by a reload takes mail; removed again, it stops accepting while
+    // the session it still has finishes.
+    let with_extra = after.replace(
+        "\n[spool]",
+        "\n[[listener]]\nname = \"extra\"\naddress = \"127.0.0.1:0\"\nprotocol = \"smtp\"\nverify = []\n\n[spool]",
+    );
+    std::fs::write(&path, &with_extra).unwrap();
+    let report = gateway.cli_json(&["reload"]);
+    assert!(report["failed"].is_null(), "{report}");
+    gateway.wait_for_log("listener=extra");
+    let extra: std::net::SocketAddr = gateway
+        .log()
+        .lines()
+        .filter(|l| l.contains("listening") && l.contains("listener=extra"))
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("address="))
+                .and_then(|a| a.parse().ok())
+        })
+        .expect("the extra listener's address");
+    let mut on_extra = SmtpClient::ehlo(extra);
+    on_extra
+        .send_mail(
+            "d@elsewhere.test",
+            &["dave@example.test"],
+            &sample_message("extra", "x"),
+        )
+        .expect(250, "2.0.0");
+    std::fs::write(&path, &after).unwrap();
+    gateway.cli_json(&["reload"]);
+    gateway.wait_for_log("listener closed");
+    assert!(
+        std::net::TcpStream::connect_timeout(&extra, Duration::from_secs(2)).is_err(),
+        "the removed listener still accepts"
+    );
+    on_extra
+        .send_mail(
+            "d@elsewhere.test",
+            &["erin@example.test"],
+            &sample_message("still on extra", "x"),
+        )
+        .expect(250, "2.0.0");
+    sink.wait_for(4, Duration::from_secs(30));
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::InboundContext;
@@ -53,15 +54,22 @@ impl Listener {
         self.socket.local_addr()
     }
 
-    /// Accepts connections until shutdown; sessions are spawned on `sessions` so the
-    /// server can wait for them.
-    pub async fn serve(self, ctx: Arc<InboundContext>, sessions: TaskTracker) {
+    /// Accepts connections until shutdown or `stop` (a reload removed the listener);
+    /// sessions are spawned on `sessions` so the server can wait for them, and they
+    /// finish whatever stops the listener.
+    pub async fn serve(
+        self,
+        ctx: Arc<InboundContext>,
+        sessions: TaskTracker,
+        stop: CancellationToken,
+    ) {
         loop {
             // Biased, shutdown first: once shutdown has begun, a connection waiting in the
             // backlog must not be accepted (and greeted) by a random choice of branch.
             let accepted = tokio::select! {
                 biased;
                 () = ctx.shutdown.cancelled() => break,
+                () = stop.cancelled() => break,
                 accepted = self.socket.accept() => accepted,
             };
             let (stream, peer) = match accepted {
@@ -122,4 +130,128 @@ async fn refuse(mut stream: TcpStream, hostname: String, refusal: Refusal) {
         stream.shutdown().await
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), send).await;
+}
+
+/// The listeners running now, which a reload may add to or take from.
+#[derive(Debug)]
+pub struct Listeners {
+    ctx: Arc<InboundContext>,
+    sessions: TaskTracker,
+    accepting: TaskTracker,
+    running: std::sync::Mutex<Vec<Running>>,
+}
+
+#[derive(Debug)]
+struct Running {
+    name: String,
+    configured: std::net::SocketAddr,
+    protocol: crate::config::Protocol,
+    bound: std::net::SocketAddr,
+    stop: CancellationToken,
+}
+
+/// Listeners a reload has bound, ready to start with [`Listeners::apply`]; dropped, they
+/// close and nothing has changed.
+#[derive(Debug, Default)]
+pub struct Plan {
+    bound: Vec<(ListenerConfig, Listener)>,
+    keep: Vec<String>,
+    /// Listeners whose protocol changed on the same address: only a restart can rebind.
+    pub needs_restart: Vec<String>,
+}
+
+/// Binds one listener, saying which in the error.
+pub async fn bind_one(config: &ListenerConfig) -> Result<Listener, String> {
+    Listener::bind(config).await.map_err(|e| {
+        format!(
+            "binding listener `{}` to {}: {e}",
+            config.name, config.address
+        )
+    })
+}
+
+impl Listeners {
+    /// No listeners yet; sessions go on `sessions`, accept loops on `accepting`.
+    pub fn new(ctx: Arc<InboundContext>, sessions: TaskTracker, accepting: TaskTracker) -> Self {
+        Listeners {
+            ctx,
+            sessions,
+            accepting,
+            running: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, Vec<Running>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts serving a bound listener.
+    pub fn start(&self, config: &ListenerConfig, listener: Listener) {
+        let bound = listener.local_addr().unwrap_or(config.address);
+        tracing::info!(listener = %config.name, address = %bound, "listening");
+        let stop = self.ctx.shutdown.child_token();
+        self.running().push(Running {
+            name: config.name.clone(),
+            configured: config.address,
+            protocol: config.protocol,
+            bound,
+            stop: stop.clone(),
+        });
+        self.accepting
+            .spawn(listener.serve(Arc::clone(&self.ctx), self.sessions.clone(), stop));
+    }
+
+    /// The addresses bound now.
+    pub fn addresses(&self) -> Vec<std::net::SocketAddr> {
+        self.running().iter().map(|r| r.bound).collect()
+    }
+
+    /// Binds what `wanted` adds or moves; nothing runs yet, and a failure changes nothing.
+    pub async fn prepare(&self, wanted: &[ListenerConfig]) -> Result<Plan, String> {
+        let mut plan = Plan::default();
+        let current: Vec<(String, std::net::SocketAddr, crate::config::Protocol)> = self
+            .running()
+            .iter()
+            .map(|r| (r.name.clone(), r.configured, r.protocol))
+            .collect();
+        for config in wanted {
+            let same = current.iter().find(|(name, _, _)| *name == config.name);
+            match same {
+                Some((_, address, protocol))
+                    if *address == config.address && *protocol == config.protocol =>
+                {
+                    plan.keep.push(config.name.clone());
+                }
+                Some((_, address, _)) if *address == config.address => {
+                    plan.keep.push(config.name.clone());
+                    plan.needs_restart
+                        .push(format!("listener `{}` protocol", config.name));
+                }
+                _ => plan.bound.push((config.clone(), bind_one(config).await?)),
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Stops the listeners `plan` does not keep (their sessions finish) and starts the
+    /// ones it bound; returns the names added and removed.
+    pub fn apply(&self, plan: Plan) -> (Vec<String>, Vec<String>) {
+        let mut removed = Vec::new();
+        self.running().retain(|r| {
+            let kept = plan.keep.contains(&r.name);
+            if !kept {
+                r.stop.cancel();
+                removed.push(r.name.clone());
+            }
+            kept
+        });
+        let mut added = Vec::new();
+        for (config, listener) in plan.bound {
+            added.push(config.name.clone());
+            self.start(&config, listener);
+        }
+        (added, removed)
+    }
 }

@@ -75,7 +75,7 @@ pub(crate) struct Shared {
     /// Delivery events.
     pub(crate) events: crate::events::Events,
     /// Our own listeners: a next hop among them is a mail loop.
-    pub(crate) own_addresses: crate::outbound::loops::OwnAddresses,
+    pub(crate) own_addresses: arc_swap::ArcSwap<crate::outbound::loops::OwnAddresses>,
     /// STARTTLS without verification (opportunistic).
     pub(crate) tls_any: tokio_rustls::TlsConnector,
     /// STARTTLS with verification (required).
@@ -182,7 +182,9 @@ impl Queue {
                 config.delivery.pool_idle_timeout.0,
                 config.delivery.pool_max_idle,
             ),
-            own_addresses: crate::outbound::loops::OwnAddresses::new(listeners),
+            own_addresses: arc_swap::ArcSwap::from_pointee(
+                crate::outbound::loops::OwnAddresses::new(listeners),
+            ),
             verify_cache: verify::VerifyCache::default(),
             recipient_lists,
             events,
@@ -229,6 +231,16 @@ impl Queue {
     /// every attempt from now on, queued mail included.
     pub fn reconfigure(&self, config: Arc<Config>) {
         self.shared.config.store(config);
+    }
+
+    /// The addresses the listeners are bound to now (after a reload added or removed
+    /// some): a next hop among them is a loop.
+    pub fn set_listeners(&self, listeners: Vec<std::net::SocketAddr>) {
+        self.shared
+            .own_addresses
+            .store(Arc::new(crate::outbound::loops::OwnAddresses::new(
+                listeners,
+            )));
     }
 
     /// Whether start-up recovery has read every message of the spool back.

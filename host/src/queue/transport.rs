@@ -327,7 +327,7 @@ async fn transact(
     helo: &str,
     outgoing: &Outgoing<'_>,
 ) -> Result<crate::outbound::client::TransactionResult, ClientError> {
-    if shared.own_addresses.contains(addr) {
+    if shared.own_addresses.load().contains(addr) {
         return Err(ClientError::LoopsBack(format!(
             "{host} [{addr}] is one of this gateway's listeners"
         )));

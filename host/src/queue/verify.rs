@@ -153,7 +153,7 @@ impl Queue {
             .unwrap_or_else(|| shared.config().hostname.to_string());
         let mut last = String::from("no address to try");
         for addr in addrs {
-            if shared.own_addresses.contains(addr) {
+            if shared.own_addresses.load().contains(addr) {
                 // Asking ourselves would make our RCPT ask ourselves again, and so on.
                 last = format!("{host} [{addr}] is one of this gateway's listeners");
                 continue;
