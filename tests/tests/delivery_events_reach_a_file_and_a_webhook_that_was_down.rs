@@ -282,13 +282,26 @@ fn every_fact_reaches_the_file_and_the_webhook_that_comes_back() {
     // JSON logs: every line parses; the delivery lines name their queue ID.
     let log = gateway.log();
     let mut delivery_lines = 0;
+    let mut accepted_quarantine = false;
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
         let value: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if value["message"] == "message accepted" && value["queue_id"] == quarantined.as_str() {
+            // The transaction's line says what each plugin decided.
+            assert!(
+                value["plugins"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("content:on-data=quarantine")),
+                "{line}"
+            );
+            accepted_quarantine = true;
+        }
         if value["message"] == "delivery attempt" {
             assert!(value["queue_id"].as_str().is_some(), "{line}");
             delivery_lines += 1;
         }
     }
     assert!(delivery_lines >= 3, "{log}");
+    assert!(accepted_quarantine, "{log}");
+    assert!(log.contains("session ended"), "{log}");
 }

@@ -332,7 +332,7 @@ impl Session {
             listener: self.listener.to_string(),
         };
         if let Some(refusal) = self.refusal_for(&outcome) {
-            tracing::info!(peer = %self.peer, reply = %refusal, "message refused");
+            tracing::info!(peer = %self.peer, reply = %refusal, plugins = %self.plugins.take_verdicts(), "message refused");
             self.ctx.events.emit(crate::events::Event::refused(
                 crate::events::Stage::Data,
                 &refusal,
@@ -422,6 +422,14 @@ impl Session {
             match self.on_data(&mut writer, &mut envelope).await {
                 DataPolicy::Store => {}
                 DataPolicy::Refuse(reply) => {
+                    tracing::info!(peer = %self.peer, reply = %reply, plugins = %self.plugins.take_verdicts(), "message refused by a plugin");
+                    self.ctx.events.emit(crate::events::Event::refused(
+                        crate::events::Stage::Data,
+                        &reply,
+                        self.peer.ip(),
+                        envelope.sender.as_deref(),
+                        None,
+                    ));
                     self.ctx
                         .metrics
                         .messages_refused
@@ -483,6 +491,7 @@ impl Session {
                     from = envelope.sender.as_deref().unwrap_or("<>"),
                     recipients = envelope.recipients.len(),
                     size = envelope.size,
+                    plugins = %self.plugins.take_verdicts(),
                     "message accepted"
                 );
                 Reply::new(250, codes::OK, format!("Ok: queued as {id}"))

@@ -616,7 +616,13 @@ pub struct SessionPlugins {
     message_tags: BTreeMap<String, String>,
     /// What `auth-results` answers during this transaction's calls.
     auth_results: Arc<Vec<w::AuthResult>>,
+    /// Each plugin's verdicts since the last [`SessionPlugins::take_verdicts`], for the
+    /// transaction's log line (bounded).
+    verdicts: Vec<(Arc<str>, &'static str, &'static str)>,
 }
+
+/// The most verdicts kept for one log line.
+const MAX_LOGGED_VERDICTS: usize = 32;
 
 /// The reply of a stage that policy could not decide.
 fn policy_tempfail() -> Decision {
@@ -639,6 +645,24 @@ impl SessionPlugins {
             session: Arc::new(super::services::no_session()),
             message_tags: BTreeMap::new(),
             auth_results: Arc::new(Vec::new()),
+            verdicts: Vec::new(),
+        }
+    }
+
+    /// The plugins' verdicts since the last call, as `plugin:hook=verdict` words (for the
+    /// transaction's log line), and forgets them.
+    pub fn take_verdicts(&mut self) -> String {
+        let words: Vec<String> = self
+            .verdicts
+            .drain(..)
+            .map(|(plugin, hook, verdict)| format!("{plugin}:{hook}={verdict}"))
+            .collect();
+        words.join(" ")
+    }
+
+    fn note_verdict(&mut self, plugin: &Arc<str>, hook: &'static str, verdict: &'static str) {
+        if self.verdicts.len() < MAX_LOGGED_VERDICTS {
+            self.verdicts.push((Arc::clone(plugin), hook, verdict));
         }
     }
 
@@ -732,6 +756,7 @@ impl SessionPlugins {
                         plugin.config.on_error
                     };
                     self.failed(index, &plugin, hook.name(), &error, Some(policy));
+                    self.note_verdict(&plugin.name, hook.name(), "failed");
                     match policy {
                         OnError::Continue => continue,
                         OnError::Tempfail => {
@@ -758,6 +783,16 @@ impl SessionPlugins {
                     other => edits.push(other),
                 }
             }
+            let verdict = match &response.verdict {
+                w::Verdict::Continue => "continue",
+                w::Verdict::Accept => "accept",
+                w::Verdict::Reject(_) => "reject",
+                w::Verdict::Tempfail(_) => "tempfail",
+                w::Verdict::Discard(_) => "discard",
+                w::Verdict::Quarantine(_) => "quarantine",
+                w::Verdict::Disconnect(_) => "disconnect",
+            };
+            self.note_verdict(&plugin.name, hook.name(), verdict);
             let decision = match response.verdict {
                 w::Verdict::Continue => continue,
                 w::Verdict::Accept => Decision::Accept,
