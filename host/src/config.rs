@@ -743,6 +743,14 @@ pub struct ListenerConfig {
     /// listeners and none on `submission`/`smtps` when absent.
     #[serde(default)]
     pub verify: Option<Vec<VerifyCheck>>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2, as HAProxy's
+    /// `send-proxy` / `send-proxy-v2` write it) naming the real client.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// The proxies allowed to speak for clients; a connection from anywhere else is
+    /// closed. Required with `proxy_protocol`.
+    #[serde(default)]
+    pub proxy_trusted: Vec<ipnet::IpNet>,
 }
 
 /// A sender authentication check.
@@ -1294,6 +1302,13 @@ impl Config {
                 return Err((
                     format!("listener[{i}].protocol"),
                     "`submission` and `smtps` listeners require AUTH: add an [auth] table".into(),
+                ));
+            }
+            if listener.proxy_protocol && listener.proxy_trusted.is_empty() {
+                return Err((
+                    format!("listener[{i}].proxy_trusted"),
+                    "name the proxies' networks: without them any client could claim any address"
+                        .into(),
                 ));
             }
         }

@@ -25,6 +25,8 @@ const LISTEN_BACKLOG: u32 = 4096;
 pub struct Listener {
     name: Arc<str>,
     protocol: crate::config::Protocol,
+    /// The trusted proxies, when connections start with a PROXY header.
+    proxy: Option<Arc<Vec<ipnet::IpNet>>>,
     socket: TcpListener,
 }
 
@@ -45,6 +47,9 @@ impl Listener {
         Ok(Listener {
             name: Arc::from(config.name.as_str()),
             protocol: config.protocol,
+            proxy: config
+                .proxy_protocol
+                .then(|| Arc::new(config.proxy_trusted.clone())),
             socket,
         })
     }
@@ -82,37 +87,80 @@ impl Listener {
                 }
             };
             let _ = stream.set_nodelay(true);
-            match ctx.admission.admit(peer.ip()) {
-                Ok(permit) => {
-                    let ctx = Arc::clone(&ctx);
-                    let name = Arc::clone(&self.name);
-                    let protocol = self.protocol;
-                    ctx.metrics
-                        .sessions
-                        .get_or_create(&ListenerLabels {
-                            listener: name.to_string(),
-                        })
-                        .inc();
-                    sessions.spawn(async move {
-                        let _permit = permit;
-                        let metrics = Arc::clone(&ctx.metrics);
-                        metrics.sessions_active.inc();
-                        tracing::debug!(%peer, listener = %name, "session start");
-                        Session::new(SessionStream::Plain(stream), peer, name, protocol, ctx)
-                            .run()
-                            .await;
-                        metrics.sessions_active.dec();
-                    });
+            let Some(proxy) = &self.proxy else {
+                admit(&ctx, &sessions, &self.name, self.protocol, stream, peer);
+                continue;
+            };
+            // The header is read on a task of its own: a slow proxy must not hold up the
+            // accept loop.
+            let (ctx, sessions) = (Arc::clone(&ctx), sessions.clone());
+            let (name, protocol, trusted) =
+                (Arc::clone(&self.name), self.protocol, Arc::clone(proxy));
+            sessions.clone().spawn(async move {
+                let mut stream = stream;
+                let real = if super::proxy::trusted(peer.ip(), &trusted) {
+                    match tokio::time::timeout(
+                        super::proxy::HEADER_TIMEOUT,
+                        super::proxy::read_header(&mut stream, peer),
+                    )
+                    .await
+                    {
+                        Ok(result) => result,
+                        Err(_) => Err(super::proxy::ProxyError::Missing("timed out".into())),
+                    }
+                } else {
+                    Err(super::proxy::ProxyError::Untrusted(peer.ip()))
+                };
+                match real {
+                    Ok(client) => admit(&ctx, &sessions, &name, protocol, stream, client),
+                    Err(e) => {
+                        ctx.metrics.connections_refused.inc();
+                        tracing::info!(%peer, listener = %name, error = %e, "connection closed before its session");
+                    }
                 }
-                Err(refusal) => {
-                    ctx.metrics.connections_refused.inc();
-                    tracing::info!(%peer, listener = %self.name, %refusal, "connection refused");
-                    let hostname = ctx.config.hostname.to_string();
-                    sessions.spawn(refuse(stream, hostname, refusal));
-                }
-            }
+            });
         }
         tracing::info!(listener = %self.name, "listener closed");
+    }
+}
+
+/// Admits a connection from `peer` (the real client) and starts its session, or tells it
+/// it was not admitted.
+fn admit(
+    ctx: &Arc<InboundContext>,
+    sessions: &TaskTracker,
+    name: &Arc<str>,
+    protocol: crate::config::Protocol,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+) {
+    match ctx.admission.admit(peer.ip()) {
+        Ok(permit) => {
+            let ctx = Arc::clone(ctx);
+            let name = Arc::clone(name);
+            ctx.metrics
+                .sessions
+                .get_or_create(&ListenerLabels {
+                    listener: name.to_string(),
+                })
+                .inc();
+            sessions.spawn(async move {
+                let _permit = permit;
+                let metrics = Arc::clone(&ctx.metrics);
+                metrics.sessions_active.inc();
+                tracing::debug!(%peer, listener = %name, "session start");
+                Session::new(SessionStream::Plain(stream), peer, name, protocol, ctx)
+                    .run()
+                    .await;
+                metrics.sessions_active.dec();
+            });
+        }
+        Err(refusal) => {
+            ctx.metrics.connections_refused.inc();
+            tracing::info!(%peer, listener = %name, %refusal, "connection refused");
+            let hostname = ctx.config.hostname.to_string();
+            sessions.spawn(refuse(stream, hostname, refusal));
+        }
     }
 }
 
@@ -146,6 +194,8 @@ struct Running {
     name: String,
     configured: std::net::SocketAddr,
     protocol: crate::config::Protocol,
+    /// `proxy_protocol` and `proxy_trusted`, as bound.
+    proxy: (bool, Vec<ipnet::IpNet>),
     bound: std::net::SocketAddr,
     stop: CancellationToken,
 }
@@ -196,6 +246,7 @@ impl Listeners {
             name: config.name.clone(),
             configured: config.address,
             protocol: config.protocol,
+            proxy: (config.proxy_protocol, config.proxy_trusted.clone()),
             bound,
             stop: stop.clone(),
         });

@@ -19,6 +19,7 @@ pub mod listener;
 mod login;
 mod mail;
 mod policy;
+pub mod proxy;
 mod rcpt;
 pub mod received;
 pub mod relay;
