@@ -433,7 +433,7 @@ impl Session {
             // signature over it all.
             self.seal_message(raw, tx.spf.as_deref(), &mut envelope)
                 .await;
-            self.sign_message(raw, &mut envelope);
+            self.sign_message(raw, &mut envelope).await;
         }
         envelope.tags.clone_from(&self.tags);
         let committed = writer.commit(&envelope).await;
