@@ -6,11 +6,13 @@
 #   REPS=3 PEERS="postfix haraka" VARIANTS="20:20000:5120" bench/bench-matrix.sh
 #
 # A variant is "sessions:msgs:size[:d]" (':d' = smtp-source -d, connection reuse).
-# Peer names: postfix, haraka (smtp.ini nodes=1, Haraka's default), haraka-n2 (nodes=cpus),
+# Peer names: postfix, postfix-dkim (Postfix signing through Debian's opendkim milter),
+# haraka (smtp.ini nodes=1, Haraka's default), haraka-n2 (nodes=cpus),
 # tidegate (bench/tidegate.toml), tidegate-plugins (bench/tidegate-plugins.toml: the five
 # shipped plugins), tidegate-baseline (the same plugins under an earlier build:
 # BASELINE_BIN=path/to/tidegate BASELINE_PLUGINS=dir/of/its/components, config
-# bench/tidegate-plugins-baseline.toml), and custom (CUSTOM_ARGS='--label mine --start ...').
+# bench/tidegate-plugins-baseline.toml), tidegate-auth (bench/tidegate-auth.toml: SPF/DKIM/
+# DMARC/ARC verification on intake, RSA-2048 DKIM signing), and custom (CUSTOM_ARGS='--label mine --start ...').
 # The first peer is the baseline of the ratios.
 #
 # Environment: REPS [3], PEERS [postfix tidegate tidegate-plugins haraka],

@@ -7,8 +7,8 @@
 #   peer sessions msgs size accept_msgs_per_s e2e_msgs_per_s cpu_s peak_rss_kb [extra key=value ...]
 #
 # Usage:
-#   relay-bench.sh setup [postfix|haraka|all]         # apt/npm install + write configs (needs registries)
-#   relay-bench.sh run --peer postfix|haraka|custom [options]
+#   relay-bench.sh setup [postfix|postfix-dkim|haraka|all]   # apt/npm install + write configs (needs registries)
+#   relay-bench.sh run --peer postfix|postfix-dkim|haraka|custom [options]
 #
 # run options (defaults in brackets):
 #   --port N          relay listen port on 127.0.0.1 [2525]
@@ -25,6 +25,8 @@
 #   --stop CMD        custom: command that stops it
 #   --pids CMD        custom: command printing the PID(s) of the relay's top process(es); their whole
 #                     process tree is measured (CPU incl. reaped children, summed RSS)
+#   --dump DIR        smtp-sink -d: write every message the sink receives to DIR (for checking
+#                     what the relay sends, e.g. its DKIM signatures; not for measured runs)
 #   --no-netns        do not run inside a private network namespace (default: run inside
 #                     'unshare --net' with only 'lo' up, so nothing can leave the machine)
 #
@@ -43,6 +45,11 @@ HARAKA_PKG="$WORK/haraka-pkg"
 HARAKA_APP="$WORK/haraka-app"
 HARAKA_BIN="$HARAKA_PKG/node_modules/Haraka/bin/haraka"
 DOMAIN="bench.test"
+# postfix-dkim: Debian's opendkim milter, its configuration, key and socket (the socket is
+# inside Postfix's chroot, /var/spool/postfix, as Debian's README.Debian sets it up).
+OPENDKIM_DIR=/etc/opendkim-bench
+OPENDKIM_SOCKET=/var/spool/postfix/opendkim-bench/opendkim.sock
+OPENDKIM_PID=""
 
 die() { echo "relay-bench: $*" >&2; exit 1; }
 log() { echo "# $*" >&2; }
@@ -80,14 +87,27 @@ setup_haraka_pkg() {
     fi
 }
 
+setup_opendkim_pkg() {
+    local need=()
+    command -v opendkim >/dev/null || need+=(opendkim)
+    command -v opendkim-genkey >/dev/null || need+=(opendkim-tools)
+    /usr/bin/python3 -c 'import dkim' 2>/dev/null || need+=(python3-dkim)   # check-signing.py
+    if [ ${#need[@]} -gt 0 ]; then
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+    fi
+}
+
 cmd_setup() {
     local what="${1:-all}"
     mkdir -p "$WORK"
     setup_base
     case "$what" in
         postfix) configure_postfix 2525 2526 ;;
+        postfix-dkim) setup_opendkim_pkg; configure_postfix 2525 2526; configure_opendkim ;;
         haraka)  setup_haraka_pkg; configure_haraka 2525 2526 1 ;;
-        all)     configure_postfix 2525 2526; setup_haraka_pkg; configure_haraka 2525 2526 1 ;;
+        all)     configure_postfix 2525 2526; setup_opendkim_pkg; configure_opendkim
+                 setup_haraka_pkg; configure_haraka 2525 2526 1 ;;
         *) die "setup: unknown peer $what" ;;
     esac
 }
@@ -129,6 +149,57 @@ EOF
     grep -q "^127.0.0.1:$port[[:space:]]\+inet" /etc/postfix/master.cf || die "could not set smtpd listener in master.cf"
     /usr/lib/postfix/configure-instance.sh - >/dev/null 2>&1 || true   # Debian: sync chroot files
     postfix check || die "postfix check failed"
+}
+
+# postfix-dkim: the same Postfix, every message passed through Debian's opendkim milter
+# (OpenDKIM 2.11), which signs it with an RSA-2048 key for bench.test, relaxed/relaxed
+# (smtp-source writes "From: <from@bench.test>"). Mode sv, as Debian ships it: opendkim
+# signs mail from InternalHosts (default 127.0.0.1, the benchmark's client) and verifies
+# the DKIM signatures of all other mail; per message it does one or the other, so here it
+# signs. It needs no DNS for that (nor for verifying unsigned mail); its resolver
+# (libunbound) is pointed at 127.0.0.1, where nothing answers in the namespace.
+configure_postfix_milter() {
+    cat >> /etc/postfix/main.cf <<EOF
+# postfix-dkim: every message through opendkim (socket inside the chroot), as Debian's
+# opendkim README.Debian sets it up; no message passes unsigned if the milter fails.
+smtpd_milters = unix:opendkim-bench/opendkim.sock
+non_smtpd_milters = \$smtpd_milters
+milter_default_action = tempfail
+EOF
+    postfix check || die "postfix check failed"
+}
+
+configure_opendkim() {
+    command -v opendkim >/dev/null || die "opendkim not installed (run: $0 setup postfix-dkim)"
+    mkdir -p "$OPENDKIM_DIR/keys" "$(dirname "$OPENDKIM_SOCKET")"
+    if [ ! -f "$OPENDKIM_DIR/keys/bench.private" ]; then
+        opendkim-genkey -b 2048 -h sha256 -d "$DOMAIN" -s bench -D "$OPENDKIM_DIR/keys" \
+            || die "opendkim-genkey failed"
+    fi
+    chown -R opendkim:opendkim "$OPENDKIM_DIR/keys"
+    chmod 700 "$OPENDKIM_DIR/keys"; chmod 600 "$OPENDKIM_DIR/keys/bench.private"
+    # Socket directory: the milter's user, Postfix's group (smtpd and cleanup run as
+    # postfix:postfix and drop supplementary groups).
+    chown opendkim:postfix "$(dirname "$OPENDKIM_SOCKET")"
+    chmod 750 "$(dirname "$OPENDKIM_SOCKET")"
+    cat > "$OPENDKIM_DIR/opendkim.conf" <<EOF
+# relay-bench postfix-dkim: Debian's /etc/opendkim.conf with a key for $DOMAIN, the
+# socket in Postfix's chroot and relaxed/relaxed (as Tidegate signs).
+Syslog                  yes
+SyslogSuccess           no
+Mode                    sv
+Canonicalization        relaxed/relaxed
+OversignHeaders         From
+Domain                  $DOMAIN
+Selector                bench
+KeyFile                 $OPENDKIM_DIR/keys/bench.private
+UserID                  opendkim:postfix
+UMask                   007
+Socket                  local:$OPENDKIM_SOCKET
+PidFile                 $WORK/opendkim-bench.pid
+Nameservers             127.0.0.1
+EOF
+    opendkim -n -x "$OPENDKIM_DIR/opendkim.conf" || die "opendkim configuration check failed"
 }
 
 configure_haraka() {
@@ -177,6 +248,7 @@ SAMP_PID=""
 . "$HERE/ports.sh"
 
 peer_start() {
+    local i
     STARTED=1
     case "$PEER" in
         postfix)
@@ -185,6 +257,18 @@ peer_start() {
             postfix start >/dev/null 2>&1 || die "postfix start failed"
             wait_listen "$PORT" 20 || die "postfix not listening on $PORT"
             ROOT_PIDS=$(tr -d ' ' < /var/spool/postfix/pid/master.pid) ;;
+        postfix-dkim)
+            # opendkim first, in the foreground of its own process: measured with Postfix.
+            rm -f "$OPENDKIM_SOCKET"
+            opendkim -f -x "$OPENDKIM_DIR/opendkim.conf" > "$RUNDIR/opendkim.log" 2>&1 < /dev/null &
+            OPENDKIM_PID=$!
+            for ((i = 0; i < 100; i++)); do [ -S "$OPENDKIM_SOCKET" ] && break; sleep 0.1; done
+            [ -S "$OPENDKIM_SOCKET" ] || die "opendkim did not open $OPENDKIM_SOCKET (see $RUNDIR/opendkim.log)"
+            postsuper -d ALL >/dev/null 2>&1 || true
+            : > /var/log/postfix-bench.log
+            postfix start >/dev/null 2>&1 || die "postfix start failed"
+            wait_listen "$PORT" 20 || die "postfix not listening on $PORT"
+            ROOT_PIDS="$(tr -d ' ' < /var/spool/postfix/pid/master.pid) $OPENDKIM_PID" ;;
         haraka)
             rm -rf "$HARAKA_APP/queue"
             node "$HARAKA_BIN" -c "$HARAKA_APP" > "$RUNDIR/haraka.log" 2>&1 &
@@ -205,10 +289,17 @@ peer_stop() {
     local i
     STARTED=0
     case "$PEER" in
-        postfix)
+        postfix|postfix-dkim)
             local m; m=$(tr -d ' ' < /var/spool/postfix/pid/master.pid 2>/dev/null)
             postfix stop >/dev/null 2>&1
-            for ((i = 0; i < 100; i++)); do kill -0 "$m" 2>/dev/null || break; sleep 0.1; done ;;
+            for ((i = 0; i < 100; i++)); do kill -0 "$m" 2>/dev/null || break; sleep 0.1; done
+            if [ -n "$OPENDKIM_PID" ]; then
+                kill -TERM "$OPENDKIM_PID" 2>/dev/null
+                for ((i = 0; i < 100; i++)); do kill -0 "$OPENDKIM_PID" 2>/dev/null || break; sleep 0.1; done
+                kill -KILL "$OPENDKIM_PID" 2>/dev/null
+                wait "$OPENDKIM_PID" 2>/dev/null
+                OPENDKIM_PID=""
+            fi ;;
         haraka)
             kill -TERM "$HARAKA_PID" 2>/dev/null
             for ((i = 0; i < 100; i++)); do kill -0 "$HARAKA_PID" 2>/dev/null || break; sleep 0.1; done
@@ -232,8 +323,10 @@ one_run() {
     wait_free "$SINK_PORT" || die "sink port $SINK_PORT busy"
 
     # Sink: accept and discard; exits after exactly MSGS messages (-M), or after the timeout.
+    local dump=()
+    if [ -n "$DUMP" ]; then mkdir -p "$DUMP"; chmod 777 "$DUMP"; dump=(-d "$DUMP/%H%M%S."); fi
     /usr/bin/time -f "%e %U %S %M" -o "$RUNDIR/sink.time" \
-        timeout "$TIMEOUT" smtp-sink -4 -u nobody -m 512 -M "$MSGS" "127.0.0.1:$SINK_PORT" 1024 \
+        timeout "$TIMEOUT" smtp-sink -4 -u nobody -m 512 "${dump[@]}" -M "$MSGS" "127.0.0.1:$SINK_PORT" 1024 \
         > "$RUNDIR/sink.out" 2>&1 &
     local sink_pid=$!
     SINK_PID=$sink_pid
@@ -296,7 +389,7 @@ cleanup() {  # on any exit: leave nothing running
 
 cmd_run() {
     PEER=custom PORT=2525 SINK_PORT=2526 SESSIONS=20 MSGS=20000 SIZE=5120 RUNS=3 REUSE=""
-    LABEL="" TIMEOUT=900 HARAKA_NODES=1 START_CMD="" STOP_CMD="" PIDS_CMD="" NETNS=1 INNS=0
+    LABEL="" TIMEOUT=900 HARAKA_NODES=1 START_CMD="" STOP_CMD="" PIDS_CMD="" NETNS=1 INNS=0 DUMP=""
     local args=("$@")
     while [ $# -gt 0 ]; do
         case "$1" in
@@ -314,6 +407,7 @@ cmd_run() {
             --start) START_CMD=$2; shift ;;
             --stop) STOP_CMD=$2; shift ;;
             --pids) PIDS_CMD=$2; shift ;;
+            --dump) DUMP=$2; shift ;;
             --no-netns) NETNS=0 ;;
             --in-netns) INNS=1 ;;
             *) die "unknown option $1" ;;
@@ -322,7 +416,7 @@ cmd_run() {
     done
     [ -n "$LABEL" ] || LABEL=$PEER
     case "$PEER" in
-        postfix|haraka) ;;
+        postfix|postfix-dkim|haraka) ;;
         custom) [ -n "$START_CMD" ] && [ -n "$STOP_CMD" ] && [ -n "$PIDS_CMD" ] \
                     || die "custom peer needs --start, --stop and --pids" ;;
         *) die "unknown peer $PEER" ;;
@@ -333,12 +427,14 @@ cmd_run() {
         # private network namespace where only loopback exists.
         setup_base >&2
         [ "$PEER" = haraka ] && setup_haraka_pkg >&2
+        [ "$PEER" = postfix-dkim ] && setup_opendkim_pkg >&2
         exec unshare --net -- bash -c 'ip link set lo up && exec "$0" run --in-netns "$@"' "$SELF" "${args[@]}"
     fi
 
     mkdir -p "$WORK/runs"
     case "$PEER" in
         postfix) configure_postfix "$PORT" "$SINK_PORT" ;;
+        postfix-dkim) configure_postfix "$PORT" "$SINK_PORT"; configure_postfix_milter; configure_opendkim ;;
         haraka)  configure_haraka "$PORT" "$SINK_PORT" "$HARAKA_NODES" ;;
     esac
     wait_free "$PORT" || die "port $PORT already in use"

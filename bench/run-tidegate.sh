@@ -59,7 +59,12 @@ case "${1:-}" in
             echo "commit $(git rev-parse --short HEAD)"
             git status --porcelain -- host plugin-sdk plugins Cargo.toml Cargo.lock | sed 's/^/dirty /'
             echo "built $(date -Is)"
-            sha256sum "$PINNED.new/tidegate" "$PINNED.new"/plugins/*.wasm 2>/dev/null | sed "s|$PINNED.new/||"
+            # (Without plugins the glob matches nothing: no sha256sum of it, or `set -e`
+            # would end the build here, silently, and leave the previous pinned build.)
+            sha256sum "$PINNED.new/tidegate" | sed "s|$PINNED.new/||"
+            if ls "$PINNED.new"/plugins/*.wasm >/dev/null 2>&1; then
+                sha256sum "$PINNED.new"/plugins/*.wasm | sed "s|$PINNED.new/||"
+            fi
         } > "$PINNED.new/VERSION"
         # The DKIM key of tidegate-auth.toml, and its record for the dnsmasq beside it.
         "$PINNED.new/tidegate" dkim keygen --domain bench.test --selector bench \

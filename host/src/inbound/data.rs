@@ -448,7 +448,7 @@ impl Session {
             // signature over it all.
             self.seal_message(raw, tx.spf.as_deref(), &mut envelope)
                 .await;
-            self.sign_message(raw, &mut envelope);
+            self.sign_message(raw, &mut envelope).await;
         }
         envelope.tags.clone_from(&self.tags);
         // The start of the message for the `received` event's Message-ID, when events

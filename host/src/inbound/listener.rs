@@ -262,23 +262,35 @@ impl Listeners {
     /// Binds what `wanted` adds or moves; nothing runs yet, and a failure changes nothing.
     pub async fn prepare(&self, wanted: &[ListenerConfig]) -> Result<Plan, String> {
         let mut plan = Plan::default();
-        let current: Vec<(String, std::net::SocketAddr, crate::config::Protocol)> = self
+        /// A running listener as a reload compares it: name, address, protocol, PROXY.
+        type Bound = (
+            String,
+            std::net::SocketAddr,
+            crate::config::Protocol,
+            (bool, Vec<ipnet::IpNet>),
+        );
+        let current: Vec<Bound> = self
             .running()
             .iter()
-            .map(|r| (r.name.clone(), r.configured, r.protocol))
+            .map(|r| (r.name.clone(), r.configured, r.protocol, r.proxy.clone()))
             .collect();
         for config in wanted {
-            let same = current.iter().find(|(name, _, _)| *name == config.name);
+            let same = current.iter().find(|(name, ..)| *name == config.name);
+            let proxy = (config.proxy_protocol, config.proxy_trusted.clone());
             match same {
-                Some((_, address, protocol))
-                    if *address == config.address && *protocol == config.protocol =>
+                Some((_, address, protocol, bound_proxy))
+                    if *address == config.address
+                        && *protocol == config.protocol
+                        && *bound_proxy == proxy =>
                 {
                     plan.keep.push(config.name.clone());
                 }
-                Some((_, address, _)) if *address == config.address => {
+                Some((_, address, ..)) if *address == config.address => {
                     plan.keep.push(config.name.clone());
-                    plan.needs_restart
-                        .push(format!("listener `{}` protocol", config.name));
+                    plan.needs_restart.push(format!(
+                        "listener `{}` protocol or PROXY settings",
+                        config.name
+                    ));
                 }
                 _ => plan.bound.push((config.clone(), bind_one(config).await?)),
             }

@@ -8,12 +8,11 @@
 //! of verifying those same bytes.
 
 use mail_auth::arc::ArcSealer;
-use mail_auth::common::crypto::{RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, Done};
 use mail_auth::{AuthenticatedMessage, AuthenticationResults, MessageAuthenticator};
 
-use super::keys::{KeyError, SigningKey};
+use super::keys::{KeyError, RsaKey, SigningKey};
 use super::verify::SpfResults;
 use crate::config::ArcSealConfig;
 
@@ -34,7 +33,7 @@ const SEALED_HEADERS: &[&str] = &[
 
 /// The configured sealer.
 pub struct Sealer {
-    sealer: ArcSealer<RsaKey<Sha256>, Done>,
+    sealer: ArcSealer<RsaKey, Done>,
     authserv_id: String,
 }
 

@@ -9,11 +9,11 @@
 //! key's record, give it a `not_before` after the DNS has had time to spread, and give the
 //! old one a `not_after`; keep the old record published for a while after that.
 
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::crypto::Ed25519Key;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 
-use super::keys::{KeyError, SigningKey};
+use super::keys::{KeyError, RsaKey, SigningKey};
 use crate::config::DkimSignConfig;
 
 /// What is signed when `headers` is not configured. From is listed twice, so the signature
@@ -42,7 +42,7 @@ pub const DEFAULT_HEADERS: &[&str] = &[
 
 /// A signer ready for one key, domain, selector and header list.
 enum Built {
-    Rsa(DkimSigner<RsaKey<Sha256>, Done>),
+    Rsa(DkimSigner<RsaKey, Done>),
     Ed25519(DkimSigner<Ed25519Key, Done>),
 }
 
