@@ -260,6 +260,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
             tidegate::queue::recipients::RecipientLists::load(&config)
                 .map_err(|e| anyhow::anyhow!("{}: recipients list {e}", path.display()))?;
+            if let Some(tokens) = &config.admin.token_file {
+                tidegate::admin::tokens::Tokens::load(tokens)
+                    .map_err(|e| anyhow::anyhow!("{}: admin.token_file {e}", path.display()))?;
+            }
+            tidegate::events::Events::check(&config.events)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             if !config.plugin_list.is_empty() {
                 // Every plugin is loaded as the gateway would load it (compiled, linked,
                 // initialised with its configuration), so a configuration that `check`

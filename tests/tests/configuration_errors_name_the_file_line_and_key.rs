@@ -209,3 +209,41 @@ fn serve_refuses_a_bad_configuration_before_binding_anything() {
     }
     drop(held);
 }
+
+/// What the file points at is checked too: an admin token file that is missing or holds
+/// a token too short to be safe, a webhook secret that is missing, and a recipients list
+/// with a line that is not an address are each refused by `check`, naming the file.
+#[test]
+fn files_the_configuration_names_are_checked_too() {
+    let cases = [
+        (
+            "\n[admin]\naddress = \"127.0.0.1:9025\"\ntoken_file = \"admin.token\"\n",
+            "admin.token",
+            None,
+        ),
+        (
+            "\n[admin]\naddress = \"127.0.0.1:9025\"\ntoken_file = \"admin.token\"\n",
+            "admin.token:1",
+            Some(("admin.token", "short\n")),
+        ),
+        (
+            "\n[[events]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:8099/e\"\nsecret_file = \"webhook.secret\"\n",
+            "webhook.secret",
+            None,
+        ),
+        (
+            "\n[[route]]\nname = \"in\"\ndomains = [\"example.test\"]\nsmarthost = \"127.0.0.1:2526\"\nrecipients_file = \"recipients.txt\"\n",
+            "recipients.txt:2",
+            Some(("recipients.txt", "alice@example.test\nnot an address\n")),
+        ),
+    ];
+    for (extra, named, file) in cases {
+        let config = ConfigFile::new(&format!("{EXAMPLE}{extra}"));
+        if let Some((name, text)) = file {
+            std::fs::write(config.dir.path().join(name), text).unwrap();
+        }
+        let output = config.run("check");
+        assert!(!output.status.success(), "accepted:\n{extra}");
+        assert!(stderr(&output).contains(named), "{named}: {}", stderr(&output));
+    }
+}

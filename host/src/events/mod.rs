@@ -527,6 +527,17 @@ impl Events {
         }
     }
 
+    /// Checks what the sinks need from outside the configuration file, as `start` would
+    /// (for `tidegate check`): each webhook's secret file.
+    pub fn check(sinks: &[EventSinkConfig]) -> Result<(), EventsError> {
+        for (index, sink) in sinks.iter().enumerate() {
+            if let Some(path) = &sink.secret_file {
+                webhook::check_secret(&sink.label(index), path)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether any sink is configured (so that callers skip work only events need).
     pub fn is_enabled(&self) -> bool {
         !self.inner.sinks.is_empty()

@@ -66,6 +66,11 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     text
 }
 
+/// Checks that a secret file can be used (for `tidegate check`).
+pub(super) fn check_secret(name: &str, path: &Path) -> Result<(), EventsError> {
+    read_secret(name, path).map(|_| ())
+}
+
 /// Reads a secret file: its contents without the trailing newline(s).
 fn read_secret(name: &str, path: &Path) -> Result<Vec<u8>, EventsError> {
     let problem = |problem: String| EventsError::Secret {
