@@ -36,6 +36,11 @@ enum Command {
         #[command(subcommand)]
         command: DkimCommand,
     },
+    /// Write a new plugin crate; check a built component as the gateway would load it.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Look at the spool.
     Spool {
         #[command(subcommand)]
@@ -133,6 +138,47 @@ enum DkimCommand {
         /// The private key to compare with, instead of the configured one.
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Write a new plugin crate (the template's source and tests) that builds and tests on
+    /// its own: `cargo test`, then `cargo build --release --target wasm32-wasip2`.
+    New {
+        /// The crate's name (e.g. `my-filter`); the library, the `Plugin` type and the
+        /// component's file are named after it.
+        name: String,
+        /// Where to write it (must not exist or be empty); default: ./NAME.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The SDK (a `plugin-sdk/` directory) to depend on by path; default: the one this
+        /// binary was built from, when it is still there.
+        #[arg(long, value_name = "PATH", conflicts_with = "sdk_git")]
+        sdk: Option<PathBuf>,
+        /// A git repository holding the SDK to depend on instead.
+        #[arg(long, value_name = "URL")]
+        sdk_git: Option<String>,
+    },
+    /// Load a component as the gateway would (compile, link, `init`) and print its
+    /// contract version, hooks, size, load times and memory; non-zero when the gateway
+    /// would refuse it.
+    Check {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// The plugin's configuration as JSON (what `[plugin.config]` holds).
+        #[arg(long, value_name = "CONFIG.json")]
+        config: Option<PathBuf>,
+        /// Take the limits (and the configuration, unless --config) from a `[[plugin]]` of
+        /// this gateway configuration; by default the defaults of a `[[plugin]]`.
+        #[arg(short = 'c', long = "gateway-config", value_name = "FILE")]
+        gateway_config: Option<PathBuf>,
+        /// Which `[[plugin]]` of that file (needed when it has several).
+        #[arg(long, value_name = "NAME", requires = "gateway_config")]
+        name: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -283,6 +329,67 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
             }
             println!("{}: ok", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::New {
+                    name,
+                    dir,
+                    sdk,
+                    sdk_git,
+                },
+        } => {
+            use tidegate::cli::plugin::Sdk;
+            let sdk = match (sdk, sdk_git) {
+                (Some(path), _) => Sdk::at(&path)?,
+                (None, Some(url)) => Sdk::Git(url),
+                (None, None) => Sdk::built_in().context(
+                    "this binary cannot tell where the plugin SDK is (it is not where it was \
+                     built): give --sdk PATH (a copy of plugin-sdk/) or --sdk-git URL",
+                )?,
+            };
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let names = tidegate::cli::plugin::new(&name, &dir, &sdk)?;
+            let shown = dir.display();
+            println!(
+                "wrote the plugin crate {} to {shown}
+
+  cd {shown}
+  cargo test
+  \
+                 cargo build --release --target wasm32-wasip2
+  \
+                 tidegate plugin check target/wasm32-wasip2/release/{}.wasm",
+                names.package, names.lib
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::Check {
+                    file,
+                    config,
+                    gateway_config,
+                    name,
+                    json,
+                },
+        } => {
+            let settings = tidegate::cli::plugin::CheckSettings {
+                config_json: config,
+                gateway: gateway_config,
+                name,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let report = runtime.block_on(tidegate::cli::plugin::check(&file, &settings))?;
+            if json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.render());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue { command } => {

@@ -22,6 +22,21 @@ fn help_works_on_every_command() {
             &["--config"],
         ),
         (&["help", "check"], "Usage: tidegate check", &["--config"]),
+        (
+            &["plugin", "--help"],
+            "Usage: tidegate plugin",
+            &["new", "check"],
+        ),
+        (
+            &["plugin", "new", "--help"],
+            "Usage: tidegate plugin new",
+            &["--dir", "--sdk", "--sdk-git"],
+        ),
+        (
+            &["plugin", "check", "--help"],
+            "Usage: tidegate plugin check",
+            &["--config", "--json"],
+        ),
     ] {
         let output = Command::new(binary())
             .args(args)

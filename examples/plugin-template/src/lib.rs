@@ -4,9 +4,11 @@
 //! - at RCPT TO it refuses recipients whose local part is in `refuse_local_parts`;
 //! - at DATA it adds a header naming the plugin and counting the session's recipients.
 //!
-//! Build: `cargo build --target wasm32-wasip2 --profile plugin -p plugin-template`, then
-//! point a `[[plugin]]` at `target/wasm32-wasip2/plugin/plugin_template.wasm`. Test:
-//! `cargo test -p plugin-template` (natively, no Wasm needed).
+//! In a crate made by `tidegate plugin new` (a copy of this template): test with
+//! `cargo test` (natively, no Wasm needed), build with
+//! `cargo build --release --target wasm32-wasip2`, and check the component with
+//! `tidegate plugin check target/wasm32-wasip2/release/plugin_template.wasm` before pointing
+//! a `[[plugin]]` at it. (In the Tidegate repository, `scripts/build-plugins` builds it.)
 
 use serde::Deserialize;
 use tidegate_plugin_sdk::prelude::*;

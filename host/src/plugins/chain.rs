@@ -134,6 +134,18 @@ impl std::fmt::Debug for LoadedPlugin {
     }
 }
 
+/// What loading one plugin version cost, measured by [`LoadedPlugin::load_measured`].
+#[derive(Debug, Clone, Copy)]
+pub struct LoadReport {
+    /// Reading and compiling the component (or loading it from the precompiled cache).
+    pub compile: std::time::Duration,
+    /// Instantiating it and calling `init` the first time.
+    pub instantiate: std::time::Duration,
+    /// The linear memory of that instance after `init`, in bytes: what every idle or
+    /// waiting instance of it holds.
+    pub memory: usize,
+}
+
 impl LoadedPlugin {
     /// Compiles (or loads from cache), links, instantiates once and calls `init`, so a
     /// plugin that cannot run is refused here and never reaches a session.
@@ -142,6 +154,17 @@ impl LoadedPlugin {
         config: &PluginConfig,
         services: &Arc<HostServices>,
     ) -> Result<Arc<LoadedPlugin>, String> {
+        Self::load_measured(engine, config, services)
+            .await
+            .map(|(plugin, _)| plugin)
+    }
+
+    /// [`LoadedPlugin::load`], saying what each step took (`tidegate plugin check`).
+    pub async fn load_measured(
+        engine: &Arc<PluginEngine>,
+        config: &PluginConfig,
+        services: &Arc<HostServices>,
+    ) -> Result<(Arc<LoadedPlugin>, LoadReport), String> {
         let limit = usize::try_from(config.memory_limit_mib)
             .unwrap_or(usize::MAX)
             .saturating_mul(1024 * 1024);
@@ -155,11 +178,13 @@ impl LoadedPlugin {
         }
         let compile_engine = Arc::clone(engine);
         let path = config.path.clone();
+        let started = Instant::now();
         let (component, hash): (Component, String) =
             tokio::task::spawn_blocking(move || compile_engine.compile(&path))
                 .await
                 .map_err(|e| format!("compilation task failed: {e}"))?
                 .map_err(|e| e.to_string())?;
+        let compiled = started.elapsed();
         let instance_pre = engine
             .linker()
             .instantiate_pre(&component)
@@ -196,6 +221,7 @@ impl LoadedPlugin {
             idle: Mutex::new(Vec::new()),
             idle_limit: engine.idle_instances(),
         };
+        let started = Instant::now();
         let probe = tokio::time::timeout(
             plugin.limits.time,
             Instance::create(&plugin, engine, services),
@@ -208,12 +234,17 @@ impl LoadedPlugin {
             )
         })?
         .map_err(|e| e.why)?;
+        let report = LoadReport {
+            compile: compiled,
+            instantiate: started.elapsed(),
+            memory: probe.store.data().limits.high_water,
+        };
         plugin.hooks = probe.hooks;
         plugin.check_in(probe, &services.metrics);
         let plugin = Arc::new(plugin);
         let holder: Weak<dyn HoldsIdle> = Arc::downgrade(&plugin) as Weak<dyn HoldsIdle>;
         engine.register_idle_holder(holder);
-        Ok(plugin)
+        Ok((plugin, report))
     }
 
     fn fuel(&self) -> u64 {

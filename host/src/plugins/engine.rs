@@ -107,6 +107,25 @@ impl PluginEngine {
         instances: u32,
         slot: usize,
     ) -> wasmtime::Result<Arc<PluginEngine>> {
+        Self::build(config, instances, slot, true)
+    }
+
+    /// [`PluginEngine::new`] without the precompiled cache: every component is compiled
+    /// from its bytes and nothing is written (`tidegate plugin check` measures that).
+    pub fn new_uncached(
+        config: &PluginRuntimeConfig,
+        instances: u32,
+        slot: usize,
+    ) -> wasmtime::Result<Arc<PluginEngine>> {
+        Self::build(config, instances, slot, false)
+    }
+
+    fn build(
+        config: &PluginRuntimeConfig,
+        instances: u32,
+        slot: usize,
+        use_cache: bool,
+    ) -> wasmtime::Result<Arc<PluginEngine>> {
         let mut pool = PoolingAllocationConfig::default();
         let instances = instances.max(1);
         if instances > instances_that_fit(slot) {
@@ -183,11 +202,15 @@ impl PluginEngine {
             })
             .map_err(wasmtime::Error::from)?;
 
-        let cache = match ArtifactCache::open(&config.cache_dir) {
-            Ok(cache) => Some(cache),
-            Err(e) => {
-                tracing::warn!(error = %e, "plugin cache not used: plugins are compiled at every start");
-                None
+        let cache = if !use_cache {
+            None
+        } else {
+            match ArtifactCache::open(&config.cache_dir) {
+                Ok(cache) => Some(cache),
+                Err(e) => {
+                    tracing::warn!(error = %e, "plugin cache not used: plugins are compiled at every start");
+                    None
+                }
             }
         };
         Ok(Arc::new(PluginEngine {
