@@ -244,6 +244,10 @@ fn files_the_configuration_names_are_checked_too() {
         }
         let output = config.run("check");
         assert!(!output.status.success(), "accepted:\n{extra}");
-        assert!(stderr(&output).contains(named), "{named}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains(named),
+            "{named}: {}",
+            stderr(&output)
+        );
     }
 }
