@@ -5,15 +5,16 @@
 //!
 //! - plugins (all or nothing, see [`crate::plugins::PluginHost::reload`]);
 //! - for sessions that start from now on (each keeps what it started with): relay rules,
-//!   limits, `[smtp]`, sender authentication and DKIM keys, the host name;
+//!   limits, `[smtp]`, sender authentication and DKIM keys, the host name, and the
+//!   certificates a changed `[tls]` table names (they must load first);
 //! - for every delivery attempt from now on, queued mail included: routes, retry
 //!   intervals, lifetimes, delivery settings.
 //!
 //! - listeners added (bound before anything else changes: one that cannot be bound
 //!   refuses the reload), moved or removed (their sessions finish).
 //!
-//! What was sized or bound at start (the spool, the admin API, TLS and AUTH file
-//! locations, connection and concurrency limits, the resolver, event sinks, logging, a
+//! What was sized or bound at start (the spool, the admin API, TLS turned on or off, the
+//! AUTH users file's location, connection and concurrency limits, the resolver, event sinks, logging, a
 //! listener's protocol on the same address) needs a restart: the reply and the log name it. The AUTH users file, recipients lists
 //! and TLS certificates reload by themselves when their files change.
 
@@ -35,7 +36,6 @@ use crate::watch::Trigger;
 const RESTART: &[&str] = &[
     "spool",
     "admin",
-    "tls",
     "auth",
     "dns",
     "events",
@@ -149,6 +149,19 @@ impl Reconfigurer {
                 return report;
             }
         };
+        // Certificates named by a changed [tls] table must load before anything changes.
+        let tls = match (&self.inbound.tls, &config.tls) {
+            (Some(running), Some(wanted)) => match crate::tls::ServerTls::load(wanted) {
+                Ok(_) => Some((Arc::clone(running), wanted.clone())),
+                Err(e) => {
+                    let why_not = format!("[tls]: {e}");
+                    tracing::error!(trigger = why, error = %why_not, "configuration not applied, nothing changed");
+                    report.failed = Some(why_not);
+                    return report;
+                }
+            },
+            _ => None,
+        };
         // New or moved listeners are bound now: an address that cannot be bound refuses
         // the whole reload (and closes what was bound for it).
         let plan = match self.listeners.prepare(&config.listeners).await {
@@ -175,6 +188,16 @@ impl Reconfigurer {
         report
             .needs_restart
             .extend(plan.needs_restart.iter().cloned());
+        if self.inbound.tls.is_some() != config.tls.is_some() {
+            // TLS turned on or off changes what the listeners offer: a restart.
+            report.needs_restart.push("tls".into());
+        }
+        if let Some((running, wanted)) = &tls
+            && let Err(e) = running.reload(wanted)
+        {
+            // Checked above; a file that changed in between keeps the running ones.
+            tracing::error!(error = %e, "TLS certificates not reloaded, keeping the running ones");
+        }
         let config = Arc::new(config);
         // The new rules first, so the first session on a new listener has them.
         self.inbound

@@ -16,6 +16,7 @@ use tidegate_e2e::{Gateway, GatewayConfig, PluginEntry, SmtpClient, binary, samp
 const TOKEN: &str = "ops 0123456789abcdef0123456789abcdef";
 
 fn config(good: &SinkServer, flaky: &SinkServer, token_file: &Path) -> GatewayConfig {
+    let events = token_file.with_file_name("events.jsonl");
     GatewayConfig {
         accept_domains: vec!["good.test".into(), "flaky.test".into(), "held.test".into()],
         top: vec![
@@ -23,6 +24,10 @@ fn config(good: &SinkServer, flaky: &SinkServer, token_file: &Path) -> GatewayCo
             (
                 "admin".into(),
                 format!(r#"{{ address = "127.0.0.1:0", token_file = {token_file:?} }}"#),
+            ),
+            (
+                "events".into(),
+                format!(r#"[{{ kind = "file", path = {events:?} }}]"#),
             ),
         ],
         plugins: vec![
@@ -127,6 +132,7 @@ fn an_operator_steers_deferred_held_and_quarantined_mail() {
     let deferred = send(&gateway, "bob@flaky.test", "deferred");
     let held = send(&gateway, "carol@held.test", "held");
     let quarantined = send(&gateway, "dave@good.test", "quarantine me");
+    let unwanted = send(&gateway, "dave@good.test", "quarantine me too");
     good.wait_for(1, Duration::from_secs(30));
     wait_until("the deferral", &gateway, || {
         gateway.cli_json(&["queue", "summary"])["messages"]["deferred"] == 1
@@ -136,7 +142,7 @@ fn an_operator_steers_deferred_held_and_quarantined_mail() {
     });
 
     let summary = gateway.cli_json(&["queue", "summary"]);
-    assert_eq!(summary["quarantined"], 1, "{summary}");
+    assert_eq!(summary["quarantined"], 2, "{summary}");
     let destinations = summary["destinations"].as_array().unwrap();
     let flaky_line = destinations
         .iter()
@@ -166,7 +172,7 @@ fn an_operator_steers_deferred_held_and_quarantined_mail() {
     for line in [
         "tidegate_queue_messages{state=\"deferred\"} 1",
         "tidegate_queue_messages{state=\"held\"} 1",
-        "tidegate_queue_messages{state=\"quarantined\"} 1",
+        "tidegate_queue_messages{state=\"quarantined\"} 2",
         "tidegate_queue_destination_messages{destination=\"flaky.test\"} 1",
         "tidegate_delivery_attempts_total{outcome=\"delivered\",class=\"smarthost\"} 1",
         "tidegate_delivery_attempts_total{outcome=\"deferred\",class=\"smarthost\"} 1",
@@ -215,6 +221,16 @@ fn an_operator_steers_deferred_held_and_quarantined_mail() {
     // The quarantine: listed, shown, released into delivery as it would have gone.
     let listed = gateway.cli_json(&["quarantine", "list"]);
     assert_eq!(listed[0]["id"], quarantined.as_str(), "{listed}");
+    gateway.cli_ok(&["quarantine", "delete", &unwanted]);
+    let listed = gateway.cli_json(&["quarantine", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert!(
+        !gateway
+            .spool_dir()
+            .join("quarantine")
+            .join(&unwanted)
+            .exists()
+    );
     assert!(listed[0]["reason"].as_str().unwrap().contains("suspicious"));
     let shown = gateway.cli_json(&["quarantine", "show", &quarantined]);
     assert_eq!(shown["state"], "quarantined");

@@ -43,13 +43,21 @@ fn a_deferred_message_gets_one_delay_notice_then_expires_with_4_4_7() {
         Behaviour::default().tempfail_data_first(usize::MAX),
     );
     let senders = SinkServer::start("127.0.0.1:0".parse().unwrap(), Behaviour::default());
+    let events = tempfile::tempdir().unwrap();
+    let events_file = events.path().join("events.jsonl");
     let gateway = Gateway::start_with(
-        &GatewayConfig::default()
-            .queue("retry_intervals", r#"["500ms"]"#)
-            .queue("delay_notice_after", r#""1s""#)
-            .queue("max_lifetime", r#""4s""#)
-            .route("internal", &["example.test"], internal.addr())
-            .route("back", &["example.org"], senders.addr()),
+        &GatewayConfig {
+            top: vec![(
+                "events".into(),
+                format!(r#"[{{ kind = "file", path = {events_file:?} }}]"#),
+            )],
+            ..GatewayConfig::default()
+        }
+        .queue("retry_intervals", r#"["500ms"]"#)
+        .queue("delay_notice_after", r#""1s""#)
+        .queue("max_lifetime", r#""4s""#)
+        .route("internal", &["example.test"], internal.addr())
+        .route("back", &["example.org"], senders.addr()),
     );
     let mut client = SmtpClient::ehlo(gateway.addr());
     client
@@ -75,4 +83,13 @@ fn a_deferred_message_gets_one_delay_notice_then_expires_with_4_4_7() {
         "{:?}",
         gateway.spool_list()
     );
+    // The expiry is a delivery event of its own, after the deferrals.
+    let kinds: Vec<String> = std::fs::read_to_string(&events_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["type"] == "expired")
+        .map(|e| e["recipients"][0].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(kinds, vec!["alice@example.test".to_owned()]);
 }
