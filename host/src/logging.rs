@@ -1,10 +1,15 @@
 //! The log: human-readable lines by default, JSON lines with `[log] format = "json"`,
-//! written to standard error by a background thread through a bounded buffer, so a log
-//! that cannot keep up (a slow pipe, a stuck journal) never slows mail: past the buffer,
-//! lines are dropped and counted (`tidegate_log_lines_dropped`). The level can be changed
-//! while running (`tidegate log-level`).
+//! on standard error. A log that cannot keep up (a slow pipe, a stuck journal) must never
+//! slow mail, and writing a line must not cost the session a thread wake-up either: lines
+//! are appended to a bounded buffer in memory, and a thread of its own writes the buffer
+//! out every few milliseconds (or as soon as it holds a good deal). Past the bound, lines
+//! are dropped and counted (`tidegate_log_lines_dropped`). The level can be changed while
+//! running (`tidegate log-level`).
 
-use std::sync::OnceLock;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -12,16 +17,104 @@ use tracing_subscriber::{EnvFilter, Registry, reload};
 
 use crate::config::LogFormat;
 
-/// Lines the writer may hold before it drops new ones.
-const BUFFERED_LINES: usize = 64 * 1024;
+/// The most the buffer holds before lines are dropped.
+const MAX_BUFFERED: usize = 8 * 1024 * 1024;
+/// How much makes the writer wake before its interval is over.
+const WAKE_AT: usize = 256 * 1024;
+/// How long a line may wait in the buffer.
+const INTERVAL: Duration = Duration::from_millis(20);
 
 static LEVEL: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
-static DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+static BUFFER: OnceLock<Arc<Buffer>> = OnceLock::new();
 
-/// Keeps the log writer running; dropping it flushes what is buffered.
-pub struct LogGuard(
-    #[allow(dead_code, reason = "held for its Drop")] tracing_appender::non_blocking::WorkerGuard,
-);
+/// Lines waiting to be written, shared by every thread that logs and the writer.
+#[derive(Debug, Default)]
+struct Buffer {
+    lines: Mutex<Vec<u8>>,
+    wake: Condvar,
+    dropped: AtomicU64,
+    stopping: AtomicBool,
+}
+
+impl Buffer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.lines.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes out what is buffered until stopped, then the rest.
+    fn drain(&self, out: &mut dyn Write) {
+        let mut spare = Vec::new();
+        loop {
+            let stopping = {
+                let mut lines = self.lock();
+                if lines.len() < WAKE_AT && !self.stopping.load(Ordering::Acquire) {
+                    lines = self
+                        .wake
+                        .wait_timeout(lines, INTERVAL)
+                        .map(|(guard, _)| guard)
+                        .unwrap_or_else(|e| e.into_inner().0);
+                }
+                std::mem::swap(&mut *lines, &mut spare);
+                self.stopping.load(Ordering::Acquire)
+            };
+            if !spare.is_empty() {
+                // A failing standard error loses these lines, never the mail.
+                let _ = out.write_all(&spare).and_then(|()| out.flush());
+                spare.clear();
+            }
+            if stopping && self.lock().is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+/// The `MakeWriter` of the fmt layer: each line goes into the buffer whole.
+#[derive(Clone)]
+struct Appender(Arc<Buffer>);
+
+impl Write for Appender {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        let mut lines = self.0.lock();
+        if lines.len() + line.len() > MAX_BUFFERED {
+            self.0.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(line.len());
+        }
+        lines.extend_from_slice(line);
+        if lines.len() >= WAKE_AT {
+            self.0.wake.notify_one();
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Appender {
+    type Writer = Appender;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Keeps the log writer running; dropping it writes out what is buffered.
+pub struct LogGuard {
+    buffer: Arc<Buffer>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        self.buffer.stopping.store(true, Ordering::Release);
+        self.buffer.wake.notify_one();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
 
 /// Starts logging at `level` (a `tracing` filter; `RUST_LOG` overrides it) in `format`.
 pub fn init(level: &str, format: LogFormat) -> LogGuard {
@@ -29,17 +122,20 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(BUFFERED_LINES)
-        .finish(std::io::stderr());
-    let _ = DROPPED.set(writer.error_counter());
+    let buffer = Arc::new(Buffer::default());
+    let _ = BUFFER.set(Arc::clone(&buffer));
+    let drainer = Arc::clone(&buffer);
+    let writer = std::thread::Builder::new()
+        .name("tidegate-log".into())
+        .spawn(move || drainer.drain(&mut io::stderr()))
+        .ok();
+    let appender = Appender(Arc::clone(&buffer));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(writer)
+                    .with_writer(appender)
                     .with_ansi(false),
             )
             .init(),
@@ -49,12 +145,12 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
                     .json()
                     .flatten_event(true)
                     .with_current_span(false)
-                    .with_writer(writer),
+                    .with_writer(appender),
             )
             .init(),
     }
     let _ = LEVEL.set(handle);
-    LogGuard(guard)
+    LogGuard { buffer, writer }
 }
 
 /// Changes the level while running; `Err` says why a filter was refused.
@@ -66,7 +162,33 @@ pub fn set_level(level: &str) -> Result<(), String> {
 
 /// Log lines dropped because the writer could not keep up.
 pub fn dropped_lines() -> u64 {
-    DROPPED
+    BUFFER
         .get()
-        .map_or(0, |counter| counter.dropped_lines() as u64)
+        .map_or(0, |buffer| buffer.dropped.load(Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_written_whole_in_order_and_past_the_bound_dropped_and_counted() {
+        let buffer = Arc::new(Buffer::default());
+        let mut appender = Appender(Arc::clone(&buffer));
+        for n in 0..1000 {
+            appender
+                .write_all(format!("line {n}\n").as_bytes())
+                .unwrap();
+        }
+        let big = vec![b'x'; MAX_BUFFERED];
+        appender.write_all(&big).unwrap();
+        assert_eq!(buffer.dropped.load(Ordering::Relaxed), 1);
+        buffer.stopping.store(true, Ordering::Release);
+        let mut out = Vec::new();
+        buffer.drain(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1000);
+        assert_eq!(lines[999], "line 999");
+    }
 }

@@ -11,28 +11,30 @@ use tidegate_e2e::{Gateway, GatewayConfig, SmtpClient, sample_message};
 /// with it takes several times this.
 const TARPIT_DELAY: Duration = Duration::from_secs(5);
 
-#[test]
-fn mail_to_a_normal_destination_flows_while_a_tarpit_holds_its_slots() {
+/// Sends `slow` messages to a tarpit, then mail to a normal destination, which must each
+/// arrive in far less than one tarpit reply, with `queue` settings on top of one global
+/// slot per destination.
+fn fast_mail_flows_past_a_tarpit(queue: &[(&str, &str)], slow: usize) {
     let tarpit = SinkServer::start(
         "127.0.0.1:0".parse().unwrap(),
         Behaviour::default().reply_delay(TARPIT_DELAY),
     );
     let normal = SinkServer::start("127.0.0.1:0".parse().unwrap(), Behaviour::default());
+    let mut config = GatewayConfig {
+        accept_domains: vec!["slow.example.test".into(), "fast.example.test".into()],
+        ..GatewayConfig::default()
+    }
+    .queue("max_per_destination", "1");
+    for (key, value) in queue {
+        config = config.queue(key, value);
+    }
     let gateway = Gateway::start_with(
-        &GatewayConfig {
-            accept_domains: vec!["slow.example.test".into(), "fast.example.test".into()],
-            ..GatewayConfig::default()
-        }
-        // Two global slots, one per destination: messages waiting for the tarpit's slot
-        // would take the second global slot if they took it first, and nothing else
-        // could be delivered until the tarpit finished a whole transaction.
-        .queue("max_concurrent_deliveries", "2")
-        .queue("max_per_destination", "1")
-        .route("slow", &["slow.example.test"], tarpit.addr())
-        .route("fast", &["fast.example.test"], normal.addr()),
+        &config
+            .route("slow", &["slow.example.test"], tarpit.addr())
+            .route("fast", &["fast.example.test"], normal.addr()),
     );
     let mut client = SmtpClient::ehlo(gateway.addr());
-    for n in 0..3 {
+    for n in 0..slow {
         client
             .send_mail(
                 "sender@example.org",
@@ -41,7 +43,7 @@ fn mail_to_a_normal_destination_flows_while_a_tarpit_holds_its_slots() {
             )
             .expect(250, "2.0.0");
     }
-    // The tarpit has its one connection: its slot is taken, two messages wait for it.
+    // The tarpit has its one connection: its slot is taken, the rest wait for it.
     let deadline = Instant::now() + Duration::from_secs(10);
     while tarpit.open_connections() == 0 {
         assert!(
@@ -50,7 +52,6 @@ fn mail_to_a_normal_destination_flows_while_a_tarpit_holds_its_slots() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-
     for n in 0..3 {
         let sent = Instant::now();
         client
@@ -72,66 +73,27 @@ fn mail_to_a_normal_destination_flows_while_a_tarpit_holds_its_slots() {
     assert_eq!(tarpit.open_connections(), 1, "more than its one slot");
 }
 
+#[test]
+fn mail_to_a_normal_destination_flows_while_a_tarpit_holds_its_slots() {
+    // Two global slots, one per destination: messages waiting for the tarpit's slot would
+    // take the second global slot if they took it first, and nothing else could be
+    // delivered until the tarpit finished a whole transaction.
+    fast_mail_flows_past_a_tarpit(&[("max_concurrent_deliveries", "2")], 3);
+}
+
 /// The queue bounds its active set (attempts in progress, whatever they wait for). A
 /// destination takes at most its deliveries and as many waiters from it; the rest of its
 /// backlog waits parked, outside the active set, so the active set always has room for
 /// mail to other destinations.
 #[test]
 fn a_tarpit_backlog_waits_parked_outside_the_active_set() {
-    let tarpit = SinkServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Behaviour::default().reply_delay(TARPIT_DELAY),
+    // Three active attempts: the tarpit's delivery and its one waiter leave exactly one.
+    // If the backlog waited in the active set, it would fill it, and nothing else could
+    // even start until the tarpit finished a transaction.
+    fast_mail_flows_past_a_tarpit(
+        &[("max_concurrent_deliveries", "2"), ("max_active", "3")],
+        10,
     );
-    let normal = SinkServer::start("127.0.0.1:0".parse().unwrap(), Behaviour::default());
-    let gateway = Gateway::start_with(
-        &GatewayConfig {
-            accept_domains: vec!["slow.example.test".into(), "fast.example.test".into()],
-            ..GatewayConfig::default()
-        }
-        // Three active attempts: the tarpit's delivery and its one waiter leave exactly
-        // one. If the backlog waited in the active set, it would fill it, and nothing
-        // else could even start until the tarpit finished a transaction.
-        .queue("max_concurrent_deliveries", "2")
-        .queue("max_active", "3")
-        .queue("max_per_destination", "1")
-        .route("slow", &["slow.example.test"], tarpit.addr())
-        .route("fast", &["fast.example.test"], normal.addr()),
-    );
-    let mut client = SmtpClient::ehlo(gateway.addr());
-    for n in 0..10 {
-        client
-            .send_mail(
-                "sender@example.org",
-                &["user@slow.example.test"],
-                &sample_message(&format!("slow-{n}"), "x"),
-            )
-            .expect(250, "2.0.0");
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tarpit.open_connections() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "no delivery to the tarpit started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for n in 0..3 {
-        let sent = Instant::now();
-        client
-            .send_mail(
-                "sender@example.org",
-                &["user@fast.example.test"],
-                &sample_message(&format!("fast-{n}"), "x"),
-            )
-            .expect(250, "2.0.0");
-        normal.wait_for(n + 1, Duration::from_secs(30));
-        assert!(
-            sent.elapsed() < TARPIT_DELAY - Duration::from_secs(1),
-            "message {n} to the normal destination took {:?}",
-            sent.elapsed()
-        );
-    }
-    assert_eq!(tarpit.open_connections(), 1, "more than its one slot");
 }
 
 /// Parked messages are not forgotten: each delivery that ends wakes the next, and a

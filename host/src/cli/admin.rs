@@ -494,62 +494,33 @@ pub fn queue(command: QueueCommand) -> anyhow::Result<()> {
             QueueCommand::Retry {
                 client: args,
                 target,
-            } => {
-                let client = Client::new(&args)?;
-                let selector = serde_json::to_value(target.selector(false))?;
-                print_done(
-                    args.json,
-                    client
-                        .send(hyper::Method::POST, "/v1/queue/retry", selector)
-                        .await?,
-                );
-                Ok(())
-            }
+            } => operate(&args, "/v1/queue/retry", target.selector(false)).await,
             QueueCommand::Delete {
                 client: args,
                 target,
                 bounce,
-            } => {
-                let client = Client::new(&args)?;
-                let selector = serde_json::to_value(target.selector(bounce))?;
-                print_done(
-                    args.json,
-                    client
-                        .send(hyper::Method::POST, "/v1/queue/delete", selector)
-                        .await?,
-                );
-                Ok(())
-            }
+            } => operate(&args, "/v1/queue/delete", target.selector(bounce)).await,
             QueueCommand::Hold {
                 client: args,
                 target,
-            } => {
-                let client = Client::new(&args)?;
-                let selector = serde_json::to_value(target.selector(false))?;
-                print_done(
-                    args.json,
-                    client
-                        .send(hyper::Method::POST, "/v1/queue/hold", selector)
-                        .await?,
-                );
-                Ok(())
-            }
+            } => operate(&args, "/v1/queue/hold", target.selector(false)).await,
             QueueCommand::Release {
                 client: args,
                 target,
-            } => {
-                let client = Client::new(&args)?;
-                let selector = serde_json::to_value(target.selector(false))?;
-                print_done(
-                    args.json,
-                    client
-                        .send(hyper::Method::POST, "/v1/queue/release", selector)
-                        .await?,
-                );
-                Ok(())
-            }
+            } => operate(&args, "/v1/queue/release", target.selector(false)).await,
         }
     })
+}
+
+/// One operation on the queue (retry, delete, hold, release) and its report.
+async fn operate(args: &ClientArgs, path: &str, selector: Selector) -> anyhow::Result<()> {
+    let client = Client::new(args)?;
+    let selector = serde_json::to_value(selector)?;
+    print_done(
+        args.json,
+        client.send(hyper::Method::POST, path, selector).await?,
+    );
+    Ok(())
 }
 
 fn print_detail(detail: &MessageDetail) {

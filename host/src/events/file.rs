@@ -16,6 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+
+/// How long events gather before a batch smaller than `BATCH` is written.
+const GATHER: Duration = Duration::from_millis(20);
 use tokio_util::sync::CancellationToken;
 
 use super::{EventsError, count_dropped};
@@ -198,6 +201,14 @@ impl FileSink {
                 }
             }
             file = Some(writer);
+            if written < BATCH && !closing {
+                // A trickle of events would otherwise cost a write and a thread hop each:
+                // let the next ones gather for a moment (shutdown cuts the wait short).
+                tokio::select! {
+                    () = tokio::time::sleep(GATHER) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            }
             batch = returned;
             batch.clear();
         }
