@@ -2,7 +2,7 @@
 //! on standard error. A log that cannot keep up (a slow pipe, a stuck journal) must never
 //! slow mail, and writing a line must not cost the session a thread wake-up either: lines
 //! are appended to a bounded buffer in memory, and a thread of its own writes the buffer
-//! out every few milliseconds (or as soon as it holds a good deal). Past the bound, lines
+//! out: at once when the log is quiet, every 20 ms when it is busy. Past the bound, lines
 //! are dropped and counted (`tidegate_log_lines_dropped`). The level can be changed while
 //! running (`tidegate log-level`).
 
@@ -19,10 +19,10 @@ use crate::config::LogFormat;
 
 /// The most the buffer holds before lines are dropped.
 const MAX_BUFFERED: usize = 8 * 1024 * 1024;
-/// How much makes the writer wake before its interval is over.
-const WAKE_AT: usize = 256 * 1024;
-/// How long a line may wait in the buffer.
+/// How long the writer pauses between writes when the log is busy.
 const INTERVAL: Duration = Duration::from_millis(20);
+/// A write this soon after the previous one means the log is busy.
+const BUSY: Duration = Duration::from_millis(5);
 
 static LEVEL: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 static BUFFER: OnceLock<Arc<Buffer>> = OnceLock::new();
@@ -41,16 +41,23 @@ impl Buffer {
         self.lines.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Writes out what is buffered until stopped, then the rest.
+    /// Writes out what is buffered until stopped, then the rest. A line that comes when
+    /// the log is quiet is written at once; when lines come fast (the last write was a
+    /// moment ago), the writer pauses for `INTERVAL` between writes, so that a busy log
+    /// costs one wake-up per interval, not one per line.
     fn drain(&self, out: &mut dyn Write) {
         let mut spare = Vec::new();
+        let mut last_write: Option<std::time::Instant> = None;
         loop {
+            if last_write.is_some_and(|at| at.elapsed() < BUSY) {
+                std::thread::sleep(INTERVAL);
+            }
             let stopping = {
                 let mut lines = self.lock();
-                if lines.len() < WAKE_AT && !self.stopping.load(Ordering::Acquire) {
+                while lines.is_empty() && !self.stopping.load(Ordering::Acquire) {
                     lines = self
                         .wake
-                        .wait_timeout(lines, INTERVAL)
+                        .wait_timeout(lines, Duration::from_secs(1))
                         .map(|(guard, _)| guard)
                         .unwrap_or_else(|e| e.into_inner().0);
                 }
@@ -61,6 +68,7 @@ impl Buffer {
                 // A failing standard error loses these lines, never the mail.
                 let _ = out.write_all(&spare).and_then(|()| out.flush());
                 spare.clear();
+                last_write = Some(std::time::Instant::now());
             }
             if stopping && self.lock().is_empty() {
                 return;
@@ -80,8 +88,11 @@ impl Write for Appender {
             self.0.dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(line.len());
         }
+        let was_empty = lines.is_empty();
         lines.extend_from_slice(line);
-        if lines.len() >= WAKE_AT {
+        if was_empty {
+            // The writer may be waiting for a first line; when it is pausing (a busy log)
+            // the notification costs nothing.
             self.0.wake.notify_one();
         }
         Ok(line.len())

@@ -342,7 +342,7 @@ impl Gateway {
             {
                 panic!("tidegate exited with {status}:\n{}", self.log());
             }
-            for line in self.log().lines() {
+            for line in self.log_now().lines() {
                 if let Some((name, address)) = parse_listening(line) {
                     self.addresses.insert(name, address);
                 }
@@ -454,15 +454,23 @@ impl Gateway {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
     }
 
-    /// Everything the gateway has logged so far.
+    /// Everything the gateway has logged so far. The gateway writes its log from a buffer
+    /// (every 20 ms when it is busy), so this first waits that long: a line logged before
+    /// the call is in what it returns.
     pub fn log(&self) -> String {
+        std::thread::sleep(Duration::from_millis(30));
+        self.log_now()
+    }
+
+    /// What has reached the log's pipe so far, without waiting.
+    fn log_now(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
     /// Waits until the log contains `needle`.
     pub fn wait_for_log(&self, needle: &str) {
         let deadline = Instant::now() + PATIENCE;
-        while !self.log().contains(needle) {
+        while !self.log_now().contains(needle) {
             assert!(
                 Instant::now() < deadline,
                 "log never said {needle:?}:\n{}",

@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-/// How long events gather before a batch smaller than `BATCH` is written.
+/// How long events gather between writes when they come fast.
 const GATHER: Duration = Duration::from_millis(20);
+/// A write this soon after the previous one means events come fast.
+const BUSY: Duration = Duration::from_millis(5);
 use tokio_util::sync::CancellationToken;
 
 use super::{EventsError, count_dropped};
@@ -168,6 +170,7 @@ impl FileSink {
         let mut batch = Vec::with_capacity(BATCH);
         let mut closing = false;
         let mut last_error_log: Option<Instant> = None;
+        let mut last_write: Option<Instant> = None;
         loop {
             tokio::select! {
                 biased;
@@ -201,9 +204,12 @@ impl FileSink {
                 }
             }
             file = Some(writer);
-            if written < BATCH && !closing {
-                // A trickle of events would otherwise cost a write and a thread hop each:
-                // let the next ones gather for a moment (shutdown cuts the wait short).
+            let busy = last_write.is_some_and(|at: Instant| at.elapsed() < BUSY);
+            last_write = Some(Instant::now());
+            if busy && written < BATCH && !closing {
+                // Events coming fast would otherwise cost a write and a thread hop each:
+                // let the next ones gather for a moment (shutdown cuts the wait short). A
+                // quiet sink writes each event at once.
                 tokio::select! {
                     () = tokio::time::sleep(GATHER) => {}
                     () = shutdown.cancelled() => {}
