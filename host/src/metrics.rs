@@ -110,10 +110,11 @@ pub struct TlsLabels {
     pub version: String,
 }
 
-/// Labels of an AUTH attempt.
+/// Labels of a result: an AUTH attempt's (`success`, `failure`), a reload's (`applied`,
+/// `refused`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthLabels {
-    /// `success` or `failure`.
+    /// What came of it.
     pub result: &'static str,
 }
 
@@ -215,6 +216,8 @@ pub struct Metrics {
     pub auth_attempts: Family<AuthLabels, Counter>,
     /// Plugin reloads that applied.
     pub plugin_reloads: Counter,
+    /// Configuration reloads by result (`applied`, `refused`).
+    pub config_reloads: Family<AuthLabels, Counter>,
     /// Admin API requests refused for a missing or wrong token.
     pub admin_unauthorized: Counter,
     /// Log lines dropped because the log writer could not keep up.
@@ -309,6 +312,12 @@ impl Metrics {
             "plugin_reloads",
             "Plugin reloads that applied",
             plugin_reloads.clone(),
+        );
+        let config_reloads = Family::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP, file change, tidegate reload) by result",
+            config_reloads.clone(),
         );
         let admin_unauthorized = Counter::default();
         registry.register(
@@ -462,6 +471,7 @@ impl Metrics {
             tls_sessions,
             auth_attempts,
             plugin_reloads,
+            config_reloads,
             admin_unauthorized,
             log_lines_dropped,
             events_emitted,

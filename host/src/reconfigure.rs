@@ -122,6 +122,21 @@ impl Reconfigurer {
 
     /// Reads the configuration file again and applies it; `why` is for the log.
     pub async fn reload(&self, why: &str) -> ReloadReport {
+        let report = self.try_reload(why).await;
+        let result = if report.failed.is_some() {
+            "refused"
+        } else {
+            "applied"
+        };
+        self.inbound
+            .metrics
+            .config_reloads
+            .get_or_create(&crate::metrics::AuthLabels { result })
+            .inc();
+        report
+    }
+
+    async fn try_reload(&self, why: &str) -> ReloadReport {
         let _one_at_a_time = self.busy.lock().await;
         let mut report = ReloadReport::default();
         let path = self.config_path.clone();

@@ -132,6 +132,12 @@ fn a_new_route_applies_to_queued_mail_and_new_rules_to_new_sessions() {
     assert!(subjects.contains(&"queued".to_owned()), "{subjects:?}");
     assert!(subjects.contains(&"in progress".to_owned()), "{subjects:?}");
     assert!(gateway.log().contains("configuration reloaded"));
+    let metrics = gateway.admin_get("/metrics").1;
+    assert!(
+        metrics.contains("tidegate_config_reloads_total{result=\"refused\"}")
+            && metrics.contains("tidegate_config_reloads_total{result=\"applied\"}"),
+        "{metrics}"
+    );
 
     // A listener added by a reload takes mail; removed again, it stops accepting while
     // the session it still has finishes.
