@@ -81,6 +81,20 @@ pub struct PluginEntry {
 }
 
 impl PluginEntry {
+    /// The shipped content filter, named `content`, set to quarantine (rule
+    /// `suspicious`, score 6.0) every message whose subject contains `text` and to let
+    /// everything else through.
+    pub fn quarantine_on_subject(text: &str) -> PluginEntry {
+        PluginEntry::new("content", "content_filter.wasm")
+            .config("reject_threshold = 100.0")
+            .config("quarantine_threshold = 5.0")
+            .config("[[plugin.config.rules]]")
+            .config(r#"name = "suspicious""#)
+            .config(r#"header = "subject""#)
+            .config(&format!("contains = {text:?}"))
+            .config("score = 6.0")
+    }
+
     /// A plugin entry with no extra settings.
     pub fn new(name: &str, file: &str) -> PluginEntry {
         PluginEntry {

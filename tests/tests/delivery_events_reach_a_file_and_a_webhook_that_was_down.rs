@@ -133,16 +133,7 @@ fn every_fact_reaches_the_file_and_the_webhook_that_comes_back() {
     };
     let mut config = GatewayConfig {
         accept_domains: vec!["good.test".into(), "bad.test".into()],
-        plugins: vec![
-            PluginEntry::new("content", "content_filter.wasm")
-                .config("reject_threshold = 100.0")
-                .config("quarantine_threshold = 5.0")
-                .config("[[plugin.config.rules]]")
-                .config(r#"name = "suspicious""#)
-                .config(r#"header = "subject""#)
-                .config(r#"contains = "quarantine me""#)
-                .config("score = 6.0"),
-        ],
+        plugins: vec![PluginEntry::quarantine_on_subject("quarantine me")],
         ..GatewayConfig::default()
     }
     .deliver();

@@ -30,16 +30,7 @@ fn config(good: &SinkServer, flaky: &SinkServer, token_file: &Path) -> GatewayCo
                 format!(r#"[{{ kind = "file", path = {events:?} }}]"#),
             ),
         ],
-        plugins: vec![
-            PluginEntry::new("content", "content_filter.wasm")
-                .config("reject_threshold = 100.0")
-                .config("quarantine_threshold = 5.0")
-                .config("[[plugin.config.rules]]")
-                .config(r#"name = "suspicious""#)
-                .config(r#"header = "subject""#)
-                .config(r#"contains = "quarantine me""#)
-                .config("score = 6.0"),
-        ],
+        plugins: vec![PluginEntry::quarantine_on_subject("quarantine me")],
         ..GatewayConfig::default()
     }
     .queue("retry_intervals", r#"["1h"]"#)

@@ -480,16 +480,7 @@ pub fn queue(command: QueueCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             QueueCommand::Show { client: args, id } => {
-                let client = Client::new(&args)?;
-                let (detail, body): (MessageDetail, _) = client
-                    .get(&format!("/v1/queue/{}", url_encode(&id)))
-                    .await?;
-                if args.json {
-                    print_json(&body);
-                } else {
-                    print_detail(&detail);
-                }
-                Ok(())
+                show(&args, &format!("/v1/queue/{}", url_encode(&id))).await
             }
             QueueCommand::Retry {
                 client: args,
@@ -520,6 +511,18 @@ async fn operate(args: &ClientArgs, path: &str, selector: Selector) -> anyhow::R
         args.json,
         client.send(hyper::Method::POST, path, selector).await?,
     );
+    Ok(())
+}
+
+/// One message in detail (from the queue or the quarantine).
+async fn show(args: &ClientArgs, path: &str) -> anyhow::Result<()> {
+    let client = Client::new(args)?;
+    let (detail, body): (MessageDetail, _) = client.get(path).await?;
+    if args.json {
+        print_json(&body);
+    } else {
+        print_detail(&detail);
+    }
     Ok(())
 }
 
@@ -583,16 +586,7 @@ pub fn quarantine(command: QuarantineCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             QuarantineCommand::Show { client: args, id } => {
-                let client = Client::new(&args)?;
-                let (detail, body): (MessageDetail, _) = client
-                    .get(&format!("/v1/quarantine/{}", url_encode(&id)))
-                    .await?;
-                if args.json {
-                    print_json(&body);
-                } else {
-                    print_detail(&detail);
-                }
-                Ok(())
+                show(&args, &format!("/v1/quarantine/{}", url_encode(&id))).await
             }
             QuarantineCommand::Release { client: args, id } => {
                 let client = Client::new(&args)?;
