@@ -196,6 +196,14 @@ enum SpoolCommand {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Take the spool of a stopped gateway (e.g. a dead node's, copied here) into the
+    /// running one: each message once, with its delivery history.
+    Import {
+        #[command(flatten)]
+        client: tidegate::cli::admin::ClientArgs,
+        /// The stopped gateway's spool directory.
+        source: PathBuf,
+    },
     /// Print one message as it will be delivered (plugin header edits applied).
     Show {
         /// The configuration file.
@@ -422,6 +430,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(tidegate::server::serve(config, path))?;
             // Sessions cut off at the end of the grace period must not hold up the exit.
             runtime.shutdown_background();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Spool {
+            command: SpoolCommand::Import { client, source },
+        } => {
+            tidegate::cli::admin::spool_import(client, source)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Spool {

@@ -128,6 +128,7 @@ fn router(state: Arc<AdminState>) -> Router {
             get(queue_show).delete(quarantine_delete),
         )
         .route("/v1/quarantine/{id}/release", post(quarantine_release))
+        .route("/v1/spool/import", post(spool_import))
         .route("/v1/plugins", get(plugins))
         .route("/v1/reload", post(reload))
         .route("/v1/log-level", put(log_level))
@@ -378,6 +379,28 @@ async fn quarantine_delete(
         &id,
         state.queue.quarantine_delete(&id, &caller.0),
     )
+}
+
+/// A batch of `tidegate spool import`.
+#[derive(Debug, Deserialize)]
+struct ImportRequest {
+    /// The stopped gateway's spool directory, absolute, on this machine.
+    path: std::path::PathBuf,
+    /// Messages in this batch at most (the CLI asks again until none remain).
+    max: Option<usize>,
+}
+
+/// The most messages one import request takes in, so that a request stays short.
+const IMPORT_BATCH: usize = 500;
+
+async fn spool_import(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Json(request): Json<ImportRequest>,
+) -> Response {
+    let max = request.max.unwrap_or(IMPORT_BATCH).clamp(1, IMPORT_BATCH);
+    let result = state.queue.import(&request.path, max, &caller.0).await;
+    audited(&caller, "spool import", &request.path, result)
 }
 
 /// One plugin, for `tidegate plugins`.

@@ -18,6 +18,7 @@ use crate::queue::control::{
     Done, ListQuery, MessageDetail, MessageLine, MessageState, QuarantinedLine, Selector, Summary,
 };
 use crate::reconfigure::ReloadReport;
+use crate::spool::import::ImportReport;
 
 /// The most a reply may hold (a list of 10,000 messages fits).
 const MAX_REPLY: usize = 32 * 1024 * 1024;
@@ -675,6 +676,72 @@ pub fn reload(args: ClientArgs) -> anyhow::Result<()> {
         }
         if let Some(why) = report.failed {
             bail!("reload refused, nothing changed: {why}");
+        }
+        Ok(())
+    })
+}
+
+/// Runs `tidegate spool import SOURCE`: asks the gateway for batches until the stopped
+/// gateway's spool at `source` is empty (or only unreadable files are left); fails when
+/// any message could not be imported.
+pub fn spool_import(args: ClientArgs, source: PathBuf) -> anyhow::Result<()> {
+    let source = std::fs::canonicalize(&source)
+        .with_context(|| format!("the spool {}", source.display()))?;
+    block_on(async move {
+        let client = Client::new(&args)?;
+        let mut total = ImportReport::default();
+        loop {
+            let (batch, _): (ImportReport, _) = client
+                .send(
+                    hyper::Method::POST,
+                    "/v1/spool/import",
+                    serde_json::json!({ "path": source }),
+                )
+                .await?;
+            let progressed =
+                !batch.imported.is_empty() || batch.quarantined > 0 || batch.already_imported > 0;
+            total.imported.extend(batch.imported);
+            total.quarantined += batch.quarantined;
+            total.already_imported += batch.already_imported;
+            total.failed.extend(batch.failed);
+            total.remaining = batch.remaining;
+            if batch.remaining == 0 || !progressed {
+                break;
+            }
+            if !args.json {
+                eprintln!(
+                    "imported {} so far, {} to go",
+                    total.imported.len(),
+                    batch.remaining
+                );
+            }
+        }
+        // A failed file is left in place and met again by every batch: count it once.
+        total.failed.sort();
+        total.failed.dedup();
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string(&total).context("printing the report")?
+            );
+        } else {
+            println!(
+                "imported {} queued and {} quarantined messages from {}; {} were imported before",
+                total.imported.len(),
+                total.quarantined,
+                source.display(),
+                total.already_imported
+            );
+            for failed in &total.failed {
+                println!("not imported: {failed}");
+            }
+        }
+        if !total.failed.is_empty() {
+            bail!(
+                "{} messages could not be read and are left in {}",
+                total.failed.len(),
+                source.display()
+            );
         }
         Ok(())
     })

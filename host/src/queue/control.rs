@@ -841,6 +841,68 @@ impl Queue {
             Err(e) => Err(ControlError::Io(e.to_string())),
         }
     }
+
+    /// Takes up to `max` messages of a stopped gateway's spool at `source` into this one
+    /// and into the queue, each with its history (`spool::import`); `by` is who asked.
+    pub async fn import(
+        &self,
+        source: &std::path::Path,
+        max: usize,
+        by: &str,
+    ) -> Result<crate::spool::import::ImportReport, ControlError> {
+        if !self.is_recovered() {
+            // The journal's promise needs recovery done: until then an imported message's
+            // state files could be taken for orphans.
+            return Err(ControlError::Busy("the spool (still recovering)".into()));
+        }
+        if !source.is_absolute() {
+            return Err(ControlError::BadRequest(format!(
+                "`{}` is not an absolute path",
+                source.display()
+            )));
+        }
+        let spool = self.shared.spool.clone();
+        let from = source.to_owned();
+        let report = tokio::task::spawn_blocking(move || spool.import(&from, max))
+            .await
+            .map_err(|e| ControlError::Io(e.to_string()))?
+            .map_err(|e| match e {
+                crate::spool::SpoolError::Locked(path) => ControlError::BadRequest(format!(
+                    "{} is in use by a running gateway: stop it first",
+                    path.display()
+                )),
+                crate::spool::SpoolError::Corrupt { .. } => ControlError::BadRequest(e.to_string()),
+                other => ControlError::Io(other.to_string()),
+            })?;
+        let ids: Vec<QueueId> = report
+            .imported
+            .iter()
+            .filter_map(|id| id.parse().ok())
+            .collect();
+        let dir = self.shared.spool_dir.clone();
+        let now = super::now_ms();
+        let loaded = tokio::task::spawn_blocking(move || {
+            ids.into_iter()
+                .map(|id| (id, super::message::recovered_due(&dir, id, now)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| ControlError::Io(e.to_string()))?;
+        for (id, due) in loaded {
+            self.shared.take_in(id, due);
+        }
+        tracing::info!(
+            from = %source.display(),
+            by,
+            imported = report.imported.len(),
+            quarantined = report.quarantined,
+            already_imported = report.already_imported,
+            failed = report.failed.len(),
+            remaining = report.remaining,
+            "spool import"
+        );
+        Ok(report)
+    }
 }
 
 fn has_domain(info: &super::index::Info, domain: &str) -> bool {

@@ -255,6 +255,18 @@ impl Queue {
 /// blocking pool cheap, few enough that new mail is admitted between batches.
 const RECOVERY_BATCH: usize = 512;
 
+/// What [`Shared::take_in`] did with a message.
+enum TakenIn {
+    /// It is in the index now.
+    Admitted,
+    /// It was already complete: its files are removed.
+    Complete,
+    /// It could not be used: set aside in `corrupt/`.
+    SetAside,
+    /// Nothing (gone, already in the index, or could not be set aside).
+    Nothing,
+}
+
 /// Takes the messages found in the spool into the queue, oldest first, in batches read
 /// off the runtime, while the listeners already accept mail; then removes the state files
 /// of messages that are gone.
@@ -283,26 +295,11 @@ async fn recover(shared: Arc<Shared>, recovered: crate::spool::Recovery) {
             return;
         };
         for (id, due) in read {
-            match due {
-                Ok(Some((due, message))) => {
-                    let held = shared.hold_marker(id).exists();
-                    let info = message.info(held, |d| shared.index.intern(d));
-                    resumed += usize::from(shared.admit(id, due, info));
-                }
-                Ok(None) => {
-                    // Every recipient is final: the crash fell between the last record
-                    // and the removal. Finish the removal now.
-                    shared.remove_files(id);
-                    finished += 1;
-                }
-                Err(LoadError::Gone) => {}
-                Err(LoadError::Corrupt(why)) => {
-                    set_aside += usize::from(shared.spool.set_aside(id, &why));
-                }
-                Err(LoadError::Unreadable(why)) => {
-                    tracing::error!(queue_id = %id, error = %why, "cannot read a queued message now; trying it again in a minute");
-                    resumed += usize::from(shared.admit(id, now_ms() + 60_000, Default::default()));
-                }
+            match shared.take_in(id, due) {
+                TakenIn::Admitted => resumed += 1,
+                TakenIn::Complete => finished += 1,
+                TakenIn::SetAside => set_aside += 1,
+                TakenIn::Nothing => {}
             }
         }
     }
@@ -360,6 +357,44 @@ impl Shared {
     /// Whether the whole queue is held (by the configuration or the operator).
     fn held(&self) -> bool {
         self.config().queue.hold || self.holds.all()
+    }
+
+    /// Takes a message found in the spool (at recovery, or imported from another spool)
+    /// into the index, with what its state log says.
+    fn take_in(&self, id: QueueId, due: Result<Option<(u64, Message)>, LoadError>) -> TakenIn {
+        match due {
+            Ok(Some((due, message))) => {
+                let held = self.hold_marker(id).exists();
+                let info = message.info(held, |d| self.index.intern(d));
+                if self.admit(id, due, info) {
+                    TakenIn::Admitted
+                } else {
+                    TakenIn::Nothing
+                }
+            }
+            Ok(None) => {
+                // Every recipient is final: the crash fell between the last record and
+                // the removal. Finish the removal now.
+                self.remove_files(id);
+                TakenIn::Complete
+            }
+            Err(LoadError::Gone) => TakenIn::Nothing,
+            Err(LoadError::Corrupt(why)) => {
+                if self.spool.set_aside(id, &why) {
+                    TakenIn::SetAside
+                } else {
+                    TakenIn::Nothing
+                }
+            }
+            Err(LoadError::Unreadable(why)) => {
+                tracing::error!(queue_id = %id, error = %why, "cannot read a queued message now; trying it again in a minute");
+                if self.admit(id, now_ms() + 60_000, Default::default()) {
+                    TakenIn::Admitted
+                } else {
+                    TakenIn::Nothing
+                }
+            }
+        }
     }
 
     /// Adds a message to the index, due at `due_ms`; false if it was there already.

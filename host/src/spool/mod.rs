@@ -6,6 +6,8 @@
 //! <spool>/tmp/<ID>     a message being received; garbage after a crash, removed at start-up
 //! <spool>/msg/<ID>     a committed message
 //! <spool>/corrupt/<ID> a file in msg/ that could not be read, set aside for the operator
+//! <spool>/id           the spool's identity (random), which imports recognise it by
+//! <spool>/imports      the journal of messages taken in from other spools (`import.rs`)
 //! ```
 //!
 //! # File format (version 1)
@@ -28,6 +30,7 @@
 
 mod commit;
 pub mod envelope;
+pub mod import;
 pub mod outgoing;
 pub mod queue_id;
 pub mod space;
@@ -154,6 +157,9 @@ impl Spool {
             Err(fs::TryLockError::Error(e)) => return Err(io_error("cannot lock", &lock_path)(e)),
         }
 
+        // Before msg/ is listed: an import cut short is settled while nobody delivers.
+        import::settle(root)?;
+        import::identity(root)?;
         let mut recovery = Recovery::default();
         for entry in fs::read_dir(&tmp_dir).map_err(io_error("cannot read", &tmp_dir))? {
             let path = entry.map_err(io_error("cannot read", &tmp_dir))?.path();
