@@ -2,7 +2,8 @@
 //! `send-proxy-v2`): the real client's address, not the balancer's, reaches relay control
 //! and the `Received:` field; STARTTLS and implicit TLS work through it; a connection
 //! from an address that is not a trusted proxy, one with a malformed header, and one
-//! without a header are closed before any greeting.
+//! without a header are closed before any greeting. With two nodes behind one balancer,
+//! each node sees each client as itself.
 
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -40,13 +41,26 @@ fn haproxy() -> String {
 
 /// Starts HAProxy with one frontend per (port, gateway address, `send-proxy` option).
 fn start_haproxy(dir: &std::path::Path, routes: &[(u16, SocketAddr, &str)]) -> Haproxy {
+    let backends: Vec<(u16, Vec<SocketAddr>, &str)> = routes
+        .iter()
+        .map(|(port, gateway, option)| (*port, vec![*gateway], *option))
+        .collect();
+    start_balancer(dir, &backends)
+}
+
+/// Starts HAProxy with one frontend per (port, gateways, `send-proxy` option), each
+/// balancing round-robin over its gateways.
+fn start_balancer(dir: &std::path::Path, routes: &[(u16, Vec<SocketAddr>, &str)]) -> Haproxy {
     let mut config = String::from(
-        "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n",
+        "global\n  maxconn 100\ndefaults\n  mode tcp\n  balance roundrobin\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n",
     );
-    for (n, (port, gateway, option)) in routes.iter().enumerate() {
+    for (n, (port, gateways, option)) in routes.iter().enumerate() {
         config.push_str(&format!(
-            "frontend f{n}\n  bind 127.0.0.1:{port}\n  default_backend b{n}\nbackend b{n}\n  server gw {gateway} {option}\n"
+            "frontend f{n}\n  bind 127.0.0.1:{port}\n  default_backend b{n}\nbackend b{n}\n"
         ));
+        for (i, gateway) in gateways.iter().enumerate() {
+            config.push_str(&format!("  server gw{i} {gateway} {option}\n"));
+        }
     }
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, config).unwrap();
@@ -192,4 +206,91 @@ fn the_real_client_reaches_relay_control_and_the_trace_through_haproxy() {
     let log = gateway.log();
     assert!(log.contains("is not a trusted proxy"), "{log}");
     assert!(log.contains("not a PROXY protocol header"), "{log}");
+}
+
+#[test]
+fn two_nodes_behind_one_balancer_each_see_the_real_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = || {
+        let config = GatewayConfig {
+            accept_domains: vec!["example.test".into()],
+            relay_networks: vec!["127.0.0.5/32".into()],
+            ..GatewayConfig::default()
+        };
+        let proxied = "verify = []\nproxy_protocol = true\nproxy_trusted = [\"127.0.0.1/32\"]\n";
+        Gateway::start_with_text(&config.render().replace("verify = []\n", proxied), 1)
+    };
+    let (a, b) = (node(), node());
+    let port = free_port();
+    let _proxy = start_balancer(
+        dir.path(),
+        &[(port, vec![a.addr(), b.addr()], "send-proxy-v2")],
+    );
+    let balancer = SocketAddr::from(([127, 0, 0, 1], port));
+
+    // Round robin: four sessions, two on each node; the relay client (127.0.0.5) relays
+    // through either, the other (127.0.0.6) through neither.
+    for round in 0..4 {
+        let relay = round % 2 == 0;
+        let from = IpAddr::from([127, 0, 0, if relay { 5 } else { 6 }]);
+        let mut client = SmtpClient::connect_from(from, balancer);
+        client.command("EHLO client.example.org").expect_code(250);
+        client
+            .command("MAIL FROM:<a@example.org>")
+            .expect(250, "2.1.0");
+        let reply = client.command("RCPT TO:<someone@elsewhere.test>");
+        if relay {
+            reply.expect(250, "2.1.5");
+        } else {
+            reply.expect_code(554);
+            client
+                .command("RCPT TO:<user@example.test>")
+                .expect(250, "2.1.5");
+        }
+        client.command("DATA").expect_code(354);
+        client.send(sample_message(&format!("round {round}"), "x").as_bytes());
+        client.send(b".\r\n");
+        client.read_reply().expect(250, "2.0.0");
+        client.command("QUIT");
+    }
+    let mut seen = Vec::new();
+    for gateway in [&a, &b] {
+        let entries = gateway.spool_list();
+        assert_eq!(entries.len(), 2, "round robin gives each node two sessions");
+        for entry in entries {
+            let stored = String::from_utf8(gateway.spool_message(&entry.id)).unwrap();
+            let client = if stored.contains("[127.0.0.5]") {
+                assert_eq!(entry.recipients, vec!["someone@elsewhere.test".to_owned()]);
+                5
+            } else {
+                assert!(stored.contains("[127.0.0.6]"), "{stored}");
+                assert_eq!(entry.recipients, vec!["user@example.test".to_owned()]);
+                6
+            };
+            assert!(
+                !stored.contains("[127.0.0.1]"),
+                "the balancer's address in the trace: {stored}"
+            );
+            seen.push(client);
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, vec![5, 5, 6, 6]);
+
+    // A PROXY v2 header from an address that is not the balancer: closed, no greeting.
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[
+        0x21, 0x11, 0x00, 0x0c, 127, 0, 0, 5, 127, 0, 0, 1, 0x30, 0x39, 0x00, 0x19,
+    ]);
+    let untrusted = {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::new(IpAddr::from([127, 0, 0, 7]), 0).into())
+            .unwrap();
+        socket.connect(&b.addr().into()).unwrap();
+        TcpStream::from(socket)
+    };
+    assert!(closed_without_greeting(untrusted, &header));
+    assert!(b.log().contains("is not a trusted proxy"));
 }
