@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+mod shaping;
+pub use shaping::{EgressAddress, EgressConfig, Pattern, Reaction, ShapingConfig, Window};
+
 pub use crate::inbound::body::BareLineEndings;
 
 /// The whole configuration file.
@@ -84,6 +87,12 @@ pub struct Config {
     /// Where delivery events (received, refused, delivered, ...) are sent.
     #[serde(default)]
     pub events: Vec<EventSinkConfig>,
+    /// How fast, how much at once and when each destination is sent to.
+    #[serde(default)]
+    pub shaping: Vec<ShapingConfig>,
+    /// Pools of local addresses mail leaves from.
+    #[serde(default)]
+    pub egress: Vec<EgressConfig>,
 }
 
 /// One `[[events]]`: a sink that delivery events are written or posted to.
@@ -582,6 +591,9 @@ pub struct DeliveryConfig {
     pub pool_idle_timeout: Duration,
     /// Idle connections kept over all next hops (0: no reuse).
     pub pool_max_idle: usize,
+    /// The `[[egress]]` pool mail leaves from when neither its route nor its shaping
+    /// entry names one (the system's choice of address when absent).
+    pub egress: Option<String>,
 }
 
 /// Outbound TLS.
@@ -614,6 +626,7 @@ impl Default for DeliveryConfig {
             mta_sts_port: 443,
             pool_idle_timeout: secs(15),
             pool_max_idle: 100,
+            egress: None,
         }
     }
 }
@@ -650,6 +663,9 @@ pub struct RouteConfig {
     /// anyone else gets 550 5.1.1 at RCPT. Relative to the configuration file.
     #[serde(default)]
     pub recipients_file: Option<PathBuf>,
+    /// The `[[egress]]` pool its mail leaves from.
+    #[serde(default)]
+    pub egress: Option<String>,
 }
 
 fn default_verify_positive_ttl() -> Duration {
@@ -1429,6 +1445,23 @@ impl Config {
                 return Err((
                     format!("dkim_sign[{i}].not_after"),
                     "must be later than not_before".into(),
+                ));
+            }
+        }
+        let route_list: Vec<String> = self.routes.iter().map(|r| r.name.clone()).collect();
+        shaping::validate(
+            &self.shaping,
+            &self.egress,
+            &route_list,
+            self.delivery.egress.as_deref(),
+        )?;
+        for (i, route) in self.routes.iter().enumerate() {
+            if let Some(pool) = &route.egress
+                && !self.egress.iter().any(|e| &e.name == pool)
+            {
+                return Err((
+                    format!("route[{i}].egress"),
+                    format!("no [[egress]] is named `{pool}`"),
                 ));
             }
         }

@@ -70,6 +70,13 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Labels of a `[[shaping]]` entry.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// The entry's name (`built-in` without one).
+    pub policy: String,
+}
+
 /// Labels with a fixed set of values (a state, a result, a transport).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -200,6 +207,11 @@ pub struct Metrics {
     pub plugin_counters: Family<PluginCounterLabels, Counter>,
     /// Delivery outcomes per recipient and attempt.
     pub deliveries: Family<OutcomeLabels, Counter>,
+    /// Replies that suspended a destination or lowered its rates, by shaping entry.
+    pub shaping_reactions: Family<PolicyLabels, Counter>,
+    /// Destinations whose gate admits nothing now (suspended, curfew, out of tokens),
+    /// by shaping entry (set when `/metrics` is read).
+    pub shaping_closed: Family<PolicyLabels, Gauge>,
     /// Messages in the queue by state (set when `/metrics` is read).
     pub queue_by_state: Family<StateLabels, Gauge>,
     /// Messages in the queue by destination, the top ones and `other` (set when read).
@@ -263,6 +275,8 @@ impl Metrics {
         let plugin_counters = Family::default();
         let plugin_instances = Family::default();
         let deliveries = Family::default();
+        let shaping_reactions = Family::default();
+        let shaping_closed = Family::default();
         let queued = Gauge::default();
         let queue_by_state = Family::default();
         registry.register(
@@ -367,6 +381,16 @@ impl Metrics {
             deliveries.clone(),
         );
         registry.register(
+            "shaping_reactions",
+            "Replies that suspended a destination or lowered its rates, by shaping entry",
+            shaping_reactions.clone(),
+        );
+        registry.register(
+            "shaping_closed_destinations",
+            "Destinations admitting no mail now (suspended, curfew, no token), by shaping entry",
+            shaping_closed.clone(),
+        );
+        registry.register(
             "queued_messages",
             "Messages in the delivery queue",
             queued.clone(),
@@ -462,6 +486,8 @@ impl Metrics {
             plugin_instances,
             plugin_counters,
             deliveries,
+            shaping_reactions,
+            shaping_closed,
             queued,
             queue_by_state,
             queue_by_destination,

@@ -239,6 +239,15 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
             .get_or_create(&StateLabels { state: name })
             .set(gauge(count));
     }
+    metrics.shaping_closed.clear();
+    for shaped in summary.shaped.iter().filter(|s| s.closed.is_some()) {
+        metrics
+            .shaping_closed
+            .get_or_create(&crate::metrics::PolicyLabels {
+                policy: shaped.policy.clone(),
+            })
+            .inc();
+    }
     metrics.queue_by_destination.clear();
     let mut other = 0u64;
     for (n, d) in summary.destinations.iter().enumerate() {

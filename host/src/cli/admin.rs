@@ -417,6 +417,27 @@ pub fn queue(command: QueueCommand) -> anyhow::Result<()> {
                     ],
                     &rows,
                 );
+                if !summary.shaped.is_empty() {
+                    println!();
+                    let rows: Vec<Vec<String>> = summary
+                        .shaped
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                s.key.clone(),
+                                s.policy.clone(),
+                                s.running.to_string(),
+                                s.parked.to_string(),
+                                format!("{}%", s.rate_percent),
+                                s.closed.clone().unwrap_or_else(|| "open".into()),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &["SHAPED", "POLICY", "RUNNING", "PARKED", "RATE", "STATE"],
+                        &rows,
+                    );
+                }
                 Ok(())
             }
             QueueCommand::List {

@@ -421,6 +421,8 @@ pub struct ClientSession<S = BoxedStream> {
     tls: bool,
     /// The TLS version negotiated by STARTTLS.
     tls_version: Option<String>,
+    /// Transactions started on this connection.
+    transactions: u32,
 }
 
 impl<S> fmt::Debug for ClientSession<S> {
@@ -444,7 +446,32 @@ impl ClientSession<BoxedStream> {
         helo_name: &str,
         timeouts: Timeouts,
     ) -> Result<Self, ClientError> {
-        let tcp = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
+        Self::connect_from(addr, None, helo_name, timeouts).await
+    }
+
+    /// [`ClientSession::connect`] from the local address `source` (an egress address), or
+    /// the one the system chooses.
+    pub async fn connect_from(
+        addr: SocketAddr,
+        source: Option<std::net::IpAddr>,
+        helo_name: &str,
+        timeouts: Timeouts,
+    ) -> Result<Self, ClientError> {
+        let connecting = async {
+            match source {
+                None => TcpStream::connect(addr).await,
+                Some(source) => {
+                    let socket = if addr.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    socket.bind(SocketAddr::new(source, 0))?;
+                    socket.connect(addr).await
+                }
+            }
+        };
+        let tcp = match tokio::time::timeout(timeouts.connect, connecting).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => return Err(ClientError::Connect(e)),
             Err(_) => return Err(ClientError::Timeout(Stage::Connect)),
@@ -493,6 +520,7 @@ impl ClientSession<BoxedStream> {
         let tls_version = crate::tls::handshake_facts(tls.get_ref().1).map(|(version, _)| version);
         let mut session = ClientSession {
             tls_version,
+            transactions: self.transactions,
             stream: Box::new(tls) as BoxedStream,
             rbuf: self.rbuf,
             start: 0,
@@ -544,6 +572,7 @@ impl<S: Stream> ClientSession<S> {
         }
         let mut session = ClientSession {
             tls_version: None,
+            transactions: 0,
             stream,
             rbuf: vec![0; READ_BUFFER].into_boxed_slice(),
             start: 0,
@@ -673,6 +702,11 @@ impl<S: Stream> ClientSession<S> {
         self.usable
     }
 
+    /// Transactions started on this connection (for `messages_per_connection`).
+    pub fn transactions(&self) -> u32 {
+        self.transactions
+    }
+
     /// Runs one transaction: MAIL, RCPT for each recipient, DATA and the message.
     ///
     /// Checks first, without sending anything, that the server can take the message:
@@ -696,6 +730,7 @@ impl<S: Stream> ClientSession<S> {
                 data: None,
             });
         }
+        self.transactions = self.transactions.saturating_add(1);
         let result = self.transaction(message, smtputf8).await;
         if let Err(e) = &result
             && e.ends_session()

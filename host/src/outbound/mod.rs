@@ -1,8 +1,9 @@
 //! The outbound side: finding the next hop ([`lookup`]), speaking SMTP to it
-//! ([`client`], reusing connections through [`pool`]), and the local maildir transport
-//! ([`maildir`]).
+//! ([`client`], reusing connections through [`pool`], from the local addresses of
+//! [`egress`] pools), and the local maildir transport ([`maildir`]).
 
 pub mod client;
+pub mod egress;
 pub mod lookup;
 pub mod loops;
 pub mod maildir;

@@ -31,6 +31,8 @@ pub struct PoolKey {
     pub tls: TlsPolicy,
     /// Under `required`: the name the server's certificate was verified for.
     pub verified_name: Option<String>,
+    /// The local address it was opened from (an egress address), if chosen.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl PoolKey {
@@ -41,7 +43,14 @@ impl PoolKey {
             tls,
             verified_name: (tls == TlsPolicy::Required)
                 .then(|| host.trim_end_matches('.').to_ascii_lowercase()),
+            source: None,
         }
+    }
+
+    /// The same key for a connection from the local address `source`.
+    pub fn from_source(mut self, source: Option<std::net::IpAddr>) -> Self {
+        self.source = source;
+        self
     }
 }
 

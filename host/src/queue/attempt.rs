@@ -11,6 +11,7 @@ use super::destinations::Entry;
 use super::notify::{Report, bounce, delay_notice};
 use super::quarantine::quarantine;
 use super::routing::{Destination, route};
+use super::shaping::{self, Policy};
 use super::state::{self, Event, Outcome};
 use super::transport::{RecipientResult, deliver};
 use super::{Shared, now_ms, retry_delay};
@@ -97,8 +98,9 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         // slots while it delivers, as many attempts wait for it, and the messages queued
         // behind those wait parked, holding nothing, so mail to every other destination
         // keeps flowing.
-        let key = destination.limit_key();
-        let ticket = match shared.destinations.enter(&key) {
+        let policy = policy_of(shared, &destination).await;
+        let key = policy.key.clone();
+        let ticket = match shared.destinations.enter(&policy, id) {
             Entry::Wait(ticket) => ticket,
             Entry::Full => {
                 parked_on = Some(key);
@@ -122,7 +124,8 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
             },
         };
         classes.extend(rcpts.iter().map(|&r| (r, destination.class())));
-        let delivered = deliver(shared, &destination, envelope, &rcpts, octets).await;
+        let delivered = deliver(shared, &destination, &policy, envelope, &rcpts, octets).await;
+        react(shared, &policy, &delivered);
         if n < last_group {
             // More destinations follow, and they may take long: what this one accepted is
             // recorded now, so a crash later in the attempt repeats no more than the one
@@ -203,6 +206,53 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         shared.finish_parked(id, key);
     } else {
         shared.finish_attempt(id, &message, next_due);
+    }
+}
+
+/// The shaping policy of `destination`; provider rules need its MX hosts, looked up
+/// (through the resolver's cache, which the delivery then uses too) only when there are
+/// such rules.
+async fn policy_of(shared: &Shared, destination: &Destination) -> Policy {
+    let config = shared.config();
+    let mx_hosts = match destination {
+        Destination::Mx { domain } if shaping::wants_mx_hosts(&config) => {
+            crate::outbound::lookup::mx_hosts(&shared.dns, domain, config.delivery.mx_port)
+                .await
+                .map(|hops| hops.into_iter().map(|hop| hop.name).collect())
+                .unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    shaping::policy_for(&config, destination, &mx_hosts)
+}
+
+/// Lets the destination's reactions see what it answered ("slow down" replies suspend it
+/// or lower its rates), logged and counted when they change something.
+fn react(shared: &Shared, policy: &Policy, results: &[RecipientResult]) {
+    if policy.react.is_empty() {
+        return;
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for result in results.iter().filter(|r| r.outcome != Outcome::Delivered) {
+        // The reply as the server sent it, without the host name the result starts with.
+        let reply = result
+            .reply
+            .split_once(": ")
+            .map_or(result.reply.as_str(), |(_, reply)| reply);
+        if seen.contains(&reply) {
+            continue;
+        }
+        seen.push(reply);
+        if let Some(change) = shared.destinations.react(policy, reply) {
+            tracing::warn!(destination = %policy.key, policy = %policy.name, %reply, %change, "destination slowed down by its reply");
+            shared
+                .metrics
+                .shaping_reactions
+                .get_or_create(&crate::metrics::PolicyLabels {
+                    policy: policy.name.to_string(),
+                })
+                .inc();
+        }
     }
 }
 

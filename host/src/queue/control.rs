@@ -110,6 +110,10 @@ pub struct Summary {
     pub holds: HoldSet,
     /// Whether the spool is still being read back after a start.
     pub recovering: bool,
+    /// Shaped destinations: their policy, parked mail, and why they admit nothing now
+    /// (suspended after a "slow down" reply, outside their window, out of tokens).
+    #[serde(default)]
+    pub shaped: Vec<super::PaceView>,
 }
 
 /// One message in a list.
@@ -330,6 +334,7 @@ impl Queue {
             destinations.push(other);
         }
         summary.destinations = destinations;
+        summary.shaped = shared.destinations.view(MAX_SUMMARY_DESTINATIONS);
         summary
     }
 

@@ -17,30 +17,78 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::index::Index;
 use super::lock;
 use super::now_ms;
+use super::shaping::{Closed, Pace, Policy};
 use crate::spool::QueueId;
+
+/// How long a woken message's pass (a token taken for it) waits for it to come back.
+const PASS_TTL_MS: u64 = 60_000;
 
 #[derive(Debug)]
 struct Gate {
     slots: Arc<Semaphore>,
+    /// The deliveries at once its policy allows (the semaphore's permits).
+    limit: usize,
     /// Deliveries holding a slot.
     running: usize,
     /// Attempts waiting for a slot.
     waiting: usize,
     /// Messages waiting without an attempt, oldest first.
     parked: VecDeque<QueueId>,
+    /// Rates, suspension and window.
+    pace: Pace,
+    /// The policy's name (for the summary and the log).
+    policy: Arc<str>,
+    /// Messages woken with a token taken for them, and when.
+    passes: HashMap<QueueId, u64>,
 }
 
 impl Gate {
-    fn idle(&self) -> bool {
-        self.running == 0 && self.waiting == 0 && self.parked.is_empty()
+    fn idle(&mut self, now: u64) -> bool {
+        self.running == 0
+            && self.waiting == 0
+            && self.parked.is_empty()
+            && self.passes.is_empty()
+            && self.pace.at_rest(now)
+    }
+
+    fn is_full(&self) -> bool {
+        self.running >= self.limit && self.waiting >= self.limit
+    }
+
+    /// Whether one more message may start now (room, open, a token), without taking it.
+    fn admits(&mut self, now: u64) -> bool {
+        !self.is_full()
+            && self.running + self.waiting < 2 * self.limit
+            && self.pace.closed(now).is_none()
+    }
+
+    /// Takes the oldest parked message out to be scheduled, with a token taken for it
+    /// (unless it holds one already).
+    fn wake(&mut self, now: u64) -> Option<QueueId> {
+        let id = self.parked.pop_front()?;
+        if !self.passes.contains_key(&id) {
+            self.pace.take();
+        }
+        self.passes.insert(id, now);
+        Some(id)
+    }
+
+    fn resize(&mut self, limit: usize) {
+        let limit = limit.max(1);
+        if limit > self.limit {
+            self.slots.add_permits(limit - self.limit);
+        } else if limit < self.limit {
+            // Only free permits can go; the rest go as their deliveries end.
+            self.slots.forget_permits(self.limit - limit);
+        }
+        self.limit = limit;
     }
 }
 
-/// The gates of every destination with mail in progress.
+/// The gates of every destination with mail in progress (or a pace to remember).
 #[derive(Debug)]
 pub(crate) struct Destinations {
     gates: Mutex<HashMap<String, Gate>>,
-    limit: usize,
     index: Arc<Index>,
 }
 
@@ -49,7 +97,8 @@ pub(crate) struct Destinations {
 pub(crate) enum Entry {
     /// Wait for a slot with this ticket.
     Wait(Ticket),
-    /// The destination is full: park the message ([`Destinations::park`]).
+    /// The destination is full, or closed for now: park the message
+    /// ([`Destinations::park`]).
     Full,
 }
 
@@ -71,56 +120,96 @@ pub(crate) struct Slot {
     permit: Option<OwnedSemaphorePermit>,
 }
 
+/// A shaped destination, for `tidegate queue summary`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PaceView {
+    /// The gate: `shape:NAME` for an entry shared by its domains, else the destination.
+    pub key: String,
+    /// The `[[shaping]]` entry (`built-in` without one).
+    pub policy: String,
+    /// Deliveries running.
+    pub running: usize,
+    /// Messages parked.
+    pub parked: usize,
+    /// Why nothing is sent now, if so: `suspended until ... (reply)`, `curfew until ...`,
+    /// `rate: next at ...` (times in seconds since the epoch).
+    pub closed: Option<String>,
+    /// The rates after a "slow down" reply, in percent of the configured ones.
+    pub rate_percent: u32,
+}
+
 impl Destinations {
-    /// Gates letting `limit` deliveries run per destination, scheduling parked messages
-    /// in `index`.
-    pub(crate) fn new(limit: usize, index: Arc<Index>) -> Self {
+    /// Gates scheduling parked messages in `index`.
+    pub(crate) fn new(index: Arc<Index>) -> Self {
         Destinations {
             gates: Mutex::new(HashMap::new()),
-            limit: limit.max(1),
             index,
         }
     }
 
-    /// Asks for a slot of destination `key`.
-    pub(crate) fn enter(self: &Arc<Self>, key: &str) -> Entry {
+    /// Asks for a slot of the gate of `policy` for message `id`.
+    pub(crate) fn enter(self: &Arc<Self>, policy: &Policy, id: QueueId) -> Entry {
+        let now = now_ms();
         let mut gates = lock(&self.gates);
-        let gate = gates.entry(key.to_owned()).or_insert_with(|| Gate {
-            slots: Arc::new(Semaphore::new(self.limit)),
+        let gate = gates.entry(policy.key.clone()).or_insert_with(|| Gate {
+            slots: Arc::new(Semaphore::new(policy.connections.max(1))),
+            limit: policy.connections.max(1),
             running: 0,
             waiting: 0,
             parked: VecDeque::new(),
+            pace: Pace::new(policy, now),
+            policy: Arc::clone(&policy.name),
+            passes: HashMap::new(),
         });
-        if self.is_full(gate) {
+        if gate.limit != policy.connections.max(1) {
+            gate.resize(policy.connections);
+        }
+        gate.pace.update(policy);
+        gate.policy = Arc::clone(&policy.name);
+        let passed = gate.passes.remove(&id).is_some();
+        if gate.is_full() {
+            if passed {
+                // Its token stays its own for when it is woken again.
+                gate.passes.insert(id, now);
+            }
             return Entry::Full;
+        }
+        if !passed {
+            if gate.pace.closed(now).is_some() {
+                return Entry::Full;
+            }
+            gate.pace.take();
         }
         gate.waiting += 1;
         Entry::Wait(Ticket {
             destinations: Arc::clone(self),
-            key: key.to_owned(),
+            key: policy.key.clone(),
             slots: Arc::clone(&gate.slots),
             counted: true,
         })
     }
 
-    fn is_full(&self, gate: &Gate) -> bool {
-        gate.running >= self.limit && gate.waiting >= self.limit
-    }
-
-    /// Parks message `id` on destination `key` after [`Entry::Full`]. If the gate has
-    /// room again by now (deliveries ended in between), the message is scheduled at once
-    /// instead: it must never wait on a gate that nothing will open.
+    /// Parks message `id` on gate `key` after [`Entry::Full`]. If the gate admits it by
+    /// now (deliveries ended in between, a token came), it is woken at once instead: it
+    /// must never wait on a gate that nothing will open.
     pub(crate) fn park(&self, key: &str, id: QueueId) {
+        let now = now_ms();
         let mut gates = lock(&self.gates);
-        match gates.get_mut(key) {
-            Some(gate) if self.is_full(gate) => {
-                gate.parked.push_back(id);
-                self.index.park(id);
+        let Some(gate) = gates.get_mut(key) else {
+            drop(gates);
+            self.index.schedule(id, now);
+            return;
+        };
+        if gate.admits(now) {
+            gate.parked.push_front(id);
+            let woken = gate.wake(now);
+            drop(gates);
+            if let Some(id) = woken {
+                self.index.schedule(id, now);
             }
-            _ => {
-                drop(gates);
-                self.index.schedule(id, now_ms());
-            }
+        } else {
+            gate.parked.push_back(id);
+            self.index.park(id);
         }
     }
 
@@ -130,29 +219,105 @@ impl Destinations {
         lock(&self.gates).values().map(|g| g.parked.len()).sum()
     }
 
+    /// Wakes what the gates admit now: parked messages whose destination has room, is
+    /// open and has tokens (each woken one with a token taken for it). Called on a timer,
+    /// so that rates, suspensions and windows let mail through as time passes.
+    pub(crate) fn tick(&self) {
+        let now = now_ms();
+        let mut woken = Vec::new();
+        {
+            let mut gates = lock(&self.gates);
+            gates.retain(|_, gate| {
+                gate.passes
+                    .retain(|_, at| now.saturating_sub(*at) < PASS_TTL_MS);
+                while !gate.parked.is_empty()
+                    && gate.running + gate.waiting + gate.passes.len() < 2 * gate.limit
+                    && gate.pace.closed(now).is_none()
+                {
+                    woken.extend(gate.wake(now));
+                }
+                !gate.idle(now)
+            });
+        }
+        for id in woken {
+            self.index.schedule(id, now);
+        }
+    }
+
+    /// Applies the reactions of `policy` to a reply its destination gave; returns what
+    /// changed, for the caller to log.
+    pub(crate) fn react(&self, policy: &Policy, reply: &str) -> Option<String> {
+        if policy.react.is_empty() {
+            return None;
+        }
+        let mut gates = lock(&self.gates);
+        let gate = gates.get_mut(&policy.key)?;
+        gate.pace.react(&policy.react, reply, now_ms())
+    }
+
+    /// The gates that are shaped or closed now, most parked first, at most `limit`.
+    pub(crate) fn view(&self, limit: usize) -> Vec<PaceView> {
+        let now = now_ms();
+        let mut gates = lock(&self.gates);
+        let mut views: Vec<PaceView> = gates
+            .iter_mut()
+            .filter_map(|(key, gate)| {
+                let closed = gate.pace.closed(now).map(|closed| match closed {
+                    Closed::Suspended(until, why) => {
+                        format!("suspended until {} ({why})", until / 1000)
+                    }
+                    Closed::Curfew(until) => format!("curfew until {}", until / 1000),
+                    Closed::Rate(next) => format!("rate: next at {}", next.div_ceil(1000)),
+                });
+                let factor = gate.pace.factor();
+                (closed.is_some()
+                    || factor < 1.0
+                    || !gate.parked.is_empty()
+                    || &*gate.policy != "built-in")
+                    .then(|| PaceView {
+                        key: key.clone(),
+                        policy: gate.policy.to_string(),
+                        running: gate.running,
+                        parked: gate.parked.len(),
+                        closed,
+                        rate_percent: (factor * 100.0).round() as u32,
+                    })
+            })
+            .collect();
+        views.sort_by(|a, b| b.parked.cmp(&a.parked).then_with(|| a.key.cmp(&b.key)));
+        views.truncate(limit);
+        views
+    }
+
     fn release(&self, key: &str) {
+        let now = now_ms();
         let mut gates = lock(&self.gates);
         let Some(gate) = gates.get_mut(key) else {
             return;
         };
         gate.running = gate.running.saturating_sub(1);
-        let next = gate.parked.pop_front();
-        if gate.idle() {
+        let next = if gate.pace.closed(now).is_none() {
+            gate.wake(now)
+        } else {
+            None
+        };
+        if gate.idle(now) {
             gates.remove(key);
         }
         drop(gates);
         if let Some(id) = next {
-            self.index.schedule(id, now_ms());
+            self.index.schedule(id, now);
         }
     }
 
     fn stop_waiting(&self, key: &str, running: bool) {
+        let now = now_ms();
         let mut gates = lock(&self.gates);
         if let Some(gate) = gates.get_mut(key) {
             gate.waiting = gate.waiting.saturating_sub(1);
             if running {
                 gate.running += 1;
-            } else if gate.idle() {
+            } else if gate.idle(now) {
                 gates.remove(key);
             }
         }
@@ -197,19 +362,38 @@ mod tests {
         format!("{n:016X}").parse().unwrap()
     }
 
+    fn policy(key: &str, connections: usize) -> Policy {
+        let mut config = crate::config::Config::parse(
+            "hostname = \"h.example\"\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\n[spool]\npath = \"s\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        config.queue.max_per_destination = connections;
+        let mut policy = super::super::shaping::policy_for(
+            &config,
+            &super::super::routing::Destination::Mx {
+                domain: key.to_owned(),
+            },
+            &[],
+        );
+        policy.key = key.to_owned();
+        policy
+    }
+
     #[tokio::test]
     async fn a_full_destination_parks_and_each_finished_delivery_wakes_one() {
         let index = Arc::new(Index::default());
-        let gates = Arc::new(Destinations::new(2, Arc::clone(&index)));
+        let gates = Arc::new(Destinations::new(Arc::clone(&index)));
+        let slow = policy("slow.example", 2);
         let mut slots = Vec::new();
         for _ in 0..2 {
-            let Entry::Wait(ticket) = gates.enter("slow.example") else {
+            let Entry::Wait(ticket) = gates.enter(&slow, id(100)) else {
                 panic!("room for two deliveries");
             };
             slots.push(ticket.acquire().await.unwrap());
         }
         let waiters: Vec<Ticket> = (0..2)
-            .map(|_| match gates.enter("slow.example") {
+            .map(|_| match gates.enter(&slow, id(100)) {
                 Entry::Wait(ticket) => ticket,
                 Entry::Full => panic!("room for two waiters"),
             })
@@ -217,13 +401,16 @@ mod tests {
         for n in 1..=3 {
             index.insert(id(n), 0, Default::default());
             assert_eq!(index.pop_due(0), Ok(id(n)));
-            assert!(matches!(gates.enter("slow.example"), Entry::Full));
+            assert!(matches!(gates.enter(&slow, id(n)), Entry::Full));
             gates.park("slow.example", id(n));
         }
         assert_eq!(gates.parked(), 3);
         assert_eq!(index.pop_due(u64::MAX), Err(None), "parked, not scheduled");
         assert!(
-            matches!(gates.enter("fast.example"), Entry::Wait(_)),
+            matches!(
+                gates.enter(&policy("fast.example", 2), id(9)),
+                Entry::Wait(_)
+            ),
             "other destinations are not affected"
         );
 
@@ -239,7 +426,7 @@ mod tests {
     #[tokio::test]
     async fn parking_on_a_gate_that_opened_meanwhile_schedules_at_once() {
         let index = Arc::new(Index::default());
-        let gates = Arc::new(Destinations::new(1, Arc::clone(&index)));
+        let gates = Arc::new(Destinations::new(Arc::clone(&index)));
         index.insert(id(1), 0, Default::default());
         assert_eq!(index.pop_due(0), Ok(id(1)));
         gates.park("idle.example", id(1));

@@ -33,6 +33,7 @@ mod notify;
 mod quarantine;
 pub mod recipients;
 mod routing;
+mod shaping;
 pub mod state;
 mod transport;
 pub mod verify;
@@ -52,6 +53,7 @@ use crate::outbound::pool::ConnectionPool;
 use crate::plugins::PluginHost;
 use crate::spool::{QueueId, Spool, StoredMessage};
 use destinations::Destinations;
+pub use destinations::PaceView;
 use index::Index;
 pub use message::RecipientState;
 use message::{LoadError, Message};
@@ -99,6 +101,8 @@ pub(crate) struct Shared {
     pub(crate) global: Semaphore,
     /// Deliveries, waiters and parked messages of each destination.
     pub(crate) destinations: Arc<Destinations>,
+    /// Connections made through egress pools, for their weighted round robin.
+    pub(crate) egress_turn: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -170,10 +174,8 @@ impl Queue {
             tls_verified,
             global: Semaphore::new(config.queue.max_concurrent_deliveries),
             active: Arc::new(Semaphore::new(config.queue.active_limit())),
-            destinations: Arc::new(Destinations::new(
-                config.queue.max_per_destination,
-                Arc::clone(&index),
-            )),
+            destinations: Arc::new(Destinations::new(Arc::clone(&index))),
+            egress_turn: std::sync::atomic::AtomicU64::new(0),
             index,
             holds: holds::Holds::load(&spool_dir),
             last_errors: Mutex::new(HashMap::new()),
@@ -196,6 +198,7 @@ impl Queue {
             metrics,
         });
         tokio::spawn(reap_idle_connections(Arc::clone(&shared), shutdown.clone()));
+        tokio::spawn(pace(Arc::clone(&shared.destinations), shutdown.clone()));
         let queue = Queue { shared };
         tokio::spawn(recover(Arc::clone(&queue.shared), recovered));
         if queue.shared.config().queue.hold {
@@ -667,6 +670,22 @@ async fn run_scheduler(shared: Arc<Shared>, shutdown: CancellationToken) {
                     () = tokio::time::sleep(sleep) => {}
                 }
             }
+        }
+    }
+}
+
+/// How often the destinations' pacer looks for parked mail that may go (the resolution of
+/// rates, suspensions and windows).
+const PACE_TICK: Duration = Duration::from_millis(100);
+
+/// Wakes parked mail as rates refill, suspensions end and windows open.
+async fn pace(destinations: Arc<Destinations>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(PACE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => destinations.tick(),
         }
     }
 }

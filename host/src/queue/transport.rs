@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::Shared;
 use super::routing::Destination;
+use super::shaping::Policy;
 use super::state::Outcome;
 use crate::config::TlsPolicy;
 use crate::outbound::client::{ClientError, ClientSession, Outgoing, Stage, Timeouts};
@@ -65,10 +66,97 @@ impl RecipientResult {
     }
 }
 
+/// How a group goes out: the shaping policy's per-connection and per-transaction
+/// bounds, and the egress pool.
+struct Sending<'a> {
+    policy: &'a Policy,
+    egress: Option<Arc<crate::config::Config>>,
+    pool: Option<String>,
+}
+
+impl Sending<'_> {
+    /// The local address and HELO name for a connection to `addr`: from the egress pool
+    /// if there is one (`Err` when it has no address of `addr`'s family), else the
+    /// system's choice and the configured name.
+    fn source(
+        &self,
+        shared: &Shared,
+        addr: SocketAddr,
+        helo: &str,
+    ) -> Result<(Option<std::net::IpAddr>, String), String> {
+        let (Some(config), Some(name)) = (&self.egress, &self.pool) else {
+            return Ok((None, helo.to_owned()));
+        };
+        let Some(pool) = config.egress.iter().find(|p| &p.name == name) else {
+            return Ok((None, helo.to_owned()));
+        };
+        let turn = shared
+            .egress_turn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match crate::outbound::egress::choose(pool, turn, addr.is_ipv6()) {
+            Some(chosen) => Ok((
+                Some(chosen.address),
+                chosen.helo.clone().unwrap_or_else(|| helo.to_owned()),
+            )),
+            None => Err(format!(
+                "egress pool `{name}` has no {} address",
+                if addr.is_ipv6() { "IPv6" } else { "IPv4" }
+            )),
+        }
+    }
+}
+
+/// The egress pool of a destination: its shaping entry's, its route's, or the default.
+fn egress_pool(
+    config: &crate::config::Config,
+    destination: &Destination,
+    policy: &Policy,
+) -> Option<String> {
+    let route = match destination {
+        Destination::Smarthost { route, .. } => config
+            .routes
+            .iter()
+            .find(|r| &r.name == route)
+            .and_then(|r| r.egress.clone()),
+        _ => None,
+    };
+    policy
+        .egress
+        .clone()
+        .or(route)
+        .or_else(|| config.delivery.egress.clone())
+}
+
 /// Delivers one group of recipients to one destination.
 pub(super) async fn deliver(
     shared: &Arc<Shared>,
     destination: &Destination,
+    policy: &Policy,
+    envelope: &Envelope,
+    rcpts: &[usize],
+    message: &MessageOctets,
+) -> Vec<RecipientResult> {
+    let config = shared.config();
+    let pool = egress_pool(&config, destination, policy);
+    let sending = Sending {
+        policy,
+        egress: pool.is_some().then_some(config),
+        pool,
+    };
+    let mut results = Vec::with_capacity(rcpts.len());
+    // More recipients than the destination takes in one transaction make more
+    // transactions (on the same connection, through the pool).
+    for chunk in rcpts.chunks(policy.recipients_per_message.max(1)) {
+        results
+            .extend(deliver_group(shared, destination, &sending, envelope, chunk, message).await);
+    }
+    results
+}
+
+async fn deliver_group(
+    shared: &Arc<Shared>,
+    destination: &Destination,
+    sending: &Sending<'_>,
     envelope: &Envelope,
     rcpts: &[usize],
     message: &MessageOctets,
@@ -91,6 +179,7 @@ pub(super) async fn deliver(
             Ok(addrs) => {
                 deliver_smtp(
                     shared,
+                    sending,
                     vec![NextHop {
                         name: host.clone(),
                         addrs,
@@ -135,7 +224,7 @@ pub(super) async fn deliver(
                             Mode::Testing | Mode::None => {}
                         }
                     }
-                    deliver_smtp(shared, hops, tls, envelope, rcpts, message).await
+                    deliver_smtp(shared, sending, hops, tls, envelope, rcpts, message).await
                 }
                 Err(e) => lookup_failure(rcpts, &e),
             }
@@ -216,6 +305,7 @@ fn timeouts(shared: &Shared) -> Timeouts {
 /// Tries each host and address in turn until one takes the transaction.
 async fn deliver_smtp(
     shared: &Arc<Shared>,
+    sending: &Sending<'_>,
     hops: Vec<NextHop>,
     tls: TlsPolicy,
     envelope: &Envelope,
@@ -247,7 +337,23 @@ async fn deliver_smtp(
     let mut unreachable_host = false;
     for hop in &hops {
         for &addr in &hop.addrs {
-            match transact(shared, addr, &hop.name, tls, &helo, &outgoing).await {
+            let (source, helo) = match sending.source(shared, addr, &helo) {
+                Ok(chosen) => chosen,
+                Err(why) => {
+                    last_error = format!("{} [{addr}]: {why}", hop.name);
+                    unreachable_host = true;
+                    continue;
+                }
+            };
+            let connection = Connection {
+                addr,
+                host: &hop.name,
+                tls,
+                source,
+                helo: &helo,
+                max_transactions: sending.policy.messages_per_connection,
+            };
+            match transact(shared, &connection, &outgoing).await {
                 Ok(result) => return map_transaction(rcpts, &hop.name, result),
                 Err(error @ ClientError::Unsupported { .. }) => {
                     // This host lacks what the message needs (8BITMIME, SMTPUTF8, SIZE
@@ -317,23 +423,41 @@ async fn deliver_smtp(
     )
 }
 
+/// A connection to make (or take from the pool).
+struct Connection<'a> {
+    addr: SocketAddr,
+    host: &'a str,
+    tls: TlsPolicy,
+    /// The egress address, if any.
+    source: Option<std::net::IpAddr>,
+    helo: &'a str,
+    /// Transactions on one connection before it is closed.
+    max_transactions: u32,
+}
+
 /// One transaction on a pooled or new connection; a pooled connection that fails before
 /// the server answered anything about this message is retried once on a fresh one.
 async fn transact(
     shared: &Arc<Shared>,
-    addr: SocketAddr,
-    host: &str,
-    tls: TlsPolicy,
-    helo: &str,
+    connection: &Connection<'_>,
     outgoing: &Outgoing<'_>,
 ) -> Result<crate::outbound::client::TransactionResult, ClientError> {
+    let Connection {
+        addr,
+        host,
+        tls,
+        source,
+        helo,
+        max_transactions,
+    } = *connection;
     if shared.own_addresses.load().contains(addr) {
         return Err(ClientError::LoopsBack(format!(
             "{host} [{addr}] is one of this gateway's listeners"
         )));
     }
-    // A pooled connection serves only deliveries with the TLS requirements it met.
-    let key = PoolKey::new(addr, host, tls);
+    // A pooled connection serves only deliveries with the TLS requirements it met, from
+    // the address it was opened from.
+    let key = PoolKey::new(addr, host, tls).from_source(source);
     let pooled = shared
         .pool
         .take(&key)
@@ -341,7 +465,7 @@ async fn transact(
     if let Some(mut session) = pooled {
         let result = session.send(outgoing).await;
         // `send` leaves a usable session clean for the next transaction.
-        keep(shared, key.clone(), session);
+        keep_for(shared, key.clone(), session, max_transactions).await;
         match result {
             Ok(result) => return Ok(result),
             // A stale pooled connection fails at its first command. Only then is a retry
@@ -353,10 +477,22 @@ async fn transact(
             Err(error) => return Err(error),
         }
     }
-    let mut session = open(shared, addr, host, tls, helo).await?;
+    let mut session = open_from(shared, addr, source, host, tls, helo).await?;
     let result = session.send(outgoing).await;
-    keep(shared, key, session);
+    keep_for(shared, key, session, max_transactions).await;
     result
+}
+
+/// [`keep`], unless the connection has carried its share of transactions: then it is
+/// closed with QUIT.
+async fn keep_for(shared: &Shared, key: PoolKey, session: ClientSession, max_transactions: u32) {
+    if session.transactions() >= max_transactions {
+        if session.is_usable() {
+            session.quit().await;
+        }
+        return;
+    }
+    keep(shared, key, session);
 }
 
 /// Connects and applies the TLS policy.
@@ -367,7 +503,19 @@ pub(super) async fn open(
     tls: TlsPolicy,
     helo: &str,
 ) -> Result<ClientSession, ClientError> {
-    let session = ClientSession::connect(addr, helo, timeouts(shared)).await?;
+    open_from(shared, addr, None, host, tls, helo).await
+}
+
+/// [`open`] from the local address `source`.
+async fn open_from(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    host: &str,
+    tls: TlsPolicy,
+    helo: &str,
+) -> Result<ClientSession, ClientError> {
+    let session = ClientSession::connect_from(addr, source, helo, timeouts(shared)).await?;
     let config = shared.config();
     let hostname = config.hostname.as_str();
     if session.announces(hostname) {
@@ -407,7 +555,7 @@ pub(super) async fn open(
                     // RFC 7435: opportunistic encryption must not make delivery worse
                     // than plain text. Start over without it.
                     tracing::info!(%host, %addr, %error, "opportunistic TLS failed, going on without");
-                    ClientSession::connect(addr, helo, timeouts(shared)).await
+                    ClientSession::connect_from(addr, source, helo, timeouts(shared)).await
                 }
             }
         }
