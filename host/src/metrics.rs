@@ -127,6 +127,16 @@ pub struct PluginCounterLabels {
     pub name: String,
 }
 
+/// Labels of a plugin's HTTP calls: the plugin and the outcome (`ok`, `not_allowed`,
+/// `invalid`, `timeout`, `too_large`, `budget`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginHttpLabels {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The outcome.
+    pub result: &'static str,
+}
+
 /// Labels naming a delivery-event type (`received`, `delivered`, ...).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventKindLabels {
@@ -198,6 +208,8 @@ pub struct Metrics {
     pub plugin_instances: Family<PluginInstanceLabels, Counter>,
     /// Counters kept by plugins.
     pub plugin_counters: Family<PluginCounterLabels, Counter>,
+    /// Plugins' HTTP calls by outcome.
+    pub plugin_http_calls: Family<PluginHttpLabels, Counter>,
     /// Delivery outcomes per recipient and attempt.
     pub deliveries: Family<OutcomeLabels, Counter>,
     /// Messages in the queue by state (set when `/metrics` is read).
@@ -261,6 +273,7 @@ impl Metrics {
         let plugin_log_dropped = Family::default();
         let plugin_reload_failures = Counter::default();
         let plugin_counters = Family::default();
+        let plugin_http_calls = Family::default();
         let plugin_instances = Family::default();
         let deliveries = Family::default();
         let queued = Gauge::default();
@@ -443,6 +456,11 @@ impl Metrics {
             "Counters kept by plugins through counter-add",
             plugin_counters.clone(),
         );
+        registry.register(
+            "plugin_http_calls",
+            "HTTP calls made by plugins, by outcome",
+            plugin_http_calls.clone(),
+        );
         Metrics {
             registry,
             sessions,
@@ -461,6 +479,7 @@ impl Metrics {
             plugin_reload_failures,
             plugin_instances,
             plugin_counters,
+            plugin_http_calls,
             deliveries,
             queued,
             queue_by_state,
