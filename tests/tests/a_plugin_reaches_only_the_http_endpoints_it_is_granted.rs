@@ -5,15 +5,18 @@
 //! without the address being listed are refused before anything is sent (the servers see
 //! no request); a slow server is a `timeout` within `http_timeout_ms` and the plugin goes
 //! on serving the session; an oversized answer is `too-large`; a redirect is handed back,
-//! not followed. The calls are counted by outcome, and `tidegate check` refuses a bad
-//! allow-list entry by file, line and key.
+//! not followed; a call over `http_max_calls_per_hook` is refused; `https` is TLS with the
+//! certificate verified (a self-signed server is `failed`). The calls are counted by
+//! outcome, and `tidegate check` refuses a bad allow-list entry by file, line and key.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tidegate_e2e::{DnsServer, Gateway, GatewayConfig, PluginEntry, SmtpClient, binary};
+use tidegate_e2e::{
+    DnsServer, Gateway, GatewayConfig, PluginEntry, SmtpClient, binary, self_signed,
+};
 
 /// An HTTP/1.1 server on loopback that answers by path and remembers every request line
 /// (with its `Host`) it was sent; `/redirect` points at `location`.
@@ -82,7 +85,7 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<String>>, location: &str) {
         let _ = stream.write_all(body);
     };
     match path.as_str() {
-        "/accept" | "/byname" | "/outside" | "/nogrant" => {
+        "/accept" | "/byname" | "/outside" | "/nogrant" | "/budget" => {
             reply(&mut stream, "200 OK", "", b"accept")
         }
         "/reject" => reply(&mut stream, "200 OK", "", b"reject\n"),
@@ -114,6 +117,51 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<String>>, location: &str) {
     let _ = reader.read_to_end(&mut rest);
 }
 
+/// A TLS server on loopback with a self-signed certificate: it counts handshakes that
+/// completed (none should, as no public root vouches for it).
+fn start_tls_server(dir: &std::path::Path) -> (SocketAddr, Arc<Mutex<u32>>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = self_signed(dir, "https", "rep.example.test", false);
+    let chain = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let completed = Arc::new(Mutex::new(0));
+    let count = Arc::clone(&completed);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let Ok(mut connection) = rustls::ServerConnection::new(Arc::clone(&config)) else {
+                continue;
+            };
+            while connection.is_handshaking() {
+                if connection.complete_io(&mut stream).is_err() {
+                    break;
+                }
+            }
+            if !connection.is_handshaking() {
+                *count.lock().unwrap() += 1;
+            }
+        }
+    });
+    (addr, completed)
+}
+
 fn rcpt(client: &mut SmtpClient, local: &str) -> (u16, String) {
     let reply = client.command(&format!("RCPT TO:<{local}@example.test>"));
     (reply.code, reply.text())
@@ -124,6 +172,8 @@ fn a_plugin_reaches_only_the_http_endpoints_it_is_granted() {
     let outside = HttpServer::start("");
     let granted = HttpServer::start(&format!("http://{}/accept", outside.addr));
     let port = granted.addr.port();
+    let certs = tempfile::tempdir().unwrap();
+    let (https, handshakes) = start_tls_server(certs.path());
     let dns = DnsServer::start(&["example.test"], &[("rep.example.test", "127.0.0.1")]);
     let origin = format!("http://127.0.0.1:{port}");
     // Each triggered plugin speaks for one recipient (the others pass it on); `granted`
@@ -152,6 +202,14 @@ fn a_plugin_reaches_only_the_http_endpoints_it_is_granted() {
                 format!("http://rep.example.test:{port}/byname"),
                 Some(format!("http://rep.example.test:{port}")),
             ),
+            triggered(
+                "tls",
+                format!("https://{https}/accept"),
+                Some(format!("https://{https}")),
+            ),
+            triggered("budget", format!("{origin}/budget"), Some(origin.clone()))
+                .setting("http_max_calls_per_hook = 2")
+                .config("http_repeat = 3"),
             PluginEntry::new("granted", "test_plugin.wasm")
                 .setting(&format!(
                     "http_allow = [{origin:?}, \"https://*.example.net\"]"
@@ -203,6 +261,26 @@ fn a_plugin_reaches_only_the_http_endpoints_it_is_granted() {
         "{seen:?}"
     );
 
+    // Two calls per hook: the third is refused unsent.
+    let (code, text) = rcpt(&mut client, "budget");
+    assert_eq!(code, 451, "{text}");
+    assert!(text.contains("http error budget"), "{text}");
+    let budget = granted
+        .seen()
+        .iter()
+        .filter(|r| r.contains("/budget"))
+        .count();
+    assert_eq!(budget, 2);
+
+    // https is TLS, verified against the public roots: a self-signed server fails.
+    let (code, text) = rcpt(&mut client, "tls");
+    assert_eq!(code, 451, "{text}");
+    assert!(
+        text.contains("http error failed") && text.contains("TLS"),
+        "{text}"
+    );
+    assert_eq!(*handshakes.lock().unwrap(), 0);
+
     // A slow server: `timeout` within http_timeout_ms (500 ms, far below the server's
     // five seconds and the hook's three), and the plugin serves the next recipient.
     let started = Instant::now();
@@ -238,6 +316,9 @@ fn a_plugin_reaches_only_the_http_endpoints_it_is_granted() {
         ("outside", "not_allowed"),
         ("nogrant", "not_allowed"),
         ("byname", "not_allowed"),
+        ("budget", "ok"),
+        ("budget", "budget"),
+        ("tls", "failed"),
     ] {
         let needle = format!("plugin_http_calls_total{{plugin=\"{plugin}\",result=\"{result}\"}}");
         assert!(metrics.contains(&needle), "{needle} missing:\n{metrics}");

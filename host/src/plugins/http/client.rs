@@ -21,17 +21,28 @@ use super::target::{Host, Target};
 /// The largest response head (status line and header fields) read.
 const MAX_HEAD: usize = 64 * 1024;
 
-/// Sends `request` to `address` and reads the answer (the caller bounds the time).
+/// Addresses tried in turn when a connection fails.
+const MAX_ADDRESSES: usize = 3;
+
+/// Sends `request` to the first of `addresses` that takes a connection and reads the
+/// answer (the caller bounds the time).
 pub async fn exchange(
-    address: SocketAddr,
+    addresses: &[SocketAddr],
     target: &Target,
     request: sdk::HttpRequest,
     tls: Option<Arc<rustls::ClientConfig>>,
     max_body: usize,
 ) -> Result<HttpResponse, HttpError> {
-    let tcp = TcpStream::connect(address)
-        .await
-        .map_err(|e| HttpError::Failed(format!("connect to {address}: {e}")))?;
+    let mut tcp = Err(HttpError::Failed("no address".into()));
+    for address in addresses.iter().take(MAX_ADDRESSES) {
+        tcp = TcpStream::connect(address)
+            .await
+            .map_err(|e| HttpError::Failed(format!("connect to {address}: {e}")));
+        if tcp.is_ok() {
+            break;
+        }
+    }
+    let tcp = tcp?;
     let _ = tcp.set_nodelay(true);
     match tls {
         None => over(tcp, target, request, max_body).await,

@@ -125,13 +125,13 @@ pub async fn call(
         return Err(HttpError::Timeout);
     }
     let exchange = async {
-        let address = vetted_address(origin, &target, services, dns).await?;
+        let addresses = vetted_addresses(origin, &target, services, dns).await?;
         let tls = if target.https {
             Some(services.tls()?)
         } else {
             None
         };
-        client::exchange(address, &target, request, tls, grant.max_response).await
+        client::exchange(&addresses, &target, request, tls, grant.max_response).await
     };
     match tokio::time::timeout(limit, exchange).await {
         Ok(result) => result,
@@ -139,17 +139,17 @@ pub async fn call(
     }
 }
 
-/// The address to connect to: the literal one an entry names, or the first address the
-/// name resolves to that is neither internal nor the gateway's own.
-async fn vetted_address(
+/// The addresses to connect to, in order: the literal one an entry names, or those the
+/// name resolves to that are neither internal nor the gateway's own.
+async fn vetted_addresses(
     origin: &HttpOrigin,
     target: &Target,
     services: &HttpServices,
     dns: &Dns,
-) -> Result<SocketAddr, HttpError> {
+) -> Result<Vec<SocketAddr>, HttpError> {
     let name = match (&origin.host, &target.host) {
         // Named literally: that address, whatever kind it is, is what was granted.
-        (OriginHost::Ip(_), Host::Ip(ip)) => return Ok(SocketAddr::new(*ip, target.port)),
+        (OriginHost::Ip(_), Host::Ip(ip)) => return Ok(vec![SocketAddr::new(*ip, target.port)]),
         (_, Host::Name(name)) => name,
         (_, Host::Ip(_)) => {
             return Err(HttpError::NotAllowed(
@@ -158,24 +158,35 @@ async fn vetted_address(
         }
     };
     let addresses = resolve(dns, name).await?;
+    vet_resolved(name, &addresses, target.port, &services.own)
+}
+
+/// Of the addresses a granted name resolved to, those a plugin may reach; `not-allowed`,
+/// naming each address and why, when there is none.
+fn vet_resolved(
+    name: &str,
+    addresses: &[IpAddr],
+    port: u16,
+    own: &OwnAddresses,
+) -> Result<Vec<SocketAddr>, HttpError> {
+    let mut fit = Vec::new();
     let mut refused = Vec::new();
     for ip in addresses {
-        let address = SocketAddr::new(ip, target.port);
-        let why = vet::internal(ip).or_else(|| {
-            services
-                .own
-                .contains(address)
-                .then_some("the gateway's own address")
-        });
+        let address = SocketAddr::new(*ip, port);
+        let why = vet::internal(*ip)
+            .or_else(|| own.contains(address).then_some("the gateway's own address"));
         match why {
-            None => return Ok(address),
+            None => fit.push(address),
             Some(why) => refused.push(format!("{ip} ({why})")),
         }
     }
-    Err(HttpError::NotAllowed(format!(
-        "{name} resolves only to addresses a name in http_allow does not grant: {}",
-        refused.join(", ")
-    )))
+    if fit.is_empty() {
+        return Err(HttpError::NotAllowed(format!(
+            "{name} resolves only to addresses a name in http_allow does not grant: {}",
+            refused.join(", ")
+        )));
+    }
+    Ok(fit)
 }
 
 /// The addresses of `name`, through the gateway's resolver (never the system's search
@@ -222,5 +233,163 @@ fn from_sdk(error: sdk::HttpError) -> HttpError {
         sdk::HttpError::TooLarge(why) => HttpError::TooLarge(why),
         sdk::HttpError::Budget(why) => HttpError::Budget(why),
         sdk::HttpError::Failed(why) => HttpError::Failed(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(allow: &[&str]) -> HttpGrant {
+        HttpGrant {
+            allow: allow
+                .iter()
+                .map(|o| HttpOrigin::try_from((*o).to_owned()).unwrap())
+                .collect(),
+            timeout: Duration::from_secs(2),
+            max_request: 16,
+            max_response: 64,
+            calls_per_hook: 4,
+        }
+    }
+
+    fn get(url: &str) -> HttpRequest {
+        HttpRequest {
+            method: HttpMethod::Get,
+            url: url.into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    async fn run(grant: &HttpGrant, request: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        call(
+            grant,
+            &HttpServices::default(),
+            &Dns::default(),
+            request,
+            deadline,
+        )
+        .await
+    }
+
+    /// A one-shot HTTP server on loopback answering `answer` to the first request.
+    async fn server(answer: &'static [u8]) -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.write_all(answer).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_literally_listed_address_is_reached_and_its_answer_read() {
+        let addr = server(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-bad: caf\xc3\xa9\r\nx-ok: yes\r\n\r\nhi",
+        )
+        .await;
+        let grant = grant(&[&format!("http://{addr}")]);
+        let answer = run(&grant, get(&format!("http://{addr}/x"))).await.unwrap();
+        assert_eq!(
+            (answer.status, answer.body.as_slice()),
+            (200, b"hi".as_slice())
+        );
+        // A header value that is not printable is dropped; the others pass, lowercase.
+        assert!(
+            answer
+                .headers
+                .iter()
+                .any(|(n, v)| n == "x-ok" && v == "yes")
+        );
+        assert!(!answer.headers.iter().any(|(n, _)| n == "x-bad"));
+    }
+
+    #[tokio::test]
+    async fn what_the_grant_does_not_cover_is_refused_before_anything_is_sent() {
+        let grant = grant(&["http://127.0.0.1:8080"]);
+        let outside = run(&grant, get("http://127.0.0.1:8081/")).await;
+        assert!(
+            matches!(outside, Err(HttpError::NotAllowed(_))),
+            "{outside:?}"
+        );
+        let mut big = get("http://127.0.0.1:8080/");
+        big.method = HttpMethod::Post;
+        big.body = vec![0; 17];
+        assert!(matches!(
+            run(&grant, big).await,
+            Err(HttpError::TooLarge(_))
+        ));
+        let mut smuggled = get("http://127.0.0.1:8080/");
+        smuggled
+            .headers
+            .push(("x-a".into(), "b\r\nhost: evil".into()));
+        assert!(matches!(
+            run(&grant, smuggled).await,
+            Err(HttpError::Invalid(_))
+        ));
+        let bad = run(&grant, get("gopher://127.0.0.1:8080/")).await;
+        assert!(matches!(bad, Err(HttpError::Invalid(_))), "{bad:?}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_its_bound_is_too_large() {
+        let addr = server(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n0123456789012345678901234567890123456789012345678901234567890123456789").await;
+        let grant = grant(&[&format!("http://{addr}")]);
+        let answer = run(&grant, get(&format!("http://{addr}/"))).await;
+        assert!(matches!(answer, Err(HttpError::TooLarge(_))), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn the_hook_deadline_caps_the_call() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Accepts and never answers.
+        tokio::spawn(async move {
+            let _held = listener.accept().await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let grant = grant(&[&format!("http://{addr}")]);
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(300);
+        let answer = call(
+            &grant,
+            &HttpServices::default(),
+            &Dns::default(),
+            get(&format!("http://{addr}/")),
+            deadline,
+        )
+        .await;
+        assert!(matches!(answer, Err(HttpError::Timeout)), "{answer:?}");
+        // Answered before the hook's deadline, with time to spare for the plugin.
+        assert!(Instant::now() < deadline, "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_granted_name_reaches_only_public_addresses_that_are_not_the_gateway() {
+        let own = OwnAddresses::new(vec!["192.0.2.25:443".parse().unwrap()]);
+        let ip = |t: &str| -> IpAddr { t.parse().unwrap() };
+        let fit = vet_resolved("a.example", &[ip("10.0.0.1"), ip("192.0.2.7")], 443, &own);
+        assert_eq!(
+            fit.unwrap(),
+            vec!["192.0.2.7:443".parse::<SocketAddr>().unwrap()]
+        );
+        let Err(HttpError::NotAllowed(why)) =
+            vet_resolved("a.example", &[ip("127.0.0.1"), ip("192.0.2.25")], 443, &own)
+        else {
+            panic!("granted")
+        };
+        assert!(why.contains("127.0.0.1 (loopback)"), "{why}");
+        assert!(
+            why.contains("192.0.2.25 (the gateway's own address)"),
+            "{why}"
+        );
+        // The same address on another port is not the gateway's listener.
+        assert!(vet_resolved("a.example", &[ip("192.0.2.25")], 8443, &own).is_ok());
     }
 }
