@@ -7,7 +7,8 @@
 //! on serving the session; an oversized answer is `too-large`; a redirect is handed back,
 //! not followed; a call over `http_max_calls_per_hook` is refused; `https` is TLS with the
 //! certificate verified (a self-signed server is `failed`). The calls are counted by
-//! outcome, and `tidegate check` refuses a bad allow-list entry by file, line and key.
+//! outcome, and `tidegate check` refuses a bad allow-list entry by file, line and key. A
+//! component built against 0.2.0 before `http-call` existed loads and works beside them.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -210,6 +211,17 @@ fn a_plugin_reaches_only_the_http_endpoints_it_is_granted() {
             triggered("budget", format!("{origin}/budget"), Some(origin.clone()))
                 .setting("http_max_calls_per_hook = 2")
                 .config("http_repeat = 3"),
+            // Built before `http-call` was added to the contract (committed as built).
+            PluginEntry::new(
+                "old",
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/fixtures/contract-0.2.0-before-http/test_plugin.wasm"
+                ),
+            )
+            .config(r#"mode = "reject""#)
+            .config(r#"label = "old""#)
+            .config(r#"trigger = "old@example.test""#),
             PluginEntry::new("granted", "test_plugin.wasm")
                 .setting(&format!(
                     "http_allow = [{origin:?}, \"https://*.example.net\"]"
@@ -239,6 +251,10 @@ fn a_plugin_reaches_only_the_http_endpoints_it_is_granted() {
             .any(|r| r == &format!("GET /accept HTTP/1.1 host=127.0.0.1:{port}")),
         "{seen:?}"
     );
+
+    // The plugin built before http-call is in the chain and decides as it did.
+    let (code, text) = rcpt(&mut client, "old");
+    assert_eq!((code, text.as_str()), (550, "5.7.1 Rejected by old"));
 
     // Outside the list, without a grant, and a name resolving to loopback that is not
     // listed by address: refused, and nothing reaches any server.
