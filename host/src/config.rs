@@ -386,6 +386,22 @@ pub struct PluginConfig {
     /// DNS queries one session (or delivery) may make, over all its calls.
     #[serde(default = "default_dns_per_session")]
     pub dns_queries_per_session: u32,
+    /// The origins the plugin may reach with `http-call`; none by default.
+    #[serde(default)]
+    pub http_allow: Vec<HttpOrigin>,
+    /// The deadline of one HTTP call, connect to the last byte of the answer, in
+    /// milliseconds; capped by what is left of the hook's `time_limit_ms`.
+    #[serde(default = "default_http_timeout_ms")]
+    pub http_timeout_ms: u64,
+    /// The largest request body the plugin may send.
+    #[serde(default = "default_http_max_request_bytes")]
+    pub http_max_request_bytes: u64,
+    /// The largest response body the plugin may receive (reading stops there).
+    #[serde(default = "default_http_max_response_bytes")]
+    pub http_max_response_bytes: u64,
+    /// HTTP calls one hook call may make.
+    #[serde(default = "default_http_calls_per_hook")]
+    pub http_max_calls_per_hook: u32,
     /// The plugin's own configuration, handed to it as JSON.
     #[serde(default)]
     pub config: toml::Table,
@@ -425,6 +441,125 @@ fn default_dns_per_call() -> u32 {
 
 fn default_dns_per_session() -> u32 {
     64
+}
+
+fn default_http_timeout_ms() -> u64 {
+    1_000
+}
+
+fn default_http_max_request_bytes() -> u64 {
+    64 * 1024
+}
+
+fn default_http_max_response_bytes() -> u64 {
+    256 * 1024
+}
+
+fn default_http_calls_per_hook() -> u32 {
+    4
+}
+
+/// An origin a plugin may reach over HTTP (`http_allow`): `scheme://host[:port]`, where
+/// the host is a name (exactly that name), `*.name` (any name below it, not the name
+/// itself) or an IP address (IPv6 in brackets), and the port defaults to the scheme's.
+/// Only an entry that names an address literally lets a plugin reach a loopback, private
+/// or otherwise internal address, or the gateway's own.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HttpOrigin {
+    /// `https` (else `http`).
+    pub https: bool,
+    /// Which hosts.
+    pub host: OriginHost,
+    /// The port.
+    pub port: u16,
+}
+
+/// The host part of an [`HttpOrigin`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginHost {
+    /// Exactly this name (lowercase, A-labels, no trailing dot).
+    Name(String),
+    /// Any name that ends in `.` and this one.
+    Below(String),
+    /// This address.
+    Ip(std::net::IpAddr),
+}
+
+impl fmt::Display for HttpOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.https { "https" } else { "http" };
+        match &self.host {
+            OriginHost::Name(name) => write!(f, "{scheme}://{name}:{}", self.port),
+            OriginHost::Below(name) => write!(f, "{scheme}://*.{name}:{}", self.port),
+            OriginHost::Ip(ip) => write!(f, "{scheme}://{}", SocketAddr::new(*ip, self.port)),
+        }
+    }
+}
+
+impl TryFrom<String> for HttpOrigin {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        let bad = |why: &str| format!("`{text}` is not `http[s]://host[:port]`: {why}");
+        let (scheme, rest) = text.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        let https = match scheme.to_ascii_lowercase().as_str() {
+            "https" => true,
+            "http" => false,
+            _ => return Err(bad("the scheme is http or https")),
+        };
+        // An origin is no more than scheme, host and port: a path, a query or user
+        // information would suggest a narrower grant than the one given.
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains(['/', '?', '#', '@']) || authority.is_empty() {
+            return Err(bad("only a host and a port, no path, query or user"));
+        }
+        let (host, port) = split_host_port(authority).ok_or_else(|| bad("a bad port"))?;
+        let port = match port {
+            Some(port) => port,
+            None if https => 443,
+            None => 80,
+        };
+        let host = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            OriginHost::Ip(std::net::IpAddr::V6(
+                v6.parse().map_err(|_| bad("a bad IPv6 address"))?,
+            ))
+        } else if let Ok(v4) = host.parse::<std::net::Ipv4Addr>() {
+            OriginHost::Ip(std::net::IpAddr::V4(v4))
+        } else if let Some(below) = host.strip_prefix("*.") {
+            OriginHost::Below(DomainName::try_from(below.to_owned())?.as_str().to_owned())
+        } else {
+            OriginHost::Name(DomainName::try_from(host.to_owned())?.as_str().to_owned())
+        };
+        Ok(HttpOrigin { https, host, port })
+    }
+}
+
+/// `host[:port]` or `[v6][:port]` into the host and the port, if any; `None` for a port
+/// that is not a number from 1 to 65535.
+pub fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if authority.starts_with('[') {
+        match authority.find(']') {
+            Some(end) if end + 1 == authority.len() => (authority, None),
+            Some(end) => (
+                &authority[..=end],
+                Some(authority[end + 1..].strip_prefix(':')?),
+            ),
+            None => return None,
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    match port {
+        None => Some((host, None)),
+        Some(port) => {
+            let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+            Some((host, Some(port)))
+        }
+    }
 }
 
 /// What a failing plugin means for the session.
@@ -1348,7 +1483,26 @@ impl Config {
                     "must be between 1 and 4096".into(),
                 ));
             }
-            let ranges: [(&str, u64, u64, u64); 8] = [
+            let ranges: [(&str, u64, u64, u64); 12] = [
+                ("http_timeout_ms", plugin.http_timeout_ms, 1, 300_000),
+                (
+                    "http_max_request_bytes",
+                    plugin.http_max_request_bytes,
+                    0,
+                    16 * 1024 * 1024,
+                ),
+                (
+                    "http_max_response_bytes",
+                    plugin.http_max_response_bytes,
+                    0,
+                    64 * 1024 * 1024,
+                ),
+                (
+                    "http_max_calls_per_hook",
+                    plugin.http_max_calls_per_hook.into(),
+                    0,
+                    100,
+                ),
                 ("cpu_limit_ms", plugin.cpu_limit_ms, 1, 60_000),
                 ("time_limit_ms", plugin.time_limit_ms, 1, 300_000),
                 (

@@ -134,6 +134,16 @@ pub struct PluginCounterLabels {
     pub name: String,
 }
 
+/// Labels of a plugin's HTTP calls: the plugin and the outcome (`ok`, `not_allowed`,
+/// `invalid`, `timeout`, `too_large`, `budget`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginHttpLabels {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The outcome.
+    pub result: &'static str,
+}
+
 /// Labels naming a delivery-event type (`received`, `delivered`, ...).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventKindLabels {
@@ -205,6 +215,8 @@ pub struct Metrics {
     pub plugin_instances: Family<PluginInstanceLabels, Counter>,
     /// Counters kept by plugins.
     pub plugin_counters: Family<PluginCounterLabels, Counter>,
+    /// Plugins' HTTP calls by outcome.
+    pub plugin_http_calls: Family<PluginHttpLabels, Counter>,
     /// Delivery outcomes per recipient and attempt.
     pub deliveries: Family<OutcomeLabels, Counter>,
     /// Replies that suspended a destination or lowered its rates, by shaping entry.
@@ -273,6 +285,7 @@ impl Metrics {
         let plugin_log_dropped = Family::default();
         let plugin_reload_failures = Counter::default();
         let plugin_counters = Family::default();
+        let plugin_http_calls = Family::default();
         let plugin_instances = Family::default();
         let deliveries = Family::default();
         let shaping_reactions = Family::default();
@@ -467,6 +480,11 @@ impl Metrics {
             "Counters kept by plugins through counter-add",
             plugin_counters.clone(),
         );
+        registry.register(
+            "plugin_http_calls",
+            "HTTP calls made by plugins, by outcome",
+            plugin_http_calls.clone(),
+        );
         Metrics {
             registry,
             sessions,
@@ -485,6 +503,7 @@ impl Metrics {
             plugin_reload_failures,
             plugin_instances,
             plugin_counters,
+            plugin_http_calls,
             deliveries,
             shaping_reactions,
             shaping_closed,

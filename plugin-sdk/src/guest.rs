@@ -5,6 +5,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::marker::PhantomData;
 
+use crate::http::{HttpError, HttpRequest, HttpResponse, Method};
 use crate::types as t;
 use crate::{Host, Message, Plugin};
 
@@ -359,6 +360,37 @@ impl Host for GuestHost {
 
     fn tag(&self, key: &str) -> Option<String> {
         host::tag(key)
+    }
+
+    fn http(&self, request: &HttpRequest) -> Result<HttpResponse, HttpError> {
+        let request = w::HttpRequest {
+            method: match request.method {
+                Method::Get => w::HttpMethod::Get,
+                Method::Head => w::HttpMethod::Head,
+                Method::Post => w::HttpMethod::Post,
+                Method::Put => w::HttpMethod::Put,
+                Method::Delete => w::HttpMethod::Delete,
+                Method::Patch => w::HttpMethod::Patch,
+            },
+            url: request.url.clone(),
+            headers: request.headers.clone(),
+            body: request.body.clone(),
+        };
+        match host::http_call(&request) {
+            Ok(response) => Ok(HttpResponse {
+                status: response.status,
+                headers: response.headers,
+                body: response.body,
+            }),
+            Err(error) => Err(match error {
+                w::HttpError::NotAllowed(why) => HttpError::NotAllowed(why),
+                w::HttpError::Invalid(why) => HttpError::Invalid(why),
+                w::HttpError::Timeout => HttpError::Timeout,
+                w::HttpError::TooLarge(why) => HttpError::TooLarge(why),
+                w::HttpError::Budget(why) => HttpError::Budget(why),
+                w::HttpError::Failed(why) => HttpError::Failed(why),
+            }),
+        }
     }
 }
 

@@ -28,6 +28,7 @@
 // Lets the generated bindings name this crate by its public path from inside it too.
 extern crate self as tidegate_plugin_sdk;
 
+pub mod http;
 pub mod pattern;
 pub mod types;
 
@@ -42,6 +43,7 @@ pub mod check;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod inspect;
 
+pub use http::{HttpError, HttpRequest, HttpResponse, Method};
 pub use types::*;
 
 /// The WIT contract, for tools that want to generate bindings of their own.
@@ -84,6 +86,12 @@ pub trait Host {
             .iter()
             .map(|(name, kind)| self.resolve(name, *kind))
             .collect()
+    }
+    /// Makes an HTTP request to an origin the plugin's `http_allow` grants (see [`http`]
+    /// for the helpers and the rules). A host that offers no HTTP refuses every call.
+    fn http(&self, request: &HttpRequest) -> Result<HttpResponse, HttpError> {
+        let _ = request;
+        Err(HttpError::NotAllowed("this host offers no HTTP".into()))
     }
 }
 
@@ -186,6 +194,7 @@ pub trait Plugin: Sized + 'static {
 
 /// Everything a plugin usually needs.
 pub mod prelude {
+    pub use crate::http::{HttpError, HttpRequest, HttpResponse, Method};
     pub use crate::pattern::glob;
     pub use crate::types::*;
     pub use crate::{Host, Message, Plugin};

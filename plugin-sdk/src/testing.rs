@@ -14,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use crate::check::{self, Stage};
+use crate::http::{HttpError, HttpRequest, HttpResponse, Method};
 use crate::inspect::ParsedMessage;
 use crate::types::*;
 use crate::{Host, Plugin};
@@ -22,6 +23,8 @@ use crate::{Host, Plugin};
 type KvEntry = (Vec<u8>, Option<u64>);
 /// A canned DNS answer.
 type DnsAnswer = Result<Vec<String>, DnsError>;
+/// A canned HTTP answer.
+type HttpAnswer = Result<HttpResponse, HttpError>;
 
 /// An in-memory [`Host`]: configuration, DNS answers and a clock are set by the test; the
 /// key/value store, counters, tags and log lines can be inspected afterwards.
@@ -37,6 +40,8 @@ pub struct TestHost {
     session: SessionInfo,
     kv_max_keys: Option<usize>,
     auth_results: Vec<AuthResult>,
+    http: HashMap<(Method, String), HttpAnswer>,
+    http_requests: RefCell<Vec<HttpRequest>>,
 }
 
 impl Default for TestHost {
@@ -64,7 +69,22 @@ impl TestHost {
             },
             kv_max_keys: None,
             auth_results: Vec::new(),
+            http: HashMap::new(),
+            http_requests: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Answers `method url` (the exact URL) with `answer`. A request the test has not
+    /// answered gets `NotAllowed`, as a gateway answers a URL outside the plugin's
+    /// `http_allow`.
+    pub fn with_http(mut self, method: Method, url: &str, answer: HttpAnswer) -> TestHost {
+        self.http.insert((method, url.to_owned()), answer);
+        self
+    }
+
+    /// The HTTP requests the plugin made so far, in order (refused ones too).
+    pub fn http_requests(&self) -> Vec<HttpRequest> {
+        self.http_requests.borrow().clone()
     }
 
     /// Sets what `auth_results` answers (the gateway's SPF, DKIM, DMARC, ARC results).
@@ -240,6 +260,22 @@ impl Host for TestHost {
 
     fn auth_results(&self) -> Vec<AuthResult> {
         self.auth_results.clone()
+    }
+
+    fn http(&self, request: &HttpRequest) -> Result<HttpResponse, HttpError> {
+        self.http_requests.borrow_mut().push(request.clone());
+        // The gateway's own checks first, so a request it would refuse is refused here.
+        crate::http::check_request(request)?;
+        self.http
+            .get(&(request.method, request.url.clone()))
+            .cloned()
+            .unwrap_or_else(|| {
+                Err(HttpError::NotAllowed(format!(
+                    "{} {} is not answered by this test host",
+                    request.method.as_str(),
+                    request.url
+                )))
+            })
     }
 }
 

@@ -382,7 +382,7 @@ impl Instance {
     /// Calls `init`, which (re)builds the plugin's per-session value.
     async fn begin_session(&mut self, plugin: &LoadedPlugin) -> Result<(), CallError> {
         self.store.data_mut().start_session();
-        self.start_call(plugin)?;
+        self.start_call(plugin, Instant::now() + plugin.limits.time)?;
         let init = match &self.bindings {
             Bindings::Current(b) => b.tidegate_plugin_hooks().call_init(&mut self.store).await,
             Bindings::V1(b) => b
@@ -405,11 +405,11 @@ impl Instance {
 
     /// Gives the instance a fresh CPU and DNS budget for one call and marks the call under
     /// way (the caller clears the mark when the call returns).
-    fn start_call(&mut self, plugin: &LoadedPlugin) -> Result<(), CallError> {
+    fn start_call(&mut self, plugin: &LoadedPlugin, deadline: Instant) -> Result<(), CallError> {
         self.store
             .set_fuel(plugin.fuel())
             .map_err(|e| CallError::new(Failure::Trap, format!("fuel: {e}")))?;
-        self.store.data_mut().start_call();
+        self.store.data_mut().start_call(deadline);
         self.in_call = true;
         Ok(())
     }
@@ -650,6 +650,9 @@ pub struct SessionPlugins {
     /// Each plugin's verdicts since the last [`SessionPlugins::take_verdicts`], for the
     /// transaction's log line (bounded).
     verdicts: Vec<(Arc<str>, &'static str, &'static str)>,
+    /// When the call under way must be answered (its plugin's and the stage's deadline),
+    /// for host calls that wait (HTTP) to stay inside it.
+    call_deadline: Instant,
 }
 
 /// The most verdicts kept for one log line.
@@ -677,6 +680,7 @@ impl SessionPlugins {
             message_tags: BTreeMap::new(),
             auth_results: Arc::new(Vec::new()),
             verdicts: Vec::new(),
+            call_deadline: Instant::now(),
         }
     }
 
@@ -871,6 +875,7 @@ impl SessionPlugins {
                 "the stage's deadline ([plugins] stage_time_limit_ms) passed before this plugin's turn",
             ))
         } else {
+            self.call_deadline = started + limit;
             match tokio::time::timeout(limit, call(self)).await {
                 Ok(result) => result,
                 Err(_) => Err(CallError::new(
@@ -990,9 +995,10 @@ impl SessionPlugins {
         };
         let metrics = Arc::clone(&self.services.metrics);
         let tags = self.message_tags.clone();
+        let deadline = self.call_deadline;
         let instance = self.instance(index, plugin).await?;
         instance.store.data_mut().tags = tags;
-        instance.start_call(plugin)?;
+        instance.start_call(plugin, deadline)?;
         let result = instance.call_other(call).await?;
         let fuel = instance.end_call(plugin);
         count_fuel(&metrics, plugin, hook, fuel);
@@ -1024,6 +1030,7 @@ impl SessionPlugins {
         let metrics = Arc::clone(&self.services.metrics);
         let session = Arc::clone(&self.session);
         let auth_results = Arc::clone(&self.auth_results);
+        let deadline = self.call_deadline;
         let instance = self.instance(index, plugin).await?;
         if !instance.hooks.contains(input.hook().flag()) {
             // This instance declared otherwise than the probe at load time: treat it as
@@ -1036,7 +1043,7 @@ impl SessionPlugins {
         instance.store.data_mut().tags.clone_from(tags);
         instance.store.data_mut().session = session;
         instance.store.data_mut().auth_results = auth_results;
-        instance.start_call(plugin)?;
+        instance.start_call(plugin, deadline)?;
         let response = instance.call_stage(input).await?;
         let fuel = instance.end_call(plugin);
         count_fuel(&metrics, plugin, input.hook().name(), fuel);

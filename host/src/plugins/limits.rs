@@ -32,6 +32,8 @@ pub struct PluginLimits {
     pub dns_per_session: u32,
     /// Its log lines, shared by all its instances.
     pub log: LogBudget,
+    /// What it may reach over HTTP, and how much.
+    pub http: super::http::HttpGrant,
 }
 
 impl PluginLimits {
@@ -45,6 +47,7 @@ impl PluginLimits {
             dns_per_call: config.dns_queries_per_call,
             dns_per_session: config.dns_queries_per_session,
             log: LogBudget::new(config.log_lines_per_second),
+            http: super::http::HttpGrant::new(config),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod chain;
 pub mod compat;
 pub mod dns;
 pub mod engine;
+pub mod http;
 pub mod kv;
 pub mod limits;
 pub mod services;
@@ -76,7 +77,17 @@ impl PluginHost {
         };
         let engine = PluginEngine::new(&config.plugins, instances, slot)
             .map_err(|e| anyhow::anyhow!("plugin engine: {e:#}"))?;
-        let services = Arc::new(HostServices::new(dns, metrics));
+        // The gateway's own addresses: a plugin reaches them only through an entry of
+        // `http_allow` that names them.
+        let own = config
+            .listeners
+            .iter()
+            .map(|l| l.address)
+            .chain(config.admin.address)
+            .collect();
+        let mut services = HostServices::new(dns, metrics);
+        services.http = http::HttpServices::new(own);
+        let services = Arc::new(services);
         let host = PluginHost {
             engine,
             services,

@@ -21,7 +21,7 @@ use super::limits::{
     Admit, MAX_LOG_FIELD, MAX_LOG_FIELDS, MAX_LOG_LINE, MemoryLimiter, OverLimit, PluginLimits,
 };
 use crate::dns::Dns;
-use crate::metrics::{Metrics, PluginCounterLabels, PluginLabels};
+use crate::metrics::{Metrics, PluginCounterLabels, PluginHttpLabels, PluginLabels};
 
 /// Services shared by every plugin instance.
 #[derive(Debug, Default)]
@@ -32,6 +32,8 @@ pub struct HostServices {
     pub dns: Arc<Dns>,
     /// Where plugin counters and failures are counted.
     pub metrics: Arc<Metrics>,
+    /// What plugins' HTTP calls share.
+    pub http: super::http::HttpServices,
     /// The counter names each plugin has created, bounded by its `max_counters`.
     counter_names: Mutex<HashMap<String, HashSet<String>>>,
 }
@@ -238,6 +240,9 @@ pub struct PluginState {
     /// DNS queries made in the current call and in the current session.
     dns_in_call: u32,
     dns_in_session: u32,
+    /// HTTP calls made in the current call, and when the current call must be answered.
+    http_in_call: u32,
+    call_deadline: std::time::Instant,
 }
 
 impl PluginState {
@@ -278,12 +283,16 @@ impl PluginState {
             auth_results: Arc::new(Vec::new()),
             dns_in_call: 0,
             dns_in_session: 0,
+            http_in_call: 0,
+            call_deadline: std::time::Instant::now(),
         }
     }
 
-    /// A new call begins: its own DNS budget.
-    pub fn start_call(&mut self) {
+    /// A new call begins, to be answered by `deadline`: its own DNS and HTTP budgets.
+    pub fn start_call(&mut self, deadline: std::time::Instant) {
         self.dns_in_call = 0;
+        self.http_in_call = 0;
+        self.call_deadline = deadline;
     }
 
     /// A new session begins on this instance: nothing of the last one's budgets or tags.
@@ -502,6 +511,48 @@ impl PluginState {
     pub(super) fn tag_value(&self, key: &str) -> Option<String> {
         self.tags.get(key).cloned()
     }
+
+    /// One HTTP call under the plugin's grant and the call's budget, counted by outcome.
+    pub(super) async fn http(
+        &mut self,
+        request: types::HttpRequest,
+    ) -> Result<types::HttpResponse, types::HttpError> {
+        let grant = &self.bounds.http;
+        let result = if grant.allow.is_empty() {
+            // The common case, said plainly: nothing is granted unless configured.
+            Err(types::HttpError::NotAllowed(
+                "this plugin has no http_allow".into(),
+            ))
+        } else if self.http_in_call >= grant.calls_per_hook {
+            Err(types::HttpError::Budget(format!(
+                "http_max_calls_per_hook ({}) reached",
+                grant.calls_per_hook
+            )))
+        } else {
+            self.http_in_call += 1;
+            super::http::call(
+                grant,
+                &self.services.http,
+                &self.services.dns,
+                request,
+                self.call_deadline,
+            )
+            .await
+        };
+        let outcome = super::http::outcome(&result);
+        if let Err(error) = &result {
+            tracing::debug!(plugin = %self.plugin, outcome, error = ?error, "plugin HTTP call failed");
+        }
+        self.services
+            .metrics
+            .plugin_http_calls
+            .get_or_create(&PluginHttpLabels {
+                plugin: self.plugin.to_string(),
+                result: outcome,
+            })
+            .inc();
+        result
+    }
 }
 
 /// What a plugin sees of a KV failure.
@@ -613,6 +664,13 @@ impl host::Host for PluginState {
 
     async fn auth_results(&mut self) -> wasmtime::Result<Vec<types::AuthResult>> {
         Ok(self.auth_results.as_ref().clone())
+    }
+
+    async fn http_call(
+        &mut self,
+        request: types::HttpRequest,
+    ) -> wasmtime::Result<Result<types::HttpResponse, types::HttpError>> {
+        Ok(self.http(request).await)
     }
 }
 
