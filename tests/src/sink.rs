@@ -233,6 +233,8 @@ pub struct ReceivedMessage {
     pub connection: usize,
     /// Whether it came inside TLS (after STARTTLS).
     pub tls: bool,
+    /// The address the connection came from.
+    pub peer: Option<SocketAddr>,
 }
 
 impl ReceivedMessage {
@@ -475,6 +477,8 @@ struct Session<'a> {
     tls: bool,
     /// STARTTLS was answered with 220: the handshake comes once the reply is out.
     upgrade: bool,
+    /// The client's address.
+    peer: Option<SocketAddr>,
 }
 
 /// A connection's stream: plain TCP, or TLS over it after STARTTLS.
@@ -621,8 +625,10 @@ fn serve(tcp: TcpStream, connection: usize, shared: &Shared) {
         let _ = tcp.shutdown(Shutdown::Both);
         return;
     }
+    let peer = tcp.peer_addr().ok();
     let mut stream = SinkStream::Plain(tcp);
     let mut session = Session {
+        peer,
         shared,
         behaviour,
         connection,
@@ -991,6 +997,7 @@ impl Session<'_> {
             data: data.bytes,
             connection: self.connection,
             tls: self.tls,
+            peer: self.peer,
         });
         drop(state);
         self.shared.changed.notify_all();

@@ -244,6 +244,19 @@ impl Destinations {
         }
     }
 
+    /// Schedules every parked message again, for a changed shaping configuration: each
+    /// enters its gate under the new policy (and parks again if it still may not go).
+    pub(crate) fn wake_all(&self) {
+        let now = now_ms();
+        let woken: Vec<QueueId> = lock(&self.gates)
+            .values_mut()
+            .flat_map(|gate| gate.parked.drain(..).collect::<Vec<_>>())
+            .collect();
+        for id in woken {
+            self.index.schedule(id, now);
+        }
+    }
+
     /// Applies the reactions of `policy` to a reply its destination gave; returns what
     /// changed, for the caller to log.
     pub(crate) fn react(&self, policy: &Policy, reply: &str) -> Option<String> {

@@ -233,7 +233,14 @@ impl Queue {
     /// Applies a reloaded configuration: routes, retry settings and the like apply to
     /// every attempt from now on, queued mail included.
     pub fn reconfigure(&self, config: Arc<Config>) {
+        let reshaped = self.shared.config().shaping.len() != config.shaping.len()
+            || format!("{:?}", self.shared.config().shaping) != format!("{:?}", config.shaping);
         self.shared.config.store(config);
+        if reshaped {
+            // Parked mail waits under the policy its gate had: let it ask again under the
+            // new one (a window that opened, a rate that rose).
+            self.shared.destinations.wake_all();
+        }
     }
 
     /// The addresses the listeners are bound to now (after a reload added or removed
