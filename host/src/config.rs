@@ -1740,6 +1740,15 @@ impl Config {
 /// errors found after deserialisation. A best effort: it returns the first line that
 /// assigns that key inside the right table (counting `[[array]]` headers).
 fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    // A key inside an inline table or array (`addresses[0].address`) has no line of its
+    // own: the line of the key that holds it is the nearest.
+    line_of_leaf(text, key).or_else(|| {
+        let (parent, _) = key.rsplit_once('.')?;
+        parent.contains('.').then(|| line_of_key(text, parent)).flatten()
+    })
+}
+
+fn line_of_leaf(text: &str, key: &str) -> Option<usize> {
     let mut segments: Vec<&str> = key.split('.').collect();
     let leaf = segments.pop()?;
     let (table, index) = match segments.first() {

@@ -251,3 +251,31 @@ fn files_the_configuration_names_are_checked_too() {
         );
     }
 }
+
+#[test]
+fn shaping_and_egress_mistakes_are_named() {
+    let shaping = |body: &str| {
+        format!(
+            "{EXAMPLE}\n[[shaping]]\nname = \"a\"\ndomains = [\"gmail.com\"]\n\n[[shaping]]\n{body}\n"
+        )
+    };
+    let text = shaping("name = \"b\"\ndomains = [\"GMail.com\"]");
+    let err = assert_refused(&text, "shaping[1].domains", "GMail.com");
+    assert!(err.contains("shaping `a` too"), "{err}");
+
+    let text = shaping("name = \"c\"\nreact = [{ reply = \"(unclosed\", suspend = \"1m\" }]");
+    let err = assert_refused(&text, "shaping[1].react[0].reply", "(unclosed");
+    assert!(err.contains("regular expression"), "{err}");
+
+    let text = shaping("name = \"d\"\nwindow = \"9-17\"");
+    assert_refused(&text, "shaping[1].window", "9-17");
+
+    let text = shaping("name = \"e\"\negress = \"nowhere\"");
+    let err = assert_refused(&text, "shaping[1].egress", "egress = \"nowhere\"");
+    assert!(err.contains("no [[egress]] is named `nowhere`"), "{err}");
+
+    let text = format!(
+        "{EXAMPLE}\n[[egress]]\nname = \"out\"\naddresses = [{{ address = \"0.0.0.0\" }}]\n"
+    );
+    assert_refused(&text, "egress[0].addresses[0].address", "addresses = [");
+}

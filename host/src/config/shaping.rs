@@ -87,7 +87,13 @@ impl Pattern {
             .size_limit(1 << 20)
             .build()
             .map(Pattern)
-            .map_err(|e| format!("not a regular expression: {e}"))
+            // The regex crate's message spans lines (with a caret under the spot): one
+            // line for the configuration error.
+            .map_err(|e| {
+                let message: Vec<String> =
+                    e.to_string().split_whitespace().map(str::to_owned).collect();
+                format!("not a regular expression: {}", message.join(" "))
+            })
     }
 }
 
