@@ -1744,7 +1744,10 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
     // own: the line of the key that holds it is the nearest.
     line_of_leaf(text, key).or_else(|| {
         let (parent, _) = key.rsplit_once('.')?;
-        parent.contains('.').then(|| line_of_key(text, parent)).flatten()
+        parent
+            .contains('.')
+            .then(|| line_of_key(text, parent))
+            .flatten()
     })
 }
 

@@ -108,6 +108,15 @@ pub struct BounceLabels {
     pub code: String,
 }
 
+/// Labels of a delivery failure: deferred or bounced, and its class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// `deferred` or `bounced`.
+    pub outcome: &'static str,
+    /// The failure class (`bad-mailbox`, `rate-limit`, ...).
+    pub class: &'static str,
+}
+
 /// Labels of a TLS session.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TlsLabels {
@@ -234,6 +243,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// Bounces by enhanced status code class.
     pub bounces: Family<BounceLabels, Counter>,
+    /// Deferrals and bounces by failure class.
+    pub delivery_failures: Family<FailureLabels, Counter>,
     /// TLS sessions by direction and version.
     pub tls_sessions: Family<TlsLabels, Counter>,
     /// SMTP AUTH attempts by result.
@@ -317,6 +328,12 @@ impl Metrics {
             delivery_latency.clone(),
         );
         let bounces = Family::default();
+        let delivery_failures = Family::default();
+        registry.register(
+            "delivery_failures",
+            "Deferred and bounced recipients by failure class",
+            delivery_failures.clone(),
+        );
         registry.register(
             "bounces",
             "Bounces by enhanced status code class",
@@ -513,6 +530,7 @@ impl Metrics {
             delivery_attempts,
             delivery_latency,
             bounces,
+            delivery_failures,
             tls_sessions,
             auth_attempts,
             plugin_reloads,

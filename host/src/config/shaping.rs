@@ -90,8 +90,11 @@ impl Pattern {
             // The regex crate's message spans lines (with a caret under the spot): one
             // line for the configuration error.
             .map_err(|e| {
-                let message: Vec<String> =
-                    e.to_string().split_whitespace().map(str::to_owned).collect();
+                let message: Vec<String> = e
+                    .to_string()
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect();
                 format!("not a regular expression: {}", message.join(" "))
             })
     }

@@ -145,6 +145,10 @@ pub struct Delivery {
     pub attempt: u32,
     /// How long the attempt took.
     pub duration_ms: u64,
+    /// For a deferral or bounce: what kind of failure it was (`bad-mailbox`,
+    /// `rate-limit`, `tls`, ...; see the README's list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
 }
 
 /// The session stage at which something was refused.
@@ -287,6 +291,12 @@ impl Delivery {
     pub fn reply(mut self, reply: impl Into<String>, enhanced: Option<String>) -> Self {
         self.reply = reply.into();
         self.enhanced = enhanced;
+        self
+    }
+
+    /// With the failure's class.
+    pub fn class(mut self, class: &str) -> Self {
+        self.class = Some(class.to_owned());
         self
     }
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::classify::{FailureClass, classify};
 use super::destinations::Entry;
 use super::notify::{Report, bounce, delay_notice};
 use super::quarantine::quarantine;
@@ -514,13 +515,25 @@ fn count_and_log(
             _ => {}
         }
         let address = &envelope.recipients[event.rcpt].address;
-        if matches!(event.outcome, Outcome::Deferred | Outcome::Bounced) {
+        let failure = failure_class(event);
+        if let Some(failure) = failure {
             let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
             shared.note_error(domain, &event.reply);
+            metrics
+                .delivery_failures
+                .get_or_create(&crate::metrics::FailureLabels {
+                    outcome,
+                    class: failure.as_str(),
+                })
+                .inc();
         }
-        tracing::info!(queue_id = %id, recipient = %address, outcome = ?event.outcome, attempt = event.attempt, remote = event.remote.as_deref().unwrap_or(""), duration_ms = duration.as_millis() as u64, reply = %event.reply, "delivery attempt");
+        let class_name = failure.map_or("", FailureClass::as_str);
+        tracing::info!(queue_id = %id, recipient = %address, outcome = ?event.outcome, class = class_name, attempt = event.attempt, remote = event.remote.as_deref().unwrap_or(""), duration_ms = duration.as_millis() as u64, reply = %event.reply, "delivery attempt");
         let mut delivery = crate::events::Delivery::new(address.clone(), event.attempt, duration)
             .reply(event.reply.clone(), event.status.clone());
+        if let Some(failure) = failure {
+            delivery = delivery.class(failure.as_str());
+        }
         if let Some(remote) = &event.remote {
             delivery = delivery.host(remote.clone());
         }
@@ -535,6 +548,12 @@ fn count_and_log(
             Outcome::Deleted => Fact::deleted(id, "the queue"),
         });
     }
+}
+
+/// The class of a deferral or bounce (`None` for a delivery or an operator's deletion).
+fn failure_class(event: &Event) -> Option<FailureClass> {
+    matches!(event.outcome, Outcome::Deferred | Outcome::Bounced)
+        .then(|| classify(event.status.as_deref(), &event.reply))
 }
 
 /// Tells the on-delivery plugins each outcome, once it is recorded: like the rest of the

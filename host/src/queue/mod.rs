@@ -23,6 +23,7 @@
 //! recipient is delivered or bounced (and the bounce itself is spooled).
 
 pub mod attempt;
+pub mod classify;
 pub mod control;
 mod destinations;
 pub mod dsn;
