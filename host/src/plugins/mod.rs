@@ -76,7 +76,12 @@ impl PluginHost {
         };
         let engine = PluginEngine::new(&config.plugins, instances, slot)
             .map_err(|e| anyhow::anyhow!("plugin engine: {e:#}"))?;
-        let services = Arc::new(HostServices::new(dns, metrics));
+        let kv = kv::Kv::new(&config.kv, Arc::clone(&metrics))
+            .map_err(|e| anyhow::anyhow!("[kv]: {e}"))?;
+        if let kv::Kv::Redis(_) = &kv {
+            tracing::info!(url = ?config.kv.url, "plugin KV store in redis");
+        }
+        let services = Arc::new(HostServices::new(dns, metrics, kv));
         let host = PluginHost {
             engine,
             services,
