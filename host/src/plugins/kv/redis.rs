@@ -235,8 +235,23 @@ impl RedisKv {
     }
 
     /// Runs one round trip under the command timeout, noting whether Redis answered.
-    async fn run<T>(&self, op: impl Future<Output = redis::RedisResult<T>>) -> Result<T, KvError> {
-        let result = match tokio::time::timeout(self.timeout, op).await {
+    ///
+    /// A connection found broken (Redis restarted, or a reconnection attempt that failed
+    /// while it was away) is re-made at once and the operation tried once more within the
+    /// same timeout, so the first operation after Redis returns does not fail for
+    /// nothing. The scripts are idempotent only up to that: a write whose connection broke
+    /// before the request was sent is the only kind retried (an I/O error, never a reply).
+    async fn run<T, F>(&self, op: impl Fn() -> F) -> Result<T, KvError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let attempts = async {
+            match op().await {
+                Err(e) if e.is_io_error() || e.is_connection_refusal() => op().await,
+                other => other,
+            }
+        };
+        let result = match tokio::time::timeout(self.timeout, attempts).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(format!("redis: {e}")),
             Err(_) => Err(format!(
@@ -262,9 +277,11 @@ impl RedisKv {
 
     /// `PING`, for `/readyz`.
     pub async fn ping(&self) -> Result<(), KvError> {
-        let mut conn = self.connection();
         let reply: Value = self
-            .run(async move { redis::cmd("PING").query_async(&mut conn).await })
+            .run(|| {
+                let mut conn = self.connection();
+                async move { redis::cmd("PING").query_async(&mut conn).await }
+            })
             .await?;
         match reply {
             Value::SimpleString(s) if s == "PONG" => Ok(()),
@@ -277,13 +294,11 @@ impl RedisKv {
     pub async fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         check_key(key)?;
         let keys = self.keys(ns, key);
-        let mut conn = self.connection();
         let reply: Value = self
-            .run(async move {
-                redis::cmd("GET")
-                    .arg(&keys.value)
-                    .query_async(&mut conn)
-                    .await
+            .run(|| {
+                let mut conn = self.connection();
+                let key = keys.value.clone();
+                async move { redis::cmd("GET").arg(key).query_async(&mut conn).await }
             })
             .await?;
         match reply {
@@ -323,9 +338,12 @@ impl RedisKv {
             .arg(cost(key, value.len(), ttl.is_some()))
             .arg(&keys.value_prefix)
             .arg(SWEEP);
-        let mut conn = self.connection();
         let reply: Value = self
-            .run(async move { invocation.invoke_async(&mut conn).await })
+            .run(|| {
+                let mut conn = self.connection();
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut conn).await }
+            })
             .await?;
         let (usage, _) = written(&reply, quota)?;
         Ok(usage)
@@ -357,9 +375,12 @@ impl RedisKv {
             .arg(ENTRY_OVERHEAD)
             .arg(&keys.value_prefix)
             .arg(SWEEP);
-        let mut conn = self.connection();
         let reply: Value = self
-            .run(async move { invocation.invoke_async(&mut conn).await })
+            .run(|| {
+                let mut conn = self.connection();
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut conn).await }
+            })
             .await?;
         let (usage, value) = written(&reply, quota)?;
         let value = value
@@ -379,9 +400,12 @@ impl RedisKv {
             .key(&keys.size)
             .key(&keys.bytes)
             .arg(key);
-        let mut conn = self.connection();
         let reply: Value = self
-            .run(async move { invocation.invoke_async(&mut conn).await })
+            .run(|| {
+                let mut conn = self.connection();
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut conn).await }
+            })
             .await?;
         match &reply {
             Value::Array(items) if items.len() == 2 && items.iter().all(|i| count(i).is_some()) => {
