@@ -2,7 +2,8 @@
 //! killed while a stream of sessions goes on: each session gets the plugin's failure
 //! policy (`on_error = "tempfail"`: 451 4.3.0) within the plugin call's time limit, never
 //! a hang; when Redis answers again mail flows again, with no restart of Tidegate; the
-//! loss and the return are each logged once, and the failures are counted.
+//! loss and the return are each logged once, the failures are counted, and `/readyz`
+//! says whether Redis answers.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -102,6 +103,10 @@ fn sessions_are_deferred_in_time_while_redis_is_away_and_accepted_when_it_is_bac
     // Gone: connections refused, then a fresh server on the same port.
     redis.stop();
     n = all_deferred(&gateway, n, 4);
+    // The node stays in the balancer (every node shares this Redis) and says why mail waits.
+    let (status, body) = gateway.admin_get("/readyz");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains("kv redis: unreachable"), "{body}");
     redis.resume_or_start();
     let n = until_accepted(&gateway, n, Duration::from_secs(10));
     // And it keeps flowing.
@@ -110,6 +115,12 @@ fn sessions_are_deferred_in_time_while_redis_is_away_and_accepted_when_it_is_bac
         assert_eq!(code, 250);
     }
     assert_eq!(gateway.spool_list().len(), 6);
+    assert!(
+        gateway
+            .admin_get("/readyz")
+            .1
+            .contains("kv redis: reachable")
+    );
 
     let log = gateway.log();
     assert_eq!(
