@@ -637,6 +637,9 @@ pub struct QueueConfig {
     /// Accept and keep mail but deliver nothing (maintenance, or a gateway that only
     /// spools); restart with `hold = false` to release it.
     pub hold: bool,
+    /// Deliveries in progress at once to one destination over every gateway sharing the
+    /// `[kv]` Redis (each node keeps to `max_per_destination` too); off when absent.
+    pub fleet_max_per_destination: Option<usize>,
 }
 
 impl QueueConfig {
@@ -665,6 +668,7 @@ impl Default for QueueConfig {
             max_active: None,
             delay_notice_after: None,
             hold: false,
+            fleet_max_per_destination: None,
         }
     }
 }
@@ -1645,6 +1649,20 @@ impl Config {
         self.kv
             .validate()
             .map_err(|(key, problem)| (format!("kv.{key}"), problem))?;
+        if let Some(limit) = self.queue.fleet_max_per_destination {
+            if self.kv.backend != KvBackendKind::Redis {
+                return Err((
+                    "queue.fleet_max_per_destination".into(),
+                    "a fleet-wide limit is kept in Redis: it needs [kv] backend = \"redis\"".into(),
+                ));
+            }
+            if !(1..=100_000).contains(&limit) {
+                return Err((
+                    "queue.fleet_max_per_destination".into(),
+                    "must be between 1 and 100000".into(),
+                ));
+            }
+        }
         let limits = &self.limits;
         for (key, value) in [
             ("max_message_size", limits.max_message_size),
@@ -1809,6 +1827,18 @@ command_timeout_secs = 300
         let err = parse(&bad).unwrap_err();
         assert_eq!(err.key, "kv.pool_size", "{err}");
         assert_eq!(err.line, Some(26), "{err}");
+        let fleet = EXAMPLE.replace(
+            "[limits]",
+            "[queue]\nfleet_max_per_destination = 2\n\n[limits]",
+        );
+        let err = parse(&fleet).unwrap_err();
+        assert_eq!(err.key, "queue.fleet_max_per_destination", "{err}");
+        assert!(err.message.contains("[kv]"), "{err}");
+        let fleet = format!("{fleet}\n[kv]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1/0\"\n");
+        assert_eq!(
+            parse(&fleet).unwrap().queue.fleet_max_per_destination,
+            Some(2)
+        );
         let secret = RedisUrl::try_from("redis://u:hunter2@127.0.0.1/0".to_owned()).unwrap();
         assert!(!format!("{secret:?}").contains("hunter2"));
     }

@@ -26,6 +26,7 @@ pub mod attempt;
 pub mod control;
 mod destinations;
 pub mod dsn;
+mod fleet;
 pub mod holds;
 mod index;
 mod message;

@@ -97,7 +97,7 @@ pub enum Kv {
     /// In this process.
     Memory(memory::KvStore),
     /// In a Redis (or Valkey) server shared by the fleet.
-    Redis(redis::RedisKv),
+    Redis(Box<redis::RedisKv>),
 }
 
 impl Default for Kv {
@@ -113,7 +113,7 @@ impl Kv {
     pub fn new(config: &KvConfig, metrics: std::sync::Arc<Metrics>) -> Result<Kv, KvError> {
         Ok(match config.backend {
             KvBackendKind::Memory => Kv::default(),
-            KvBackendKind::Redis => Kv::Redis(redis::RedisKv::new(config, metrics)?),
+            KvBackendKind::Redis => Kv::Redis(Box::new(redis::RedisKv::new(config, metrics)?)),
         })
     }
 
@@ -172,6 +172,15 @@ impl Kv {
         match self {
             Kv::Memory(_) => true,
             Kv::Redis(store) => store.ping().await.is_ok(),
+        }
+    }
+
+    /// The store of fleet-wide limits (places held in Redis, see
+    /// [`redis::RedisKv::lease`]), when this gateway is part of a fleet.
+    pub fn fleet(&self) -> Option<&redis::RedisKv> {
+        match self {
+            Kv::Memory(_) => None,
+            Kv::Redis(store) => Some(store),
         }
     }
 
@@ -479,6 +488,30 @@ mod tests {
             assert_eq!(kv.incr("d", "n", 1, None, ROOMY).await.unwrap().0, i);
         }
         assert!(kv.reachable().await);
+    }
+
+    #[tokio::test]
+    async fn fleet_places_are_shared_given_back_and_lapse() {
+        let redis = TestRedis::start();
+        let (a, b) = (redis.kv(), redis.kv());
+        let (a, b) = (a.fleet().unwrap(), b.fleet().unwrap());
+        let minute = Duration::from_secs(60);
+        assert!(a.lease("d", 2, minute, "a1").await.unwrap());
+        assert!(b.lease("d", 2, minute, "b1").await.unwrap());
+        assert!(
+            !a.lease("d", 2, minute, "a2").await.unwrap(),
+            "the fleet is at 2"
+        );
+        assert!(a.lease("other", 2, minute, "a2").await.unwrap());
+        b.release("d", "b1").await.unwrap();
+        assert!(a.lease("d", 2, minute, "a3").await.unwrap());
+        // A place not renewed lapses (a node that died holding it).
+        assert!(a.renew("d", Duration::from_millis(30), "a1").await.unwrap());
+        assert!(!b.lease("d", 2, minute, "b2").await.unwrap());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(b.lease("d", 2, minute, "b2").await.unwrap());
+        assert!(!a.renew("d", minute, "a1").await.unwrap(), "a1 lapsed");
+        assert!(Kv::default().fleet().is_none());
     }
 
     #[tokio::test]

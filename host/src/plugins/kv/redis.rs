@@ -21,6 +21,10 @@
 //! plugin's failure policy applies); connections are re-made by the redis crate's
 //! `ConnectionManager` on the next use. The loss and the return of Redis are each logged
 //! once, and every failed operation is counted in `tidegate_kv_backend_errors_total`.
+//!
+//! The same connections keep the fleet-wide limits (`<prefix>limit:<name>`, a ZSET of
+//! holders scored by when their place lapses): see [`RedisKv::lease`] and
+//! `queue::fleet`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -149,6 +153,29 @@ end
 return {redis.call('ZCARD', Z), tonumber(redis.call('GET', B) or '0') or 0}
 "#;
 
+/// `lease`: KEYS = the limit's ZSET; ARGV = limit, ttl ms, member. Drops expired holders,
+/// then takes a place if one is free. Returns 1 (taken) or 0 (full).
+const LEASE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+  return 1
+end
+return 0
+"#;
+
+/// `renew`: KEYS = the limit's ZSET; ARGV = ttl ms, member. Returns 1 if still held.
+const RENEW: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local held = redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+return held
+"#;
+
 /// The Redis store: a small pool of reconnecting connections.
 pub struct RedisKv {
     pool: Vec<ConnectionManager>,
@@ -158,6 +185,8 @@ pub struct RedisKv {
     set: Script,
     incr: Script,
     delete: Script,
+    lease: Script,
+    renew: Script,
     /// Whether the last operation reached Redis: the loss and the return are logged once.
     up: AtomicBool,
     metrics: Arc<Metrics>,
@@ -213,6 +242,8 @@ impl RedisKv {
             set: Script::new(&format!("{PRELUDE}{SET}")),
             incr: Script::new(&format!("{PRELUDE}{INCR}")),
             delete: Script::new(&format!("{PRELUDE}{DELETE}")),
+            lease: Script::new(LEASE),
+            renew: Script::new(RENEW),
             up: AtomicBool::new(true),
             metrics,
         })
@@ -412,6 +443,81 @@ impl RedisKv {
                 Ok(())
             }
             other => Err(unexpected(other)),
+        }
+    }
+
+    fn limit_key(&self, name: &str) -> String {
+        format!("{}limit:{name}", self.prefix)
+    }
+
+    /// Takes one of `limit` places of the fleet-wide limit `name` for `ttl` (renewed by
+    /// [`RedisKv::renew`]); `false` when all are held (by any node).
+    pub async fn lease(
+        &self,
+        name: &str,
+        limit: u32,
+        ttl: Duration,
+        member: &str,
+    ) -> Result<bool, KvError> {
+        let mut invocation = self.lease.prepare_invoke();
+        invocation
+            .key(self.limit_key(name))
+            .arg(limit)
+            .arg(ttl_ms(Some(ttl)))
+            .arg(member);
+        let reply: Value = self
+            .run(|| {
+                let mut conn = self.connection();
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        match reply {
+            Value::Int(1) => Ok(true),
+            Value::Int(0) => Ok(false),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Keeps a place for another `ttl`; `false` if it was lost (it expired meanwhile).
+    pub async fn renew(&self, name: &str, ttl: Duration, member: &str) -> Result<bool, KvError> {
+        let mut invocation = self.renew.prepare_invoke();
+        invocation
+            .key(self.limit_key(name))
+            .arg(ttl_ms(Some(ttl)))
+            .arg(member);
+        let reply: Value = self
+            .run(|| {
+                let mut conn = self.connection();
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        match reply {
+            Value::Int(n) => Ok(n == 1),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Gives a place back.
+    pub async fn release(&self, name: &str, member: &str) -> Result<(), KvError> {
+        let key = self.limit_key(name);
+        let reply: Value = self
+            .run(|| {
+                let mut conn = self.connection();
+                let (key, member) = (key.clone(), member.to_owned());
+                async move {
+                    redis::cmd("ZREM")
+                        .arg(key)
+                        .arg(member)
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?;
+        match reply {
+            Value::Int(_) => Ok(()),
+            other => Err(unexpected(&other)),
         }
     }
 }
