@@ -43,7 +43,11 @@ impl Drop for FleetSlot {
             std::mem::take(&mut self.name),
             std::mem::take(&mut self.member),
         );
-        tokio::spawn(async move {
+        // Outside a runtime (the process is ending) the place simply lapses after LEASE.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
             if let Some(fleet) = services.kv.fleet() {
                 // A place not given back lapses after LEASE: nothing else to do.
                 let _ = fleet.release(&name, &member).await;
