@@ -93,6 +93,123 @@ pub struct Config {
     /// Pools of local addresses mail leaves from.
     #[serde(default)]
     pub egress: Vec<EgressConfig>,
+    /// Where the plugin key/value store lives: in this process, or in Redis for a fleet.
+    #[serde(default)]
+    pub kv: KvConfig,
+}
+
+/// `[kv]`: the plugin key/value store's backend.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvConfig {
+    /// `memory` (the default: this gateway's own, gone at restart) or `redis` (shared by
+    /// every gateway pointed at the same server).
+    pub backend: KvBackendKind,
+    /// redis: the server, `redis://[user:password@]host[:port][/db]`.
+    pub url: Option<RedisUrl>,
+    /// redis: connections kept to the server (each multiplexes concurrent calls).
+    pub pool_size: usize,
+    /// redis: the deadline of one connection attempt, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// redis: the deadline of one operation, in milliseconds (a plugin call's own
+    /// `time_limit_ms` bounds it too).
+    pub command_timeout_ms: u64,
+    /// redis: what every key starts with, so several fleets (or other programs) can share a
+    /// server.
+    pub key_prefix: String,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        KvConfig {
+            backend: KvBackendKind::Memory,
+            url: None,
+            pool_size: 2,
+            connect_timeout_ms: 500,
+            command_timeout_ms: 500,
+            key_prefix: "tidegate:".into(),
+        }
+    }
+}
+
+impl KvConfig {
+    /// Checks that span keys; returns the key (under `kv.`) and the problem.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        match self.backend {
+            KvBackendKind::Memory => {
+                if self.url.is_some() {
+                    return Err(("url", "`url` applies only to backend = \"redis\"".into()));
+                }
+            }
+            KvBackendKind::Redis => {
+                if self.url.is_none() {
+                    return Err((
+                        "url",
+                        "backend = \"redis\" needs a `url` (redis://host:port/db)".into(),
+                    ));
+                }
+            }
+        }
+        if !(1..=64).contains(&self.pool_size) {
+            return Err(("pool_size", "must be between 1 and 64".into()));
+        }
+        if !(1..=60_000).contains(&self.connect_timeout_ms) {
+            return Err(("connect_timeout_ms", "must be between 1 and 60000".into()));
+        }
+        if !(1..=60_000).contains(&self.command_timeout_ms) {
+            return Err(("command_timeout_ms", "must be between 1 and 60000".into()));
+        }
+        if self.key_prefix.len() > 128 {
+            return Err(("key_prefix", "at most 128 bytes".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Which KV backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvBackendKind {
+    /// In this process.
+    #[default]
+    Memory,
+    /// A Redis (or Valkey) server.
+    Redis,
+}
+
+/// A Redis server's URL, checked by the redis client's own parser when the file is read.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// The URL as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A URL may carry a password: never in a log or a debug dump.
+        match self.0.split_once('@') {
+            Some((_, host)) => write!(f, "redis://***@{host}"),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl TryFrom<String> for RedisUrl {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        if !(text.starts_with("redis://") || text.starts_with("redis+unix://")) {
+            return Err("a redis URL starts with redis:// (or redis+unix://)".into());
+        }
+        // Only parses; nothing is connected.
+        redis::Client::open(text.as_str()).map_err(|e| format!("not a usable redis URL: {e}"))?;
+        Ok(RedisUrl(text))
+    }
 }
 
 /// One `[[events]]`: a sink that delivery events are written or posted to.
@@ -664,6 +781,9 @@ pub struct QueueConfig {
     /// Accept and keep mail but deliver nothing (maintenance, or a gateway that only
     /// spools); restart with `hold = false` to release it.
     pub hold: bool,
+    /// Deliveries in progress at once to one destination over every gateway sharing the
+    /// `[kv]` Redis (each node keeps to `max_per_destination` too); off when absent.
+    pub fleet_max_per_destination: Option<usize>,
 }
 
 impl QueueConfig {
@@ -692,6 +812,7 @@ impl Default for QueueConfig {
             max_active: None,
             delay_notice_after: None,
             hold: false,
+            fleet_max_per_destination: None,
         }
     }
 }
@@ -1712,6 +1833,23 @@ impl Config {
             }
             sink_names.insert(sink.label(i), i);
         }
+        self.kv
+            .validate()
+            .map_err(|(key, problem)| (format!("kv.{key}"), problem))?;
+        if let Some(limit) = self.queue.fleet_max_per_destination {
+            if self.kv.backend != KvBackendKind::Redis {
+                return Err((
+                    "queue.fleet_max_per_destination".into(),
+                    "a fleet-wide limit is kept in Redis: it needs [kv] backend = \"redis\"".into(),
+                ));
+            }
+            if !(1..=100_000).contains(&limit) {
+                return Err((
+                    "queue.fleet_max_per_destination".into(),
+                    "must be between 1 and 100000".into(),
+                ));
+            }
+        }
         let limits = &self.limits;
         for (key, value) in [
             ("max_message_size", limits.max_message_size),
@@ -1861,6 +1999,47 @@ command_timeout_secs = 300
         let err = parse(&text).unwrap_err();
         assert_eq!(err.key, "listener[1].name");
         assert_eq!(err.line, Some(24), "{err}");
+    }
+
+    #[test]
+    fn the_kv_table_is_checked() {
+        let config = parse(EXAMPLE).unwrap();
+        assert_eq!(config.kv.backend, KvBackendKind::Memory);
+        let redis =
+            format!("{EXAMPLE}\n[kv]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\n");
+        let config = parse(&redis).unwrap();
+        assert_eq!(config.kv.backend, KvBackendKind::Redis);
+        assert_eq!(
+            config.kv.url.as_ref().map(RedisUrl::as_str),
+            Some("redis://127.0.0.1:6379/0")
+        );
+        let bad = redis.replace("redis://127.0.0.1:6379/0", "http://127.0.0.1:6379");
+        let err = parse(&bad).unwrap_err();
+        assert_eq!(err.key, "kv.url", "{err}");
+        assert_eq!(err.line, Some(25), "{err}");
+        let bad = redis.replace("redis://127.0.0.1:6379/0", "redis://127.0.0.1:notaport/0");
+        assert_eq!(parse(&bad).unwrap_err().key, "kv.url");
+        let missing = format!("{EXAMPLE}\n[kv]\nbackend = \"redis\"\n");
+        let err = parse(&missing).unwrap_err();
+        assert_eq!(err.key, "kv.url", "{err}");
+        let bad = format!("{redis}pool_size = 0\n");
+        let err = parse(&bad).unwrap_err();
+        assert_eq!(err.key, "kv.pool_size", "{err}");
+        assert_eq!(err.line, Some(26), "{err}");
+        let fleet = EXAMPLE.replace(
+            "[limits]",
+            "[queue]\nfleet_max_per_destination = 2\n\n[limits]",
+        );
+        let err = parse(&fleet).unwrap_err();
+        assert_eq!(err.key, "queue.fleet_max_per_destination", "{err}");
+        assert!(err.message.contains("[kv]"), "{err}");
+        let fleet = format!("{fleet}\n[kv]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1/0\"\n");
+        assert_eq!(
+            parse(&fleet).unwrap().queue.fleet_max_per_destination,
+            Some(2)
+        );
+        let secret = RedisUrl::try_from("redis://u:hunter2@127.0.0.1/0".to_owned()).unwrap();
+        assert!(!format!("{secret:?}").contains("hunter2"));
     }
 
     #[test]

@@ -220,6 +220,8 @@ pub struct Metrics {
     pub plugin_log_dropped: Family<PluginLabels, Counter>,
     /// Reloads that changed nothing because a plugin failed to load.
     pub plugin_reload_failures: Counter,
+    /// KV operations the backend (Redis) failed: unreachable, too slow, a bad reply.
+    pub kv_backend_errors: Counter,
     /// Instances handed to sessions, new or recycled.
     pub plugin_instances: Family<PluginInstanceLabels, Counter>,
     /// Counters kept by plugins.
@@ -295,6 +297,7 @@ impl Metrics {
         let plugin_kv_bytes = Family::default();
         let plugin_log_dropped = Family::default();
         let plugin_reload_failures = Counter::default();
+        let kv_backend_errors = Counter::default();
         let plugin_counters = Family::default();
         let plugin_http_calls = Family::default();
         let plugin_instances = Family::default();
@@ -488,6 +491,11 @@ impl Metrics {
             plugin_reload_failures.clone(),
         );
         registry.register(
+            "kv_backend_errors",
+            "Plugin KV operations the backend (Redis) failed: unreachable, too slow, a bad reply",
+            kv_backend_errors.clone(),
+        );
+        registry.register(
             "plugin_instances",
             "Plugin instances handed to sessions: created, or reused from a finished session",
             plugin_instances.clone(),
@@ -518,6 +526,7 @@ impl Metrics {
             plugin_kv_bytes,
             plugin_log_dropped,
             plugin_reload_failures,
+            kv_backend_errors,
             plugin_instances,
             plugin_counters,
             plugin_http_calls,

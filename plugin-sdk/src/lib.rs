@@ -56,7 +56,9 @@ pub trait Host {
     fn log(&self, level: Level, message: &str, fields: &[(&str, &str)]);
     /// Looks up DNS records through the host's resolver.
     fn resolve(&self, name: &str, kind: RecordType) -> Result<Vec<String>, DnsError>;
-    /// Reads a key from the plugin's key/value namespace.
+    /// Reads a key from the plugin's key/value namespace. (The store may be in this gateway
+    /// or in a Redis shared by a fleet; when it cannot answer, this and the other `kv_`
+    /// calls fail the plugin's call, and its `on_error` applies.)
     fn kv_get(&self, key: &str) -> Option<Vec<u8>>;
     /// Writes a key with an optional time to live; fails when the key or value is too
     /// large or the plugin's namespace is at its quota.

@@ -292,8 +292,17 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     } else {
         None
     };
+    // A shared KV store that is down is said, not made a reason to be unready: every node
+    // of the fleet shares that one Redis, so it would take them all out of the balancer
+    // at once, while the plugins' on_error already says what mail gets meanwhile.
+    let kv = &state.plugins.services().kv;
+    let kv_line = match kv {
+        crate::plugins::kv::Kv::Memory(_) => String::new(),
+        _ if kv.reachable().await => format!("kv {}: reachable\n", kv.backend_name()),
+        _ => format!("kv {}: unreachable\n", kv.backend_name()),
+    };
     match why {
-        None => (StatusCode::OK, "ready\n").into_response(),
+        None => (StatusCode::OK, format!("ready\n{kv_line}")).into_response(),
         Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),

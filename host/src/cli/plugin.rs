@@ -561,7 +561,11 @@ pub async fn check(file: &Path, settings: &CheckSettings) -> anyhow::Result<Chec
     let engine: Arc<PluginEngine> =
         PluginEngine::new_uncached(&runtime, 4, engine::memory_slot(limit))
             .map_err(|e| anyhow::anyhow!("plugin engine: {e:#}"))?;
-    let services = Arc::new(HostServices::new(Default::default(), Default::default()));
+    let services = Arc::new(HostServices::new(
+        Default::default(),
+        Default::default(),
+        Default::default(),
+    ));
     let (loaded, measured) = LoadedPlugin::load_measured(&engine, &plugin, &services)
         .await
         .map_err(|e| anyhow::anyhow!("{}: the gateway would refuse it: {e}", file.display()))?;

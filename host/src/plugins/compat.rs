@@ -10,7 +10,6 @@ use wasmtime::component::Resource;
 
 use super::bindings::tidegate::plugin::types as w;
 use super::bindings::v1::tidegate::plugin::{host as v1_host, message as v1_message, types as v1};
-use super::limits::OverLimit;
 use super::services::{MessageHandle, PluginState, host_message};
 
 impl v1::Host for PluginState {}
@@ -49,7 +48,7 @@ impl v1_host::Host for PluginState {
     }
 
     async fn kv_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(self.kv_read(&key))
+        self.kv_read(&key).await
     }
 
     async fn kv_set(
@@ -59,7 +58,8 @@ impl v1_host::Host for PluginState {
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<()> {
         self.kv_write(&key, &value, ttl_ms)
-            .map_err(|e| wasmtime::Error::new(OverLimit::quota(e.to_string())))
+            .await
+            .map_err(super::services::kv_failure)
     }
 
     async fn kv_incr(
@@ -69,12 +69,12 @@ impl v1_host::Host for PluginState {
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<i64> {
         self.kv_add(&key, delta, ttl_ms)
-            .map_err(|e| wasmtime::Error::new(OverLimit::quota(e.to_string())))
+            .await
+            .map_err(super::services::kv_failure)
     }
 
     async fn kv_delete(&mut self, key: String) -> wasmtime::Result<()> {
-        self.kv_remove(&key);
-        Ok(())
+        self.kv_remove(&key).await
     }
 
     async fn now_ms(&mut self) -> wasmtime::Result<u64> {

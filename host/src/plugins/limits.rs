@@ -154,6 +154,8 @@ pub enum Failure {
     PoolFull,
     /// It could not be set up for the session (`init` refused).
     Init,
+    /// The KV backend (Redis) did not answer in time or at all.
+    Kv,
 }
 
 impl Failure {
@@ -168,6 +170,7 @@ impl Failure {
             Failure::Quota => "quota",
             Failure::PoolFull => "pool_full",
             Failure::Init => "init",
+            Failure::Kv => "kv",
         }
     }
 }

@@ -77,6 +77,11 @@ impl PluginHost {
         };
         let engine = PluginEngine::new(&config.plugins, instances, slot)
             .map_err(|e| anyhow::anyhow!("plugin engine: {e:#}"))?;
+        let kv = kv::Kv::new(&config.kv, Arc::clone(&metrics))
+            .map_err(|e| anyhow::anyhow!("[kv]: {e}"))?;
+        if let kv::Kv::Redis(_) = &kv {
+            tracing::info!(url = ?config.kv.url, "plugin KV store in redis");
+        }
         // The gateway's own addresses: a plugin reaches them only through an entry of
         // `http_allow` that names them.
         let own = config
@@ -85,7 +90,7 @@ impl PluginHost {
             .map(|l| l.address)
             .chain(config.admin.address)
             .collect();
-        let mut services = HostServices::new(dns, metrics);
+        let mut services = HostServices::new(dns, metrics, kv);
         services.http = http::HttpServices::new(own);
         let services = Arc::new(services);
         let host = PluginHost {

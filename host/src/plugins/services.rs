@@ -16,9 +16,10 @@ use tidegate_plugin_sdk::Message as _;
 use tidegate_plugin_sdk::inspect::ParsedMessage;
 
 use super::bindings::tidegate::plugin::{host, message, types};
-use super::kv::{KvError, KvStore, Quota};
+use super::kv::{Kv, KvError, Quota, Usage};
 use super::limits::{
-    Admit, MAX_LOG_FIELD, MAX_LOG_FIELDS, MAX_LOG_LINE, MemoryLimiter, OverLimit, PluginLimits,
+    Admit, Failure, MAX_LOG_FIELD, MAX_LOG_FIELDS, MAX_LOG_LINE, MemoryLimiter, OverLimit,
+    PluginLimits,
 };
 use crate::dns::Dns;
 use crate::metrics::{Metrics, PluginCounterLabels, PluginHttpLabels, PluginLabels};
@@ -26,8 +27,8 @@ use crate::metrics::{Metrics, PluginCounterLabels, PluginHttpLabels, PluginLabel
 /// Services shared by every plugin instance.
 #[derive(Debug, Default)]
 pub struct HostServices {
-    /// The key/value store.
-    pub kv: KvStore,
+    /// The key/value store (in this process, or in Redis for a fleet).
+    pub kv: Kv,
     /// DNS for `resolve`.
     pub dns: Arc<Dns>,
     /// Where plugin counters and failures are counted.
@@ -39,9 +40,10 @@ pub struct HostServices {
 }
 
 impl HostServices {
-    /// Services over this resolver and these metrics.
-    pub fn new(dns: Arc<Dns>, metrics: Arc<Metrics>) -> HostServices {
+    /// Services over this resolver, these metrics and this KV store.
+    pub fn new(dns: Arc<Dns>, metrics: Arc<Metrics>, kv: Kv) -> HostServices {
         HostServices {
+            kv,
             dns,
             metrics,
             ..HostServices::default()
@@ -311,8 +313,8 @@ impl PluginState {
     }
 
     /// After a KV write: the namespace's use, for the metrics.
-    fn record_kv_usage(&self) {
-        let (keys, bytes) = self.services.kv.usage(&self.plugin);
+    fn record_kv_usage(&self, usage: Usage) {
+        let Usage { keys, bytes } = usage;
         let labels = PluginLabels {
             plugin: self.plugin.to_string(),
         };
@@ -423,48 +425,64 @@ impl PluginState {
         super::dns::lookup(&self.services.dns, name, kind).await
     }
 
-    pub(super) fn kv_write(
+    pub(super) async fn kv_write(
         &mut self,
         key: &str,
         value: &[u8],
         ttl_ms: Option<u64>,
     ) -> Result<(), KvError> {
         let quota = self.quota();
-        let result = self.services.kv.set(
-            &self.plugin,
-            key,
-            value,
-            ttl_ms.map(Duration::from_millis),
-            quota,
-        );
-        self.record_kv_usage();
-        result
+        let usage = self
+            .services
+            .kv
+            .set(
+                &self.plugin,
+                key,
+                value,
+                ttl_ms.map(Duration::from_millis),
+                quota,
+            )
+            .await?;
+        self.record_kv_usage(usage);
+        Ok(())
     }
 
-    pub(super) fn kv_add(
+    pub(super) async fn kv_add(
         &mut self,
         key: &str,
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> Result<i64, KvError> {
         let quota = self.quota();
-        let result = self.services.kv.incr(
-            &self.plugin,
-            key,
-            delta,
-            ttl_ms.map(Duration::from_millis),
-            quota,
-        );
-        self.record_kv_usage();
-        result
+        let (value, usage) = self
+            .services
+            .kv
+            .incr(
+                &self.plugin,
+                key,
+                delta,
+                ttl_ms.map(Duration::from_millis),
+                quota,
+            )
+            .await?;
+        self.record_kv_usage(usage);
+        Ok(value)
     }
 
-    pub(super) fn kv_read(&self, key: &str) -> Option<Vec<u8>> {
-        self.services.kv.get(&self.plugin, key)
+    pub(super) async fn kv_read(&mut self, key: &str) -> wasmtime::Result<Option<Vec<u8>>> {
+        match self.services.kv.get(&self.plugin, key).await {
+            Ok(value) => Ok(value),
+            // An over-long key is never stored, so it is simply absent.
+            Err(KvError::KeyTooLong(_)) => Ok(None),
+            Err(e) => Err(kv_failure(e)),
+        }
     }
 
-    pub(super) fn kv_remove(&self, key: &str) {
-        self.services.kv.delete(&self.plugin, key);
+    pub(super) async fn kv_remove(&mut self, key: &str) -> wasmtime::Result<()> {
+        match self.services.kv.delete(&self.plugin, key).await {
+            Ok(()) | Err(KvError::KeyTooLong(_)) => Ok(()),
+            Err(e) => Err(kv_failure(e)),
+        }
     }
 
     pub(super) fn now(&self) -> u64 {
@@ -555,13 +573,30 @@ impl PluginState {
     }
 }
 
-/// What a plugin sees of a KV failure.
-fn kv_error(error: KvError) -> types::KvError {
-    match error {
-        KvError::Quota { .. } => types::KvError::Quota(error.to_string()),
-        KvError::KeyTooLong(_) | KvError::ValueTooLarge(_) => {
-            types::KvError::TooLarge(error.to_string())
+/// A KV operation that failed as a call: the backend could not answer (Redis down or slow),
+/// so the plugin's failure policy applies (the contract's `kv-error` has no case for it, and
+/// a plugin could not decide anything better than its operator's `on_error`).
+pub(super) fn kv_failure(error: KvError) -> wasmtime::Error {
+    let kind = match error {
+        KvError::Backend(_) => Failure::Kv,
+        _ => Failure::Quota,
+    };
+    wasmtime::Error::new(OverLimit {
+        kind,
+        why: error.to_string(),
+    })
+}
+
+/// What a plugin sees of a KV write's failure: a `kv-error` for its own mistakes (size,
+/// quota), a failed call for the backend's.
+fn kv_error<T>(result: Result<T, KvError>) -> wasmtime::Result<Result<T, types::KvError>> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(error @ KvError::Quota { .. }) => Ok(Err(types::KvError::Quota(error.to_string()))),
+        Err(error @ (KvError::KeyTooLong(_) | KvError::ValueTooLarge(_))) => {
+            Ok(Err(types::KvError::TooLarge(error.to_string())))
         }
+        Err(error @ KvError::Backend(_)) => Err(kv_failure(error)),
     }
 }
 
@@ -616,7 +651,7 @@ impl host::Host for PluginState {
     }
 
     async fn kv_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(self.kv_read(&key))
+        self.kv_read(&key).await
     }
 
     async fn kv_set(
@@ -625,7 +660,7 @@ impl host::Host for PluginState {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<(), types::KvError>> {
-        Ok(self.kv_write(&key, &value, ttl_ms).map_err(kv_error))
+        kv_error(self.kv_write(&key, &value, ttl_ms).await)
     }
 
     async fn kv_incr(
@@ -634,12 +669,11 @@ impl host::Host for PluginState {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<i64, types::KvError>> {
-        Ok(self.kv_add(&key, delta, ttl_ms).map_err(kv_error))
+        kv_error(self.kv_add(&key, delta, ttl_ms).await)
     }
 
     async fn kv_delete(&mut self, key: String) -> wasmtime::Result<()> {
-        self.kv_remove(&key);
-        Ok(())
+        self.kv_remove(&key).await
     }
 
     async fn now_ms(&mut self) -> wasmtime::Result<u64> {

@@ -111,6 +111,14 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         let Some(_destination_slot) = ticket.acquire().await else {
             return;
         };
+        // Then the fleet's place, when gateways share a limit per destination: waiting for
+        // it holds this destination's slot only, never a global one.
+        let fleet_limit = shared
+            .config()
+            .queue
+            .fleet_max_per_destination
+            .filter(|_| destination.is_remote());
+        let _fleet_slot = super::fleet::acquire(shared.plugins.services(), &key, fleet_limit).await;
         let Ok(_global) = shared.global.acquire().await else {
             return;
         };

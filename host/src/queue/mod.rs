@@ -27,6 +27,7 @@ pub mod classify;
 pub mod control;
 mod destinations;
 pub mod dsn;
+mod fleet;
 pub mod holds;
 mod index;
 mod message;

@@ -46,6 +46,12 @@ impl Destination {
         }
     }
 
+    /// Whether delivering here opens a connection to another host (what a fleet-wide
+    /// limit is about; a local maildir or a discard is this node's alone).
+    pub(super) fn is_remote(&self) -> bool {
+        matches!(self, Destination::Smarthost { .. } | Destination::Mx { .. })
+    }
+
     pub(super) fn limit_key(&self) -> String {
         match self {
             Destination::Smarthost { route, .. } => format!("route:{route}"),

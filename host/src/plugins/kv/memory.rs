@@ -1,5 +1,5 @@
-//! The in-process key/value store behind the `kv-*` host functions: namespaced per plugin,
-//! with TTLs, atomic increments and a quota per namespace.
+//! The in-process backend of the plugin KV store (`[kv] backend = "memory"`, the default):
+//! one gateway's own namespaces, gone at restart.
 //!
 //! Each namespace has its own lock, and no operation scans a namespace: expired entries
 //! are found through an index ordered by expiry, so one plugin's busy namespace never holds
@@ -12,58 +12,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-/// The longest key accepted.
-pub const MAX_KEY_LEN: usize = 1024;
-/// The largest value accepted.
-pub const MAX_VALUE_LEN: usize = 64 * 1024;
-/// What an entry costs beyond its key and value (map slot, expiry, allocation headers):
-/// counted so that a flood of tiny keys meets the byte quota too.
-const ENTRY_OVERHEAD: u64 = 96;
-
-/// Why a write was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KvError {
-    /// The key is longer than [`MAX_KEY_LEN`].
-    #[error("kv key of {0} bytes is over the {MAX_KEY_LEN}-byte limit")]
-    KeyTooLong(usize),
-    /// The value is larger than [`MAX_VALUE_LEN`].
-    #[error("kv value of {0} bytes is over the {MAX_VALUE_LEN}-byte limit")]
-    ValueTooLarge(usize),
-    /// The namespace is full.
-    #[error(
-        "kv quota reached: {keys} keys, {bytes} bytes in use (kv_max_keys {max_keys}, kv_max_bytes {max_bytes})"
-    )]
-    Quota {
-        /// Keys in use.
-        keys: u64,
-        /// Bytes in use.
-        bytes: u64,
-        /// The key quota.
-        max_keys: u64,
-        /// The byte quota.
-        max_bytes: u64,
-    },
-}
-
-/// A namespace's quota.
-#[derive(Debug, Clone, Copy)]
-pub struct Quota {
-    /// Bytes of keys and values (with a per-entry overhead).
-    pub max_bytes: u64,
-    /// Live keys.
-    pub max_keys: u64,
-}
+use super::{KvError, Quota, Usage, check_key, check_value, cost};
 
 #[derive(Debug)]
 struct Entry {
     value: Vec<u8>,
     expires: Option<Instant>,
-}
-
-fn cost(key: &str, value_len: usize, expires: Option<Instant>) -> u64 {
-    // A key with a TTL is held twice: in the map and in the expiry index.
-    let key_len = key.len() as u64 * if expires.is_some() { 2 } else { 1 };
-    key_len + value_len as u64 + ENTRY_OVERHEAD
 }
 
 #[derive(Debug, Default)]
@@ -85,9 +39,16 @@ impl Namespace {
         self.entries.get(key)
     }
 
+    fn usage(&self) -> Usage {
+        Usage {
+            keys: self.entries.len() as u64,
+            bytes: self.bytes,
+        }
+    }
+
     fn remove(&mut self, key: &str) -> Option<Entry> {
         let entry = self.entries.remove(key)?;
-        self.bytes -= cost(key, entry.value.len(), entry.expires);
+        self.bytes -= cost(key, entry.value.len(), entry.expires.is_some());
         if let Some(at) = entry.expires {
             self.expiries.remove(&(at, key.to_owned()));
         }
@@ -102,7 +63,7 @@ impl Namespace {
             if let Some((_, key)) = self.expiries.pop_first()
                 && let Some(entry) = self.entries.remove(&key)
             {
-                self.bytes -= cost(&key, entry.value.len(), entry.expires);
+                self.bytes -= cost(&key, entry.value.len(), entry.expires.is_some());
             }
         }
     }
@@ -113,12 +74,12 @@ impl Namespace {
         entry: Entry,
         quota: Quota,
         now: Instant,
-    ) -> Result<(), KvError> {
+    ) -> Result<Usage, KvError> {
         let old = self
             .entries
             .get(key)
-            .map_or(0, |e| cost(key, e.value.len(), e.expires));
-        let new = cost(key, entry.value.len(), entry.expires);
+            .map_or(0, |e| cost(key, e.value.len(), e.expires.is_some()));
+        let new = cost(key, entry.value.len(), entry.expires.is_some());
         let fits = |ns: &Namespace| {
             let keys = ns.entries.len() as u64 + u64::from(!ns.entries.contains_key(key));
             keys <= quota.max_keys && ns.bytes - old + new <= quota.max_bytes
@@ -140,7 +101,7 @@ impl Namespace {
         }
         self.bytes += new;
         self.entries.insert(key.to_owned(), entry);
-        Ok(())
+        Ok(self.usage())
     }
 }
 
@@ -188,11 +149,9 @@ impl KvStore {
         value: &[u8],
         ttl: Option<Duration>,
         quota: Quota,
-    ) -> Result<(), KvError> {
+    ) -> Result<Usage, KvError> {
         check_key(key)?;
-        if value.len() > MAX_VALUE_LEN {
-            return Err(KvError::ValueTooLarge(value.len()));
-        }
+        check_value(value)?;
         let now = Instant::now();
         let entry = Entry {
             value: value.to_vec(),
@@ -209,7 +168,7 @@ impl KvStore {
         delta: i64,
         ttl: Option<Duration>,
         quota: Quota,
-    ) -> Result<i64, KvError> {
+    ) -> Result<(i64, Usage), KvError> {
         check_key(key)?;
         let now = Instant::now();
         self.with(ns, |map| {
@@ -228,7 +187,8 @@ impl KvStore {
                 value: value.to_string().into_bytes(),
                 expires,
             };
-            map.insert(key, entry, quota, now).map(|()| value)
+            map.insert(key, entry, quota, now)
+                .map(|usage| (value, usage))
         })
     }
 
@@ -240,20 +200,14 @@ impl KvStore {
     }
 
     /// Keys and bytes in use in a namespace (expired entries not yet dropped included).
-    pub fn usage(&self, ns: &str) -> (u64, u64) {
-        self.with(ns, |map| (map.entries.len() as u64, map.bytes))
+    pub fn usage(&self, ns: &str) -> Usage {
+        self.with(ns, |map| map.usage())
     }
-}
-
-fn check_key(key: &str) -> Result<(), KvError> {
-    if key.len() > MAX_KEY_LEN {
-        return Err(KvError::KeyTooLong(key.len()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::{MAX_KEY_LEN, MAX_VALUE_LEN};
     use super::*;
 
     const ROOMY: Quota = Quota {
@@ -267,14 +221,15 @@ mod tests {
         kv.set("a", "k", b"v", None, ROOMY).unwrap();
         assert_eq!(kv.get("a", "k").as_deref(), Some(&b"v"[..]));
         assert_eq!(kv.get("b", "k"), None);
-        assert_eq!(kv.incr("a", "n", 2, None, ROOMY), Ok(2));
-        assert_eq!(kv.incr("a", "n", 3, None, ROOMY), Ok(5));
+        assert_eq!(kv.incr("a", "n", 2, None, ROOMY).map(|r| r.0), Ok(2));
+        assert_eq!(kv.incr("a", "n", 3, None, ROOMY).map(|r| r.0), Ok(5));
         kv.set("a", "t", b"x", Some(Duration::from_millis(1)), ROOMY)
             .unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(kv.get("a", "t"), None);
         assert_eq!(
-            kv.incr("a", "t", 1, Some(Duration::from_secs(60)), ROOMY),
+            kv.incr("a", "t", 1, Some(Duration::from_secs(60)), ROOMY)
+                .map(|r| r.0),
             Ok(1)
         );
         kv.delete("a", "k");
@@ -297,7 +252,8 @@ mod tests {
             max_keys: 3,
         };
         assert_eq!(
-            kv.incr("p", "window", 1, Some(Duration::from_secs(60)), quota),
+            kv.incr("p", "window", 1, Some(Duration::from_secs(60)), quota)
+                .map(|r| r.0),
             Ok(1)
         );
         kv.set("p", "a", b"1", None, quota).unwrap();
@@ -308,7 +264,7 @@ mod tests {
         ));
         // Rewriting an existing key still works at the quota, and nothing was evicted.
         kv.set("p", "a", b"10", None, quota).unwrap();
-        assert_eq!(kv.incr("p", "window", 1, None, quota), Ok(2));
+        assert_eq!(kv.incr("p", "window", 1, None, quota).map(|r| r.0), Ok(2));
         // Another namespace has its own quota.
         kv.set("q", "c", b"3", None, quota).unwrap();
     }
@@ -325,7 +281,7 @@ mod tests {
         kv.set("p", "live", b"y", None, quota).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         kv.set("p", "new", b"z", None, quota).unwrap();
-        assert_eq!(kv.usage("p").0, 2);
+        assert_eq!(kv.usage("p").keys, 2);
         assert_eq!(kv.get("p", "live").as_deref(), Some(&b"y"[..]));
     }
 
@@ -348,10 +304,10 @@ mod tests {
             stored, 3,
             "64 KiB holds three 16 KiB values and their overhead"
         );
-        let (keys, bytes) = kv.usage("p");
+        let Usage { keys, bytes } = kv.usage("p");
         assert_eq!(keys, 3);
         assert!(bytes <= quota.max_bytes);
         kv.delete("p", "k0");
-        assert!(kv.usage("p").1 < bytes);
+        assert!(kv.usage("p").bytes < bytes);
     }
 }
