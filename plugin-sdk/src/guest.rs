@@ -325,6 +325,21 @@ impl Host for GuestHost {
             .collect()
     }
 
+    fn delivery_facts(&self) -> Option<t::OutcomeFacts> {
+        host::delivery_facts().map(|f| t::OutcomeFacts {
+            failure_class: f.failure_class,
+            enhanced: f.enhanced,
+            destination: f.destination,
+            policy: f.policy,
+            closed: f.closed,
+            rate_percent: f.rate_percent,
+        })
+    }
+
+    fn suspend_destination(&self, seconds: u32, reason: &str) -> bool {
+        host::suspend_destination(seconds, reason)
+    }
+
     fn session(&self) -> t::SessionInfo {
         let info = host::session();
         t::SessionInfo {

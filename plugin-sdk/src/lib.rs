@@ -95,6 +95,17 @@ pub trait Host {
         let _ = request;
         Err(HttpError::NotAllowed("this host offers no HTTP".into()))
     }
+    /// In on-delivery: the outcome's failure class and its destination's shaping state;
+    /// `None` elsewhere.
+    fn delivery_facts(&self) -> Option<OutcomeFacts> {
+        None
+    }
+    /// In on-delivery: stops delivering to this outcome's destination for `seconds` (at
+    /// most a day), as a shaping reaction does; false elsewhere.
+    fn suspend_destination(&self, seconds: u32, reason: &str) -> bool {
+        let _ = (seconds, reason);
+        false
+    }
 }
 
 impl dyn Host + '_ {

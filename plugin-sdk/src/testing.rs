@@ -42,6 +42,8 @@ pub struct TestHost {
     auth_results: Vec<AuthResult>,
     http: HashMap<(Method, String), HttpAnswer>,
     http_requests: RefCell<Vec<HttpRequest>>,
+    delivery_facts: Option<OutcomeFacts>,
+    suspensions: RefCell<Vec<(u32, String)>>,
 }
 
 impl Default for TestHost {
@@ -71,7 +73,20 @@ impl TestHost {
             auth_results: Vec::new(),
             http: HashMap::new(),
             http_requests: RefCell::new(Vec::new()),
+            delivery_facts: None,
+            suspensions: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Sets what `delivery_facts` answers (for on-delivery tests).
+    pub fn with_delivery_facts(mut self, facts: OutcomeFacts) -> TestHost {
+        self.delivery_facts = Some(facts);
+        self
+    }
+
+    /// The destinations' suspensions the plugin asked for: (seconds, reason).
+    pub fn suspensions(&self) -> Vec<(u32, String)> {
+        self.suspensions.borrow().clone()
     }
 
     /// Answers `method url` (the exact URL) with `answer`. A request the test has not
@@ -252,6 +267,20 @@ impl Host for TestHost {
 
     fn tag(&self, key: &str) -> Option<String> {
         self.tags.borrow().get(key).cloned()
+    }
+
+    fn delivery_facts(&self) -> Option<OutcomeFacts> {
+        self.delivery_facts.clone()
+    }
+
+    fn suspend_destination(&self, seconds: u32, reason: &str) -> bool {
+        if self.delivery_facts.is_none() {
+            return false;
+        }
+        self.suspensions
+            .borrow_mut()
+            .push((seconds.min(86_400), reason.to_owned()));
+        true
     }
 
     fn session(&self) -> SessionInfo {

@@ -178,6 +178,26 @@ pub struct SessionInfo {
     pub auth_identity: Option<String>,
 }
 
+/// What the host knows of the outcome on-delivery is told of (see
+/// [`crate::Host::delivery_facts`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutcomeFacts {
+    /// For a deferral or bounce, its class: `bad-mailbox`, `bad-domain`, `mailbox-full`,
+    /// `message-too-large`, `policy`, `reputation`, `rate-limit`, `tls`, `dns`,
+    /// `connection`, `protocol`, `expired`, `loop`, `other`.
+    pub failure_class: Option<String>,
+    /// The RFC 3463 status, e.g. `5.1.1`.
+    pub enhanced: Option<String>,
+    /// The destination's gate: `mx:DOMAIN`, `route:NAME` or `shape:NAME`.
+    pub destination: String,
+    /// The `[[shaping]]` entry it is sent under (`built-in` without one).
+    pub policy: String,
+    /// Why the destination admits no mail now, if it does not.
+    pub closed: Option<String>,
+    /// Its rates now, in percent of the configured ones.
+    pub rate_percent: u32,
+}
+
 /// The end of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSummary {

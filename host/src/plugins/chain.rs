@@ -647,6 +647,8 @@ pub struct SessionPlugins {
     message_tags: BTreeMap<String, String>,
     /// What `auth-results` answers during this transaction's calls.
     auth_results: Arc<Vec<w::AuthResult>>,
+    /// What `delivery-facts` answers during the next on-delivery calls.
+    delivery_facts: Option<Arc<w::OutcomeFacts>>,
     /// Each plugin's verdicts since the last [`SessionPlugins::take_verdicts`], for the
     /// transaction's log line (bounded).
     verdicts: Vec<(Arc<str>, &'static str, &'static str)>,
@@ -679,6 +681,7 @@ impl SessionPlugins {
             session: Arc::new(super::services::no_session()),
             message_tags: BTreeMap::new(),
             auth_results: Arc::new(Vec::new()),
+            delivery_facts: None,
             verdicts: Vec::new(),
             call_deadline: Instant::now(),
         }
@@ -958,8 +961,15 @@ impl SessionPlugins {
         None
     }
 
-    /// Tells every plugin that wants it about a delivery outcome.
-    pub async fn delivery(&mut self, info: &w::DeliveryInfo) {
+    /// Tells every plugin that wants it about a delivery outcome; `facts` is what
+    /// `delivery-facts` answers meanwhile.
+    pub async fn delivery(&mut self, info: &w::DeliveryInfo, facts: w::OutcomeFacts) {
+        self.delivery_facts = Some(Arc::new(facts));
+        self.delivery_calls(info).await;
+        self.delivery_facts = None;
+    }
+
+    async fn delivery_calls(&mut self, info: &w::DeliveryInfo) {
         let deadline = Instant::now() + self.engine.stage_time_limit();
         for index in 0..self.chain.plugins.len() {
             let plugin = Arc::clone(&self.chain.plugins[index]);
@@ -995,11 +1005,16 @@ impl SessionPlugins {
         };
         let metrics = Arc::clone(&self.services.metrics);
         let tags = self.message_tags.clone();
+        let facts = self.delivery_facts.clone();
         let deadline = self.call_deadline;
         let instance = self.instance(index, plugin).await?;
         instance.store.data_mut().tags = tags;
+        instance.store.data_mut().delivery = facts;
         instance.start_call(plugin, deadline)?;
-        let result = instance.call_other(call).await?;
+        let result = instance.call_other(call).await;
+        // Facts of one outcome are never seen by a later call.
+        instance.store.data_mut().delivery = None;
+        let result = result?;
         let fuel = instance.end_call(plugin);
         count_fuel(&metrics, plugin, hook, fuel);
         Ok(result)

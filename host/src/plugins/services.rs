@@ -37,6 +37,15 @@ pub struct HostServices {
     pub http: super::http::HttpServices,
     /// The counter names each plugin has created, bounded by its `max_counters`.
     counter_names: Mutex<HashMap<String, HashSet<String>>>,
+    /// The queue's destination gates, for `suspend-destination` (set once the queue
+    /// runs; weak, so the plugins never keep the queue alive).
+    pub destinations: std::sync::OnceLock<std::sync::Weak<dyn DestinationControl>>,
+}
+
+/// What on-delivery may do to a destination.
+pub trait DestinationControl: Send + Sync + std::fmt::Debug {
+    /// Suspends the gate `key` for `ms` milliseconds; false when it has no gate.
+    fn suspend(&self, key: &str, ms: u64, reason: &str) -> bool;
 }
 
 impl HostServices {
@@ -237,6 +246,8 @@ pub struct PluginState {
     pub tags: BTreeMap<String, String>,
     /// The session's facts as of the current call.
     pub session: Arc<types::SessionInfo>,
+    /// In on-delivery: the outcome's facts (`delivery-facts`).
+    pub delivery: Option<Arc<types::OutcomeFacts>>,
     /// The transaction's sender authentication results as of the current call.
     pub auth_results: Arc<Vec<types::AuthResult>>,
     /// DNS queries made in the current call and in the current session.
@@ -282,6 +293,7 @@ impl PluginState {
             services,
             tags: BTreeMap::new(),
             session: Arc::new(no_session()),
+            delivery: None,
             auth_results: Arc::new(Vec::new()),
             dns_in_call: 0,
             dns_in_session: 0,
@@ -705,6 +717,40 @@ impl host::Host for PluginState {
         request: types::HttpRequest,
     ) -> wasmtime::Result<Result<types::HttpResponse, types::HttpError>> {
         Ok(self.http(request).await)
+    }
+
+    async fn delivery_facts(&mut self) -> wasmtime::Result<Option<types::OutcomeFacts>> {
+        Ok(self.delivery.as_deref().cloned())
+    }
+
+    async fn suspend_destination(
+        &mut self,
+        seconds: u32,
+        reason: String,
+    ) -> wasmtime::Result<bool> {
+        let Some(facts) = self.delivery.as_deref() else {
+            return Ok(false);
+        };
+        let Some(gates) = self
+            .services
+            .destinations
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+        else {
+            return Ok(false);
+        };
+        // A reason is a log line: one line, bounded, printable.
+        let reason: String = reason
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect();
+        let seconds = seconds.min(86_400);
+        let done = gates.suspend(&facts.destination, u64::from(seconds) * 1000, &reason);
+        if done {
+            tracing::warn!(plugin = %self.plugin, destination = %facts.destination, seconds, %reason, "destination suspended by a plugin");
+        }
+        Ok(done)
     }
 }
 

@@ -92,6 +92,8 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
     let mut parked_on: Option<String> = None;
     // Each attempted recipient's destination class, for the metrics.
     let mut classes: Vec<(usize, &'static str)> = Vec::with_capacity(pending.len());
+    // Each attempted recipient's destination gate, for on-delivery.
+    let mut gates: Vec<(usize, String)> = Vec::with_capacity(pending.len());
     let last_group = groups.len().saturating_sub(1);
     for (n, (destination, rcpts)) in groups.into_iter().enumerate() {
         // The destination's slot first, then a global one: a destination that tarpits
@@ -133,6 +135,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
             },
         };
         classes.extend(rcpts.iter().map(|&r| (r, destination.class())));
+        gates.extend(rcpts.iter().map(|&r| (r, key.clone())));
         let delivered = deliver(shared, &destination, &policy, envelope, &rcpts, octets).await;
         react(shared, &policy, &delivered);
         if n < last_group {
@@ -205,7 +208,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
     };
     message.apply(&events);
     count_and_log(shared, id, envelope, &events, started, &classes);
-    tell_plugins(&mut plugins, id, envelope, &events).await;
+    tell_plugins(shared, &mut plugins, id, envelope, &events, &gates).await;
 
     delay_notice(shared, &stored, &events, octets.head()).await;
     shared.return_plugin_session(plugins);
@@ -567,10 +570,12 @@ fn failure_class(event: &Event) -> Option<FailureClass> {
 /// Tells the on-delivery plugins each outcome, once it is recorded: like the rest of the
 /// queue, they hear of nothing that is not on disk.
 async fn tell_plugins(
+    shared: &Shared,
     plugins: &mut SessionPlugins,
     id: QueueId,
     envelope: &Envelope,
     events: &[Event],
+    gates: &[(usize, String)],
 ) {
     if plugins.has(w::Hooks::DELIVERY) {
         for event in events {
@@ -585,7 +590,23 @@ async fn tell_plugins(
                 reply: event.reply.clone(),
                 attempt: event.attempt,
             };
-            plugins.delivery(&info).await;
+            let destination = gates
+                .iter()
+                .find(|(r, _)| *r == event.rcpt)
+                .map_or_else(String::new, |(_, key)| key.clone());
+            let (policy, closed, rate_percent) = shared
+                .destinations
+                .facts(&destination)
+                .unwrap_or_else(|| ("built-in".to_owned(), None, 100));
+            let facts = w::OutcomeFacts {
+                failure_class: failure_class(event).map(|c| c.as_str().to_owned()),
+                enhanced: event.status.clone(),
+                destination,
+                policy,
+                closed,
+                rate_percent,
+            };
+            plugins.delivery(&info, facts).await;
         }
     }
 }

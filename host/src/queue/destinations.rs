@@ -257,6 +257,20 @@ impl Destinations {
         }
     }
 
+    /// The shaping facts of gate `key` now: (its policy, why it is closed, its rate in
+    /// percent), for on-delivery.
+    pub(crate) fn facts(&self, key: &str) -> Option<(String, Option<String>, u32)> {
+        let now = now_ms();
+        let mut gates = lock(&self.gates);
+        let gate = gates.get_mut(key)?;
+        let closed = gate.pace.closed(now).map(|c| describe(&c));
+        Some((
+            gate.policy.to_string(),
+            closed,
+            (gate.pace.factor() * 100.0).round() as u32,
+        ))
+    }
+
     /// Applies the reactions of `policy` to a reply its destination gave; returns what
     /// changed, for the caller to log.
     pub(crate) fn react(&self, policy: &Policy, reply: &str) -> Option<String> {
@@ -275,13 +289,7 @@ impl Destinations {
         let mut views: Vec<PaceView> = gates
             .iter_mut()
             .filter_map(|(key, gate)| {
-                let closed = gate.pace.closed(now).map(|closed| match closed {
-                    Closed::Suspended(until, why) => {
-                        format!("suspended until {} ({why})", until / 1000)
-                    }
-                    Closed::Curfew(until) => format!("curfew until {}", until / 1000),
-                    Closed::Rate(next) => format!("rate: next at {}", next.div_ceil(1000)),
-                });
+                let closed = gate.pace.closed(now).map(|closed| describe(&closed));
                 let factor = gate.pace.factor();
                 (closed.is_some()
                     || factor < 1.0
@@ -333,6 +341,29 @@ impl Destinations {
             } else if gate.idle(now) {
                 gates.remove(key);
             }
+        }
+    }
+}
+
+/// Why a gate is closed, in words (times in seconds since the epoch).
+fn describe(closed: &Closed) -> String {
+    match closed {
+        Closed::Suspended(until, why) => format!("suspended until {} ({why})", until / 1000),
+        Closed::Curfew(until) => format!("curfew until {}", until / 1000),
+        Closed::Rate(next) => format!("rate: next at {}", next.div_ceil(1000)),
+    }
+}
+
+impl crate::plugins::services::DestinationControl for Destinations {
+    fn suspend(&self, key: &str, ms: u64, reason: &str) -> bool {
+        let now = now_ms();
+        let mut gates = lock(&self.gates);
+        match gates.get_mut(key) {
+            Some(gate) => {
+                gate.pace.suspend(now + ms, reason);
+                true
+            }
+            None => false,
         }
     }
 }

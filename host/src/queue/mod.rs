@@ -199,6 +199,9 @@ impl Queue {
             plugins,
             metrics,
         });
+        let gates = Arc::downgrade(&shared.destinations);
+        let gates: std::sync::Weak<dyn crate::plugins::services::DestinationControl> = gates;
+        let _ = shared.plugins.services().destinations.set(gates);
         tokio::spawn(reap_idle_connections(Arc::clone(&shared), shutdown.clone()));
         tokio::spawn(pace(Arc::clone(&shared.destinations), shutdown.clone()));
         let queue = Queue { shared };

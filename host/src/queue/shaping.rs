@@ -345,6 +345,13 @@ impl Pace {
         (!changed.is_empty()).then(|| changed.join(", "))
     }
 
+    /// Suspends until `until` (ms) for `why`, unless suspended longer already.
+    pub(crate) fn suspend(&mut self, until: u64, why: &str) {
+        if self.suspended.as_ref().is_none_or(|(u, _)| *u < until) {
+            self.suspended = Some((until, why.chars().take(200).collect()));
+        }
+    }
+
     /// The rates' factor now (1 when whole).
     pub(crate) fn factor(&self) -> f64 {
         self.factor
