@@ -2026,4 +2026,85 @@ secret_file = "webhook.secret"
             );
         }
     }
+
+    #[test]
+    fn milters_and_policy_services_parse_as_the_readme_writes_them_and_share_one_namespace() {
+        let filters = r#"
+[[policy_service]]
+name = "greylist"
+address = "127.0.0.1:10023"      # Postfix policy delegation protocol over TCP
+stages = ["rcpt"]
+timeout_ms = 2000
+on_error = "continue"
+
+[[milter]]
+name = "rspamd"
+address = "127.0.0.1:11332"
+timeout_ms = 5000
+on_error = "tempfail"
+
+[[milter]]
+name = "clamav"
+address = "unix:/run/clamav/clamav-milter.ctl"
+"#;
+        let config = parse(&format!("{EXAMPLE}{filters}")).unwrap();
+        assert_eq!(config.policy_services[0].stages, vec![PolicyStage::Rcpt]);
+        assert_eq!(config.policy_services[0].on_error, OnError::Continue);
+        assert_eq!(
+            config.milters[0].address,
+            FilterAddress::Tcp("127.0.0.1:11332".parse().unwrap())
+        );
+        assert_eq!(
+            config.milters[1].address,
+            FilterAddress::Unix("/run/clamav/clamav-milter.ctl".into())
+        );
+        assert_eq!(config.milters[1].on_error, OnError::Tempfail);
+        let chained = EXAMPLE.replace(
+            "protocol = \"smtp\"",
+            "protocol = \"smtp\"\nplugins = [\"rspamd\", \"greylist\"]",
+        );
+        assert!(parse(&format!("{chained}{filters}")).is_ok());
+
+        // A name used twice across the tables, with its file, line and key.
+        let twice = format!(
+            "{EXAMPLE}{filters}\n[[policy_service]]\nname = \"rspamd\"\naddress = \"127.0.0.1:1\"\n"
+        );
+        let error = parse(&twice).unwrap_err();
+        assert_eq!(error.key, "policy_service[1].name");
+        assert!(error.message.contains("used twice"), "{error}");
+        assert!(error.line.is_some(), "{error}");
+        // An unknown name in a chain.
+        let unknown = EXAMPLE.replace(
+            "protocol = \"smtp\"",
+            "protocol = \"smtp\"\nplugins = [\"spamassassin\"]",
+        );
+        let error = parse(&format!("{unknown}{filters}")).unwrap_err();
+        assert_eq!(error.key, "listener[0].plugins");
+        assert!(error.to_string().starts_with("t.toml:"), "{error}");
+        // Bad values, located.
+        for (bad, key) in [
+            ("address = \"localhost\"", "milter[0].address"),
+            ("timeout_ms = 0", "milter[0].timeout_ms"),
+            ("on_error = \"explode\"", "milter[0].on_error"),
+        ] {
+            let text = format!("{EXAMPLE}\n[[milter]]\nname = \"m\"\naddress = \"127.0.0.1:1\"\n")
+                .replace(
+                    "address = \"127.0.0.1:1\"",
+                    if bad.starts_with("address") {
+                        bad
+                    } else {
+                        "address = \"127.0.0.1:1\""
+                    },
+                )
+                + if bad.starts_with("address") { "" } else { bad };
+            let error = parse(&text).unwrap_err();
+            assert_eq!(error.key, key, "{error}");
+            assert!(error.line.is_some(), "{error}");
+        }
+        let error = parse(&format!(
+            "{EXAMPLE}\n[[policy_service]]\nname = \"p\"\naddress = \"127.0.0.1:1\"\nstages = [\"queue\"]\n"
+        ))
+        .unwrap_err();
+        assert!(error.key.starts_with("policy_service[0].stages"), "{error}");
+    }
 }

@@ -147,12 +147,18 @@ impl PluginHost {
                 return Err(e);
             }
         };
-        let changed: Vec<String> = set
+        let mut changed: Vec<String> = set
             .plugins
             .iter()
             .filter(|(name, p)| old.plugins.get(*name).is_none_or(|o| !Arc::ptr_eq(o, p)))
             .map(|(name, _)| name.clone())
             .collect();
+        changed.extend(
+            set.filters
+                .iter()
+                .filter(|(name, f)| old.filters.get(*name).is_none_or(|o| !Arc::ptr_eq(o, f)))
+                .map(|(name, _)| name.clone()),
+        );
         self.current.store(Arc::new(set));
         if !changed.is_empty() {
             self.services.metrics.plugin_reloads.inc();

@@ -865,4 +865,91 @@ mod tests {
         assert_eq!(unbracket(" <a@b.example> "), "a@b.example");
         assert_eq!(unbracket("<>"), "");
     }
+
+    /// A milter on loopback that negotiates, then answers the first command after the
+    /// connect and HELO steps with `then` (nothing at all when empty).
+    async fn hostile(then: Vec<u8>) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut c, _) = listener.accept().await.unwrap();
+            let mut optneg = 6u32.to_be_bytes().to_vec();
+            optneg.extend_from_slice(&action::ADDHDRS.to_be_bytes());
+            // No connect or HELO step, no reply to MAIL's macros.
+            optneg.extend_from_slice(&(step::NOCONNECT | step::NOHELO).to_be_bytes());
+            let mut packet = u32::try_from(optneg.len() + 1)
+                .unwrap()
+                .to_be_bytes()
+                .to_vec();
+            packet.push(b'O');
+            packet.extend_from_slice(&optneg);
+            let mut buf = vec![0u8; 65536];
+            let _ = c.read(&mut buf).await;
+            c.write_all(&packet).await.unwrap();
+            let _ = c.read(&mut buf).await;
+            if !then.is_empty() {
+                let _ = c.write_all(&then).await;
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        address
+    }
+
+    fn session_for(address: std::net::SocketAddr) -> MilterSession {
+        MilterSession::new(Arc::new(Milter::new(
+            MilterConfig {
+                name: "m".into(),
+                address: crate::config::FilterAddress::Tcp(address),
+                timeout_ms: 300,
+                on_error: crate::config::OnError::Tempfail,
+            },
+            "gw.example",
+        )))
+    }
+
+    async fn mail(session: &mut MilterSession) -> Result<w::Response, CallError> {
+        let info = w::SessionInfo {
+            client_ip: "192.0.2.1".into(),
+            client_port: 1,
+            listener: "mx".into(),
+            reverse_dns: None,
+            helo: Some("c.example".into()),
+            tls: None,
+            auth_identity: None,
+        };
+        let facts = Facts {
+            session: &info,
+            queue_id: None,
+        };
+        let input = StageInput::MailFrom(w::MailFromInfo {
+            sender: Some("a@b.example".into()),
+            params: Vec::new(),
+        });
+        session.stage(&input, &facts).await
+    }
+
+    #[tokio::test]
+    async fn garbage_silence_and_oversized_packets_are_failures_never_hangs() {
+        use crate::plugins::limits::Failure;
+        let started = std::time::Instant::now();
+        let mut s = session_for(hostile(b"\0\0\0\x05Zjunk".to_vec()).await);
+        assert_eq!(mail(&mut s).await.unwrap_err().kind, Failure::Invalid);
+        let mut s = session_for(hostile(vec![0x7f, 0, 0, 0, b'c']).await);
+        assert_eq!(mail(&mut s).await.unwrap_err().kind, Failure::Invalid);
+        let mut s = session_for(hostile(Vec::new()).await);
+        assert_eq!(mail(&mut s).await.unwrap_err().kind, Failure::Time);
+        // A reply code that is not 4xx or 5xx is a temporary failure, as in Postfix.
+        let mut s = session_for(hostile(b"\0\0\0\x0ay250 fine\0".to_vec()).await);
+        let response = mail(&mut s).await.unwrap();
+        assert!(matches!(response.verdict, w::Verdict::Tempfail(_)));
+        // Nothing listening.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut s = session_for(closed);
+        assert_eq!(mail(&mut s).await.unwrap_err().kind, Failure::Init);
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
 }
