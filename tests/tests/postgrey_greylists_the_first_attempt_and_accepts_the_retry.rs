@@ -94,7 +94,17 @@ fn the_first_attempt_is_greylisted_and_the_retry_after_the_delay_is_accepted() {
     let port = free_port();
     let mut postgrey = start_postgrey(dir.path(), port);
     let sink = SinkServer::start("127.0.0.1:0".parse().unwrap(), Behaviour::default());
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(
+        &token_file,
+        "a-long-enough-admin-token-for-the-test-0123456789\n",
+    )
+    .unwrap();
     let text = GatewayConfig::default()
+        .top(
+            "admin",
+            &format!(r#"{{ address = "127.0.0.1:0", token_file = {token_file:?} }}"#),
+        )
         .route("internal", &["example.test"], sink.addr())
         .render()
         + &format!(
@@ -151,6 +161,18 @@ fn the_first_attempt_is_greylisted_and_the_retry_after_the_delay_is_accepted() {
         2,
         "requests did not share a connection: {log}"
     );
+
+    // `tidegate plugins` lists the service with its calls.
+    let plugins = gateway.cli_json(&["plugins"]);
+    let greylist = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "greylist")
+        .unwrap_or_else(|| panic!("{plugins}"));
+    assert_eq!(greylist["kind"], "policy_service");
+    assert_eq!(greylist["address"], format!("127.0.0.1:{port}"));
+    assert!(greylist["calls"].as_u64().unwrap() >= 3, "{greylist}");
 
     // postgrey gone: on_error = "continue" lets the recipient through.
     let _ = postgrey.0.kill();
