@@ -134,6 +134,15 @@ impl FilterSession {
         }
     }
 
+    /// A new transaction begins (MAIL FROM), whether or not the chain reaches this
+    /// filter in it: what the last one collected must not leak into it.
+    pub fn new_transaction(&mut self) {
+        match self {
+            FilterSession::Milter(m) => m.new_transaction(),
+            FilterSession::Policy(p) => p.new_transaction(),
+        }
+    }
+
     /// The session is over: a milter is told QUIT (in the background, never holding up
     /// the session's end).
     pub fn end(&mut self) {

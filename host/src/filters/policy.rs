@@ -201,7 +201,6 @@ async fn read_line(stream: &mut BufStream<Box<dyn Io>>) -> Result<String, CallEr
 pub struct PolicySession {
     service: Arc<PolicyService>,
     instance: String,
-    transactions: u32,
     sender: Option<String>,
     size: Option<String>,
     prepends: Vec<(String, String)>,
@@ -211,16 +210,17 @@ pub struct PolicySession {
 
 impl PolicySession {
     pub(super) fn new(service: Arc<PolicyService>) -> PolicySession {
-        PolicySession {
+        let mut session = PolicySession {
             service,
             instance: String::new(),
-            transactions: 0,
             sender: None,
             size: None,
             prepends: Vec::new(),
             hold: None,
             discard: None,
-        }
+        };
+        session.new_transaction();
+        session
     }
 
     /// Asks the service about one stage (when configured for it).
@@ -233,7 +233,7 @@ impl PolicySession {
             StageInput::Connect(_) => (PolicyStage::Connect, None),
             StageInput::Helo(_) => (PolicyStage::Helo, None),
             StageInput::MailFrom(info) => {
-                self.begin_transaction(facts, info);
+                self.begin_transaction(info);
                 (PolicyStage::Mail, None)
             }
             StageInput::RcptTo(info) => (PolicyStage::Rcpt, Some(info.recipient.as_str())),
@@ -264,27 +264,34 @@ impl PolicySession {
         Ok(carry_on(Vec::new()))
     }
 
-    fn begin_transaction(&mut self, facts: &Facts<'_>, info: &w::MailFromInfo) {
-        self.transactions += 1;
-        // Unique per transaction, as Postfix's is, so a server can tie RCPTs together.
+    /// A transaction begins: a new instance id, and nothing collected for the last one.
+    pub(super) fn new_transaction(&mut self) {
+        // Unique per transaction, as Postfix's is, so a server can tie RCPTs together:
+        // a process-wide count, with the process id and the time for restarts.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.instance = format!(
-            "{:x}.{:x}.{}",
+            "{:x}.{:x}.{n:x}",
             std::process::id(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros()),
-            self.transactions
+                .map_or(0, |d| d.as_secs()),
         );
-        let _ = facts;
+        self.sender = None;
+        self.size = None;
+        self.prepends.clear();
+        self.hold = None;
+        self.discard = None;
+    }
+
+    /// The transaction's MAIL FROM, for the requests that follow.
+    fn begin_transaction(&mut self, info: &w::MailFromInfo) {
         self.sender = info.sender.clone();
         self.size = info
             .params
             .iter()
             .find(|p| p.keyword.eq_ignore_ascii_case("SIZE"))
             .and_then(|p| p.value.clone());
-        self.prepends.clear();
-        self.hold = None;
-        self.discard = None;
     }
 
     /// What was collected for the message, as the end-of-message response.
@@ -352,14 +359,8 @@ impl PolicySession {
                     String::new()
                 },
             ),
-            (
-                "sasl_method",
-                session
-                    .auth_identity
-                    .as_ref()
-                    .map(|_| "PLAIN".into())
-                    .unwrap_or_default(),
-            ),
+            // The mechanism is not among the session's facts.
+            ("sasl_method", String::new()),
             (
                 "sasl_username",
                 session.auth_identity.clone().unwrap_or_default(),
@@ -545,13 +546,13 @@ mod tests {
             session: &session_info,
             queue_id: None,
         };
-        s.begin_transaction(
-            &facts,
-            &w::MailFromInfo {
-                sender: Some("a@b.example".into()),
-                params: vec![],
-            },
-        );
+        let instance = s.instance.clone();
+        s.new_transaction();
+        assert_ne!(s.instance, instance);
+        s.begin_transaction(&w::MailFromInfo {
+            sender: Some("a@b.example".into()),
+            params: vec![],
+        });
         let request = s.request(PolicyStage::Rcpt, Some("r@c.example\nx=y"), 0, None, &facts);
         assert!(request.starts_with("request=smtpd_access_policy\nprotocol_state=RCPT\n"));
         assert!(request.contains("\nsender=a@b.example\n"));

@@ -802,6 +802,11 @@ impl SessionPlugins {
     ) -> StageOutcome {
         let hook = input.hook();
         let deadline = Instant::now() + self.engine.stage_time_limit();
+        if hook == Hook::MailFrom {
+            for session in self.filter_sessions.iter_mut().flatten() {
+                session.new_transaction();
+            }
+        }
         let mut edits = Vec::new();
         for position in 0..self.chain.order.len() {
             let (name, response) = match self.chain.order[position] {

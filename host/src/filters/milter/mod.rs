@@ -97,6 +97,9 @@ pub struct MilterSession {
     message_accepted: bool,
     /// The milter asked to discard the current message (honoured at DATA).
     discard: bool,
+    /// The current transaction's MAIL FROM never reached the milter (an element before
+    /// it in the chain decided): nothing of the transaction is sent to it.
+    unseen: bool,
     /// A call was under way when it was abandoned (its stage's deadline passed): the
     /// connection's state is unknown and it must not be used again.
     busy: bool,
@@ -111,8 +114,17 @@ impl MilterSession {
             in_transaction: false,
             message_accepted: false,
             discard: false,
+            // Made at its first stage: a transaction whose MAIL FROM it did not see.
+            unseen: true,
             busy: false,
         }
+    }
+
+    /// A transaction begins: until its MAIL FROM reaches the milter, nothing of it does.
+    pub(super) fn new_transaction(&mut self) {
+        self.unseen = true;
+        self.message_accepted = false;
+        self.discard = false;
     }
 
     fn milter(&self) -> &Milter {
@@ -146,7 +158,7 @@ impl MilterSession {
         if let StageInput::MailFrom(info) = input {
             return self.mail(info, facts).await;
         }
-        if self.session_accepted || self.message_accepted {
+        if self.session_accepted || self.message_accepted || self.unseen {
             return Ok(carry_on(Vec::new()));
         }
         if !self.in_transaction || self.connection.is_none() {
@@ -172,6 +184,7 @@ impl MilterSession {
     ) -> Result<w::Response, CallError> {
         self.message_accepted = false;
         self.discard = false;
+        self.unseen = false;
         if self.session_accepted {
             return Ok(carry_on(Vec::new()));
         }
@@ -192,7 +205,6 @@ impl MilterSession {
         let mut macros = vec![("{mail_addr}", info.sender.clone().unwrap_or_default())];
         if let Some(identity) = &facts.session.auth_identity {
             macros.push(("{auth_authen}", identity.clone()));
-            macros.push(("{auth_type}", "PLAIN".to_owned()));
         }
         let mut args = vec![sender];
         args.extend(info.params.iter().map(esmtp_arg));
