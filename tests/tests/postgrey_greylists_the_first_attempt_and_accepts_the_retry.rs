@@ -3,7 +3,9 @@
 //! README shows: the first attempt of a (client, sender, recipient) triplet is greylisted
 //! with 450 4.7.1, a retry after the delay is accepted and the message carries
 //! postgrey's `X-Greylist:` field (its PREPEND); both requests go over one kept-open
-//! connection. With postgrey gone, `on_error = "continue"` lets mail through.
+//! connection. The service arrives by a reload (a session already open keeps the chain it
+//! started with), `tidegate plugins` lists it, and with postgrey gone `on_error =
+//! "continue"` lets mail through.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -100,17 +102,31 @@ fn the_first_attempt_is_greylisted_and_the_retry_after_the_delay_is_accepted() {
         "a-long-enough-admin-token-for-the-test-0123456789\n",
     )
     .unwrap();
-    let text = GatewayConfig::default()
+    let base = GatewayConfig::default()
         .top(
             "admin",
             &format!(r#"{{ address = "127.0.0.1:0", token_file = {token_file:?} }}"#),
         )
         .route("internal", &["example.test"], sink.addr())
-        .render()
+        .render();
+    let with_greylist = base.clone()
         + &format!(
             "\n[[policy_service]]\nname = \"greylist\"\naddress = \"127.0.0.1:{port}\"      # Postfix policy delegation protocol over TCP\nstages = [\"rcpt\"]\ntimeout_ms = 2000\non_error = \"continue\"\n"
         );
-    let gateway = Gateway::start_with_text(&text, 1);
+    // Started without the service; a reload puts it into the listener's chain. A session
+    // that began before the reload keeps the chain it started with.
+    let gateway = Gateway::start_with_text(&base, 1);
+    let mut before = SmtpClient::ehlo(gateway.addr());
+    before
+        .command("MAIL FROM:<early@example.org>")
+        .expect(250, "2.1.0");
+    std::fs::write(gateway.config_path(), &with_greylist).unwrap();
+    gateway.wait_for_log("configuration reloaded");
+    before
+        .command("RCPT TO:<user@example.test>")
+        .expect(250, "2.1.5");
+    before.command("QUIT");
+    assert!(!postgrey_log(dir.path()).contains("early@example.org"));
 
     let first = Instant::now();
     let mut client = SmtpClient::ehlo(gateway.addr());
