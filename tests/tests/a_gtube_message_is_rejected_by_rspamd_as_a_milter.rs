@@ -178,9 +178,15 @@ fn rspamd_rejects_gtube_adds_its_headers_to_clean_mail_and_its_absence_is_the_fa
         &sample_message("hello", "Nothing to see here, just a friendly note."),
     );
     reply.expect(250, "2.0.0");
+    let queue_id = reply.queue_id().unwrap();
     client.command("QUIT");
     let received = sink.wait_for(1, Duration::from_secs(20));
     let text = received[0].text();
+    // rspamd names the message by the `i` macro Tidegate sent.
+    assert!(
+        text.contains(&format!("X-Rspamd-Queue-Id: {queue_id}")),
+        "{text}"
+    );
     assert!(text.contains("X-Spamd-Result: default: False"), "{text}");
     assert!(text.contains("X-Rspamd-Server:"), "{text}");
     assert!(text.contains("Nothing to see here"), "{text}");
