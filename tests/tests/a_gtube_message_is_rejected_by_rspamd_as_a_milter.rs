@@ -1,7 +1,8 @@
 //! rspamd (Debian's `rspamd`, its proxy worker in milter mode, run by the test on loopback
 //! with its own configuration) as a `[[milter]]` in a listener's chain: the GTUBE test
 //! message is rejected at the end of DATA with rspamd's 5xx, a clean message is delivered
-//! to the next hop with the header fields rspamd asked to add, and when rspamd is down the
+//! to the next hop with the header fields rspamd asked to add (its queue id from the `i`
+//! macro) and without the ones it asked to delete, and when rspamd is down the
 //! milter's `on_error` applies at once: 451 with `"tempfail"`, delivery with `"continue"`.
 
 use std::net::{TcpListener, TcpStream};
@@ -175,7 +176,11 @@ fn rspamd_rejects_gtube_adds_its_headers_to_clean_mail_and_its_absence_is_the_fa
     let reply = client.send_mail(
         "sender@example.org",
         &["user@example.test"],
-        &sample_message("hello", "Nothing to see here, just a friendly note."),
+        // Spam flags from elsewhere, which rspamd deletes (change header, empty value).
+        &format!(
+            "X-Spam: yes\r\nX-Spam: certainly\r\n{}",
+            sample_message("hello", "Nothing to see here, just a friendly note.")
+        ),
     );
     reply.expect(250, "2.0.0");
     let queue_id = reply.queue_id().unwrap();
@@ -190,6 +195,7 @@ fn rspamd_rejects_gtube_adds_its_headers_to_clean_mail_and_its_absence_is_the_fa
     assert!(text.contains("X-Spamd-Result: default: False"), "{text}");
     assert!(text.contains("X-Rspamd-Server:"), "{text}");
     assert!(text.contains("Nothing to see here"), "{text}");
+    assert!(!text.contains("X-Spam:"), "{text}");
     let rspamd_log = std::fs::read_to_string(dir.path().join("rspamd.log")).unwrap_or_default();
     assert!(rspamd_log.contains("GTUBE"), "{rspamd_log}");
 

@@ -6,6 +6,10 @@
 //! fails (trap, fuel or memory exhausted, bad answer) is dropped at once and the plugin's
 //! failure policy decides what the session sees.
 //!
+//! A chain's elements are plugins and external filters (milters and policy services, see
+//! [`crate::filters`]), in the listener's order. A filter answers a stage with the same
+//! response a plugin gives, and it goes through the same validation and failure policy.
+//!
 //! A healthy instance goes back to its plugin version's idle list when the session ends,
 //! and the next session that takes it starts with a fresh `init` call: the plugin's
 //! per-session value is rebuilt, while instantiation (the larger cost, paid per connection
