@@ -964,4 +964,218 @@ mod tests {
         assert_eq!(mail(&mut s).await.unwrap_err().kind, Failure::Init);
         assert!(started.elapsed() < Duration::from_secs(3));
     }
+
+    /// A scripted milter: negotiates every action, answers continue to each command, and
+    /// at end of message sends `modifications` and then `last`. Returns the command codes
+    /// it saw, in order.
+    async fn scripted(
+        modifications: Vec<Vec<u8>>,
+        last: Vec<u8>,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        fn packet(code: u8, data: &[u8]) -> Vec<u8> {
+            let mut out = u32::try_from(data.len() + 1)
+                .unwrap()
+                .to_be_bytes()
+                .to_vec();
+            out.push(code);
+            out.extend_from_slice(data);
+            out
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut c, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            loop {
+                let mut len = [0u8; 4];
+                if c.read_exact(&mut len).await.is_err() {
+                    return seen;
+                }
+                let mut data = vec![0u8; u32::from_be_bytes(len) as usize];
+                c.read_exact(&mut data).await.unwrap();
+                let code = data[0];
+                seen.push(code);
+                match code {
+                    b'O' => {
+                        let mut reply = 6u32.to_be_bytes().to_vec();
+                        reply.extend_from_slice(&action::OFFERED.to_be_bytes());
+                        reply.extend_from_slice(&0u32.to_be_bytes());
+                        c.write_all(&packet(b'O', &reply)).await.unwrap();
+                    }
+                    b'D' | b'A' => {}
+                    b'Q' => return seen,
+                    b'E' => {
+                        for m in &modifications {
+                            c.write_all(m).await.unwrap();
+                        }
+                        c.write_all(&last).await.unwrap();
+                    }
+                    _ => c.write_all(&packet(b'c', b"")).await.unwrap(),
+                }
+            }
+        });
+        (address, task)
+    }
+
+    fn reply_packet(code: u8, data: &[u8]) -> Vec<u8> {
+        let mut out = u32::try_from(data.len() + 1)
+            .unwrap()
+            .to_be_bytes()
+            .to_vec();
+        out.push(code);
+        out.extend_from_slice(data);
+        out
+    }
+
+    async fn transaction(session: &mut MilterSession) -> w::Response {
+        let info = w::SessionInfo {
+            client_ip: "192.0.2.1".into(),
+            client_port: 1,
+            listener: "mx".into(),
+            reverse_dns: None,
+            helo: Some("c.example".into()),
+            tls: None,
+            auth_identity: None,
+        };
+        let facts = Facts {
+            session: &info,
+            queue_id: Some("Q1"),
+        };
+        let mail = StageInput::MailFrom(w::MailFromInfo {
+            sender: Some("a@b.example".into()),
+            params: Vec::new(),
+        });
+        let response = session.stage(&mail, &facts).await.unwrap();
+        assert!(matches!(response.verdict, w::Verdict::Continue));
+        let rcpt = StageInput::RcptTo(w::RcptToInfo {
+            recipient: "r@c.example".into(),
+            params: Vec::new(),
+        });
+        let response = session.stage(&rcpt, &facts).await.unwrap();
+        assert!(matches!(response.verdict, w::Verdict::Continue));
+        let message = Arc::new(tidegate_plugin_sdk::inspect::ParsedMessage::parse(
+            b"Subject: hi\r\nX-Old: 1\r\n\r\nbody\r\n".to_vec(),
+        ));
+        let data = StageInput::Data(
+            w::Envelope {
+                sender: Some("a@b.example".into()),
+                recipients: vec!["r@c.example".into()],
+            },
+            message,
+        );
+        session.stage(&data, &facts).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn end_of_message_modifications_become_edits_and_quarantine() {
+        let mut change = 1u32.to_be_bytes().to_vec();
+        change.extend_from_slice(b"X-Old\0\0");
+        let mut insert = 0u32.to_be_bytes().to_vec();
+        insert.extend_from_slice(b"X-First\0top\0");
+        let modifications = vec![
+            reply_packet(b'h', b"X-Scanned\0yes,\r\n\tfolded\0"),
+            reply_packet(b'i', &insert),
+            reply_packet(b'm', &change),
+            reply_packet(b'e', b"<new@b.example>\0"),
+            reply_packet(b'+', b"<added@c.example>\0"),
+            reply_packet(b'-', b"<R@c.example>\0"),
+            reply_packet(b'q', b"suspicious\0"),
+        ];
+        let (address, task) = scripted(modifications, reply_packet(b'a', b"")).await;
+        let mut session = session_for(address);
+        let response = transaction(&mut session).await;
+        assert!(
+            matches!(&response.verdict, w::Verdict::Quarantine(why) if why == "suspicious"),
+            "{:?}",
+            response.verdict
+        );
+        assert_eq!(
+            format!("{:?}", response.edits),
+            format!(
+                "{:?}",
+                vec![
+                    w::Edit::AddHeader(("X-Scanned".into(), "yes,\tfolded".into())),
+                    w::Edit::AddHeader(("X-First".into(), "top".into())),
+                    w::Edit::RemoveHeader("X-Old".into()),
+                    w::Edit::SetSender(Some("new@b.example".into())),
+                    w::Edit::AddRecipient("added@c.example".into()),
+                    w::Edit::RemoveRecipient("r@c.example".into()),
+                ]
+            )
+        );
+        // Two more transactions on the same connection, the first abandoned after MAIL
+        // (RSET): no ABORT after an end of message, one before the MAIL that follows an
+        // abandoned transaction; the session's end says QUIT.
+        let info = w::SessionInfo {
+            client_ip: "192.0.2.1".into(),
+            client_port: 1,
+            listener: "mx".into(),
+            reverse_dns: None,
+            helo: Some("c.example".into()),
+            tls: None,
+            auth_identity: None,
+        };
+        let facts = Facts {
+            session: &info,
+            queue_id: None,
+        };
+        let mail = StageInput::MailFrom(w::MailFromInfo {
+            sender: None,
+            params: Vec::new(),
+        });
+        for _ in 0..2 {
+            session.new_transaction();
+            session.stage(&mail, &facts).await.unwrap();
+        }
+        session.end();
+        let seen = task.await.unwrap();
+        assert_eq!(
+            String::from_utf8(seen).unwrap(),
+            "ODCHDMDRDTLLNBDE".to_owned() + "DM" + "ADM" + "Q",
+            "negotiate, connect, helo, mail, rcpt, data, two headers, eoh, body, eom; \
+             mail; abort, mail; quit"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_replacement_or_an_unnegotiated_action_fails_the_milter() {
+        let (address, _task) = scripted(
+            vec![reply_packet(b'b', b"new body")],
+            reply_packet(b'c', b""),
+        )
+        .await;
+        let mut session = session_for(address);
+        let info = w::SessionInfo {
+            client_ip: "192.0.2.1".into(),
+            client_port: 1,
+            listener: "mx".into(),
+            reverse_dns: None,
+            helo: Some("c.example".into()),
+            tls: None,
+            auth_identity: None,
+        };
+        let facts = Facts {
+            session: &info,
+            queue_id: None,
+        };
+        let mail = StageInput::MailFrom(w::MailFromInfo {
+            sender: None,
+            params: Vec::new(),
+        });
+        session.stage(&mail, &facts).await.unwrap();
+        let message = Arc::new(tidegate_plugin_sdk::inspect::ParsedMessage::parse(
+            b"Subject: x\r\n\r\nx\r\n".to_vec(),
+        ));
+        let data = StageInput::Data(
+            w::Envelope {
+                sender: None,
+                recipients: vec![],
+            },
+            message,
+        );
+        let error = session.stage(&data, &facts).await.unwrap_err();
+        assert_eq!(error.kind, crate::plugins::limits::Failure::Invalid);
+        assert!(error.why.contains("replaced the body"), "{error}");
+    }
 }
