@@ -77,12 +77,13 @@ impl PolicyService {
     }
 
     /// Whether it is called at `hook`: at its stages, and always at MAIL FROM (a new
-    /// transaction) and at the end of the message (where what it asked to prepend, hold
-    /// or discard is applied).
+    /// transaction), at HELO (EHLO or HELO is `protocol_name`) and at the end of the
+    /// message (where what it asked to prepend, hold or discard is applied).
     pub fn wants(&self, hook: Hook) -> bool {
         match hook {
             Hook::Connect => self.asks_at(PolicyStage::Connect),
-            Hook::Helo => self.asks_at(PolicyStage::Helo),
+            // Always at HELO too: whether the client said EHLO is `protocol_name`.
+            Hook::Helo => true,
             Hook::Auth => false,
             Hook::MailFrom | Hook::Data => true,
             Hook::RcptTo => self.asks_at(PolicyStage::Rcpt),
@@ -202,6 +203,8 @@ pub struct PolicySession {
     service: Arc<PolicyService>,
     instance: String,
     sender: Option<String>,
+    /// The client said EHLO (what a session without a HELO yet is taken to say too).
+    extended: bool,
     size: Option<String>,
     prepends: Vec<(String, String)>,
     hold: Option<String>,
@@ -214,6 +217,7 @@ impl PolicySession {
             service,
             instance: String::new(),
             sender: None,
+            extended: true,
             size: None,
             prepends: Vec::new(),
             hold: None,
@@ -231,7 +235,10 @@ impl PolicySession {
     ) -> Result<w::Response, CallError> {
         let (state, recipient) = match input {
             StageInput::Connect(_) => (PolicyStage::Connect, None),
-            StageInput::Helo(_) => (PolicyStage::Helo, None),
+            StageInput::Helo(info) => {
+                self.extended = info.extended;
+                (PolicyStage::Helo, None)
+            }
             StageInput::MailFrom(info) => {
                 self.begin_transaction(info);
                 (PolicyStage::Mail, None)
@@ -334,7 +341,10 @@ impl PolicySession {
         let attributes: [(&str, String); 23] = [
             ("request", "smtpd_access_policy".into()),
             ("protocol_state", state_name.into()),
-            ("protocol_name", "ESMTP".into()),
+            (
+                "protocol_name",
+                if self.extended { "ESMTP" } else { "SMTP" }.into(),
+            ),
             ("helo_name", session.helo.clone().unwrap_or_default()),
             ("queue_id", facts.queue_id.unwrap_or("").into()),
             (
