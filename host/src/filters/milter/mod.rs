@@ -345,7 +345,12 @@ impl MilterSession {
                         }
                         Reply::ChangeHeader(index, name, value) => {
                             allowed(action::CHGHDRS, "change header")?;
-                            headers.change(&mut edits, index, &name, &unfold(&value));
+                            let value = unfold(&value);
+                            if value.len() > bounds::MAX_HEADER_VALUE {
+                                tracing::warn!(header = %tidegate_plugin_sdk::check::quoted(&name), bytes = value.len(), "milter header field is too long to write unfolded, left as it is");
+                            } else {
+                                headers.change(&mut edits, index, &name, &value);
+                            }
                         }
                         Reply::ChangeFrom(from) => {
                             allowed(action::CHGFROM, "change sender")?;
