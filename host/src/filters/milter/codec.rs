@@ -593,4 +593,27 @@ mod tests {
             Err(CodecError::Malformed { .. })
         ));
     }
+
+    #[test]
+    fn no_packet_makes_the_decoder_panic() {
+        // A cheap deterministic fuzz: every reply code with random (often NUL-heavy)
+        // data of random length; decoding may fail but never panics or loops.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let codes = b"Oacrtdyspbhime+2-qZ\0";
+        for _ in 0..50_000 {
+            let len = (next() % 40) as usize;
+            let mut packet = vec![codes[(next() % codes.len() as u64) as usize]];
+            for _ in 0..len {
+                let byte = next() as u8;
+                packet.push(if byte < 64 { 0 } else { byte });
+            }
+            let _ = decode(&packet);
+        }
+    }
 }
