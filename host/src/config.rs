@@ -78,6 +78,12 @@ pub struct Config {
     /// The plugins, in chain order.
     #[serde(default, rename = "plugin")]
     pub plugin_list: Vec<PluginConfig>,
+    /// Milters (Sendmail/Postfix milter protocol) that listener chains may name.
+    #[serde(default, rename = "milter")]
+    pub milters: Vec<MilterConfig>,
+    /// Postfix policy delegation services that listener chains may name.
+    #[serde(default, rename = "policy_service")]
+    pub policy_services: Vec<PolicyServiceConfig>,
     /// DKIM signing keys.
     #[serde(default, rename = "dkim_sign")]
     pub dkim_sign: Vec<DkimSignConfig>,
@@ -690,6 +696,117 @@ pub enum OnError {
     Continue,
 }
 
+/// Where an external filter listens: `host:port` (an IP address) or `unix:/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterAddress {
+    /// TCP.
+    Tcp(SocketAddr),
+    /// A Unix-domain stream socket.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for FilterAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FilterAddress::Tcp(address) => write!(f, "{address}"),
+            FilterAddress::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FilterAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(serde::de::Error::custom("`unix:` needs a socket path"));
+            }
+            return Ok(FilterAddress::Unix(PathBuf::from(path)));
+        }
+        text.parse::<SocketAddr>()
+            .map(FilterAddress::Tcp)
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is neither `ip:port` (IPv6 as `[::1]:port`) nor `unix:/path`"
+                ))
+            })
+    }
+}
+
+/// One `[[milter]]`: a Sendmail/Postfix milter (protocol version 6) a listener chain may
+/// name like a plugin.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MilterConfig {
+    /// The name used in listener chains, logs and metrics (shared with `[[plugin]]` names).
+    pub name: String,
+    /// Where the milter listens.
+    pub address: FilterAddress,
+    /// The longest wait for one answer (connecting included), in milliseconds.
+    #[serde(default = "default_milter_timeout_ms")]
+    pub timeout_ms: u64,
+    /// What a milter that is down, slow or speaks garbage means for the session.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+fn default_milter_timeout_ms() -> u64 {
+    5_000
+}
+
+/// One `[[policy_service]]`: a Postfix SMTPD policy delegation server a listener chain may
+/// name like a plugin.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyServiceConfig {
+    /// The name used in listener chains, logs and metrics (shared with `[[plugin]]` names).
+    pub name: String,
+    /// Where the server listens.
+    pub address: FilterAddress,
+    /// The protocol states it is asked at; `["rcpt"]` when absent.
+    #[serde(default = "default_policy_stages")]
+    pub stages: Vec<PolicyStage>,
+    /// The longest wait for one answer (connecting included), in milliseconds.
+    #[serde(default = "default_policy_timeout_ms")]
+    pub timeout_ms: u64,
+    /// What a server that is down, slow or answers garbage means for the session.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Connections kept open to the server (and the most used at once).
+    #[serde(default = "default_policy_connections")]
+    pub max_connections: usize,
+}
+
+/// A protocol state a policy service is asked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyStage {
+    /// CONNECT, when the client connects.
+    Connect,
+    /// HELO, at HELO/EHLO.
+    Helo,
+    /// MAIL, at MAIL FROM.
+    Mail,
+    /// RCPT, at each RCPT TO.
+    Rcpt,
+    /// END-OF-MESSAGE, when the whole message is in (`data` means the same: Tidegate asks
+    /// after the message, not at the DATA command).
+    #[serde(alias = "data")]
+    EndOfMessage,
+}
+
+fn default_policy_stages() -> Vec<PolicyStage> {
+    vec![PolicyStage::Rcpt]
+}
+
+fn default_policy_timeout_ms() -> u64 {
+    2_000
+}
+
+fn default_policy_connections() -> usize {
+    8
+}
+
 /// Shared plugin-runtime settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -724,7 +841,15 @@ impl Config {
     pub fn longest_chain(&self) -> usize {
         self.listeners
             .iter()
-            .map(|l| l.plugins.as_ref().map_or(self.plugin_list.len(), Vec::len))
+            .map(|l| {
+                // Milters and policy services in a chain take no plugin instance.
+                l.plugins.as_ref().map_or(self.plugin_list.len(), |names| {
+                    names
+                        .iter()
+                        .filter(|n| self.plugin_list.iter().any(|p| &p.name == *n))
+                        .count()
+                })
+            })
             .max()
             .unwrap_or(0)
     }
@@ -1462,6 +1587,18 @@ impl Config {
                 plugin.path = base.join(&plugin.path);
             }
         }
+        let filter_addresses = config
+            .milters
+            .iter_mut()
+            .map(|m| &mut m.address)
+            .chain(config.policy_services.iter_mut().map(|p| &mut p.address));
+        for address in filter_addresses {
+            if let FilterAddress::Unix(path) = address
+                && path.is_relative()
+            {
+                *path = base.join(&*path);
+            }
+        }
         for key in &mut config.dkim_sign {
             if key.key_file.is_relative() {
                 key.key_file = base.join(&key.key_file);
@@ -1686,12 +1823,65 @@ impl Config {
                 ));
             }
         }
+        let filters = self
+            .milters
+            .iter()
+            .map(|m| ("milter", m.name.as_str(), m.timeout_ms))
+            .chain(
+                self.policy_services
+                    .iter()
+                    .map(|p| ("policy_service", p.name.as_str(), p.timeout_ms)),
+            );
+        let mut seen = std::collections::HashMap::new();
+        for (table, name, timeout) in filters {
+            let i = seen.entry(table).or_insert(0usize);
+            let at = *i;
+            *i += 1;
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err((
+                    format!("{table}[{at}].name"),
+                    "a name is printable ASCII without spaces".into(),
+                ));
+            }
+            // Milters, policy services and plugins share one namespace: a listener's
+            // chain names any of them.
+            if !plugin_names.insert(name) {
+                return Err((
+                    format!("{table}[{at}].name"),
+                    format!(
+                        "name `{name}` is used twice (plugins, milters and policy services share names)"
+                    ),
+                ));
+            }
+            if !(1..=300_000).contains(&timeout) {
+                return Err((
+                    format!("{table}[{at}].timeout_ms"),
+                    "must be between 1 and 300000".into(),
+                ));
+            }
+        }
+        for (i, policy) in self.policy_services.iter().enumerate() {
+            if policy.stages.is_empty() {
+                return Err((
+                    format!("policy_service[{i}].stages"),
+                    "name at least one of connect, helo, mail, rcpt, end-of-message".into(),
+                ));
+            }
+            if !(1..=1024).contains(&policy.max_connections) {
+                return Err((
+                    format!("policy_service[{i}].max_connections"),
+                    "must be between 1 and 1024".into(),
+                ));
+            }
+        }
         for (i, listener) in self.listeners.iter().enumerate() {
             for name in listener.plugins.iter().flatten() {
                 if !plugin_names.contains(name.as_str()) {
                     return Err((
                         format!("listener[{i}].plugins"),
-                        format!("no [[plugin]] is named `{name}`"),
+                        format!(
+                            "no [[plugin]], [[milter]] or [[policy_service]] is named `{name}`"
+                        ),
                     ));
                 }
             }
@@ -2213,5 +2403,86 @@ secret_file = "webhook.secret"
                 "{idn}"
             );
         }
+    }
+
+    #[test]
+    fn milters_and_policy_services_parse_as_the_readme_writes_them_and_share_one_namespace() {
+        let filters = r#"
+[[policy_service]]
+name = "greylist"
+address = "127.0.0.1:10023"      # Postfix policy delegation protocol over TCP
+stages = ["rcpt"]
+timeout_ms = 2000
+on_error = "continue"
+
+[[milter]]
+name = "rspamd"
+address = "127.0.0.1:11332"
+timeout_ms = 5000
+on_error = "tempfail"
+
+[[milter]]
+name = "clamav"
+address = "unix:/run/clamav/clamav-milter.ctl"
+"#;
+        let config = parse(&format!("{EXAMPLE}{filters}")).unwrap();
+        assert_eq!(config.policy_services[0].stages, vec![PolicyStage::Rcpt]);
+        assert_eq!(config.policy_services[0].on_error, OnError::Continue);
+        assert_eq!(
+            config.milters[0].address,
+            FilterAddress::Tcp("127.0.0.1:11332".parse().unwrap())
+        );
+        assert_eq!(
+            config.milters[1].address,
+            FilterAddress::Unix("/run/clamav/clamav-milter.ctl".into())
+        );
+        assert_eq!(config.milters[1].on_error, OnError::Tempfail);
+        let chained = EXAMPLE.replace(
+            "protocol = \"smtp\"",
+            "protocol = \"smtp\"\nplugins = [\"rspamd\", \"greylist\"]",
+        );
+        assert!(parse(&format!("{chained}{filters}")).is_ok());
+
+        // A name used twice across the tables, with its file, line and key.
+        let twice = format!(
+            "{EXAMPLE}{filters}\n[[policy_service]]\nname = \"rspamd\"\naddress = \"127.0.0.1:1\"\n"
+        );
+        let error = parse(&twice).unwrap_err();
+        assert_eq!(error.key, "policy_service[1].name");
+        assert!(error.message.contains("used twice"), "{error}");
+        assert!(error.line.is_some(), "{error}");
+        // An unknown name in a chain.
+        let unknown = EXAMPLE.replace(
+            "protocol = \"smtp\"",
+            "protocol = \"smtp\"\nplugins = [\"spamassassin\"]",
+        );
+        let error = parse(&format!("{unknown}{filters}")).unwrap_err();
+        assert_eq!(error.key, "listener[0].plugins");
+        assert!(error.to_string().starts_with("t.toml:"), "{error}");
+        // Bad values, located.
+        for (bad, key) in [
+            ("address = \"localhost\"", "milter[0].address"),
+            ("timeout_ms = 0", "milter[0].timeout_ms"),
+            ("on_error = \"explode\"", "milter[0].on_error"),
+        ] {
+            let text = format!("{EXAMPLE}\n[[milter]]\nname = \"m\"\naddress = \"127.0.0.1:1\"\n")
+                .replace(
+                    "address = \"127.0.0.1:1\"",
+                    if bad.starts_with("address") {
+                        bad
+                    } else {
+                        "address = \"127.0.0.1:1\""
+                    },
+                )
+                + if bad.starts_with("address") { "" } else { bad };
+            let error = parse(&text).unwrap_err();
+            assert_eq!(error.key, key, "{error}");
+            assert!(error.line.is_some(), "{error}");
+        }
+        let error = parse(&format!(
+            "{EXAMPLE}\n[[policy_service]]\nname = \"p\"\naddress = \"127.0.0.1:1\"\nstages = [\"queue\"]\n"
+        ))
+        .unwrap_err();
+        assert!(error.key.starts_with("policy_service[0].stages"), "{error}");
     }
 }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod events;
+pub mod filters;
 pub mod inbound;
 pub mod logging;
 pub mod metrics;

@@ -442,6 +442,16 @@ pub struct PluginStatus {
     pub fuel: u64,
     /// The most memory one of its instances has had, in octets.
     pub memory_bytes: u64,
+    /// `plugin`, `milter` or `policy_service`.
+    #[serde(default = "plugin_kind")]
+    pub kind: String,
+    /// Where a milter or policy service listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+fn plugin_kind() -> String {
+    "plugin".to_owned()
 }
 
 async fn plugins(State(state): State<Arc<AdminState>>) -> Response {
@@ -477,9 +487,42 @@ async fn plugins(State(state): State<Arc<AdminState>>) -> Response {
                 failures,
                 fuel: sum("tidegate_plugin_fuel_total"),
                 memory_bytes: sum("tidegate_plugin_memory_high_water_bytes"),
+                kind: plugin_kind(),
+                address: None,
             })
         })
         .collect();
+    // Milters and policy services after the plugins, by name (they are in listener
+    // chains only, not in the queue's).
+    let mut filters: Vec<_> = snapshot.filters.values().collect();
+    filters.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut statuses = statuses;
+    for filter in filters {
+        let name = filter.name().to_string();
+        let mut failures = std::collections::BTreeMap::new();
+        for kind in failure_kinds(&rendered, &name) {
+            let count = sum_metric(
+                &rendered,
+                "tidegate_plugin_failures_total",
+                &name,
+                Some(&kind),
+            );
+            failures.insert(kind, count);
+        }
+        statuses.push(PluginStatus {
+            position: statuses.len() + 1,
+            hash: String::new(),
+            loaded_at: 0,
+            contract: String::new(),
+            calls: sum_metric(&rendered, "tidegate_plugin_calls_total", &name, None),
+            failures,
+            fuel: 0,
+            memory_bytes: 0,
+            kind: filter.kind().to_owned(),
+            address: Some(filter.address().to_string()),
+            name,
+        });
+    }
     Json(statuses).into_response()
 }
 

@@ -647,11 +647,17 @@ pub fn plugins(args: ClientArgs) -> anyhow::Result<()> {
             .map(|p| {
                 let failures: Vec<String> =
                     p.failures.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                // A milter or policy service shows its kind and address instead of a
+                // component's hash and contract.
+                let (hash, contract) = match &p.address {
+                    Some(address) => (address.clone(), p.kind.clone()),
+                    None => (p.hash.chars().take(12).collect(), p.contract.clone()),
+                };
                 vec![
                     p.position.to_string(),
                     p.name.clone(),
-                    p.hash.chars().take(12).collect(),
-                    p.contract.clone(),
+                    hash,
+                    contract,
                     p.loaded_at.to_string(),
                     p.calls.to_string(),
                     p.fuel.to_string(),

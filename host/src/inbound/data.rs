@@ -549,7 +549,9 @@ impl Session {
             },
             message,
         );
+        self.plugins.set_queue_id(Some(envelope.id.clone()));
         let outcome = self.run_stage(input).await;
+        self.plugins.set_queue_id(None);
         if let Some(refusal) = policy::refusal(&outcome.decision) {
             return DataPolicy::Refuse(refusal);
         }

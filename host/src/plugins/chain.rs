@@ -6,6 +6,10 @@
 //! fails (trap, fuel or memory exhausted, bad answer) is dropped at once and the plugin's
 //! failure policy decides what the session sees.
 //!
+//! A chain's elements are plugins and external filters (milters and policy services, see
+//! [`crate::filters`]), in the listener's order. A filter answers a stage with the same
+//! response a plugin gives, and it goes through the same validation and failure policy.
+//!
 //! A healthy instance goes back to its plugin version's idle list when the session ends,
 //! and the next session that takes it starts with a fresh `init` call: the plugin's
 //! per-session value is rebuilt, while instantiation (the larger cost, paid per connection
@@ -29,6 +33,7 @@ use super::engine::{FUEL_PER_MS, HoldsIdle, PluginEngine};
 use super::limits::{CallError, Failure, PluginLimits, response as bounds};
 use super::services::{HostServices, PluginState};
 use crate::config::{OnError, PluginConfig};
+use crate::filters::{Facts, Filter, FilterSession};
 use crate::inbound::address::Mailbox;
 use crate::metrics::{PluginFailureLabels, PluginHookLabels, PluginLabels};
 use tidegate_plugin_sdk::check;
@@ -570,11 +575,36 @@ fn wanted_after_connect(hooks: w::Hooks) -> bool {
     .any(|hook| hooks.contains(hook))
 }
 
-/// The plugins of one listener, in order.
+/// The plugins and external filters of one listener, in order.
 #[derive(Debug, Clone, Default)]
 pub struct Chain {
     /// The plugins, in the order they run.
     pub plugins: Vec<Arc<LoadedPlugin>>,
+    /// The milters and policy services.
+    pub filters: Vec<Arc<Filter>>,
+    /// The order of the chain's elements.
+    pub order: Vec<Element>,
+}
+
+/// One element of a chain: an index into its plugins or its filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Element {
+    /// `Chain::plugins[i]`.
+    Plugin(usize),
+    /// `Chain::filters[i]`.
+    Filter(usize),
+}
+
+impl Chain {
+    /// A chain of plugins only, in this order.
+    pub fn of_plugins(plugins: Vec<Arc<LoadedPlugin>>) -> Chain {
+        let order = (0..plugins.len()).map(Element::Plugin).collect();
+        Chain {
+            plugins,
+            filters: Vec::new(),
+            order,
+        }
+    }
 }
 
 /// What the session gives a stage.
@@ -641,6 +671,10 @@ pub struct SessionPlugins {
     engine: Arc<PluginEngine>,
     services: Arc<HostServices>,
     instances: Vec<Option<Instance>>,
+    /// The session's state with each filter of the chain, made at its first stage.
+    filter_sessions: Vec<Option<FilterSession>>,
+    /// The current message's queue id, for filters (set at DATA).
+    queue_id: Option<String>,
     /// What the `session` host function answers during this session's calls.
     session: Arc<w::SessionInfo>,
     /// The message's tags, for the delivery side's hooks.
@@ -673,11 +707,14 @@ impl SessionPlugins {
     /// The plugins for a new session.
     pub fn new(chain: Arc<Chain>, engine: Arc<PluginEngine>, services: Arc<HostServices>) -> Self {
         let instances = chain.plugins.iter().map(|_| None).collect();
+        let filter_sessions = chain.filters.iter().map(|_| None).collect();
         SessionPlugins {
             chain,
             engine,
             services,
             instances,
+            filter_sessions,
+            queue_id: None,
             session: Arc::new(super::services::no_session()),
             message_tags: BTreeMap::new(),
             auth_results: Arc::new(Vec::new()),
@@ -702,6 +739,12 @@ impl SessionPlugins {
         if self.verdicts.len() < MAX_LOGGED_VERDICTS {
             self.verdicts.push((Arc::clone(plugin), hook, verdict));
         }
+    }
+
+    /// The queue id of the message in progress, for filters (milter macro `i`, the
+    /// policy attribute `queue_id`).
+    pub fn set_queue_id(&mut self, id: Option<String>) {
+        self.queue_id = id;
     }
 
     /// The transaction's sender authentication results, for the calls that follow.
@@ -757,6 +800,7 @@ impl SessionPlugins {
             .plugins
             .iter()
             .any(|p| p.hooks.contains(hook.flag()))
+            || self.chain.filters.iter().any(|f| f.wants(hook))
     }
 
     /// Runs the chain for one stage. Tags set by a plugin are written to `tags` at once,
@@ -769,50 +813,56 @@ impl SessionPlugins {
     ) -> StageOutcome {
         let hook = input.hook();
         let deadline = Instant::now() + self.engine.stage_time_limit();
-        let mut edits = Vec::new();
-        for index in 0..self.chain.plugins.len() {
-            let plugin = Arc::clone(&self.chain.plugins[index]);
-            if !plugin.hooks.contains(hook.flag()) {
-                continue;
+        if hook == Hook::MailFrom {
+            for session in self.filter_sessions.iter_mut().flatten() {
+                session.new_transaction();
             }
-            let result = self
-                .timed(&plugin, hook.name(), deadline, |this| {
-                    this.call(index, &plugin, &input, tags)
-                })
-                .await;
-            let response = match result
-                .and_then(|r| validate(hook, r))
-                .and_then(|r| check_tag_room(r, tags))
-            {
-                Ok(response) => response,
-                Err(error) => {
-                    let policy = if error.kind == Failure::PoolFull {
-                        // Running out of instances must never skip policy, whatever the
-                        // plugin's failure policy says.
-                        OnError::Tempfail
-                    } else {
-                        plugin.config.on_error
-                    };
-                    self.failed(index, &plugin, hook.name(), &error, Some(policy));
-                    self.note_verdict(&plugin.name, hook.name(), "failed");
-                    match policy {
-                        OnError::Continue => continue,
-                        OnError::Tempfail => {
+        }
+        let mut edits = Vec::new();
+        for position in 0..self.chain.order.len() {
+            let (name, response) = match self.chain.order[position] {
+                Element::Filter(index) => {
+                    let filter = Arc::clone(&self.chain.filters[index]);
+                    if !filter.wants(hook) {
+                        continue;
+                    }
+                    let result = self.filter_call(index, &filter, &input, deadline).await;
+                    match result
+                        .and_then(|r| validate(hook, r))
+                        .and_then(|r| check_tag_room(r, tags))
+                    {
+                        Ok(response) => (Arc::clone(filter.name()), response),
+                        Err(error) => {
+                            let policy = filter.on_error();
+                            self.filter_failed(&filter, hook.name(), &error, policy);
+                            self.note_verdict(filter.name(), hook.name(), "failed");
+                            match policy {
+                                OnError::Continue => continue,
+                                OnError::Tempfail => {
+                                    return StageOutcome {
+                                        decision: policy_tempfail(),
+                                        edits,
+                                    };
+                                }
+                            }
+                        }
+                    }
+                }
+                Element::Plugin(index) => {
+                    match self.plugin_stage(index, hook, &input, tags, deadline).await {
+                        Step::Skip => continue,
+                        Step::Tempfail => {
                             return StageOutcome {
                                 decision: policy_tempfail(),
                                 edits,
                             };
                         }
+                        Step::Answer(response) => {
+                            (Arc::clone(&self.chain.plugins[index].name), response)
+                        }
                     }
                 }
             };
-            if hook == Hook::Connect && !wanted_after_connect(plugin.hooks) {
-                // Nothing else of this session will call it: its instance can serve
-                // another session now instead of idling with this one.
-                if let Some(instance) = self.instances[index].take() {
-                    plugin.check_in(instance, &self.services.metrics);
-                }
-            }
             for edit in response.edits {
                 match edit {
                     w::Edit::SetTag((key, value)) => {
@@ -830,7 +880,7 @@ impl SessionPlugins {
                 w::Verdict::Quarantine(_) => "quarantine",
                 w::Verdict::Disconnect(_) => "disconnect",
             };
-            self.note_verdict(&plugin.name, hook.name(), verdict);
+            self.note_verdict(&name, hook.name(), verdict);
             let decision = match response.verdict {
                 w::Verdict::Continue => continue,
                 w::Verdict::Accept => Decision::Accept,
@@ -840,13 +890,132 @@ impl SessionPlugins {
                 w::Verdict::Quarantine(why) => Decision::Quarantine(why),
                 w::Verdict::Disconnect(reply) => Decision::Disconnect(reply),
             };
-            tracing::debug!(plugin = %plugin.name, hook = hook.name(), ?decision, "plugin decided");
+            tracing::debug!(plugin = %name, hook = hook.name(), ?decision, "plugin decided");
             return StageOutcome { decision, edits };
         }
         StageOutcome {
             decision: Decision::Continue,
             edits,
         }
+    }
+
+    /// Calls plugin `index` for one stage and validates its answer; a failure is handled
+    /// by its failure policy.
+    async fn plugin_stage(
+        &mut self,
+        index: usize,
+        hook: Hook,
+        input: &StageInput,
+        tags: &BTreeMap<String, String>,
+        deadline: Instant,
+    ) -> Step {
+        let plugin = Arc::clone(&self.chain.plugins[index]);
+        if !plugin.hooks.contains(hook.flag()) {
+            return Step::Skip;
+        }
+        let result = self
+            .timed(&plugin, hook.name(), deadline, |this| {
+                this.call(index, &plugin, input, tags)
+            })
+            .await;
+        let response = match result
+            .and_then(|r| validate(hook, r))
+            .and_then(|r| check_tag_room(r, tags))
+        {
+            Ok(response) => response,
+            Err(error) => {
+                let policy = if error.kind == Failure::PoolFull {
+                    // Running out of instances must never skip policy, whatever the
+                    // plugin's failure policy says.
+                    OnError::Tempfail
+                } else {
+                    plugin.config.on_error
+                };
+                self.failed(index, &plugin, hook.name(), &error, Some(policy));
+                self.note_verdict(&plugin.name, hook.name(), "failed");
+                return match policy {
+                    OnError::Continue => Step::Skip,
+                    OnError::Tempfail => Step::Tempfail,
+                };
+            }
+        };
+        if hook == Hook::Connect && !wanted_after_connect(plugin.hooks) {
+            // Nothing else of this session will call it: its instance can serve
+            // another session now instead of idling with this one.
+            if let Some(instance) = self.instances[index].take() {
+                plugin.check_in(instance, &self.services.metrics);
+            }
+        }
+        Step::Answer(response)
+    }
+
+    /// Asks filter `index` about one stage within the stage's deadline (each wait inside
+    /// has the filter's own `timeout_ms`), counted like a plugin call. A call cut off by
+    /// the deadline leaves the filter's session to drop its connection.
+    async fn filter_call(
+        &mut self,
+        index: usize,
+        filter: &Filter,
+        input: &StageInput,
+        deadline: Instant,
+    ) -> Result<w::Response, CallError> {
+        let started = Instant::now();
+        let left = deadline.saturating_duration_since(started);
+        let session = Arc::clone(&self.session);
+        let queue_id = self.queue_id.clone();
+        let facts = Facts {
+            session: &session,
+            queue_id: queue_id.as_deref(),
+        };
+        let Some(state) = self.filter_sessions.get_mut(index) else {
+            return Err(CallError::new(Failure::Init, "no such filter"));
+        };
+        let state = state.get_or_insert_with(|| filter.session());
+        let result = if left.is_zero() {
+            Err(CallError::new(
+                Failure::Time,
+                "the stage's deadline ([plugins] stage_time_limit_ms) passed before this filter's turn",
+            ))
+        } else {
+            match tokio::time::timeout(left, state.stage(input, &facts)).await {
+                Ok(result) => result,
+                Err(_) => Err(CallError::new(
+                    Failure::Time,
+                    "no answer by the stage's deadline ([plugins] stage_time_limit_ms)",
+                )),
+            }
+        };
+        let labels = PluginHookLabels {
+            plugin: filter.name().to_string(),
+            hook: input.hook().name().to_owned(),
+        };
+        let metrics = &self.services.metrics;
+        metrics.plugin_calls.get_or_create(&labels).inc();
+        metrics
+            .plugin_call_seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Records a failed filter call: logged with the policy applied, counted by kind.
+    fn filter_failed(
+        &self,
+        filter: &Filter,
+        hook: &'static str,
+        error: &CallError,
+        policy: OnError,
+    ) {
+        tracing::warn!(filter = %filter.name(), kind = filter.kind(), hook, failure = error.kind.as_str(), error = %error, ?policy, "filter failed");
+        self.services
+            .metrics
+            .plugin_failures
+            .get_or_create(&PluginFailureLabels {
+                plugin: filter.name().to_string(),
+                hook: hook.to_owned(),
+                kind: error.kind.as_str(),
+            })
+            .inc();
     }
 
     /// Runs one call of plugin `index` under its deadline (and the stage's), counting it.
@@ -1086,6 +1255,11 @@ impl SessionPlugins {
                 plugin.check_in(instance, &self.services.metrics);
             }
         }
+        for session in self.filter_sessions.iter_mut() {
+            if let Some(mut session) = session.take() {
+                session.end();
+            }
+        }
     }
 }
 
@@ -1093,6 +1267,16 @@ impl Drop for SessionPlugins {
     fn drop(&mut self) {
         self.release();
     }
+}
+
+/// What one plugin's turn in a stage came to.
+enum Step {
+    /// It has nothing to say here (or failed with `on_error = "continue"`).
+    Skip,
+    /// It failed with `on_error = "tempfail"` (or no instance was free).
+    Tempfail,
+    /// Its validated answer.
+    Answer(w::Response),
 }
 
 /// The hooks that are not a session stage: the delivery side's, and the session's end.

@@ -23,8 +23,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, PluginConfig};
+use crate::filters::Filter;
 use crate::metrics::Metrics;
-use chain::{Chain, LoadedPlugin, SessionPlugins};
+use chain::{Chain, Element, LoadedPlugin, SessionPlugins};
 use engine::PluginEngine;
 use services::HostServices;
 
@@ -39,6 +40,8 @@ pub struct PluginSet {
     pub order: Vec<String>,
     /// Every plugin in configuration order: the delivery queue's chain.
     pub queue_chain: Arc<Chain>,
+    /// Milters and policy services by name.
+    pub filters: HashMap<String, Arc<Filter>>,
 }
 
 /// The plugin runtime of a running server.
@@ -160,12 +163,18 @@ impl PluginHost {
                 return Err(e);
             }
         };
-        let changed: Vec<String> = set
+        let mut changed: Vec<String> = set
             .plugins
             .iter()
             .filter(|(name, p)| old.plugins.get(*name).is_none_or(|o| !Arc::ptr_eq(o, p)))
             .map(|(name, _)| name.clone())
             .collect();
+        changed.extend(
+            set.filters
+                .iter()
+                .filter(|(name, f)| old.filters.get(*name).is_none_or(|o| !Arc::ptr_eq(o, f)))
+                .map(|(name, _)| name.clone()),
+        );
         self.current.store(Arc::new(set));
         if !changed.is_empty() {
             self.services.metrics.plugin_reloads.inc();
@@ -186,32 +195,59 @@ impl PluginHost {
             })?;
             plugins.insert(plugin_config.name.clone(), loaded);
         }
+        let mut filters = HashMap::new();
+        let built = config.policy_services.iter().map(Filter::policy).chain(
+            config
+                .milters
+                .iter()
+                .map(|m| Filter::milter(m, config.hostname.as_str())),
+        );
+        // Without a `plugins` list a listener runs every plugin, then every policy
+        // service, then every milter, each in configuration order.
+        let mut default_order: Vec<String> =
+            config.plugin_list.iter().map(|p| p.name.clone()).collect();
+        for filter in built {
+            let name = filter.name().to_string();
+            default_order.push(name.clone());
+            // Unchanged settings keep the running filter (a policy service's open
+            // connections with it).
+            let filter = match old.filters.get(&name) {
+                Some(previous) if previous.same_settings(&filter) => Arc::clone(previous),
+                _ => Arc::new(filter),
+            };
+            filters.insert(name, filter);
+        }
         let mut chains = HashMap::new();
         for listener in &config.listeners {
             let names: Vec<&str> = match &listener.plugins {
                 Some(names) => names.iter().map(String::as_str).collect(),
-                None => config.plugin_list.iter().map(|p| p.name.as_str()).collect(),
+                None => default_order.iter().map(String::as_str).collect(),
             };
-            let chain = Chain {
-                plugins: names
-                    .iter()
-                    .filter_map(|n| plugins.get(*n).cloned())
-                    .collect(),
-            };
+            let mut chain = Chain::default();
+            for name in names {
+                if let Some(plugin) = plugins.get(name) {
+                    chain.order.push(Element::Plugin(chain.plugins.len()));
+                    chain.plugins.push(Arc::clone(plugin));
+                } else if let Some(filter) = filters.get(name) {
+                    chain.order.push(Element::Filter(chain.filters.len()));
+                    chain.filters.push(Arc::clone(filter));
+                }
+            }
             chains.insert(listener.name.clone(), Arc::new(chain));
         }
         let order: Vec<String> = config.plugin_list.iter().map(|p| p.name.clone()).collect();
-        let queue_chain = Arc::new(Chain {
-            plugins: order
+        let queue_chain = Arc::new(Chain::of_plugins(
+            order
                 .iter()
                 .filter_map(|n| plugins.get(n).cloned())
                 .collect(),
-        });
+        ));
         Ok(PluginSet {
             plugins,
             chains,
             order,
             queue_chain,
+            filters,
         })
     }
 
