@@ -576,6 +576,8 @@ pub struct DeliveryConfig {
     pub tls_ca: Option<PathBuf>,
     /// Honour the MTA-STS policies (RFC 8461) of recipient domains in MX delivery.
     pub mta_sts: bool,
+    /// Send with BDAT (RFC 3030) to next hops that offer CHUNKING; false: always DATA.
+    pub chunking: bool,
     /// The HTTPS port policies are fetched from (443; a lab may change it).
     pub mta_sts_port: u16,
     /// How long a connection kept for the next message to the same host stays open idle.
@@ -611,6 +613,7 @@ impl Default for DeliveryConfig {
             tls: TlsPolicy::Opportunistic,
             tls_ca: None,
             mta_sts: false,
+            chunking: true,
             mta_sts_port: 443,
             pool_idle_timeout: secs(15),
             pool_max_idle: 100,
