@@ -636,6 +636,8 @@ pub struct RouteConfig {
     pub maildir: Option<PathBuf>,
     /// TLS towards the smarthost; `[delivery] tls` when absent.
     pub tls: Option<TlsPolicy>,
+    /// BDAT towards a smarthost that offers CHUNKING; `[delivery] chunking` when absent.
+    pub chunking: Option<bool>,
     /// Verify recipients at RCPT TO by asking the smarthost (MAIL FROM:<>, RCPT, RSET):
     /// an address it refuses gets 550 5.1.1 instead of a bounce later (backscatter).
     #[serde(default)]

@@ -351,3 +351,53 @@ fn notify_never_means_no_bounce_and_ret_chooses_what_a_bounce_returns() {
     assert_eq!(all.len(), 2);
     assert!(all.iter().all(|m| !m.text().contains("never@example.test")));
 }
+
+#[test]
+fn a_delay_notice_only_for_recipients_whose_notify_asks_for_delays() {
+    let internal = SinkServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Behaviour::default().tempfail_data_first(usize::MAX),
+    );
+    let senders = senders_sink();
+    let gateway = Gateway::start_with(
+        &GatewayConfig::default()
+            .queue("retry_intervals", r#"["500ms"]"#)
+            .queue("delay_notice_after", r#""1s""#)
+            .queue("max_lifetime", r#""4s""#)
+            .route("internal", &["example.test"], internal.addr())
+            .route("back", &["example.org"], senders.addr()),
+    );
+    send(
+        &gateway,
+        "",
+        &[
+            ("alice@example.test", " NOTIFY=FAILURE"),
+            ("bob@example.test", " NOTIFY=DELAY,FAILURE"),
+        ],
+    );
+    let notices = senders.wait_for(2, PATIENCE);
+    let delay = notice(&notices[0]);
+    assert!(delay.status.contains("Action: delayed"), "{}", delay.status);
+    assert!(
+        delay.status.contains("bob@example.test"),
+        "{}",
+        delay.status
+    );
+    assert!(
+        !delay.status.contains("alice@example.test"),
+        "{}",
+        delay.status
+    );
+    let expired = notice(&notices[1]);
+    assert!(
+        expired.status.contains("Action: failed"),
+        "{}",
+        expired.status
+    );
+    assert!(
+        expired.status.contains("alice@example.test")
+            && expired.status.contains("bob@example.test"),
+        "{}",
+        expired.status
+    );
+}

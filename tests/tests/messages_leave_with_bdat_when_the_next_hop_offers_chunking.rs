@@ -1,7 +1,8 @@
 //! Outbound CHUNKING (RFC 3030): to a next hop that offers it the message goes in BDAT
 //! chunks, never dot-stuffed, byte for byte as accepted (lines that start with dots, a
 //! message larger than one chunk); to one that does not, DATA as before; and
-//! `[delivery] chunking = false` keeps DATA even where BDAT is on offer.
+//! `[delivery] chunking = false` (or `chunking = false` on a route) keeps DATA even where
+//! BDAT is on offer.
 
 use tidegate_e2e::sink::{Behaviour, SinkServer};
 use tidegate_e2e::{Gateway, GatewayConfig, PATIENCE, SmtpClient, dot_stuff, without_trace_header};
@@ -102,5 +103,21 @@ fn data_is_used_where_chunking_is_not_offered_or_is_turned_off() {
     let received = chunking.wait_for(1, PATIENCE);
     assert!(received[0].chunks.is_empty(), "{:?}", received[0].chunks);
     assert!(without_trace_header(&received[0].data) == small.as_slice());
+    assert!(!chunking.transcript().iter().any(|l| l.starts_with("BDAT")));
+
+    // The same per route.
+    let chunking = SinkServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Behaviour::default().chunking(),
+    );
+    let mut config = GatewayConfig::default().deliver();
+    config.routes.push(format!(
+        r#"{{ name = "internal", domains = ["example.test"], smarthost = "{}", chunking = false }}"#,
+        chunking.addr()
+    ));
+    let gateway = Gateway::start_with(&config);
+    send(&gateway, &small);
+    let received = chunking.wait_for(1, PATIENCE);
+    assert!(received[0].chunks.is_empty(), "{:?}", received[0].chunks);
     assert!(!chunking.transcript().iter().any(|l| l.starts_with("BDAT")));
 }

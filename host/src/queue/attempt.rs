@@ -256,6 +256,7 @@ async fn record_held_outcomes(shared: &Arc<Shared>, id: QueueId) -> bool {
             None => false,
         };
         if !spooled {
+            tracing::error!(queue_id = %id, "a success notice still cannot be spooled: the message stays held");
             shared.set_unrecorded(id, held);
             shared.schedule_retry(id, now_ms() + first_retry_ms(shared));
             return false;

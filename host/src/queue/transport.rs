@@ -97,7 +97,10 @@ pub(super) async fn deliver(
             deliver_maildir(shared, root, envelope, rcpts, message).await
         }
         Destination::Smarthost {
-            host, port, tls, ..
+            route,
+            host,
+            port,
+            tls,
         } => match lookup::resolve_host(&shared.dns, host, *port).await {
             Ok(addrs) => {
                 let tls = if *tls == TlsPolicy::Required && tls_not_required(envelope, message) {
@@ -105,8 +108,16 @@ pub(super) async fn deliver(
                 } else {
                     *tls
                 };
+                let chunking = shared
+                    .config()
+                    .routes
+                    .iter()
+                    .find(|r| r.name == *route)
+                    .and_then(|r| r.chunking)
+                    .unwrap_or(shared.config().delivery.chunking);
                 deliver_smtp(
                     shared,
+                    chunking,
                     vec![NextHop {
                         name: host.clone(),
                         addrs,
@@ -158,7 +169,8 @@ pub(super) async fn deliver(
                             Mode::Testing | Mode::None => {}
                         }
                     }
-                    deliver_smtp(shared, hops, tls, envelope, rcpts, message).await
+                    let chunking = shared.config().delivery.chunking;
+                    deliver_smtp(shared, chunking, hops, tls, envelope, rcpts, message).await
                 }
                 Err(e) => lookup_failure(rcpts, &e),
             }
@@ -274,6 +286,7 @@ fn timeouts(shared: &Shared) -> Timeouts {
 /// Tries each host and address in turn until one takes the transaction.
 async fn deliver_smtp(
     shared: &Arc<Shared>,
+    chunking: bool,
     hops: Vec<NextHop>,
     tls: TlsPolicy,
     envelope: &Envelope,
@@ -308,7 +321,7 @@ async fn deliver_smtp(
         envid: envelope.envid(),
         recipient_dsn: &recipient_dsn,
         requiretls,
-        chunking: shared.config().delivery.chunking,
+        chunking,
     };
     // RFC 8689 §4.2.1: a REQUIRETLS message goes only over TLS with a verified
     // certificate, whatever the route or MTA-STS would allow.
