@@ -1258,4 +1258,47 @@ mod tests {
         );
         assert!(plain.is_ascii());
     }
+
+    #[test]
+    fn a_success_notice_says_delivered_or_relayed_and_returns_only_headers() {
+        let envelope = envelope(Some("sender@example.org"));
+        let mut delivered = failed("one@example.test");
+        delivered.action = Action::Delivered;
+        delivered.status = "2.0.0".into();
+        let mut relayed = failed("two@example.test");
+        relayed.action = Action::Relayed;
+        relayed.status = "garbage".into();
+        let dsn = build(&envelope, &[delivered, relayed], ORIGINAL);
+        let message = MessageParser::default().parse(&dsn).expect("parses");
+        assert_eq!(message.subject(), Some("Successful Mail Delivery Report"));
+        let blocks = field_blocks(&part_body(&message, "message/delivery-status"));
+        assert_eq!(field(&blocks[1], "Action"), Some("delivered"));
+        assert_eq!(field(&blocks[2], "Action"), Some("relayed"));
+        // An unusable status falls back to the generic one of the action.
+        assert_eq!(field(&blocks[2], "Status"), Some("2.0.0"));
+        assert!(!text(&dsn).contains("SECRET BODY"));
+        assert!(part_body(&message, "text/plain").contains("passed on"));
+    }
+
+    #[test]
+    fn ret_full_returns_the_whole_message_as_message_rfc822() {
+        let envelope = envelope(Some("sender@example.org"));
+        let dsn = build_dsn(&DsnInput {
+            reporting_mta: "relay.example.test",
+            original: &envelope,
+            original_message: ORIGINAL,
+            return_full: true,
+            recipients: &[failed("one@example.test")],
+            arrival: at(1_795_694_400),
+            now: at(1_795_698_000),
+            message_id_domain: "relay.example.test",
+        });
+        assert!(text(&dsn).contains("Content-Type: message/rfc822\r\n"));
+        assert!(text(&dsn).contains("SECRET BODY LINE: the numbers are 42.\r\n"));
+        let message = MessageParser::default().parse(&dsn).expect("parses");
+        let PartType::Multipart(children) = &message.parts[0].body else {
+            panic!("not multipart")
+        };
+        assert_eq!(children.len(), 3);
+    }
 }

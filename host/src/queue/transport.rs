@@ -181,13 +181,19 @@ pub(super) async fn deliver(
 /// Whether the message says `TLS-Required: No` (RFC 8689 §5) and MAIL did not ask for
 /// REQUIRETLS (which wins): TLS is then attempted but not demanded by policy.
 fn tls_not_required(envelope: &Envelope, message: &MessageOctets) -> bool {
-    if envelope.requiretls() {
-        return false;
-    }
-    let head = message.head();
+    !envelope.requiretls() && says_tls_not_required(message.head())
+}
+
+/// Whether a header block has a `TLS-Required: No` field (case-insensitive, folded or
+/// not).
+fn says_tls_not_required(head: &[u8]) -> bool {
     let head = &head[..crate::spool::envelope::find_header_end(head)];
     let mut fields = head.split(|b| *b == b'\n').peekable();
     while let Some(line) = fields.next() {
+        // A continuation line belongs to the field before it.
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            continue;
+        }
         let Some(colon) = line.iter().position(|b| *b == b':') else {
             continue;
         };
@@ -575,5 +581,38 @@ fn outcome_of(code: u16) -> Outcome {
         Outcome::Bounced
     } else {
         Outcome::Deferred
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::says_tls_not_required;
+
+    #[test]
+    fn tls_required_no_is_found_in_the_header_block_only() {
+        for yes in [
+            &b"Subject: x\r\nTLS-Required: No\r\n\r\nbody\r\n"[..],
+            b"tls-required:no\r\n\r\n",
+            b"TLS-Required:\r\n  NO \r\nSubject: x\r\n\r\n",
+        ] {
+            assert!(
+                says_tls_not_required(yes),
+                "{}",
+                String::from_utf8_lossy(yes)
+            );
+        }
+        for no in [
+            &b"Subject: x\r\n\r\nTLS-Required: No\r\n"[..],
+            b"TLS-Required: Yes\r\n\r\n",
+            b"X-TLS-Required: No\r\n\r\n",
+            b"TLS-Required: No thanks\r\n\r\n",
+            b"Subject: a\r\n TLS-Required: No\r\n\r\n",
+        ] {
+            assert!(
+                !says_tls_not_required(no),
+                "{}",
+                String::from_utf8_lossy(no)
+            );
+        }
     }
 }
