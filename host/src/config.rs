@@ -966,6 +966,8 @@ pub struct DeliveryConfig {
     pub tls_ca: Option<PathBuf>,
     /// Honour the MTA-STS policies (RFC 8461) of recipient domains in MX delivery.
     pub mta_sts: bool,
+    /// Send with BDAT (RFC 3030) to next hops that offer CHUNKING; false: always DATA.
+    pub chunking: bool,
     /// The HTTPS port policies are fetched from (443; a lab may change it).
     pub mta_sts_port: u16,
     /// How long a connection kept for the next message to the same host stays open idle.
@@ -1004,6 +1006,7 @@ impl Default for DeliveryConfig {
             tls: TlsPolicy::Opportunistic,
             tls_ca: None,
             mta_sts: false,
+            chunking: true,
             mta_sts_port: 443,
             pool_idle_timeout: secs(15),
             pool_max_idle: 100,
@@ -1027,6 +1030,8 @@ pub struct RouteConfig {
     pub maildir: Option<PathBuf>,
     /// TLS towards the smarthost; `[delivery] tls` when absent.
     pub tls: Option<TlsPolicy>,
+    /// BDAT towards a smarthost that offers CHUNKING; `[delivery] chunking` when absent.
+    pub chunking: Option<bool>,
     /// Verify recipients at RCPT TO by asking the smarthost (MAIL FROM:<>, RCPT, RSET):
     /// an address it refuses gets 550 5.1.1 instead of a bounce later (backscatter).
     #[serde(default)]

@@ -2,8 +2,10 @@
 //!
 //! [`SinkServer`] is a small but real SMTP server (RFC 5321) on plain blocking
 //! `std::net`, one thread per connection. It speaks EHLO/HELO, MAIL, RCPT, DATA (with
-//! dot-unstuffing; only `CRLF.CRLF` ends the data), RSET, NOOP, QUIT and, when given a
-//! certificate, STARTTLS (RFC 3207), answers pipelined commands in order, and records
+//! dot-unstuffing; only `CRLF.CRLF` ends the data), BDAT when it offers CHUNKING (RFC
+//! 3030), RSET, NOOP, QUIT and, when given a certificate, STARTTLS (RFC 3207), takes the
+//! DSN (RFC 3461) and REQUIRETLS (RFC 8689) parameters when it offers them, answers
+//! pipelined commands in order, and records
 //! everything a test may want to assert on: the accepted messages (and whether each came
 //! inside TLS), the number of connections, and every command line.
 //!
@@ -64,6 +66,9 @@ pub struct Behaviour {
     ehlo_name: Option<String>,
     starttls_refusal: Option<String>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    dsn: bool,
+    chunking: bool,
+    requiretls: bool,
 }
 
 /// A fixed reply for one recipient address.
@@ -91,6 +96,9 @@ impl Default for Behaviour {
             ehlo_name: None,
             starttls_refusal: None,
             tls: None,
+            dsn: false,
+            chunking: false,
+            requiretls: false,
         }
     }
 }
@@ -209,6 +217,27 @@ impl Behaviour {
         self
     }
 
+    /// Advertises `DSN` (RFC 3461) and takes `RET`/`ENVID` on MAIL and `NOTIFY`/`ORCPT`
+    /// on RCPT (recorded as given, not checked further).
+    pub fn dsn(mut self) -> Self {
+        self.dsn = true;
+        self
+    }
+
+    /// Advertises `CHUNKING` (RFC 3030) and takes `BDAT n [LAST]`; the chunk sizes are
+    /// recorded in [`ReceivedMessage::chunks`].
+    pub fn chunking(mut self) -> Self {
+        self.chunking = true;
+        self
+    }
+
+    /// Advertises `REQUIRETLS` (RFC 8689) inside TLS, and takes the MAIL parameter there
+    /// (outside TLS it gets 555 5.5.4, as an unadvertised parameter does).
+    pub fn requiretls(mut self) -> Self {
+        self.requiretls = true;
+        self
+    }
+
     fn rcpt_rule(&self, address: &str) -> Option<&RcptRule> {
         self.rcpt_rules
             .iter()
@@ -227,6 +256,11 @@ pub struct ReceivedMessage {
     pub mail_params: Vec<String>,
     /// The accepted recipients (inside the brackets), in order; refused ones are absent.
     pub rcpt_to: Vec<String>,
+    /// The RCPT parameters of each accepted recipient exactly as given, in the order of
+    /// `rcpt_to`, e.g. `[["NOTIFY=SUCCESS", "ORCPT=rfc822;a@b.test"]]`.
+    pub rcpt_params: Vec<Vec<String>>,
+    /// The sizes of the BDAT chunks the message came in; empty when it came with DATA.
+    pub chunks: Vec<usize>,
     /// The message octets, un-dot-stuffed, without the terminating `.` line.
     pub data: Vec<u8>,
     /// The connection it came over: 1 for the first the sink accepted, and so on.
@@ -453,6 +487,20 @@ struct Transaction {
     mail_params: Vec<String>,
     smtputf8: bool,
     rcpt_to: Vec<String>,
+    rcpt_params: Vec<Vec<String>>,
+    /// The BDAT data so far, and each chunk's size.
+    chunked: Vec<u8>,
+    chunks: Vec<usize>,
+}
+
+/// A BDAT chunk being read: how many octets are still to come, whether it is the last,
+/// and whether it is to be thrown away (the command was refused, RFC 3030 §2: its octets
+/// are read all the same).
+#[derive(Debug)]
+struct Chunk {
+    remaining: usize,
+    last: bool,
+    discard: Option<String>,
 }
 
 /// The message being read after a 354.
@@ -479,6 +527,8 @@ struct Session<'a> {
     upgrade: bool,
     /// The client's address.
     peer: Option<SocketAddr>,
+    /// A BDAT chunk whose octets are being read.
+    chunk: Option<Chunk>,
 }
 
 /// A connection's stream: plain TCP, or TLS over it after STARTTLS.
@@ -639,12 +689,24 @@ fn serve(tcp: TcpStream, connection: usize, shared: &Shared) {
         closing: false,
         tls: false,
         upgrade: false,
+        chunk: None,
     };
     let mut input: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
         let mut batch = Vec::new();
         while !session.closing && !session.upgrade {
+            if let Some(chunk) = &mut session.chunk {
+                let n = chunk.remaining.min(input.len());
+                let octets: Vec<u8> = input.drain(..n).collect();
+                chunk.remaining -= n;
+                let done = chunk.remaining == 0;
+                session.chunk_octets(&octets, done);
+                if !done {
+                    break;
+                }
+                continue;
+            }
             let Some(pos) = input.windows(2).position(|w| w == b"\r\n") else {
                 break;
             };
@@ -669,6 +731,7 @@ fn serve(tcp: TcpStream, connection: usize, shared: &Shared) {
             shared.lock().batches.push(batch);
         }
         if session.data.is_none()
+            && session.chunk.is_none()
             && !session.closing
             && !session.upgrade
             && input.len() > MAX_COMMAND_LINE
@@ -762,6 +825,7 @@ impl Session<'_> {
             }
             "VRFY" => self.reply("252 2.5.0 Cannot VRFY user, but will accept message"),
             "STARTTLS" => self.starttls(rest),
+            "BDAT" if self.behaviour.chunking => self.bdat(rest),
             "BDAT" | "AUTH" | "ETRN" | "EXPN" | "TURN" => {
                 self.reply("502 5.5.1 Command not implemented");
             }
@@ -826,6 +890,15 @@ impl Session<'_> {
         if (b.tls.is_some() || b.starttls_refusal.is_some()) && !self.tls {
             lines.push("STARTTLS".into());
         }
+        if b.dsn {
+            lines.push("DSN".into());
+        }
+        if b.chunking {
+            lines.push("CHUNKING".into());
+        }
+        if b.requiretls && self.tls {
+            lines.push("REQUIRETLS".into());
+        }
         lines.push("ENHANCEDSTATUSCODES".into());
         let last = lines.len() - 1;
         for (i, text) in lines.iter().enumerate() {
@@ -874,6 +947,8 @@ impl Session<'_> {
                 ("BODY", Some(value))
                     if value.eq_ignore_ascii_case("8BITMIME") && b.eightbitmime => {}
                 ("SMTPUTF8", None) if b.smtputf8 => smtputf8 = true,
+                ("RET" | "ENVID", Some(_)) if b.dsn => {}
+                ("REQUIRETLS", None) if b.requiretls && self.tls => {}
                 _ => {
                     self.reply(&format!("555 5.5.4 Unsupported parameter {param}"));
                     return;
@@ -888,7 +963,7 @@ impl Session<'_> {
             mail_from: address,
             mail_params: params,
             smtputf8,
-            rcpt_to: Vec::new(),
+            ..Transaction::default()
         });
         self.reply("250 2.1.0 Ok");
     }
@@ -911,7 +986,14 @@ impl Session<'_> {
             self.reply("501 5.1.3 Bad recipient address syntax");
             return;
         }
-        if let Some(param) = params.first() {
+        let dsn_param = |p: &String| {
+            let keyword = p.split('=').next().unwrap_or_default().to_ascii_uppercase();
+            matches!(keyword.as_str(), "NOTIFY" | "ORCPT") && p.contains('=')
+        };
+        if let Some(param) = params
+            .iter()
+            .find(|p| !(self.behaviour.dsn && dsn_param(p)))
+        {
             self.reply(&format!("555 5.5.4 Unsupported parameter {param}"));
             return;
         }
@@ -931,7 +1013,95 @@ impl Session<'_> {
         }
         if let Some(transaction) = &mut self.transaction {
             transaction.rcpt_to.push(address);
+            transaction.rcpt_params.push(params);
         }
+    }
+
+    /// `BDAT n [LAST]`: the octets follow; the reply comes once they are read.
+    fn bdat(&mut self, rest: &str) {
+        let mut words = rest.split_ascii_whitespace();
+        let size = words.next().and_then(|n| n.parse::<usize>().ok());
+        let last = match words.next() {
+            None => Some(false),
+            Some(w) if w.eq_ignore_ascii_case("LAST") => Some(true),
+            Some(_) => None,
+        };
+        let (Some(size), Some(last), None) = (size, last, words.next()) else {
+            // The size is unknown: the session cannot go on (RFC 3030 §2).
+            self.reply("501 5.5.4 Syntax: BDAT size [LAST]");
+            self.closing = true;
+            return;
+        };
+        let discard = match &self.transaction {
+            None => Some("503 5.5.1 Error: need MAIL command".to_owned()),
+            Some(t) if t.rcpt_to.is_empty() => {
+                Some("554 5.5.1 Error: no valid recipients".to_owned())
+            }
+            Some(_) => None,
+        };
+        self.chunk = Some(Chunk {
+            remaining: size,
+            last,
+            discard,
+        });
+        if size == 0 {
+            self.chunk_octets(&[], true);
+        }
+    }
+
+    /// Octets of the BDAT chunk being read; `done` when it is complete.
+    fn chunk_octets(&mut self, octets: &[u8], done: bool) {
+        let Some(chunk) = &self.chunk else { return };
+        if chunk.discard.is_none()
+            && let Some(t) = &mut self.transaction
+        {
+            t.chunked.extend_from_slice(octets);
+        }
+        if !done {
+            return;
+        }
+        let Some(chunk) = self.chunk.take() else {
+            return;
+        };
+        if let Some(refusal) = chunk.discard {
+            self.reply(&refusal);
+            return;
+        }
+        let size = self
+            .transaction
+            .as_ref()
+            .map_or(0, |t| t.chunked.len() - t.chunks.iter().sum::<usize>());
+        if let Some(t) = &mut self.transaction {
+            t.chunks.push(size);
+        }
+        if !chunk.last {
+            self.reply(&format!("250 2.0.0 {size} octets received"));
+            return;
+        }
+        let transaction = self.transaction.take().unwrap_or_default();
+        let mut state = self.shared.lock();
+        state.data_transactions += 1;
+        if state.data_transactions <= self.behaviour.tempfail_data_first {
+            drop(state);
+            self.reply("451 4.3.0 try later");
+            return;
+        }
+        state.queued += 1;
+        let id = state.queued;
+        state.messages.push(ReceivedMessage {
+            helo: self.helo.clone().unwrap_or_default(),
+            mail_from: transaction.mail_from,
+            mail_params: transaction.mail_params,
+            rcpt_to: transaction.rcpt_to,
+            rcpt_params: transaction.rcpt_params,
+            chunks: transaction.chunks,
+            data: transaction.chunked,
+            connection: self.connection,
+            tls: self.tls,
+        });
+        drop(state);
+        self.shared.changed.notify_all();
+        self.reply(&format!("250 2.0.0 Ok: queued as sink-{id}"));
     }
 
     fn data_command(&mut self, rest: &str) {
@@ -994,6 +1164,8 @@ impl Session<'_> {
             mail_from: transaction.mail_from,
             mail_params: transaction.mail_params,
             rcpt_to: transaction.rcpt_to,
+            rcpt_params: transaction.rcpt_params,
+            chunks: Vec::new(),
             data: data.bytes,
             connection: self.connection,
             tls: self.tls,

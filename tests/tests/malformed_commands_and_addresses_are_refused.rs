@@ -73,10 +73,16 @@ fn unknown_and_malformed_mail_parameters_are_refused() {
     client
         .command("MAIL FROM:<a@b.test> size=100 body=8bitmime")
         .expect(250, "2.1.0");
-    // RCPT takes no parameters at all here.
+    // RCPT takes only the DSN parameters (RFC 3461), and only well-formed.
     client
-        .command("RCPT TO:<user@example.test> NOTIFY=NEVER")
+        .command("RCPT TO:<user@example.test> XFOO=1")
         .expect(555, "5.5.4");
+    client
+        .command("RCPT TO:<user@example.test> NOTIFY=NEVER,SUCCESS")
+        .expect(501, "5.5.4");
+    client
+        .command("RCPT TO:<user@example.test> ORCPT=user@example.test")
+        .expect(501, "5.5.4");
     client
         .command("RCPT TO:<user@example.test>")
         .expect(250, "2.1.5");

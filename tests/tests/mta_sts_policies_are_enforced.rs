@@ -1,7 +1,8 @@
 //! MTA-STS (RFC 8461) when enabled: a domain's `enforce` policy, fetched over HTTPS from
 //! `mta-sts.<domain>` after its `_mta-sts` TXT record, limits delivery to the listed MX
 //! hosts over verified TLS: a listed host with a valid certificate gets the mail over TLS,
-//! and a domain whose MX is not in its policy keeps the mail waiting.
+//! and a domain whose MX is not in its policy keeps the mail waiting, unless the message
+//! says `TLS-Required: No` (RFC 8689 §5).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -145,5 +146,26 @@ fn an_mx_outside_the_policy_gets_nothing() {
     lab.gateway.wait_for_log("matches its MTA-STS policy");
     std::thread::sleep(Duration::from_millis(300));
     assert!(lab.sink.received().is_empty());
+    assert_eq!(lab.gateway.spool_list().len(), 1);
+}
+
+#[test]
+fn tls_required_no_lets_a_message_past_the_policy() {
+    // RFC 8689 §5: the sender prefers delivery to the policy's protection.
+    let lab = lab("version: STSv1\nmode: enforce\nmx: other.sts.test\nmax_age: 86400\n");
+    send(&lab.gateway);
+    lab.gateway.wait_for_log("matches its MTA-STS policy");
+    let mut client = SmtpClient::ehlo(lab.gateway.addr());
+    client
+        .send_mail(
+            "sender@example.org",
+            &["user@sts.test"],
+            "TLS-Required: No\r\nSubject: deliver anyway\r\n\r\nhi\r\n",
+        )
+        .expect(250, "2.0.0");
+    let received = lab.sink.wait_for(1, Duration::from_secs(30));
+    assert!(received[0].text().contains("deliver anyway"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.sink.received().len(), 1, "the policy was not applied");
     assert_eq!(lab.gateway.spool_list().len(), 1);
 }

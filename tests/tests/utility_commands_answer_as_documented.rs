@@ -21,7 +21,8 @@ fn the_ehlo_reply_is_well_formed_on_the_wire() {
          250-8BITMIME\r\n\
          250-SMTPUTF8\r\n\
          250-ENHANCEDSTATUSCODES\r\n\
-         250 CHUNKING\r\n"
+         250-CHUNKING\r\n\
+         250 DSN\r\n"
     );
     // Nothing else follows: the next reply is the NOOP's.
     client.command("NOOP").expect(250, "2.0.0");

@@ -13,7 +13,7 @@ pub(super) fn ehlo_reply(config: &Config) -> Reply {
     Reply::bare(
         250,
         format!(
-            "{}\nPIPELINING\nSIZE {}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nCHUNKING",
+            "{}\nPIPELINING\nSIZE {}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nCHUNKING\nDSN",
             config.hostname, config.limits.max_message_size
         ),
     )
@@ -61,6 +61,10 @@ impl Session {
             }
             if self.auth_offered() {
                 text.push_str("\nAUTH PLAIN LOGIN");
+            }
+            // RFC 8689 §4.1: REQUIRETLS is offered only once the session is encrypted.
+            if self.io.stream().is_tls() {
+                text.push_str("\nREQUIRETLS");
             }
             reply.text = text.into();
             reply

@@ -7,6 +7,7 @@ use super::reply::{Reply, address_error, codes};
 use super::session::{Session, State, Transaction};
 use crate::plugins::bindings::tidegate::plugin::types as w;
 use crate::plugins::chain::{Hook, StageInput};
+use crate::spool::dsn_params::{ParamError, check_mail_param, is_xtext};
 use crate::spool::envelope::BodyType;
 
 impl Session {
@@ -34,8 +35,18 @@ impl Session {
         let mut body = BodyType::SevenBit;
         let mut smtputf8 = false;
         let mut declared_size = 0;
+        let tls = self.io.stream().is_tls();
+        let mut seen: Vec<(String, Option<String>)> = Vec::with_capacity(params.len());
         for param in &params {
             let value = param.value.as_deref();
+            if let Some(checked) = check_mail_param(&param.keyword, value, &seen, tls) {
+                if let Err(error) = checked {
+                    return param_error(error);
+                }
+                seen.push((param.keyword.clone(), param.value.clone()));
+                continue;
+            }
+            seen.push((param.keyword.clone(), param.value.clone()));
             match (param.keyword.as_str(), value) {
                 ("SIZE", Some(size)) => {
                     // RFC 1870: size-value = 1*20DIGIT; a valid value beyond u64 is
@@ -171,40 +182,25 @@ impl Session {
     }
 }
 
-/// Whether `value` is valid xtext (RFC 3461 §4): printable ASCII other than `+` and `=`,
-/// with `+XX` (two upper-case hexadecimal digits) standing for any octet.
-fn is_xtext(value: &str) -> bool {
-    let bytes = value.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => {
-                let hex =
-                    |b: Option<&u8>| b.is_some_and(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'));
-                if !(hex(bytes.get(i + 1)) && hex(bytes.get(i + 2))) {
-                    return false;
-                }
-                i += 3;
-            }
-            b'=' => return false,
-            b'!'..=b'~' => i += 1,
-            _ => return false,
-        }
-    }
-    !bytes.is_empty()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_xtext;
-
-    #[test]
-    fn xtext_values() {
-        for good in ["alice@example.test", "e+3Dmc2@example.test", "+2B"] {
-            assert!(is_xtext(good), "{good}");
-        }
-        for bad in ["", "a=b", "a+3d", "a+", "a+4", "a b"] {
-            assert!(!is_xtext(bad), "{bad}");
-        }
+/// The reply to a DSN or REQUIRETLS parameter that was refused.
+pub(super) fn param_error(error: ParamError) -> Reply {
+    match error {
+        ParamError::Malformed(name) => Reply::new(
+            501,
+            codes::INVALID_ARGUMENTS,
+            format!("Bad {name} parameter"),
+        ),
+        ParamError::Repeated(name) => Reply::new(
+            501,
+            codes::INVALID_ARGUMENTS,
+            format!("{name} given more than once"),
+        ),
+        // RFC 8689 §4.1 offers REQUIRETLS only over TLS; 5.7.10 is its code for
+        // "REQUIRETLS support required" (§5.2).
+        ParamError::NeedsTls => Reply::new(
+            530,
+            codes::REQUIRETLS_NEEDED,
+            "REQUIRETLS needs a TLS session",
+        ),
     }
 }

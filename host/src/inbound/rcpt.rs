@@ -7,6 +7,7 @@ use super::reply::{Reply, address_error, codes};
 use super::session::{Session, State};
 use crate::plugins::bindings::tidegate::plugin::types as w;
 use crate::plugins::chain::{Hook, StageInput};
+use crate::spool::dsn_params::check_rcpt_param;
 
 impl Session {
     /// Handles `RCPT TO:<path> [params]`.
@@ -23,12 +24,20 @@ impl Session {
                 return address_error(&error, codes::BAD_RECIPIENT_SYNTAX, "recipient");
             }
         };
-        if let Some(param) = params.first() {
-            return Reply::new(
-                555,
-                codes::INVALID_ARGUMENTS,
-                format!("Unsupported parameter {}", param.keyword),
-            );
+        // RFC 3461's NOTIFY and ORCPT are the only RCPT parameters on offer.
+        let mut seen: Vec<(String, Option<String>)> = Vec::with_capacity(params.len());
+        for param in &params {
+            match check_rcpt_param(&param.keyword, param.value.as_deref(), &seen) {
+                Some(Ok(())) => seen.push((param.keyword.clone(), param.value.clone())),
+                Some(Err(error)) => return super::mail::param_error(error),
+                None => {
+                    return Reply::new(
+                        555,
+                        codes::INVALID_ARGUMENTS,
+                        format!("Unsupported parameter {}", param.keyword),
+                    );
+                }
+            }
         }
         let limits = &self.live.config.limits;
         let canonical = match &path {

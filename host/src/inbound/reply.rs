@@ -153,6 +153,8 @@ pub mod codes {
     pub const UTF8_NOT_PERMITTED: EnhancedCode = EnhancedCode::new(5, 6, 7);
     /// 5.7.1 Delivery not authorized (relay denied).
     pub const NOT_AUTHORIZED: EnhancedCode = EnhancedCode::new(5, 7, 1);
+    /// REQUIRETLS support required (RFC 8689 §5.2).
+    pub const REQUIRETLS_NEEDED: EnhancedCode = EnhancedCode::new(5, 7, 10);
     /// 5.4.6 Routing loop detected (too many `Received:` fields).
     pub const ROUTING_LOOP: EnhancedCode = EnhancedCode::new(5, 4, 6);
     /// 5.3.0 Other or undefined mail system status (permanent).

@@ -7,10 +7,13 @@
 //! ends it.
 //!
 //! Extensions used: PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152), SMTPUTF8
-//! (RFC 6531) and enhanced status codes (RFC 2034), which are read when the server sends
-//! them. CHUNKING and STARTTLS are recognised in the EHLO reply but not used yet; the
-//! session is generic over its stream (and [`connect`](ClientSession::connect) boxes it)
-//! so a TLS stream can later replace the TCP one in place.
+//! (RFC 6531), enhanced status codes (RFC 2034), which are read when the server sends
+//! them, CHUNKING (RFC 3030: the message goes in BDAT chunks, without dot-stuffing), DSN
+//! (RFC 3461: RET, ENVID, NOTIFY and ORCPT passed on as the client gave them), REQUIRETLS
+//! (RFC 8689: passed on, and a message that asks for it is sent only over TLS to a
+//! server that offers it) and STARTTLS ([`ClientSession::starttls`]). The session is
+//! generic over its stream (and [`connect`](ClientSession::connect) boxes it) so a TLS
+//! stream can replace the TCP one in place.
 //!
 //! Nothing is downgraded: a message that needs SMTPUTF8 or 8BITMIME from a server that
 //! lacks it, or that is larger than the server's SIZE, is refused before a byte is sent
@@ -53,6 +56,9 @@ const MAX_REPLY_OCTETS: usize = 64 * 1024;
 /// Message octets encoded per write. Encoding at most doubles the size (every byte a
 /// line ending or a stuffed dot), so each write is at most 64 KiB.
 const DATA_CHUNK: usize = 32 * 1024;
+/// Message octets read per BDAT chunk. Line endings are made CR LF, so a chunk is at most
+/// twice this: 512 KiB, one buffer per delivery.
+const BDAT_CHUNK: usize = 256 * 1024;
 /// The most command octets written before the replies to them are read. Bounding a
 /// pipelined group keeps the server's replies within the socket buffers: if both sides
 /// wrote without reading, a transaction with thousands of recipients could deadlock.
@@ -64,6 +70,8 @@ const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// 5.6.3 Conversion required but not supported (RFC 3463): 8-bit data, no 8BITMIME.
 const CONVERSION_NOT_SUPPORTED: EnhancedCode = EnhancedCode::new(5, 6, 3);
+/// 5.7.10 REQUIRETLS support required (RFC 8689 §5.2).
+pub const REQUIRETLS_NEEDED: EnhancedCode = EnhancedCode::new(5, 7, 10);
 
 /// The stream [`ClientSession::connect`] produces: boxed, so that STARTTLS can later put
 /// a TLS stream in the TCP stream's place without changing the session's type.
@@ -118,8 +126,12 @@ pub struct Capabilities {
     pub eightbitmime: bool,
     /// SMTPUTF8 (RFC 6531).
     pub smtputf8: bool,
-    /// CHUNKING (RFC 3030); not used yet.
+    /// CHUNKING (RFC 3030): the message goes with BDAT.
     pub chunking: bool,
+    /// DSN (RFC 3461): the DSN parameters go on, and the server reports from here on.
+    pub dsn: bool,
+    /// REQUIRETLS (RFC 8689).
+    pub requiretls: bool,
     /// STARTTLS (RFC 3207); not used yet.
     pub starttls: bool,
     /// ENHANCEDSTATUSCODES (RFC 2034). Enhanced codes are read whenever a reply has one.
@@ -148,6 +160,8 @@ impl Capabilities {
                 "8BITMIME" => caps.eightbitmime = true,
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "CHUNKING" => caps.chunking = true,
+                "DSN" => caps.dsn = true,
+                "REQUIRETLS" => caps.requiretls = true,
                 "STARTTLS" => caps.starttls = true,
                 "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
                 _ => {}
@@ -391,6 +405,18 @@ pub struct Outgoing<'a> {
     /// from the spool file as it is sent). Line endings are made CR LF on the way out and
     /// dots are stuffed here, not by the caller.
     pub message: &'a MessageOctets,
+    /// RET and ENVID (RFC 3461) as the client gave them, passed on to a server that
+    /// offers DSN.
+    pub ret: Option<&'a str>,
+    /// See [`ret`](Self::ret).
+    pub envid: Option<&'a str>,
+    /// NOTIFY and ORCPT per recipient, in the order of [`recipients`](Self::recipients)
+    /// (missing entries are none), passed on to a server that offers DSN.
+    pub recipient_dsn: &'a [(Option<&'a str>, Option<&'a str>)],
+    /// REQUIRETLS (RFC 8689): only over TLS to a server that offers it, and passed on.
+    pub requiretls: bool,
+    /// Use BDAT when the server offers CHUNKING (false: always DATA).
+    pub chunking: bool,
 }
 
 /// The outcome of one transaction whose MAIL was accepted.
@@ -403,6 +429,9 @@ pub struct TransactionResult {
     /// final dot; `Err` is a refusal of the DATA command or of the message. `None` when
     /// no recipient was accepted (the data was not sent).
     pub data: Option<Result<ServerReply, ServerReply>>,
+    /// The server offers DSN: the DSN parameters went with the transaction, and notices
+    /// from here on are its business.
+    pub dsn: bool,
 }
 
 /// One SMTP connection to a next hop.
@@ -728,6 +757,7 @@ impl<S: Stream> ClientSession<S> {
             return Ok(TransactionResult {
                 recipients: Vec::new(),
                 data: None,
+                dsn: self.capabilities.dsn,
             });
         }
         self.transactions = self.transactions.saturating_add(1);
@@ -815,6 +845,17 @@ impl<S: Stream> ClientSession<S> {
                     .into(),
             });
         }
+        // RFC 8689 §4.2.1: only over TLS, to a server that promises to keep asking for it.
+        if message.requiretls && !(self.tls && caps.requiretls) {
+            return Err(ClientError::Unsupported {
+                enhanced: REQUIRETLS_NEEDED,
+                why: if self.tls {
+                    "the message requires TLS (REQUIRETLS) and the next hop does not offer REQUIRETLS".into()
+                } else {
+                    "the message requires TLS (REQUIRETLS) and the session is not encrypted".into()
+                },
+            });
+        }
         if let Some(limit) = caps.size
             && limit > 0
             && message.size > limit
@@ -838,9 +879,11 @@ impl<S: Stream> ClientSession<S> {
     ) -> Result<TransactionResult, ClientError> {
         let mail = self.mail_command(message, smtputf8);
         let n = message.recipients.len();
-        // Commands are numbered: 0 is MAIL, 1..=n the RCPTs, n + 1 DATA.
+        let bdat = message.chunking && self.capabilities.chunking;
+        // Commands are numbered: 0 is MAIL, 1..=n the RCPTs, n + 1 DATA (with BDAT, the
+        // chunks follow once the RCPT replies are in: nothing is sent for nobody).
         let data_index = n + 1;
-        let total = n + 2;
+        let total = if bdat { n + 1 } else { n + 2 };
         let stage_of = |k: usize| match k {
             0 => Stage::Mail,
             k if k < data_index => Stage::Rcpt,
@@ -873,7 +916,22 @@ impl<S: Stream> ClientSession<S> {
                             self.wbuf.extend_from_slice(b"RCPT TO:<");
                             self.wbuf
                                 .extend_from_slice(message.recipients[k - 1].as_bytes());
-                            self.wbuf.extend_from_slice(b">\r\n");
+                            self.wbuf.push(b'>');
+                            if self.capabilities.dsn
+                                && let Some((notify, orcpt)) = message.recipient_dsn.get(k - 1)
+                            {
+                                if let Some(notify) = notify.filter(|v| safe_value(v)) {
+                                    self.wbuf.extend_from_slice(b" NOTIFY=");
+                                    self.wbuf.extend_from_slice(notify.as_bytes());
+                                }
+                                if let Some(orcpt) =
+                                    orcpt.filter(|v| safe_value(v) && (v.is_ascii() || smtputf8))
+                                {
+                                    self.wbuf.extend_from_slice(b" ORCPT=");
+                                    self.wbuf.extend_from_slice(orcpt.as_bytes());
+                                }
+                            }
+                            self.wbuf.extend_from_slice(b"\r\n");
                         }
                         _ => self.wbuf.extend_from_slice(b"DATA\r\n"),
                     }
@@ -947,6 +1005,40 @@ impl<S: Stream> ClientSession<S> {
             }
         }
 
+        let dsn = self.capabilities.dsn;
+        if bdat && mail_refusal.is_none() {
+            if accepted == 0 {
+                self.rset_quietly().await;
+                return Ok(TransactionResult {
+                    recipients,
+                    data: None,
+                    dsn,
+                });
+            }
+            let end = self.send_bdat(message.message).await?;
+            if end.code == 421 {
+                self.usable = false;
+            }
+            let data = if end.is_positive() {
+                Ok(end)
+            } else if end.is_transient() || end.is_permanent() {
+                Err(end)
+            } else {
+                return Err(ClientError::Protocol {
+                    stage: Stage::DataEnd,
+                    why: format!("unexpected reply: {end}"),
+                });
+            };
+            if data.is_err() {
+                // A refused chunk leaves the transaction to be reset (RFC 3030 §2).
+                self.rset_quietly().await;
+            }
+            return Ok(TransactionResult {
+                recipients,
+                data: Some(data),
+                dsn,
+            });
+        }
         let go_ahead = data_reply.as_ref().is_some_and(|r| r.code == 354);
         if let Some(reply) = mail_refusal {
             if go_ahead {
@@ -986,6 +1078,7 @@ impl<S: Stream> ClientSession<S> {
                 return Ok(TransactionResult {
                     recipients,
                     data: Some(data),
+                    dsn,
                 });
             }
             Some(reply) if reply.is_transient() || reply.is_permanent() => {
@@ -1000,7 +1093,11 @@ impl<S: Stream> ClientSession<S> {
         };
         // The server may still hold MAIL and the accepted RCPTs.
         self.rset_quietly().await;
-        Ok(TransactionResult { recipients, data })
+        Ok(TransactionResult {
+            recipients,
+            data,
+            dsn,
+        })
     }
 
     /// The MAIL command line, parameters included.
@@ -1016,8 +1113,70 @@ impl<S: Stream> ClientSession<S> {
         if smtputf8 {
             line.push_str(" SMTPUTF8");
         }
+        if self.capabilities.dsn {
+            if let Some(ret) = message.ret.filter(|v| safe_value(v)) {
+                let _ = write!(line, " RET={ret}");
+            }
+            if let Some(envid) = message.envid.filter(|v| safe_value(v)) {
+                let _ = write!(line, " ENVID={envid}");
+            }
+        }
+        // `check` made sure the server offers it.
+        if message.requiretls {
+            line.push_str(" REQUIRETLS");
+        }
         line.push_str("\r\n");
         line
+    }
+
+    /// Sends the message in BDAT chunks (RFC 3030) and returns the reply to the last
+    /// one, or the first refusal of a chunk (after which nothing more is sent). Line
+    /// endings are made CR LF as for DATA, but nothing is dot-stuffed: the length, not a
+    /// terminator, ends each chunk. One chunk is in flight at a time and every chunk's
+    /// reply is read.
+    async fn send_bdat(&mut self, message: &MessageOctets) -> Result<ServerReply, ClientError> {
+        let mut encoder = DataEncoder::unstuffed();
+        let mut reader = message.reader().await.map_err(ClientError::Spool)?;
+        let mut chunk = vec![0u8; BDAT_CHUNK];
+        let mut out = Vec::with_capacity(2 * BDAT_CHUNK + 32);
+        loop {
+            out.clear();
+            let n = fill(&mut reader, &mut chunk).await.map_err(|e| {
+                // The chunk sizes already promised cannot be kept: drop the connection
+                // rather than end the message short.
+                self.usable = false;
+                ClientError::Spool(e)
+            })?;
+            let mut body = Vec::with_capacity(2 * n + 2);
+            encoder.encode(&chunk[..n], &mut body);
+            let last = n < chunk.len();
+            if last {
+                encoder.finish_line(&mut body);
+            }
+            let _ = write!(
+                VecWriter(&mut out),
+                "BDAT {}{}\r\n",
+                body.len(),
+                if last { " LAST" } else { "" }
+            );
+            out.extend_from_slice(&body);
+            write_all(
+                &mut self.stream,
+                &out,
+                self.timeouts.data_block,
+                Stage::DataBlock,
+            )
+            .await?;
+            let (timeout, stage) = if last {
+                (self.timeouts.data_end, Stage::DataEnd)
+            } else {
+                (self.timeouts.data_end, Stage::DataBlock)
+            };
+            let reply = self.read_reply(timeout, stage).await?;
+            if last || !reply.is_positive() {
+                return Ok(reply);
+            }
+        }
     }
 
     /// Streams the message after a 354 and returns the reply to the final dot.
@@ -1165,6 +1324,26 @@ impl<S: Stream> ClientSession<S> {
                 Err(_) => return Err(ClientError::Timeout(stage)),
             }
         }
+    }
+}
+
+/// Whether a parameter value from the envelope is safe on a command line: printable,
+/// no space, no `=` (defence in depth: the inbound parser let nothing else in).
+fn safe_value(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 500
+        && value.chars().all(|c| {
+            c != '=' && c != ' ' && !c.is_control() && (c.is_ascii_graphic() || !c.is_ascii())
+        })
+}
+
+/// `fmt::Write` into a byte buffer.
+struct VecWriter<'v>(&'v mut Vec<u8>);
+
+impl fmt::Write for VecWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
     }
 }
 
@@ -1330,6 +1509,8 @@ struct DataEncoder {
     at_line_start: bool,
     /// The last byte was a CR, already sent as CR LF: an LF right after it is dropped.
     after_cr: bool,
+    /// Dot-stuffing (DATA); off for BDAT.
+    stuff: bool,
 }
 
 impl Default for DataEncoder {
@@ -1337,11 +1518,29 @@ impl Default for DataEncoder {
         DataEncoder {
             at_line_start: true,
             after_cr: false,
+            stuff: true,
         }
     }
 }
 
 impl DataEncoder {
+    /// An encoder for BDAT: line endings made CR LF, dots left alone.
+    fn unstuffed() -> Self {
+        DataEncoder {
+            stuff: false,
+            ..DataEncoder::default()
+        }
+    }
+
+    /// Appends a line ending if the message lacks a final one (the end of a BDAT
+    /// message: no terminator).
+    fn finish_line(&mut self, out: &mut Vec<u8>) {
+        if !self.at_line_start {
+            out.extend_from_slice(b"\r\n");
+            self.at_line_start = true;
+        }
+    }
+
     /// Appends the encoding of `input` to `out` (at most twice `input.len()` octets).
     fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
         let mut pos = 0;
@@ -1352,7 +1551,7 @@ impl DataEncoder {
             }
         }
         while pos < input.len() {
-            if self.at_line_start && input[pos] == b'.' {
+            if self.stuff && self.at_line_start && input[pos] == b'.' {
                 out.push(b'.');
             }
             // Copy up to the next line ending in one go: dots elsewhere are left alone.
@@ -1561,6 +1760,11 @@ mod tests {
             body: BodyType::SevenBit,
             smtputf8: false,
             message: octets,
+            ret: None,
+            envid: None,
+            recipient_dsn: &[],
+            requiretls: false,
+            chunking: true,
         }
     }
 
@@ -1600,6 +1804,8 @@ mod tests {
                 eightbitmime: true,
                 smtputf8: true,
                 chunking: true,
+                dsn: false,
+                requiretls: false,
                 starttls: true,
                 enhanced_status_codes: true,
             }
@@ -1882,6 +2088,11 @@ mod tests {
                 body: BodyType::EightBitMime,
                 smtputf8: false,
                 message: &MessageOctets::in_memory(message.to_vec()),
+                ret: None,
+                envid: None,
+                recipient_dsn: &[],
+                requiretls: false,
+                chunking: true,
             })
             .await
             .unwrap();
@@ -2038,6 +2249,74 @@ mod tests {
         let to = rcpts(&["b@y.test"]);
         let result = session.send(&outgoing(&to, message)).await.unwrap();
         assert!(result.data.unwrap().is_ok());
+        drop(session);
+        assert_eq!(server.await.unwrap(), "");
+    }
+
+    #[tokio::test]
+    async fn bdat_sends_the_message_unstuffed_in_chunks_when_chunking_is_offered() {
+        let ehlo = "250-mx.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 DSN\r\n";
+        let message = b"Subject: x\n\n.leading dot\n.\nlast line";
+        let mut steps = hello(ehlo);
+        steps.extend([
+            hear("MAIL FROM:<a@x.test> RET=HDRS ENVID=id+2B1\r\nRCPT TO:<b@y.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+2Bx@y.test\r\n"),
+            say("250 ok\r\n250 ok\r\n"),
+            hear("BDAT 42 LAST\r\nSubject: x\r\n\r\n.leading dot\r\n.\r\nlast line\r\n"),
+            say("250 ok\r\n"),
+        ]);
+        let (mut session, _, server) = open(steps).await;
+        let to = rcpts(&["b@y.test"]);
+        let dsn = [(Some("SUCCESS,FAILURE"), Some("rfc822;b+2Bx@y.test"))];
+        let mut message = outgoing(&to, message);
+        message.ret = Some("HDRS");
+        message.envid = Some("id+2B1");
+        message.recipient_dsn = &dsn;
+        let result = session.send(&message).await.unwrap();
+        assert!(result.data.unwrap().is_ok());
+        assert!(result.dsn);
+        drop(session);
+        assert_eq!(server.await.unwrap(), "");
+    }
+
+    #[tokio::test]
+    async fn a_refused_chunk_ends_the_transaction() {
+        let ehlo = "250-mx.test\r\n250 CHUNKING\r\n";
+        let mut steps = hello(ehlo);
+        steps.extend([
+            hear("MAIL FROM:<a@x.test>\r\n"),
+            say("250 ok\r\n"),
+            hear("RCPT TO:<b@y.test>\r\n"),
+            say("250 ok\r\n"),
+            hear("BDAT 3 LAST\r\nx\r\n"),
+            say("554 5.6.0 no\r\n"),
+            hear("RSET\r\n"),
+            say("250 ok\r\n"),
+        ]);
+        let (mut session, _, server) = open(steps).await;
+        let to = rcpts(&["b@y.test"]);
+        // Without DSN on offer the DSN parameters stay behind.
+        let dsn = [(Some("NEVER"), None)];
+        let mut message = outgoing(&to, b"x");
+        message.size = 1;
+        message.recipient_dsn = &dsn;
+        message.ret = Some("FULL");
+        let result = session.send(&message).await.unwrap();
+        assert_eq!(result.data.unwrap().unwrap_err().code, 554);
+        assert!(!result.dsn);
+        drop(session);
+        assert_eq!(server.await.unwrap(), "");
+    }
+
+    #[tokio::test]
+    async fn requiretls_is_never_sent_in_the_clear() {
+        let ehlo = "250-mx.test\r\n250 REQUIRETLS\r\n";
+        let (mut session, _, server) = open(hello(ehlo)).await;
+        let to = rcpts(&["b@y.test"]);
+        let mut message = outgoing(&to, b"x\r\n");
+        message.requiretls = true;
+        let err = session.send(&message).await.unwrap_err();
+        assert_eq!(err.enhanced(), Some(REQUIRETLS_NEEDED), "{err}");
+        assert!(err.is_permanent());
         drop(session);
         assert_eq!(server.await.unwrap(), "");
     }

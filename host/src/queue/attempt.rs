@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::classify::{FailureClass, classify};
 use super::destinations::Entry;
-use super::notify::{Report, bounce, delay_notice};
+use super::notify::{Report, bounce, delay_notice, success};
 use super::quarantine::quarantine;
 use super::routing::{Destination, route};
 use super::shaping::{self, Policy};
@@ -142,8 +142,9 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
             // More destinations follow, and they may take long: what this one accepted is
             // recorded now, so a crash later in the attempt repeats no more than the one
             // transaction it interrupts.
-            recorded_early
-                .extend(record_delivered(shared, id, envelope, &pending, &delivered).await);
+            recorded_early.extend(
+                record_delivered(shared, id, &stored, octets.head(), &pending, &delivered).await,
+            );
         }
         results.extend(delivered);
     }
@@ -161,6 +162,13 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
     plugins.set_message_tags(&envelope.tags);
 
     let (mut events, mut next_due) = outcomes(shared, envelope, &pending, results);
+    for event in events
+        .iter_mut()
+        .filter(|e| recorded_early.contains(&e.rcpt))
+    {
+        // Its notice went with its early record.
+        event.owed_notice = None;
+    }
 
     // The bounce is spooled before the outcomes are recorded: a crash in between repeats
     // the attempt (and perhaps the bounce) rather than losing the bounce.
@@ -169,7 +177,15 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         .filter(|e| e.outcome == Outcome::Bounced)
         .collect();
     if !bounced.is_empty()
-        && bounce(shared, &stored, &bounced, octets.head()).await == Report::Failed
+        && bounce(
+            shared,
+            &stored,
+            &bounced,
+            octets.head(),
+            octets.len() == octets.head().len() as u64,
+        )
+        .await
+            == Report::Failed
     {
         // A recipient recorded as bounced without its DSN on disk would be lost to the
         // sender for good: it stays deferred, and the bounce is tried again with it.
@@ -183,11 +199,25 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         next_due = Some(next_due.map_or(retry, |d| d.min(retry)));
     }
 
-    let to_record: Vec<Event> = events
+    let mut to_record: Vec<Event> = events
         .iter()
         .filter(|e| !recorded_early.contains(&e.rcpt))
         .cloned()
         .collect();
+    // Success notices, like bounces, are spooled before the deliveries they report are
+    // recorded. One that cannot be spooled holds this attempt's outcomes in memory (as a
+    // failed record does): the deliveries cannot be repeated, so they wait for their
+    // notice, which is tried again first at the next attempt.
+    if !spool_success_notices(shared, &stored, &to_record, octets.head()).await {
+        tracing::error!(queue_id = %id, "a success notice could not be spooled: the outcomes are held until it can be");
+        shared.set_unrecorded(id, to_record);
+        shared.return_plugin_session(plugins);
+        shared.finish_attempt(id, &message, Some(now_ms() + first_retry_ms(shared)));
+        return;
+    }
+    for event in &mut to_record {
+        event.owed_notice = None;
+    }
     let Some(removed) = persist(
         shared,
         id,
@@ -272,10 +302,30 @@ fn react(shared: &Shared, policy: &Policy, results: &[RecipientResult]) {
 /// `run`), before anything else is delivered; returns whether the attempt may go on. The
 /// recipients they settle are then not delivered again (the attempt reads them back from
 /// the log).
-async fn record_held_outcomes(shared: &Shared, id: QueueId) -> bool {
-    let held = shared.take_unrecorded(id);
+async fn record_held_outcomes(shared: &Arc<Shared>, id: QueueId) -> bool {
+    let mut held = shared.take_unrecorded(id);
     if held.is_empty() {
         return true;
+    }
+    if held.iter().any(|e| e.owed_notice.is_some()) {
+        // Deliveries held because their success notice could not be spooled: the notice
+        // first, then the record (never the record without the notice).
+        let spooled = match shared.load(id).await {
+            Some(message) => {
+                let head = message_head(shared, id, &message.stored).await;
+                spool_success_notices(shared, &message.stored, &held, &head).await
+            }
+            None => false,
+        };
+        if !spooled {
+            tracing::error!(queue_id = %id, "a success notice still cannot be spooled: the message stays held");
+            shared.set_unrecorded(id, held);
+            shared.schedule_retry(id, now_ms() + first_retry_ms(shared));
+            return false;
+        }
+        for event in &mut held {
+            event.owed_notice = None;
+        }
     }
     let path = shared.state_path(id);
     let to_write = held.clone();
@@ -294,6 +344,21 @@ async fn record_held_outcomes(shared: &Shared, id: QueueId) -> bool {
             false
         }
     }
+}
+
+/// Spools one success notice for the events that owe one; true when none is owed or it
+/// is on disk.
+async fn spool_success_notices(
+    shared: &Arc<Shared>,
+    stored: &crate::spool::StoredMessage,
+    events: &[Event],
+    head: &[u8],
+) -> bool {
+    let owed: Vec<(&Event, super::dsn::Action)> = events
+        .iter()
+        .filter_map(|e| e.owed_notice.map(|action| (e, action)))
+        .collect();
+    success(shared, stored, &owed, head).await != Report::Failed
 }
 
 /// The first retry interval, in milliseconds: how soon a failed record or bounce is
@@ -385,6 +450,10 @@ fn outcomes(
                 next,
                 reply: result.reply,
                 status: result.status,
+                owed_notice: result
+                    .success
+                    .filter(|_| result.outcome == Outcome::Delivered)
+                    .filter(|_| envelope.recipients[result.rcpt].notify().success),
                 remote: result.remote,
             }
         })
@@ -396,12 +465,14 @@ fn outcomes(
 /// attempt goes on to the next; returns those recorded (none if the log cannot be
 /// written: they are then recorded, or held, with the rest at the end of the attempt).
 async fn record_delivered(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     id: QueueId,
-    envelope: &Envelope,
+    stored: &crate::spool::StoredMessage,
+    head: &[u8],
     pending: &[(usize, u32)],
     results: &[RecipientResult],
 ) -> Vec<usize> {
+    let envelope = &stored.envelope;
     let delivered: Vec<RecipientResult> = results
         .iter()
         .filter(|r| r.outcome == Outcome::Delivered)
@@ -410,7 +481,14 @@ async fn record_delivered(
     if delivered.is_empty() {
         return Vec::new();
     }
-    let (events, _) = outcomes(shared, envelope, pending, delivered);
+    let (mut events, _) = outcomes(shared, envelope, pending, delivered);
+    if !spool_success_notices(shared, stored, &events, head).await {
+        // Recorded at the end of the attempt with the rest, once the notice is spooled.
+        return Vec::new();
+    }
+    for event in &mut events {
+        event.owed_notice = None;
+    }
     let path = shared.state_path(id);
     let to_write = events.clone();
     match tokio::task::spawn_blocking(move || state::append(&path, &to_write)).await {

@@ -705,6 +705,7 @@ impl Queue {
                 reply: "deleted by the operator".into(),
                 status: bounce.then(|| "5.0.0".into()),
                 remote: None,
+                owed_notice: None,
             })
             .collect();
         if events.is_empty() {
@@ -714,7 +715,7 @@ impl Queue {
         if bounce {
             let head = super::attempt::message_head(shared, id, &stored).await;
             let refs: Vec<&Event> = events.iter().collect();
-            if super::notify::bounce(shared, &stored, &refs, &head).await
+            if super::notify::bounce(shared, &stored, &refs, &head, false).await
                 == super::notify::Report::Failed
             {
                 restore(shared);

@@ -33,6 +33,10 @@ use crate::spool::envelope::Envelope;
 /// last line boundary before it.
 pub const MAX_RETURNED_HEADERS: usize = 64 * 1024;
 
+/// The most octets of the original message returned whole (RET=FULL); a longer message
+/// is returned as its header block only.
+pub const MAX_RETURNED_FULL: usize = 256 * 1024;
+
 /// The most octets of one diagnostic text kept; a longer one is cut and marked.
 pub const MAX_DIAGNOSTIC: usize = 2048;
 
@@ -42,13 +46,18 @@ const MAX_LINE: usize = 998;
 /// Where folding and wrapping try to break lines (RFC 5322 §2.1.1's "SHOULD").
 const FOLD_AT: usize = 78;
 
-/// What happened to a recipient (RFC 3464 §2.3.3); only the two a queue reports.
+/// What happened to a recipient (RFC 3464 §2.3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// The queue gave up: the message will not be delivered to this recipient.
     Failed,
     /// Not delivered yet; the queue keeps trying.
     Delayed,
+    /// Delivered into a mailbox here (NOTIFY=SUCCESS, RFC 3461 §4.1).
+    Delivered,
+    /// Handed to a next hop that does not offer DSN, so no further notice will come
+    /// (NOTIFY=SUCCESS, RFC 3461 §4.1).
+    Relayed,
 }
 
 impl Action {
@@ -57,6 +66,17 @@ impl Action {
         match self {
             Action::Failed => "failed",
             Action::Delayed => "delayed",
+            Action::Delivered => "delivered",
+            Action::Relayed => "relayed",
+        }
+    }
+
+    /// The status reported when the recorded one is not a valid code.
+    fn generic_status(self) -> &'static str {
+        match self {
+            Action::Failed => "5.0.0",
+            Action::Delayed => "4.0.0",
+            Action::Delivered | Action::Relayed => "2.0.0",
         }
     }
 }
@@ -93,8 +113,12 @@ pub struct DsnInput<'a> {
     /// The envelope of the message reported on; its sender receives the report.
     pub original: &'a Envelope,
     /// The message as it was (to be) delivered, header edits applied by the caller; only
-    /// its header block is returned.
+    /// its header block is returned unless `return_full`.
     pub original_message: &'a [u8],
+    /// Return the whole of `original_message` as `message/rfc822` (RET=FULL, RFC 3461
+    /// §4.3), not only its header block. The caller says so only for a failure notice
+    /// about a message it holds whole.
+    pub return_full: bool,
     /// The recipients reported on (at least one is expected).
     pub recipients: &'a [FailedRecipient],
     /// When the original message arrived.
@@ -126,15 +150,22 @@ pub fn build_dsn(input: &DsnInput) -> Vec<u8> {
 
     let any_failed =
         input.recipients.is_empty() || input.recipients.iter().any(|r| r.action == Action::Failed);
+    let any_delayed = input.recipients.iter().any(|r| r.action == Action::Delayed);
     let subject = if any_failed {
         "Undelivered Mail Returned to Sender"
-    } else {
+    } else if any_delayed {
         "Delivery Status Notification (Delay)"
+    } else {
+        "Successful Mail Delivery Report"
     };
 
     let notification = notification(input, &host);
     let (report, report_is_global) = delivery_status(input, &host);
-    let headers = returned_headers(input.original_message);
+    let headers = if input.return_full {
+        returned_message(input.original_message)
+    } else {
+        returned_headers(input.original_message)
+    };
 
     let notification_is_ascii = notification.is_ascii();
     let headers_are_ascii = headers.is_ascii();
@@ -163,16 +194,24 @@ pub fn build_dsn(input: &DsnInput) -> Vec<u8> {
         ),
         report.into_bytes(),
     ));
+    let (description, content_type) = match (input.return_full, headers_are_ascii) {
+        (false, true) => ("Undelivered message headers", "text/rfc822-headers"),
+        (false, false) => ("Undelivered message headers", "message/global-headers"),
+        (true, true) => ("Undelivered message", "message/rfc822"),
+        (true, false) => ("Undelivered message", "message/global"),
+    };
+    let description = if any_failed || any_delayed {
+        description
+    } else {
+        "Message headers"
+    };
+    // A message/rfc822 part may only be 7bit, 8bit or binary (RFC 2046 §5.2.1): the
+    // original went out as it is, so 8bit unless it is ASCII.
     parts.push((
         format!(
-            "Content-Description: Undelivered message headers\r\n\
-             Content-Type: {}\r\n\
+            "Content-Description: {description}\r\n\
+             Content-Type: {content_type}\r\n\
              Content-Transfer-Encoding: {}\r\n",
-            if headers_are_ascii {
-                "text/rfc822-headers"
-            } else {
-                "message/global-headers"
-            },
             seven_or_eight(headers_are_ascii)
         ),
         headers,
@@ -272,6 +311,16 @@ fn notification(input: &DsnInput, host: &str) -> String {
         .iter()
         .filter(|r| r.action == Action::Delayed)
         .collect();
+    let delivered: Vec<&FailedRecipient> = input
+        .recipients
+        .iter()
+        .filter(|r| r.action == Action::Delivered)
+        .collect();
+    let relayed: Vec<&FailedRecipient> = input
+        .recipients
+        .iter()
+        .filter(|r| r.action == Action::Relayed)
+        .collect();
 
     let mut text = String::with_capacity(1024);
     push_paragraph(
@@ -300,6 +349,25 @@ fn notification(input: &DsnInput, host: &str) -> String {
              You do not need to send the message again.",
         );
         for recipient in &delayed {
+            push_recipient(&mut text, recipient);
+        }
+    }
+    if !delivered.is_empty() {
+        push_paragraph(
+            &mut text,
+            "Your message was delivered to the following recipients, as you asked to be told.",
+        );
+        for recipient in &delivered {
+            push_recipient(&mut text, recipient);
+        }
+    }
+    if !relayed.is_empty() {
+        push_paragraph(
+            &mut text,
+            "Your message was passed on to the following recipients' mail systems, which \
+             do not report deliveries: no further notice about them will come.",
+        );
+        for recipient in &relayed {
             push_recipient(&mut text, recipient);
         }
     }
@@ -439,10 +507,7 @@ fn status(recipient: &FailedRecipient) -> String {
     if valid {
         code.to_owned()
     } else {
-        match recipient.action {
-            Action::Failed => "5.0.0".into(),
-            Action::Delayed => "4.0.0".into(),
-        }
+        recipient.action.generic_status().into()
     }
 }
 
@@ -616,6 +681,36 @@ fn wrap(out: &mut String, text: &str, first: &str, rest_indent: &str) {
     out.push_str("\r\n");
 }
 
+/// The whole original message for RET=FULL, made safe as [`returned_headers`] makes the
+/// header block (CRLF line endings, no NUL, no over-long line), cut at a line boundary to
+/// [`MAX_RETURNED_FULL`] octets. No line of it can be the report's boundary, which is
+/// chosen to occur nowhere in it.
+fn returned_message(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len().min(MAX_RETURNED_FULL) + 2);
+    for raw_line in message.split_inclusive(|b| *b == b'\n') {
+        let line = raw_line.strip_suffix(b"\n").unwrap_or(raw_line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let mut clean: Vec<u8> = line
+            .iter()
+            .filter(|b| **b != 0)
+            .map(|b| if *b == b'\r' { b' ' } else { *b })
+            .collect();
+        if clean.len() > MAX_LINE {
+            let mut cut = MAX_LINE;
+            while cut > 0 && clean[cut] & 0xC0 == 0x80 {
+                cut -= 1;
+            }
+            clean.truncate(cut);
+        }
+        if out.len() + clean.len() + 2 > MAX_RETURNED_FULL {
+            break;
+        }
+        out.extend_from_slice(&clean);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
 /// The header block of the original message, made safe to return: cut at the empty line
 /// (the body is never included), every line ending normalised to CRLF, a lone CR turned
 /// into a space, NUL dropped, over-long lines cut to [`MAX_LINE`] octets, the whole cut
@@ -734,6 +829,7 @@ mod tests {
             reporting_mta: "relay.example.test",
             original: envelope,
             original_message: message,
+            return_full: false,
             recipients,
             arrival: at(1_795_694_400),
             now: at(1_795_698_000),
@@ -1062,6 +1158,7 @@ mod tests {
             reporting_mta: "relay.example.test\r\nX-Injected-Host: 1",
             original: &envelope,
             original_message: ORIGINAL,
+            return_full: false,
             recipients: &[evil],
             arrival: at(0),
             now: at(0),
@@ -1160,5 +1257,48 @@ mod tests {
             ORIGINAL,
         );
         assert!(plain.is_ascii());
+    }
+
+    #[test]
+    fn a_success_notice_says_delivered_or_relayed_and_returns_only_headers() {
+        let envelope = envelope(Some("sender@example.org"));
+        let mut delivered = failed("one@example.test");
+        delivered.action = Action::Delivered;
+        delivered.status = "2.0.0".into();
+        let mut relayed = failed("two@example.test");
+        relayed.action = Action::Relayed;
+        relayed.status = "garbage".into();
+        let dsn = build(&envelope, &[delivered, relayed], ORIGINAL);
+        let message = MessageParser::default().parse(&dsn).expect("parses");
+        assert_eq!(message.subject(), Some("Successful Mail Delivery Report"));
+        let blocks = field_blocks(&part_body(&message, "message/delivery-status"));
+        assert_eq!(field(&blocks[1], "Action"), Some("delivered"));
+        assert_eq!(field(&blocks[2], "Action"), Some("relayed"));
+        // An unusable status falls back to the generic one of the action.
+        assert_eq!(field(&blocks[2], "Status"), Some("2.0.0"));
+        assert!(!text(&dsn).contains("SECRET BODY"));
+        assert!(part_body(&message, "text/plain").contains("passed on"));
+    }
+
+    #[test]
+    fn ret_full_returns_the_whole_message_as_message_rfc822() {
+        let envelope = envelope(Some("sender@example.org"));
+        let dsn = build_dsn(&DsnInput {
+            reporting_mta: "relay.example.test",
+            original: &envelope,
+            original_message: ORIGINAL,
+            return_full: true,
+            recipients: &[failed("one@example.test")],
+            arrival: at(1_795_694_400),
+            now: at(1_795_698_000),
+            message_id_domain: "relay.example.test",
+        });
+        assert!(text(&dsn).contains("Content-Type: message/rfc822\r\n"));
+        assert!(text(&dsn).contains("SECRET BODY LINE: the numbers are 42.\r\n"));
+        let message = MessageParser::default().parse(&dsn).expect("parses");
+        let PartType::Multipart(children) = &message.parts[0].body else {
+            panic!("not multipart")
+        };
+        assert_eq!(children.len(), 3);
     }
 }

@@ -1,5 +1,8 @@
 //! Notifications to the sender: a bounce for recipients that failed for good, a delay
-//! notice for mail that has waited too long. Each is a DSN ([`super::dsn`]) spooled as a
+//! notice for mail that has waited too long, and a success notice for recipients whose
+//! sender asked for one (NOTIFY=SUCCESS, RFC 3461). What each recipient's NOTIFY allows is
+//! honoured here: no failure notice without FAILURE, no delay notice without DELAY, none
+//! at all with NEVER (absent NOTIFY means FAILURE and DELAY). Each is a DSN ([`super::dsn`]) spooled as a
 //! new message from the null sender: the queue delivers and retries it like any other, and
 //! a DSN that fails is never bounced in turn.
 
@@ -11,7 +14,8 @@ use super::dsn::{Action, DsnInput, FailedRecipient, build_dsn};
 use super::state::{Event, Outcome};
 use super::{Shared, now_ms};
 use crate::spool::StoredMessage;
-use crate::spool::envelope::Envelope;
+use crate::spool::dsn_params::Ret;
+use crate::spool::envelope::{Envelope, Param};
 
 /// What became of a DSN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,29 +28,65 @@ pub(super) enum Report {
     Failed,
 }
 
-/// Sends one DSN to the sender for the recipients that bounced in this attempt. Never to
-/// the null sender: a bounce of a bounce is logged and dropped.
+/// Sends one DSN to the sender for the recipients that bounced in this attempt and whose
+/// NOTIFY asks for failures. Never to the null sender: a bounce of a bounce is logged and
+/// dropped. `whole`: `message` is the whole message, so RET=FULL can be honoured.
 pub(super) async fn bounce(
     shared: &Arc<Shared>,
     stored: &StoredMessage,
     bounced: &[&Event],
     message: &[u8],
+    whole: bool,
 ) -> Report {
-    report(shared, stored, bounced, message, Action::Failed).await
+    let envelope = &stored.envelope;
+    let wanted: Vec<(&Event, Action)> = bounced
+        .iter()
+        .filter(|e| {
+            let asked = envelope.recipients[e.rcpt].notify().failure;
+            if !asked {
+                tracing::info!(queue_id = %stored.id, recipient = %envelope.recipients[e.rcpt].address, "no failure notice: NOTIFY does not ask for one");
+            }
+            asked
+        })
+        .map(|e| (*e, Action::Failed))
+        .collect();
+    if wanted.is_empty() {
+        return Report::NotOwed;
+    }
+    // RFC 8689 §4.3 (a REQUIRETLS message's notice travels over channels no better than
+    // the sender asked for the message itself): its body is never returned.
+    let full = whole && envelope.ret() == Some(Ret::Full) && !envelope.requiretls();
+    report(shared, stored, &wanted, message, full).await
 }
 
-/// Sends a DSN of kind `action` about `events` to the sender.
+/// Sends one success notice ("delivered", or "relayed" to a next hop without DSN) for
+/// recipients whose NOTIFY asks for it (the caller picks them).
+pub(super) async fn success(
+    shared: &Arc<Shared>,
+    stored: &StoredMessage,
+    delivered: &[(&Event, Action)],
+    message: &[u8],
+) -> Report {
+    if delivered.is_empty() {
+        return Report::NotOwed;
+    }
+    report(shared, stored, delivered, message, false).await
+}
+
+/// Sends a DSN about `events` (each with its action) to the sender; `full` returns the
+/// whole message rather than its header block.
 async fn report(
     shared: &Arc<Shared>,
     stored: &StoredMessage,
-    bounced: &[&Event],
+    bounced: &[(&Event, Action)],
     message: &[u8],
-    action: Action,
+    full: bool,
 ) -> Report {
     let envelope = &stored.envelope;
+    let action = bounced.first().map_or(Action::Failed, |(_, a)| *a);
     let Some(sender) = envelope.sender.clone() else {
         if action == Action::Failed {
-            for event in bounced {
+            for (event, _) in bounced {
                 tracing::warn!(queue_id = %stored.id, recipient = %envelope.recipients[event.rcpt].address, reply = %event.reply, "double bounce dropped (the sender is <>)");
             }
         }
@@ -55,13 +95,14 @@ async fn report(
     let now = SystemTime::now();
     let failed: Vec<FailedRecipient> = bounced
         .iter()
-        .map(|event| FailedRecipient {
+        .map(|&(event, action)| FailedRecipient {
             address: envelope.recipients[event.rcpt].address.clone(),
-            original: None,
+            original: envelope.recipients[event.rcpt].orcpt().map(str::to_owned),
             action,
             status: event.status.clone().unwrap_or_else(|| match action {
                 Action::Failed => "5.0.0".into(),
                 Action::Delayed => "4.0.0".into(),
+                Action::Delivered | Action::Relayed => "2.0.0".into(),
             }),
             remote_mta: event.remote.clone(),
             diagnostic: Some(format!("smtp; {}", event.reply)),
@@ -73,6 +114,7 @@ async fn report(
         reporting_mta: &hostname,
         original: envelope,
         original_message: message,
+        return_full: full,
         recipients: &failed,
         arrival: UNIX_EPOCH + Duration::from_secs(envelope.received_at),
         now,
@@ -83,12 +125,26 @@ async fn report(
         id: String::new(),
         received_at: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         sender: None,
-        mail_params: Vec::new(),
+        // RFC 8689 §4.3: a notice about a REQUIRETLS message is sent with REQUIRETLS.
+        // Its own notices are never asked for (NOTIFY=NEVER is implied for `<>`).
+        mail_params: if envelope.requiretls() {
+            vec![Param {
+                keyword: "REQUIRETLS".into(),
+                value: None,
+            }]
+        } else {
+            Vec::new()
+        },
         recipients: vec![crate::spool::envelope::Recipient {
             address: sender.clone(),
             params: Vec::new(),
         }],
-        body: crate::spool::envelope::BodyType::SevenBit,
+        // A returned 8-bit message makes the report 8-bit too.
+        body: if full {
+            envelope.body
+        } else {
+            crate::spool::envelope::BodyType::SevenBit
+        },
         smtputf8: envelope.smtputf8,
         client: envelope.client.clone(),
         size: dsn.len() as u64,
@@ -124,15 +180,17 @@ pub(super) async fn delay_notice(
     if waited < after.0.as_secs() {
         return;
     }
-    let deferred: Vec<&Event> = events
+    let deferred: Vec<(&Event, Action)> = events
         .iter()
         .filter(|e| e.outcome == Outcome::Deferred)
+        .filter(|e| stored.envelope.recipients[e.rcpt].notify().delay)
+        .map(|e| (e, Action::Delayed))
         .collect();
     let marker = shared.delay_marker(stored.id);
     if deferred.is_empty() || marker.exists() {
         return;
     }
-    if report(shared, stored, &deferred, message, Action::Delayed).await == Report::Spooled
+    if report(shared, stored, &deferred, message, false).await == Report::Spooled
         && let Err(e) = std::fs::write(&marker, b"")
     {
         tracing::warn!(queue_id = %stored.id, error = %e, "cannot remember the delay notice");

@@ -35,6 +35,7 @@ pub(super) fn quarantine(
             reply: format!("quarantined: {reason}"),
             status: None,
             remote: None,
+            owed_notice: None,
         })
         .collect();
     if let Err(e) = shared.record(id, message, &events) {

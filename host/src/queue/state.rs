@@ -46,6 +46,10 @@ pub struct Event {
     /// The host that answered, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
+    /// A success notice (NOTIFY=SUCCESS) still owed for this delivery: it must be spooled
+    /// before the event is recorded. Never written: once recorded, it was spooled.
+    #[serde(skip)]
+    pub owed_notice: Option<super::dsn::Action>,
 }
 
 /// Appends events and makes them durable.
@@ -133,6 +137,7 @@ mod tests {
             reply: "250 ok".into(),
             status: None,
             remote: None,
+            owed_notice: None,
         }
     }
 

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::Shared;
+use super::dsn::Action;
 use super::routing::Destination;
 use super::shaping::Policy;
 use super::state::Outcome;
@@ -32,6 +33,10 @@ pub(super) struct RecipientResult {
     pub(super) status: Option<String>,
     /// The host that answered, if any.
     pub(super) remote: Option<String>,
+    /// For a delivery: the success notice it earns a recipient with NOTIFY=SUCCESS
+    /// (RFC 3461 §4.1): "delivered" into a mailbox here, "relayed" to a next hop without
+    /// DSN; none when the next hop took the request on (it offers DSN) or by policy.
+    pub(super) success: Option<Action>,
 }
 
 impl RecipientResult {
@@ -48,7 +53,13 @@ impl RecipientResult {
             reply: reply.into(),
             status,
             remote,
+            success: None,
         }
+    }
+
+    fn with_success(mut self, success: Option<Action>) -> Self {
+        self.success = success;
+        self
     }
 
     /// The same outcome for every recipient of a group.
@@ -174,17 +185,33 @@ async fn deliver_group(
             deliver_maildir(shared, root, envelope, rcpts, message).await
         }
         Destination::Smarthost {
-            host, port, tls, ..
+            route,
+            host,
+            port,
+            tls,
         } => match lookup::resolve_host(&shared.dns, host, *port).await {
             Ok(addrs) => {
+                let tls = if *tls == TlsPolicy::Required && tls_not_required(envelope, message) {
+                    TlsPolicy::Opportunistic
+                } else {
+                    *tls
+                };
+                let chunking = shared
+                    .config()
+                    .routes
+                    .iter()
+                    .find(|r| r.name == *route)
+                    .and_then(|r| r.chunking)
+                    .unwrap_or(shared.config().delivery.chunking);
                 deliver_smtp(
                     shared,
                     sending,
+                    chunking,
                     vec![NextHop {
                         name: host.clone(),
                         addrs,
                     }],
-                    *tls,
+                    tls,
                     envelope,
                     rcpts,
                     message,
@@ -197,7 +224,14 @@ async fn deliver_group(
             match lookup::mx_hosts(&shared.dns, domain, shared.config().delivery.mx_port).await {
                 Ok(mut hops) => {
                     let mut tls = shared.config().delivery.tls;
-                    if let Some(sts) = &shared.mta_sts
+                    // RFC 8689 §5: `TLS-Required: No` asks that TLS policy (MTA-STS here)
+                    // not stop delivery; REQUIRETLS on MAIL overrides it.
+                    let tls_optional = tls_not_required(envelope, message);
+                    if tls_optional && tls == TlsPolicy::Required {
+                        tls = TlsPolicy::Opportunistic;
+                    }
+                    if !tls_optional
+                        && let Some(sts) = &shared.mta_sts
                         && let Some(policy) = sts.policy(&shared.dns, domain).await
                     {
                         use crate::outbound::mta_sts::Mode;
@@ -224,12 +258,53 @@ async fn deliver_group(
                             Mode::Testing | Mode::None => {}
                         }
                     }
-                    deliver_smtp(shared, sending, hops, tls, envelope, rcpts, message).await
+                    let chunking = shared.config().delivery.chunking;
+                    deliver_smtp(shared, sending, chunking, hops, tls, envelope, rcpts, message).await
                 }
                 Err(e) => lookup_failure(rcpts, &e),
             }
         }
     }
+}
+
+/// Whether the message says `TLS-Required: No` (RFC 8689 §5) and MAIL did not ask for
+/// REQUIRETLS (which wins): TLS is then attempted but not demanded by policy.
+fn tls_not_required(envelope: &Envelope, message: &MessageOctets) -> bool {
+    !envelope.requiretls() && says_tls_not_required(message.head())
+}
+
+/// Whether a header block has a `TLS-Required: No` field (case-insensitive, folded or
+/// not).
+fn says_tls_not_required(head: &[u8]) -> bool {
+    let head = &head[..crate::spool::envelope::find_header_end(head)];
+    let mut fields = head.split(|b| *b == b'\n').peekable();
+    while let Some(line) = fields.next() {
+        // A continuation line belongs to the field before it.
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            continue;
+        }
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        if !line[..colon]
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"TLS-Required")
+        {
+            continue;
+        }
+        // The value with its continuation lines, unfolded.
+        let mut value = line[colon + 1..].to_vec();
+        while let Some(next) = fields.peek()
+            && matches!(next.first(), Some(b' ' | b'\t'))
+        {
+            value.extend_from_slice(next);
+            fields.next();
+        }
+        if value.trim_ascii().eq_ignore_ascii_case(b"No") {
+            return true;
+        }
+    }
+    false
 }
 
 fn lookup_failure(rcpts: &[usize], error: &LookupError) -> Vec<RecipientResult> {
@@ -269,7 +344,8 @@ async fn deliver_maildir(
                 format!("stored in {}", path.display()),
                 None,
                 None,
-            ),
+            )
+            .with_success(Some(Action::Delivered)),
             Ok(Err(e)) => RecipientResult::new(
                 rcpt,
                 Outcome::Deferred,
@@ -306,6 +382,7 @@ fn timeouts(shared: &Shared) -> Timeouts {
 async fn deliver_smtp(
     shared: &Arc<Shared>,
     sending: &Sending<'_>,
+    chunking: bool,
     hops: Vec<NextHop>,
     tls: TlsPolicy,
     envelope: &Envelope,
@@ -316,6 +393,14 @@ async fn deliver_smtp(
         .iter()
         .map(|&r| envelope.recipients[r].address.clone())
         .collect();
+    let recipient_dsn: Vec<(Option<&str>, Option<&str>)> = rcpts
+        .iter()
+        .map(|&r| {
+            let recipient = &envelope.recipients[r];
+            (recipient.notify_raw(), recipient.orcpt())
+        })
+        .collect();
+    let requiretls = envelope.requiretls();
     let outgoing = Outgoing {
         sender: envelope.sender.as_deref(),
         recipients: &recipients,
@@ -323,7 +408,20 @@ async fn deliver_smtp(
         body: envelope.body,
         smtputf8: envelope.smtputf8,
         message,
+        ret: envelope
+            .mail_params
+            .iter()
+            .find(|p| p.keyword == "RET")
+            .and_then(|p| p.value.as_deref())
+            .filter(|_| envelope.ret().is_some()),
+        envid: envelope.envid(),
+        recipient_dsn: &recipient_dsn,
+        requiretls,
+        chunking,
     };
+    // RFC 8689 §4.2.1: a REQUIRETLS message goes only over TLS with a verified
+    // certificate, whatever the route or MTA-STS would allow.
+    let tls = if requiretls { TlsPolicy::Required } else { tls };
     let helo = shared
         .config()
         .delivery
@@ -355,6 +453,20 @@ async fn deliver_smtp(
             };
             match transact(shared, &connection, &outgoing).await {
                 Ok(result) => return map_transaction(rcpts, &hop.name, result),
+                Err(ClientError::Tls(why)) if requiretls => {
+                    // No STARTTLS, or a certificate that does not verify: this host can
+                    // never take a REQUIRETLS message as it is. Another MX host may; if
+                    // none can, the message bounces with 5.7.10 (RFC 8689 §4.2.1).
+                    tracing::info!(host = %hop.name, %addr, %why, "next hop cannot take a REQUIRETLS message, trying the next");
+                    unsupported = Some((
+                        Some(crate::outbound::client::REQUIRETLS_NEEDED.to_string()),
+                        format!(
+                            "{}: REQUIRETLS: no verified TLS to this host ({why})",
+                            hop.name
+                        ),
+                        hop.name.clone(),
+                    ));
+                }
                 Err(error @ ClientError::Unsupported { .. }) => {
                     // This host lacks what the message needs (8BITMIME, SMTPUTF8, SIZE
                     // room), but nothing was sent: another MX host may have it. Only when
@@ -587,6 +699,8 @@ fn map_transaction(
     result: crate::outbound::client::TransactionResult,
 ) -> Vec<RecipientResult> {
     let remote = Some(host.to_owned());
+    // A next hop that offers DSN was given NOTIFY and reports on from there.
+    let success = (!result.dsn).then_some(Action::Relayed);
     rcpts
         .iter()
         .zip(result.recipients)
@@ -605,6 +719,7 @@ fn map_transaction(
                 status,
                 remote.clone(),
             )
+            .with_success(success)
         })
         .collect()
 }
@@ -614,5 +729,38 @@ fn outcome_of(code: u16) -> Outcome {
         Outcome::Bounced
     } else {
         Outcome::Deferred
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::says_tls_not_required;
+
+    #[test]
+    fn tls_required_no_is_found_in_the_header_block_only() {
+        for yes in [
+            &b"Subject: x\r\nTLS-Required: No\r\n\r\nbody\r\n"[..],
+            b"tls-required:no\r\n\r\n",
+            b"TLS-Required:\r\n  NO \r\nSubject: x\r\n\r\n",
+        ] {
+            assert!(
+                says_tls_not_required(yes),
+                "{}",
+                String::from_utf8_lossy(yes)
+            );
+        }
+        for no in [
+            &b"Subject: x\r\n\r\nTLS-Required: No\r\n"[..],
+            b"TLS-Required: Yes\r\n\r\n",
+            b"X-TLS-Required: No\r\n\r\n",
+            b"TLS-Required: No thanks\r\n\r\n",
+            b"Subject: a\r\n TLS-Required: No\r\n\r\n",
+        ] {
+            assert!(
+                !says_tls_not_required(no),
+                "{}",
+                String::from_utf8_lossy(no)
+            );
+        }
     }
 }

@@ -29,6 +29,7 @@
 //! finished DATA at the same moment (group commit).
 
 mod commit;
+pub mod dsn_params;
 pub mod envelope;
 pub mod import;
 pub mod outgoing;
