@@ -1098,6 +1098,7 @@ impl Session<'_> {
             data: transaction.chunked,
             connection: self.connection,
             tls: self.tls,
+            peer: self.peer,
         });
         drop(state);
         self.shared.changed.notify_all();
