@@ -70,6 +70,16 @@ enum Command {
         #[command(subcommand)]
         command: tidegate::cli::admin::QueueCommand,
     },
+    /// A plugin's key/value namespace in a running gateway.
+    Kv {
+        #[command(subcommand)]
+        command: tidegate::cli::kv::KvCommand,
+    },
+    /// The `suppression` plugin's list of addresses in a running gateway.
+    Suppression {
+        #[command(subcommand)]
+        command: tidegate::cli::kv::SuppressionCommand,
+    },
     /// The quarantine of a running gateway.
     Quarantine {
         #[command(subcommand)]
@@ -402,6 +412,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Queue { command } => {
             tidegate::cli::admin::queue(command)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kv { command } => {
+            tidegate::cli::kv::kv(command)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Suppression { command } => {
+            tidegate::cli::kv::suppression(command)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Quarantine { command } => {

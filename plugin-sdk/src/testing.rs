@@ -84,6 +84,11 @@ impl TestHost {
         self
     }
 
+    /// Changes what `delivery_facts` answers from now on (`None`: outside on-delivery).
+    pub fn set_delivery_facts(&mut self, facts: Option<OutcomeFacts>) {
+        self.delivery_facts = facts;
+    }
+
     /// The destinations' suspensions the plugin asked for: (seconds, reason).
     pub fn suspensions(&self) -> Vec<(u32, String)> {
         self.suspensions.borrow().clone()

@@ -130,6 +130,10 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/quarantine/{id}/release", post(quarantine_release))
         .route("/v1/spool/import", post(spool_import))
         .route("/v1/plugins", get(plugins))
+        .route(
+            "/v1/kv/{plugin}",
+            get(kv_list).put(kv_put).delete(kv_delete),
+        )
         .route("/v1/reload", post(reload))
         .route("/v1/log-level", put(log_level))
         .route_layer(middleware::from_fn_with_state(
@@ -397,6 +401,134 @@ async fn quarantine_delete(
         &id,
         state.queue.quarantine_delete(&id, &caller.0),
     )
+}
+
+/// One key of a plugin's KV namespace, as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    /// The key.
+    pub key: String,
+    /// The value (UTF-8; other bytes shown as U+FFFD).
+    pub value: String,
+    /// Seconds left before it expires; `None`: it does not.
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct KvQuery {
+    prefix: Option<String>,
+    limit: Option<usize>,
+    key: Option<String>,
+}
+
+/// The most keys one listing returns.
+const MAX_KV_LIST: usize = 1000;
+
+fn kv_refused(status: StatusCode, why: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": why.into() }))).into_response()
+}
+
+/// The quota of plugin `name`, if it is loaded: writes through the API keep to it, as the
+/// plugin's own do.
+fn kv_quota(state: &AdminState, name: &str) -> Option<crate::plugins::kv::Quota> {
+    let snapshot = state.plugins.snapshot();
+    let plugin = snapshot.plugins.get(name)?;
+    Some(crate::plugins::kv::Quota {
+        max_bytes: plugin.limits.kv_max_bytes,
+        max_keys: plugin.limits.kv_max_keys,
+    })
+}
+
+async fn kv_list(
+    State(state): State<Arc<AdminState>>,
+    Path(plugin): Path<String>,
+    Query(query): Query<KvQuery>,
+) -> Response {
+    if kv_quota(&state, &plugin).is_none() {
+        return kv_refused(StatusCode::NOT_FOUND, format!("no plugin {plugin}"));
+    }
+    let limit = query.limit.unwrap_or(100).clamp(1, MAX_KV_LIST);
+    let prefix = query.prefix.unwrap_or_default();
+    match state
+        .plugins
+        .services()
+        .kv
+        .list(&plugin, &prefix, limit)
+        .await
+    {
+        Ok(found) => Json(
+            found
+                .into_iter()
+                .map(|(key, value, left)| KvEntry {
+                    key,
+                    value: String::from_utf8_lossy(&value).into_owned(),
+                    ttl_secs: left.map(|d| d.as_secs()),
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => kv_refused(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct KvWrite {
+    key: String,
+    value: String,
+    ttl_secs: Option<u64>,
+}
+
+async fn kv_put(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Path(plugin): Path<String>,
+    Json(write): Json<KvWrite>,
+) -> Response {
+    let Some(quota) = kv_quota(&state, &plugin) else {
+        return kv_refused(StatusCode::NOT_FOUND, format!("no plugin {plugin}"));
+    };
+    let ttl = write
+        .ttl_secs
+        .map(|s| Duration::from_secs(s.min(10 * 365 * 86_400)));
+    let written = state
+        .plugins
+        .services()
+        .kv
+        .set(&plugin, &write.key, write.value.as_bytes(), ttl, quota)
+        .await;
+    let target = format!("{plugin}:{}", write.key);
+    match written {
+        Ok(_) => {
+            tracing::info!(by = %caller.0, action = "kv set", target = %target, "admin change");
+            Json(serde_json::json!({ "key": write.key })).into_response()
+        }
+        Err(e) => {
+            tracing::info!(by = %caller.0, action = "kv set", target = %target, error = %e, "admin change refused");
+            kv_refused(StatusCode::BAD_REQUEST, e.to_string())
+        }
+    }
+}
+
+async fn kv_delete(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Path(plugin): Path<String>,
+    Query(query): Query<KvQuery>,
+) -> Response {
+    if kv_quota(&state, &plugin).is_none() {
+        return kv_refused(StatusCode::NOT_FOUND, format!("no plugin {plugin}"));
+    }
+    let Some(key) = query.key else {
+        return kv_refused(StatusCode::BAD_REQUEST, "which key? (?key=...)");
+    };
+    let target = format!("{plugin}:{key}");
+    match state.plugins.services().kv.delete(&plugin, &key).await {
+        Ok(()) => {
+            tracing::info!(by = %caller.0, action = "kv delete", target = %target, "admin change");
+            Json(serde_json::json!({ "key": key })).into_response()
+        }
+        Err(e) => kv_refused(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }
 
 /// A batch of `tidegate spool import`.

@@ -164,13 +164,13 @@ pub enum QuarantineCommand {
 }
 
 /// A connection's worth of the admin API.
-struct Client {
+pub(super) struct Client {
     address: SocketAddr,
     token: Option<String>,
 }
 
 impl Client {
-    fn new(args: &ClientArgs) -> anyhow::Result<Client> {
+    pub(super) fn new(args: &ClientArgs) -> anyhow::Result<Client> {
         // Only the `[admin]` table is read, not the whole file checked: `tidegate reload`
         // must be able to tell the gateway about a file that has errors elsewhere.
         let path = &args.config;
@@ -274,13 +274,16 @@ impl Client {
         Ok(body)
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<(T, Bytes)> {
+    pub(super) async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<(T, Bytes)> {
         let body = self.call(hyper::Method::GET, path, None).await?;
         let value = serde_json::from_slice(&body).context("reading the reply")?;
         Ok((value, body))
     }
 
-    async fn send<T: serde::de::DeserializeOwned>(
+    pub(super) async fn send<T: serde::de::DeserializeOwned>(
         &self,
         method: hyper::Method,
         path: &str,
@@ -293,7 +296,9 @@ impl Client {
 }
 
 /// Runs a command on a runtime of its own.
-fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+pub(super) fn block_on<T>(
+    future: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -301,12 +306,12 @@ fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> 
         .block_on(future)
 }
 
-fn print_json(body: &Bytes) {
+pub(super) fn print_json(body: &Bytes) {
     println!("{}", String::from_utf8_lossy(body).trim_end());
 }
 
 /// Prints rows under a header, each column as wide as its widest cell.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -339,7 +344,7 @@ fn age(secs: u64) -> String {
     }
 }
 
-fn url_encode(value: &str) -> String {
+pub(super) fn url_encode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {

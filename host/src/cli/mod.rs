@@ -3,4 +3,5 @@
 
 pub mod admin;
 pub mod dkim;
+pub mod kv;
 pub mod plugin;

@@ -83,6 +83,8 @@ struct Sending<'a> {
     policy: &'a Policy,
     egress: Option<Arc<crate::config::Config>>,
     pool: Option<String>,
+    /// BDAT to next hops that offer CHUNKING: the route's `chunking`, else `[delivery]`'s.
+    chunking: bool,
 }
 
 impl Sending<'_> {
@@ -149,10 +151,20 @@ pub(super) async fn deliver(
 ) -> Vec<RecipientResult> {
     let config = shared.config();
     let pool = egress_pool(&config, destination, policy);
+    let chunking = match destination {
+        Destination::Smarthost { route, .. } => config
+            .routes
+            .iter()
+            .find(|r| r.name == *route)
+            .and_then(|r| r.chunking),
+        _ => None,
+    }
+    .unwrap_or(config.delivery.chunking);
     let sending = Sending {
         policy,
         egress: pool.is_some().then_some(config),
         pool,
+        chunking,
     };
     let mut results = Vec::with_capacity(rcpts.len());
     // More recipients than the destination takes in one transaction make more
@@ -185,10 +197,7 @@ async fn deliver_group(
             deliver_maildir(shared, root, envelope, rcpts, message).await
         }
         Destination::Smarthost {
-            route,
-            host,
-            port,
-            tls,
+            host, port, tls, ..
         } => match lookup::resolve_host(&shared.dns, host, *port).await {
             Ok(addrs) => {
                 let tls = if *tls == TlsPolicy::Required && tls_not_required(envelope, message) {
@@ -196,17 +205,9 @@ async fn deliver_group(
                 } else {
                     *tls
                 };
-                let chunking = shared
-                    .config()
-                    .routes
-                    .iter()
-                    .find(|r| r.name == *route)
-                    .and_then(|r| r.chunking)
-                    .unwrap_or(shared.config().delivery.chunking);
                 deliver_smtp(
                     shared,
                     sending,
-                    chunking,
                     vec![NextHop {
                         name: host.clone(),
                         addrs,
@@ -258,8 +259,7 @@ async fn deliver_group(
                             Mode::Testing | Mode::None => {}
                         }
                     }
-                    let chunking = shared.config().delivery.chunking;
-                    deliver_smtp(shared, sending, chunking, hops, tls, envelope, rcpts, message).await
+                    deliver_smtp(shared, sending, hops, tls, envelope, rcpts, message).await
                 }
                 Err(e) => lookup_failure(rcpts, &e),
             }
@@ -382,7 +382,6 @@ fn timeouts(shared: &Shared) -> Timeouts {
 async fn deliver_smtp(
     shared: &Arc<Shared>,
     sending: &Sending<'_>,
-    chunking: bool,
     hops: Vec<NextHop>,
     tls: TlsPolicy,
     envelope: &Envelope,
@@ -417,7 +416,7 @@ async fn deliver_smtp(
         envid: envelope.envid(),
         recipient_dsn: &recipient_dsn,
         requiretls,
-        chunking,
+        chunking: sending.chunking,
     };
     // RFC 8689 §4.2.1: a REQUIRETLS message goes only over TLS with a verified
     // certificate, whatever the route or MTA-STS would allow.

@@ -199,6 +199,33 @@ impl KvStore {
         });
     }
 
+    /// Live keys starting with `prefix`, in order, at most `limit`, with their values and
+    /// remaining lifetimes (for the operator: it looks at the whole namespace).
+    pub fn list(
+        &self,
+        ns: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Vec<(String, Vec<u8>, Option<Duration>)> {
+        let now = Instant::now();
+        self.with(ns, |map| {
+            let mut found: Vec<(String, Vec<u8>, Option<Duration>)> = map
+                .entries
+                .iter()
+                .filter(|(key, entry)| {
+                    key.starts_with(prefix) && entry.expires.is_none_or(|at| at > now)
+                })
+                .map(|(key, entry)| {
+                    let left = entry.expires.map(|at| at.saturating_duration_since(now));
+                    (key.clone(), entry.value.clone(), left)
+                })
+                .collect();
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+            found.truncate(limit);
+            found
+        })
+    }
+
     /// Keys and bytes in use in a namespace (expired entries not yet dropped included).
     pub fn usage(&self, ns: &str) -> Usage {
         self.with(ns, |map| map.usage())

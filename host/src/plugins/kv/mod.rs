@@ -167,6 +167,20 @@ impl Kv {
         }
     }
 
+    /// Live keys of namespace `ns` starting with `prefix`, at most `limit`, with their
+    /// values and remaining lifetimes: for the operator (the admin API), never a plugin.
+    pub async fn list(
+        &self,
+        ns: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>, Option<Duration>)>, KvError> {
+        match self {
+            Kv::Memory(store) => Ok(store.list(ns, prefix, limit)),
+            Kv::Redis(store) => store.list(ns, prefix, limit).await,
+        }
+    }
+
     /// Whether the backend answers now (`/readyz`): always for the in-process store.
     pub async fn reachable(&self) -> bool {
         match self {

@@ -446,6 +446,104 @@ impl RedisKv {
         }
     }
 
+    /// Live keys starting with `prefix`, at most `limit`, with their values and remaining
+    /// lifetimes (for the operator): the namespace's size hash scanned with `HSCAN`, a
+    /// bounded number of rounds.
+    pub async fn list(
+        &self,
+        ns: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>, Option<Duration>)>, KvError> {
+        /// HSCAN rounds at most, so a huge namespace cannot keep the call going.
+        const MAX_ROUNDS: usize = 1000;
+        let keys = self.keys(ns, "");
+        let pattern: String = prefix
+            .chars()
+            .flat_map(|c| {
+                let escape = matches!(c, '*' | '?' | '[' | ']' | '\\');
+                escape.then_some('\\').into_iter().chain(std::iter::once(c))
+            })
+            .chain(std::iter::once('*'))
+            .collect();
+        let mut names: Vec<String> = Vec::new();
+        let mut cursor = 0u64;
+        for _ in 0..MAX_ROUNDS {
+            let reply: Value = self
+                .run(|| {
+                    let mut conn = self.connection();
+                    let (hash, pattern) = (keys.size.clone(), pattern.clone());
+                    async move {
+                        redis::cmd("HSCAN")
+                            .arg(hash)
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(500)
+                            .query_async(&mut conn)
+                            .await
+                    }
+                })
+                .await?;
+            let Value::Array(parts) = &reply else {
+                return Err(unexpected(&reply));
+            };
+            let (Some(Value::BulkString(next)), Some(Value::Array(fields))) =
+                (parts.first(), parts.get(1))
+            else {
+                return Err(unexpected(&reply));
+            };
+            for pair in fields.chunks(2) {
+                if let Some(Value::BulkString(name)) = pair.first()
+                    && let Ok(name) = String::from_utf8(name.clone())
+                {
+                    names.push(name);
+                }
+            }
+            cursor = std::str::from_utf8(next)
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| unexpected(&reply))?;
+            if cursor == 0 || names.len() >= limit.saturating_mul(4).max(limit + 64) {
+                break;
+            }
+        }
+        names.sort();
+        names.dedup();
+        let mut found = Vec::new();
+        for name in names {
+            if found.len() >= limit {
+                break;
+            }
+            let value_key = format!("{}{name}", keys.value_prefix);
+            let reply: Value = self
+                .run(|| {
+                    let mut conn = self.connection();
+                    let key = value_key.clone();
+                    async move {
+                        redis::pipe()
+                            .cmd("GET")
+                            .arg(&key)
+                            .cmd("PTTL")
+                            .arg(&key)
+                            .query_async(&mut conn)
+                            .await
+                    }
+                })
+                .await?;
+            if let Value::Array(items) = &reply
+                && let (Some(Value::BulkString(value)), Some(Value::Int(ttl))) =
+                    (items.first(), items.get(1))
+                && value.len() <= MAX_VALUE_LEN
+            {
+                let left = u64::try_from(*ttl).ok().map(Duration::from_millis);
+                found.push((name, value.clone(), left));
+            }
+        }
+        Ok(found)
+    }
+
     fn limit_key(&self, name: &str) -> String {
         format!("{}limit:{name}", self.prefix)
     }
