@@ -3,7 +3,8 @@
 //! share of transactions, recipients beyond a transaction's size make more transactions,
 //! a provider's "slow down" reply suspends that destination only (visible in the queue
 //! summary and metrics), a delivery window holds mail until it opens (a reload opens it),
-//! and mail leaves from the egress pool's addresses with the HELO name of each.
+//! mail leaves from the egress pool's addresses with the HELO name of each, and every
+//! domain a provider hosts (by MX suffix) shares its rate.
 
 use std::time::{Duration, Instant};
 
@@ -245,5 +246,62 @@ fn mail_leaves_from_the_egress_addresses_with_their_helo_names() {
             ("127.0.0.3".to_owned(), "out3.example.net".to_owned()),
             ("127.0.0.3".to_owned(), "out3.example.net".to_owned()),
         ]
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn every_domain_a_provider_hosts_shares_its_rate() {
+    let port = free_port();
+    let next_hop = SinkServer::start(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        Behaviour::default(),
+    );
+    let dns = tidegate_e2e::DnsServer::start_with_args(&[
+        "--local=/a.test/".into(),
+        "--local=/b.test/".into(),
+        "--local=/provider.test/".into(),
+        "--mx-host=a.test,mx1.provider.test,10".into(),
+        "--mx-host=b.test,mx2.provider.test,10".into(),
+        "--host-record=mx1.provider.test,127.0.0.1".into(),
+        "--host-record=mx2.provider.test,127.0.0.1".into(),
+    ]);
+    let config = GatewayConfig {
+        accept_domains: vec!["a.test".into(), "b.test".into()],
+        top: vec![
+            (
+                "delivery".into(),
+                format!("{{ mx_port = {port}, connect_timeout = \"2s\" }}"),
+            ),
+            (
+                "shaping".into(),
+                r#"[{ name = "provider", mx_suffixes = [".provider.test"], messages_per_minute = 240, burst = 1 }]"#.into(),
+            ),
+        ],
+        ..GatewayConfig::default()
+    }
+    .dns(dns.addr(), 2000)
+    .deliver();
+    let gateway = Gateway::start_with(&config);
+    for i in 0..6 {
+        let to = if i % 2 == 0 { "x@a.test" } else { "y@b.test" };
+        send(&gateway, &[to], &format!("provider {i}"));
+    }
+    let started = Instant::now();
+    next_hop.wait_for(1, Duration::from_secs(30));
+    let first = started.elapsed();
+    next_hop.wait_for(6, Duration::from_secs(30));
+    let span = started.elapsed().saturating_sub(first);
+    // One rate for both domains: five intervals of 250 ms, not two domains' worth at once.
+    assert!(
+        span >= Duration::from_millis(1000),
+        "six messages to one provider's two domains took {span:?}"
     );
 }
