@@ -340,6 +340,10 @@ impl Host for GuestHost {
         host::suspend_destination(seconds, reason)
     }
 
+    fn choose_egress(&self, pool: &str) -> bool {
+        host::choose_egress(pool)
+    }
+
     fn session(&self) -> t::SessionInfo {
         let info = host::session();
         t::SessionInfo {

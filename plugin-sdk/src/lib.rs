@@ -100,6 +100,12 @@ pub trait Host {
     fn delivery_facts(&self) -> Option<OutcomeFacts> {
         None
     }
+    /// In on-route: the `[[egress]]` pool this recipient's mail leaves from, with the route
+    /// the hook returns; false elsewhere.
+    fn choose_egress(&self, pool: &str) -> bool {
+        let _ = pool;
+        false
+    }
     /// In on-delivery: stops delivering to this outcome's destination for `seconds` (at
     /// most a day), as a shaping reaction does; false elsewhere.
     fn suspend_destination(&self, seconds: u32, reason: &str) -> bool {

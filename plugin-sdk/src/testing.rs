@@ -44,6 +44,7 @@ pub struct TestHost {
     http_requests: RefCell<Vec<HttpRequest>>,
     delivery_facts: Option<OutcomeFacts>,
     suspensions: RefCell<Vec<(u32, String)>>,
+    egress_choices: RefCell<Vec<String>>,
 }
 
 impl Default for TestHost {
@@ -75,6 +76,7 @@ impl TestHost {
             http_requests: RefCell::new(Vec::new()),
             delivery_facts: None,
             suspensions: RefCell::new(Vec::new()),
+            egress_choices: RefCell::new(Vec::new()),
         }
     }
 
@@ -87,6 +89,11 @@ impl TestHost {
     /// Changes what `delivery_facts` answers from now on (`None`: outside on-delivery).
     pub fn set_delivery_facts(&mut self, facts: Option<OutcomeFacts>) {
         self.delivery_facts = facts;
+    }
+
+    /// The egress pools the plugin chose in on-route, in order.
+    pub fn egress_choices(&self) -> Vec<String> {
+        self.egress_choices.borrow().clone()
     }
 
     /// The destinations' suspensions the plugin asked for: (seconds, reason).
@@ -276,6 +283,11 @@ impl Host for TestHost {
 
     fn delivery_facts(&self) -> Option<OutcomeFacts> {
         self.delivery_facts.clone()
+    }
+
+    fn choose_egress(&self, pool: &str) -> bool {
+        self.egress_choices.borrow_mut().push(pool.to_owned());
+        true
     }
 
     fn suspend_destination(&self, seconds: u32, reason: &str) -> bool {

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use tidegate_e2e::sink::{Behaviour, SinkServer};
-use tidegate_e2e::{Gateway, GatewayConfig, SmtpClient, sample_message};
+use tidegate_e2e::{Gateway, GatewayConfig, PluginEntry, SmtpClient, sample_message};
 
 fn sink() -> SinkServer {
     SinkServer::start("127.0.0.1:0".parse().unwrap(), Behaviour::default())
@@ -304,4 +304,46 @@ fn every_domain_a_provider_hosts_shares_its_rate() {
         span >= Duration::from_millis(1000),
         "six messages to one provider's two domains took {span:?}"
     );
+}
+
+#[test]
+fn a_plugin_chooses_the_egress_pool_in_on_route() {
+    let next_hop = sink();
+    let config = GatewayConfig {
+        accept_domains: vec!["bulk.test".into(), "plain.test".into()],
+        top: vec![(
+            "egress".into(),
+            r#"[
+  { name = "bulk", addresses = [{ address = "127.0.0.4", helo = "bulk.example.net" }] },
+]"#
+            .into(),
+        )],
+        plugins: vec![
+            PluginEntry::new("router", "domain_router.wasm")
+                .config("[plugin.config.routes]")
+                .config("\"bulk.test\" = \"out\"")
+                .config("\"plain.test\" = \"out\"")
+                .config("[plugin.config.egress]")
+                .config("\"bulk.test\" = \"bulk\""),
+        ],
+        ..GatewayConfig::default()
+    }
+    .route("out", &[], next_hop.addr());
+    let gateway = Gateway::start_with(&config);
+    send(&gateway, &["someone@bulk.test"], "bulk");
+    next_hop.wait_for(1, Duration::from_secs(30));
+    send(&gateway, &["someone@plain.test"], "plain");
+    let received = next_hop.wait_for(2, Duration::from_secs(30));
+    let by_subject = |subject: &str| {
+        received
+            .iter()
+            .find(|m| m.text().contains(&format!("Subject: {subject}")))
+            .unwrap_or_else(|| panic!("{subject}"))
+            .clone()
+    };
+    let bulk = by_subject("bulk");
+    assert_eq!(bulk.peer.unwrap().ip().to_string(), "127.0.0.4");
+    assert_eq!(bulk.helo, "bulk.example.net");
+    let plain = by_subject("plain");
+    assert_ne!(plain.peer.unwrap().ip().to_string(), "127.0.0.4");
 }

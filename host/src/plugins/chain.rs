@@ -683,6 +683,8 @@ pub struct SessionPlugins {
     auth_results: Arc<Vec<w::AuthResult>>,
     /// What `delivery-facts` answers during the next on-delivery calls.
     delivery_facts: Option<Arc<w::OutcomeFacts>>,
+    /// The egress pool the last on-route call chose (`choose-egress`).
+    egress_choice: Option<String>,
     /// Each plugin's verdicts since the last [`SessionPlugins::take_verdicts`], for the
     /// transaction's log line (bounded).
     verdicts: Vec<(Arc<str>, &'static str, &'static str)>,
@@ -719,6 +721,7 @@ impl SessionPlugins {
             message_tags: BTreeMap::new(),
             auth_results: Arc::new(Vec::new()),
             delivery_facts: None,
+            egress_choice: None,
             verdicts: Vec::new(),
             call_deadline: Instant::now(),
         }
@@ -1104,9 +1107,11 @@ impl SessionPlugins {
             .inc();
     }
 
-    /// Asks the chain where `recipient` goes: the first plugin with an opinion decides.
-    /// A failing plugin is skipped (routing falls back to the static routes and MX).
-    pub async fn route(&mut self, recipient: &str) -> Option<w::Route> {
+    /// Asks the chain where `recipient` goes: the first plugin with an opinion decides,
+    /// with the egress pool it chose, if any. A failing plugin is skipped (routing falls
+    /// back to the static routes and MX).
+    pub async fn route(&mut self, recipient: &str) -> Option<(w::Route, Option<String>)> {
+        self.egress_choice = None;
         let deadline = Instant::now() + self.engine.stage_time_limit();
         for index in 0..self.chain.plugins.len() {
             let plugin = Arc::clone(&self.chain.plugins[index]);
@@ -1120,7 +1125,7 @@ impl SessionPlugins {
                 .await;
             match result {
                 Ok(OtherResult::Route(Some(route))) => match validate_route(route) {
-                    Ok(route) => return Some(route),
+                    Ok(route) => return Some((route, self.egress_choice.take())),
                     Err(error) => self.failed(index, &plugin, "on-route", &error, None),
                 },
                 Ok(_) => {}
@@ -1177,15 +1182,23 @@ impl SessionPlugins {
         let facts = self.delivery_facts.clone();
         let deadline = self.call_deadline;
         let instance = self.instance(index, plugin).await?;
+        let routing = matches!(call, Other::Route(_));
         instance.store.data_mut().tags = tags;
         instance.store.data_mut().delivery = facts;
+        instance.store.data_mut().routing = routing;
+        instance.store.data_mut().egress_choice = None;
         instance.start_call(plugin, deadline)?;
         let result = instance.call_other(call).await;
-        // Facts of one outcome are never seen by a later call.
-        instance.store.data_mut().delivery = None;
+        // Facts of one outcome (or a choice for one recipient) are never seen by a later
+        // call.
+        let data = instance.store.data_mut();
+        data.delivery = None;
+        data.routing = false;
+        let chosen = data.egress_choice.take();
         let result = result?;
         let fuel = instance.end_call(plugin);
         count_fuel(&metrics, plugin, hook, fuel);
+        self.egress_choice = chosen;
         Ok(result)
     }
 

@@ -248,6 +248,10 @@ pub struct PluginState {
     pub session: Arc<types::SessionInfo>,
     /// In on-delivery: the outcome's facts (`delivery-facts`).
     pub delivery: Option<Arc<types::OutcomeFacts>>,
+    /// Whether the current call is on-route (`choose-egress` is allowed).
+    pub routing: bool,
+    /// The egress pool on-route chose (`choose-egress`).
+    pub egress_choice: Option<String>,
     /// The transaction's sender authentication results as of the current call.
     pub auth_results: Arc<Vec<types::AuthResult>>,
     /// DNS queries made in the current call and in the current session.
@@ -294,6 +298,8 @@ impl PluginState {
             tags: BTreeMap::new(),
             session: Arc::new(no_session()),
             delivery: None,
+            routing: false,
+            egress_choice: None,
             auth_results: Arc::new(Vec::new()),
             dns_in_call: 0,
             dns_in_session: 0,
@@ -721,6 +727,16 @@ impl host::Host for PluginState {
 
     async fn delivery_facts(&mut self) -> wasmtime::Result<Option<types::OutcomeFacts>> {
         Ok(self.delivery.as_deref().cloned())
+    }
+
+    async fn choose_egress(&mut self, pool: String) -> wasmtime::Result<bool> {
+        let plausible =
+            !pool.is_empty() && pool.len() <= 64 && pool.bytes().all(|b| b.is_ascii_graphic());
+        if !self.routing || !plausible {
+            return Ok(false);
+        }
+        self.egress_choice = Some(pool);
+        Ok(true)
     }
 
     async fn suspend_destination(

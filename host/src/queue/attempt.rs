@@ -71,11 +71,12 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         let mut plugins = shared.take_plugin_session();
         plugins.set_message_tags(&envelope.tags);
         let wants_route = plugins.has(w::Hooks::ROUTE);
-        let mut groups: BTreeMap<Destination, Vec<usize>> = BTreeMap::new();
+        // By destination and the egress pool a plugin chose for it.
+        let mut groups: BTreeMap<(Destination, Option<String>), Vec<usize>> = BTreeMap::new();
         for &(rcpt, _) in &pending {
             let address = &envelope.recipients[rcpt].address;
-            let destination = route(shared, &mut plugins, wants_route, address).await;
-            groups.entry(destination).or_default().push(rcpt);
+            let routed = route(shared, &mut plugins, wants_route, address).await;
+            groups.entry(routed).or_default().push(rcpt);
         }
         shared.return_plugin_session(plugins);
         groups
@@ -95,7 +96,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
     // Each attempted recipient's destination gate, for on-delivery.
     let mut gates: Vec<(usize, String)> = Vec::with_capacity(pending.len());
     let last_group = groups.len().saturating_sub(1);
-    for (n, (destination, rcpts)) in groups.into_iter().enumerate() {
+    for (n, ((destination, egress), rcpts)) in groups.into_iter().enumerate() {
         // The destination's slot first, then a global one: a destination that tarpits
         // (or is dead and times out) holds at most its own `max_per_destination` global
         // slots while it delivers, as many attempts wait for it, and the messages queued
@@ -136,7 +137,16 @@ pub(crate) async fn run(shared: &Arc<Shared>, id: QueueId) {
         };
         classes.extend(rcpts.iter().map(|&r| (r, destination.class())));
         gates.extend(rcpts.iter().map(|&r| (r, key.clone())));
-        let delivered = deliver(shared, &destination, &policy, envelope, &rcpts, octets).await;
+        let delivered = deliver(
+            shared,
+            &destination,
+            &policy,
+            egress.as_deref(),
+            envelope,
+            &rcpts,
+            octets,
+        )
+        .await;
         react(shared, &policy, &delivered);
         if n < last_group {
             // More destinations follow, and they may take long: what this one accepted is

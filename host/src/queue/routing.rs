@@ -63,14 +63,14 @@ impl Destination {
     }
 }
 
-/// Decides where one recipient goes: a plugin's on-route first, then the static routes,
-/// then MX.
+/// Decides where one recipient goes: a plugin's on-route first (with the egress pool it
+/// may choose), then the static routes, then MX.
 pub(super) async fn route(
     shared: &Shared,
     plugins: &mut SessionPlugins,
     wants_route: bool,
     address: &str,
-) -> Destination {
+) -> (Destination, Option<String>) {
     // Names in A-label form: that is how routes are configured and how DNS knows them.
     let domain = match Mailbox::parse(address, true) {
         Ok(mailbox) => match mailbox.domain() {
@@ -88,8 +88,8 @@ pub(super) async fn route(
             None => Destination::Misrouted(format!("no [[route]] is named `{name}`")),
         }
     };
-    if wants_route && let Some(choice) = plugins.route(address).await {
-        return match choice {
+    if wants_route && let Some((choice, egress)) = plugins.route(address).await {
+        let destination = match choice {
             w::Route::Mx => Destination::Mx { domain },
             w::Route::Named(name) => named(&name),
             w::Route::Local => match &shared.config().delivery.local_maildir {
@@ -100,6 +100,7 @@ pub(super) async fn route(
             },
             w::Route::Discard => Destination::Discard,
         };
+        return (destination, egress);
     }
     let config = shared.config();
     if let Some(route) = config
@@ -107,9 +108,9 @@ pub(super) async fn route(
         .iter()
         .find(|r| r.domains.iter().any(|d| d.as_str() == domain))
     {
-        return configured(route, config.delivery.tls);
+        return (configured(route, config.delivery.tls), None);
     }
-    Destination::Mx { domain }
+    (Destination::Mx { domain }, None)
 }
 
 /// The destination of a configured route; a route without a usable next hop is

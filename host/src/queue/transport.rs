@@ -119,12 +119,20 @@ impl Sending<'_> {
     }
 }
 
-/// The egress pool of a destination: its shaping entry's, its route's, or the default.
+/// The egress pool of a destination: the one a plugin chose in on-route (if the
+/// configuration has it), its shaping entry's, its route's, or the default.
 fn egress_pool(
     config: &crate::config::Config,
     destination: &Destination,
     policy: &Policy,
+    chosen: Option<&str>,
 ) -> Option<String> {
+    if let Some(chosen) = chosen {
+        if config.egress.iter().any(|p| p.name == chosen) {
+            return Some(chosen.to_owned());
+        }
+        tracing::warn!(pool = %chosen, "a plugin chose an egress pool the configuration lacks; ignored");
+    }
     let route = match destination {
         Destination::Smarthost { route, .. } => config
             .routes
@@ -145,12 +153,13 @@ pub(super) async fn deliver(
     shared: &Arc<Shared>,
     destination: &Destination,
     policy: &Policy,
+    chosen_egress: Option<&str>,
     envelope: &Envelope,
     rcpts: &[usize],
     message: &MessageOctets,
 ) -> Vec<RecipientResult> {
     let config = shared.config();
-    let pool = egress_pool(&config, destination, policy);
+    let pool = egress_pool(&config, destination, policy, chosen_egress);
     let chunking = match destination {
         Destination::Smarthost { route, .. } => config
             .routes

@@ -12,6 +12,8 @@
 //! "lists.example.test" = "local"        # the local maildir transport
 //! "void.example.test" = "discard"       # dropped (and logged)
 //! "partner.test" = "mx"                 # MX lookup of the recipient's domain
+//! [plugin.config.egress]
+//! ".bulk.example.test" = "bulk"         # mail it routes to these leaves from [[egress]] "bulk"
 //! ```
 //!
 //! A route is `mx`, `local` or `discard` (any case), or else the name of a `[[route]]` of
@@ -48,6 +50,10 @@ pub struct Config {
     /// static routes.
     #[serde(default)]
     pub default: Option<String>,
+    /// Domain (or `.domain`) → the `[[egress]]` pool its mail leaves from (the longest
+    /// matching key wins, as for routes).
+    #[serde(default)]
+    pub egress: BTreeMap<String, String>,
 }
 
 /// The plugin: the checked routing table.
@@ -58,6 +64,8 @@ pub struct DomainRouter {
     /// Subdomain keys, lowercased, each with its leading dot.
     subdomains: HashMap<String, Route>,
     default: Option<Route>,
+    /// Domain keys (exact, or `.domain`) → egress pool, lowercased.
+    egress: HashMap<String, String>,
 }
 
 impl DomainRouter {
@@ -92,11 +100,43 @@ impl DomainRouter {
             Some(value) => Some(parse_route(value).map_err(|e| format!("default: {e}"))?),
             None => None,
         };
+        let mut egress = HashMap::new();
+        for (key, pool) in &config.egress {
+            let domain = normalise_domain(key.trim_start_matches('.'));
+            let valid_pool =
+                !pool.is_empty() && pool.len() <= 64 && pool.bytes().all(|b| b.is_ascii_graphic());
+            if !is_domain(&domain) || !valid_pool {
+                return Err(format!(
+                    "egress.\"{key}\": a domain (or `.domain`) and the name of an [[egress]] pool"
+                ));
+            }
+            let stored = if key.starts_with('.') {
+                format!(".{domain}")
+            } else {
+                domain
+            };
+            egress.insert(stored, pool.clone());
+        }
         Ok(DomainRouter {
             exact,
             subdomains,
             default,
+            egress,
         })
+    }
+
+    /// The egress pool of a recipient address, if a key matches (the longest wins).
+    pub fn egress_for(&self, recipient: &str) -> Option<&str> {
+        let domain = recipient
+            .rsplit_once('@')
+            .map(|(_, domain)| normalise_domain(domain.trim_end_matches('>')))?;
+        if let Some(pool) = self.egress.get(&domain) {
+            return Some(pool);
+        }
+        domain
+            .match_indices('.')
+            .find_map(|(i, _)| self.egress.get(&domain[i..]))
+            .map(String::as_str)
     }
 
     /// The route of a recipient address, if the table or the default has one.
@@ -158,8 +198,12 @@ impl Plugin for DomainRouter {
         Response::next().tag(ROUTE_TAG, &tag)
     }
 
-    fn on_route(&mut self, _host: &dyn Host, recipient: &str) -> Option<Route> {
-        self.route_for(recipient)
+    fn on_route(&mut self, host: &dyn Host, recipient: &str) -> Option<Route> {
+        let route = self.route_for(recipient)?;
+        if let Some(pool) = self.egress_for(recipient) {
+            host.choose_egress(pool);
+        }
+        Some(route)
     }
 }
 
@@ -245,6 +289,19 @@ mod tests {
             ".deep.example.test": "deep",
             "partner.test": "MX",
         }}))
+    }
+
+    #[test]
+    fn a_routed_domain_can_leave_from_an_egress_pool() {
+        let mut s = session(json!({
+            "routes": { ".example.test": "internal", "other.test": "mx" },
+            "egress": { ".example.test": "bulk", "a.example.test": "special" },
+        }));
+        assert_eq!(s.route("x@b.example.test"), named("internal"));
+        assert_eq!(s.route("x@a.example.test"), named("internal"));
+        assert_eq!(s.route("x@other.test"), Some(Route::Mx));
+        assert_eq!(s.host.egress_choices(), vec!["bulk", "special"]);
+        assert!(refused(json!({ "egress": { "not a domain": "x" } })).contains("egress."));
     }
 
     #[test]
