@@ -151,6 +151,23 @@ impl Behaviour {
         self
     }
 
+    /// `RCPT TO:<address>` gets `code enhanced text`.
+    pub fn reply_rcpt(
+        mut self,
+        address: &str,
+        code: u16,
+        enhanced: &str,
+        text: &'static str,
+    ) -> Self {
+        self.rcpt_rules.push(RcptRule {
+            address: address.to_owned(),
+            code,
+            enhanced: enhanced.to_owned(),
+            text,
+        });
+        self
+    }
+
     /// `RCPT TO:<address>` gets `450 4.2.1 Mailbox temporarily unavailable`.
     pub fn tempfail_rcpt(mut self, address: &str) -> Self {
         self.rcpt_rules.push(RcptRule {

@@ -75,7 +75,8 @@ fn the_default_hop_limit_is_50() {
 
 /// A loopback port free right now.
 fn free_port() -> u16 {
-    let socket = TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    // Free on every address: one of these ports is bound on 0.0.0.0.
+    let socket = TcpListener::bind("0.0.0.0:0").expect("bind a port");
     socket.local_addr().expect("local address").port()
 }
 

@@ -347,3 +347,53 @@ fn a_plugin_chooses_the_egress_pool_in_on_route() {
     let plain = by_subject("plain");
     assert_ne!(plain.peer.unwrap().ip().to_string(), "127.0.0.4");
 }
+
+#[test]
+fn a_plugin_suspends_a_destination_from_on_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = SinkServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Behaviour::default().reply_rcpt(
+            "someone@slow.test",
+            421,
+            "4.7.0",
+            "Try again later, you are sending too fast",
+        ),
+    );
+    let config = with_admin(
+        GatewayConfig {
+            accept_domains: vec!["slow.test".into()],
+            plugins: vec![
+                PluginEntry::new("watcher", "test_plugin.wasm")
+                    .config("mode = \"pass\"")
+                    .config("suspend_on_class = \"rate-limit\"")
+                    .config("suspend_secs = 3600"),
+            ],
+            ..GatewayConfig::default()
+        },
+        dir.path(),
+    )
+    .queue("retry_intervals", r#"["1s"]"#)
+    .route("slow", &["slow.test"], slow.addr());
+    let gateway = Gateway::start_with(&config);
+    send(&gateway, &["someone@slow.test"], "first");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !gateway.log().contains("destination suspended by a plugin") {
+        assert!(Instant::now() < deadline, "{}", gateway.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        gateway.log().contains("class=\"rate-limit\""),
+        "{}",
+        gateway.log()
+    );
+    send(&gateway, &["someone@slow.test"], "second");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        slow.connections(),
+        1,
+        "suspended by the plugin: no more attempts"
+    );
+    let summary = gateway.cli_json(&["queue", "summary"]);
+    assert!(summary.to_string().contains("rate-limit seen"), "{summary}");
+}

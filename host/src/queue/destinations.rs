@@ -356,15 +356,29 @@ fn describe(closed: &Closed) -> String {
 
 impl crate::plugins::services::DestinationControl for Destinations {
     fn suspend(&self, key: &str, ms: u64, reason: &str) -> bool {
+        // Only keys the queue makes: a plugin cannot grow the map with names of its own.
+        let known = ["mx:", "route:", "shape:", "maildir:"]
+            .iter()
+            .any(|p| key.starts_with(p));
+        if !known || key.len() > 300 {
+            return false;
+        }
         let now = now_ms();
         let mut gates = lock(&self.gates);
-        match gates.get_mut(key) {
-            Some(gate) => {
-                gate.pace.suspend(now + ms, reason);
-                true
-            }
-            None => false,
-        }
+        // The outcome's delivery has ended, so its gate may have been forgotten as idle:
+        // a suspension makes it again (the next attempt gives it its policy).
+        let gate = gates.entry(key.to_owned()).or_insert_with(|| Gate {
+            slots: Arc::new(Semaphore::new(1)),
+            limit: 1,
+            running: 0,
+            waiting: 0,
+            parked: VecDeque::new(),
+            pace: Pace::unshaped(now),
+            policy: Arc::from("built-in"),
+            passes: HashMap::new(),
+        });
+        gate.pace.suspend(now + ms, reason);
+        true
     }
 }
 

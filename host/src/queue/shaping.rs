@@ -218,6 +218,26 @@ impl Pace {
         pace
     }
 
+    /// A pace with no rates and no window (for a gate made before its policy is known).
+    pub(crate) fn unshaped(now: u64) -> Pace {
+        Pace {
+            rates: Rates::none(),
+            window: None,
+            minute: Bucket {
+                tokens: 0.0,
+                at: now,
+            },
+            hour: Bucket {
+                tokens: 0.0,
+                at: now,
+            },
+            suspended: None,
+            factor: 1.0,
+            factor_since: now,
+            recover_ms: DEFAULT_RECOVER_MS,
+        }
+    }
+
     /// Takes a changed policy (a reload): the rates and window apply from now on.
     pub(crate) fn update(&mut self, policy: &Policy) {
         self.rates = policy.rates;
