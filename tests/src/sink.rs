@@ -141,14 +141,8 @@ impl Behaviour {
 
     /// `RCPT TO:<address>` (compared ignoring ASCII case) gets `code enhanced ...`, e.g.
     /// `reject_rcpt("nobody@example.test", 550, "5.1.1")`.
-    pub fn reject_rcpt(mut self, address: &str, code: u16, enhanced: &str) -> Self {
-        self.rcpt_rules.push(RcptRule {
-            address: address.to_owned(),
-            code,
-            enhanced: enhanced.to_owned(),
-            text: "Recipient address rejected",
-        });
-        self
+    pub fn reject_rcpt(self, address: &str, code: u16, enhanced: &str) -> Self {
+        self.reply_rcpt(address, code, enhanced, "Recipient address rejected")
     }
 
     /// `RCPT TO:<address>` gets `code enhanced text`.
@@ -169,14 +163,8 @@ impl Behaviour {
     }
 
     /// `RCPT TO:<address>` gets `450 4.2.1 Mailbox temporarily unavailable`.
-    pub fn tempfail_rcpt(mut self, address: &str) -> Self {
-        self.rcpt_rules.push(RcptRule {
-            address: address.to_owned(),
-            code: 450,
-            enhanced: "4.2.1".to_owned(),
-            text: "Mailbox temporarily unavailable",
-        });
-        self
+    pub fn tempfail_rcpt(self, address: &str) -> Self {
+        self.reply_rcpt(address, 450, "4.2.1", "Mailbox temporarily unavailable")
     }
 
     /// Greets with this code instead of 220; any code other than 220 (e.g. 421 or 554)
