@@ -722,6 +722,10 @@ pub struct DeliveryConfig {
     pub mta_sts: bool,
     /// The HTTPS port policies are fetched from (443; a lab may change it).
     pub mta_sts_port: u16,
+    /// DANE (RFC 7672) in MX delivery: an MX host whose TLSA records DNSSEC
+    /// authenticates gets the mail only over TLS with a certificate those records match.
+    /// Needs a validating resolver (`[dns] dnssec` or `dnssec_trust_anchor`).
+    pub dane: bool,
     /// How long a connection kept for the next message to the same host stays open idle.
     pub pool_idle_timeout: Duration,
     /// Idle connections kept over all next hops (0: no reuse).
@@ -759,6 +763,7 @@ impl Default for DeliveryConfig {
             tls_ca: None,
             mta_sts: false,
             mta_sts_port: 443,
+            dane: false,
             pool_idle_timeout: secs(15),
             pool_max_idle: 100,
             egress: None,
@@ -801,6 +806,14 @@ pub struct RouteConfig {
     /// The `[[egress]]` pool its mail leaves from.
     #[serde(default)]
     pub egress: Option<String>,
+    /// A client certificate (PEM chain) presented in STARTTLS to a smarthost that
+    /// authenticates clients by certificate; with `client_key`. Relative to the
+    /// configuration file.
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    /// The private key (PEM) of `client_certificate`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 fn default_verify_positive_ttl() -> Duration {
@@ -874,6 +887,19 @@ pub struct DnsConfig {
     pub nameservers: Vec<SocketAddr>,
     /// Per-query timeout in milliseconds (default 2000).
     pub timeout_ms: Option<u64>,
+    /// Validate answers with DNSSEC (RFC 4035) from the root's trust anchors built into
+    /// the resolver; what DANE needs. Implied by `dnssec_trust_anchor`.
+    pub dnssec: bool,
+    /// A file of DNSKEY records (zone-file syntax) trusted as DNSSEC trust anchors instead
+    /// of the root's: a private or lab zone. Relative to the configuration file.
+    pub dnssec_trust_anchor: Option<PathBuf>,
+}
+
+impl DnsConfig {
+    /// Whether answers are validated with DNSSEC.
+    pub fn validates(&self) -> bool {
+        self.dnssec || self.dnssec_trust_anchor.is_some()
+    }
 }
 
 /// One listening socket.
@@ -1324,16 +1350,28 @@ impl Config {
         {
             *file = base.join(&*file);
         }
+        if let Some(file) = &mut config.dns.dnssec_trust_anchor
+            && file.is_relative()
+        {
+            *file = base.join(&*file);
+        }
         for route in &mut config.routes {
             if let Some(dir) = &mut route.maildir
                 && dir.is_relative()
             {
                 *dir = base.join(&*dir);
             }
-            if let Some(file) = &mut route.recipients_file
-                && file.is_relative()
+            for file in [
+                &mut route.recipients_file,
+                &mut route.client_certificate,
+                &mut route.client_key,
+            ]
+            .into_iter()
+            .flatten()
             {
-                *file = base.join(&*file);
+                if file.is_relative() {
+                    *file = base.join(&*file);
+                }
             }
         }
         for plugin in &mut config.plugin_list {
@@ -1650,6 +1688,34 @@ impl Config {
                     ));
                 }
             }
+            match (&route.client_certificate, &route.client_key) {
+                (Some(_), Some(_)) if route.smarthost.is_none() => {
+                    return Err((
+                        format!("route[{i}].client_certificate"),
+                        "only a `smarthost` route presents a client certificate".into(),
+                    ));
+                }
+                (Some(_), None) => {
+                    return Err((
+                        format!("route[{i}].client_key"),
+                        "a `client_certificate` needs its `client_key`".into(),
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err((
+                        format!("route[{i}].client_certificate"),
+                        "a `client_key` needs its `client_certificate`".into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if self.delivery.dane && !self.dns.validates() {
+            return Err((
+                "delivery.dane".into(),
+                "DANE needs a validating resolver: set `[dns] dnssec = true` or `dnssec_trust_anchor`"
+                    .into(),
+            ));
         }
         if self.queue.retry_intervals.is_empty()
             || self.queue.retry_intervals.iter().any(|d| d.0.is_zero())

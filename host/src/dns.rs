@@ -2,17 +2,64 @@
 //! delivery (MX, addresses, MTA-STS), plugins and sender authentication all ask through it,
 //! so every answer is cached once, by its TTL, and every lookup has the same timeouts.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::DnsConfig;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
+use hickory_resolver::proto::rr::{RData, RecordType};
 
 /// The resolver, or why there is none.
 #[derive(Debug, Default)]
 pub struct Dns {
     resolver: Option<TokioResolver>,
+    /// Answers are validated with DNSSEC (`[dns] dnssec`).
+    validating: bool,
+}
+
+/// The largest trust anchor file read (a handful of DNSKEY records).
+const MAX_TRUST_ANCHOR_FILE: u64 = 64 * 1024;
+
+/// Reads `[dns] dnssec_trust_anchor`: DNSKEY records in zone-file syntax.
+pub fn trust_anchors(path: &Path) -> Result<TrustAnchors, String> {
+    let shown = path.display();
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("{shown}: cannot read: {e}"))?
+        .len();
+    if size > MAX_TRUST_ANCHOR_FILE {
+        return Err(format!(
+            "{shown}: larger than {MAX_TRUST_ANCHOR_FILE} bytes"
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read: {e}"))?;
+    let anchors: TrustAnchors = text
+        .parse()
+        .map_err(|e| format!("{shown}: not DNSKEY records: {e}"))?;
+    if anchors.is_empty() && !text.contains("DNSKEY") {
+        return Err(format!("{shown}: no DNSKEY record in it"));
+    }
+    Ok(anchors)
+}
+
+/// What DNSSEC says about one RRset (RFC 4035 §4.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authenticated {
+    /// Validated up to a trust anchor: these records, or none (a secure denial of
+    /// existence, NXDOMAIN or NODATA).
+    Secure(Vec<RData>),
+    /// No chain of trust reaches it (an unsigned zone), or the resolver does not
+    /// validate: the data cannot be relied on for security decisions.
+    Insecure,
+    /// A chain of trust should reach it but the check failed (bad or expired signatures,
+    /// missing proofs): possibly an attack.
+    Bogus(String),
+    /// No answer (time-out, SERVFAIL...): try again later.
+    Failed(String),
 }
 
 impl Dns {
@@ -48,15 +95,81 @@ impl Dns {
             // machine's business, not the mail system's (Postfix's smtp_host_lookup = dns).
             options.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
         }
+        if config.validates() {
+            // DNSSEC (RFC 4035): every answer is checked up to a trust anchor, each record
+            // comes back marked secure, insecure (no chain: an unsigned zone) or, for a
+            // failed check, as an error. Users that only need data get it as before; DANE
+            // asks for the proof (`authenticated`).
+            options.validate = true;
+            if let Some(path) = &config.dnssec_trust_anchor {
+                builder = builder.with_trust_anchor(Arc::new(trust_anchors(path)?));
+            }
+        }
         let resolver = builder.build().map_err(|e| format!("DNS resolver: {e}"))?;
         Ok(Dns {
             resolver: Some(resolver),
+            validating: config.validates(),
         })
     }
 
     /// The resolver, if one could be built (delivery uses it for MX and address lookups).
     pub fn resolver(&self) -> Option<&TokioResolver> {
         self.resolver.as_ref()
+    }
+
+    /// Whether answers are validated with DNSSEC.
+    pub fn validating(&self) -> bool {
+        self.validating
+    }
+
+    /// The records of `name` (absolute) of `record_type`, with what DNSSEC proves about
+    /// them. Without validation everything is [`Authenticated::Insecure`].
+    pub async fn authenticated(&self, name: &str, record_type: RecordType) -> Authenticated {
+        let Some(resolver) = self.resolver.as_ref().filter(|_| self.validating) else {
+            return Authenticated::Insecure;
+        };
+        match resolver.lookup(name, record_type).await {
+            Ok(lookup) => {
+                let wanted: Vec<_> = lookup
+                    .answers()
+                    .iter()
+                    .filter(|r| r.record_type() == record_type)
+                    .collect();
+                if wanted.is_empty() {
+                    // Only a CNAME chain or other types: nothing to rely on.
+                    return Authenticated::Insecure;
+                }
+                if wanted.iter().any(|r| r.proof == Proof::Bogus) {
+                    return Authenticated::Bogus(format!("{name} {record_type}: bad signatures"));
+                }
+                // An RRset is secure only when every record (and any CNAME before it) is.
+                if lookup.answers().iter().all(|r| r.proof == Proof::Secure) {
+                    Authenticated::Secure(wanted.into_iter().map(|r| r.data.clone()).collect())
+                } else {
+                    Authenticated::Insecure
+                }
+            }
+            Err(NetError::Dns(DnsError::DnssecBogus)) => {
+                Authenticated::Bogus(format!("{name} {record_type}: DNSSEC validation failed"))
+            }
+            Err(NetError::Dns(DnsError::NoRecordsFound(none))) => {
+                // A denial is secure when its proofs (the SOA and NSEC/NSEC3 records of
+                // the authority section) were validated.
+                let soa_secure = none
+                    .soa
+                    .as_ref()
+                    .is_some_and(|soa| soa.proof == Proof::Secure);
+                let authorities_secure = none.authorities.as_ref().is_some_and(|records| {
+                    !records.is_empty() && records.iter().all(|r| r.proof == Proof::Secure)
+                });
+                if soa_secure || authorities_secure {
+                    Authenticated::Secure(Vec::new())
+                } else {
+                    Authenticated::Insecure
+                }
+            }
+            Err(e) => Authenticated::Failed(format!("{name} {record_type}: {e}")),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod signed_zone;
 pub mod sink;
 
 /// How long the harness waits for the gateway to do anything before failing the test.

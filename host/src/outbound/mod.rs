@@ -3,6 +3,7 @@
 //! [`egress`] pools), and the local maildir transport ([`maildir`]).
 
 pub mod client;
+pub mod dane;
 pub mod egress;
 pub mod lookup;
 pub mod loops;

@@ -27,6 +27,7 @@ pub mod control;
 mod destinations;
 pub mod dsn;
 pub mod holds;
+mod hop_tls;
 mod index;
 mod message;
 mod notify;
@@ -85,6 +86,8 @@ pub(crate) struct Shared {
     /// Plugin sessions of the delivery side, kept between attempts so on-route and
     /// on-delivery reuse warm instances instead of instantiating per message.
     plugin_sessions: Mutex<Vec<crate::plugins::chain::SessionPlugins>>,
+    /// Connectors presenting routes' client certificates.
+    pub(crate) client_identities: hop_tls::ClientIdentities,
     /// MTA-STS policies, when enabled.
     pub(crate) mta_sts: Option<crate::outbound::mta_sts::MtaSts>,
     /// What the queue knows of each message.
@@ -169,6 +172,7 @@ impl Queue {
         let index = Arc::new(Index::default());
         let shared = Arc::new(Shared {
             plugin_sessions: Mutex::new(Vec::new()),
+            client_identities: hop_tls::ClientIdentities::default(),
             mta_sts,
             tls_any,
             tls_verified,

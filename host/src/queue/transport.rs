@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::Shared;
+use super::hop_tls::{HopTls, Security};
 use super::routing::Destination;
 use super::shaping::Policy;
 use super::state::Outcome;
@@ -174,7 +175,10 @@ async fn deliver_group(
             deliver_maildir(shared, root, envelope, rcpts, message).await
         }
         Destination::Smarthost {
-            host, port, tls, ..
+            host,
+            port,
+            tls,
+            route,
         } => match lookup::resolve_host(&shared.dns, host, *port).await {
             Ok(addrs) => {
                 deliver_smtp(
@@ -184,7 +188,10 @@ async fn deliver_group(
                         name: host.clone(),
                         addrs,
                     }],
-                    *tls,
+                    Security::Route {
+                        policy: *tls,
+                        route: Some(route.clone()),
+                    },
                     envelope,
                     rcpts,
                     message,
@@ -224,7 +231,8 @@ async fn deliver_group(
                             Mode::Testing | Mode::None => {}
                         }
                     }
-                    deliver_smtp(shared, sending, hops, tls, envelope, rcpts, message).await
+                    let security = Security::mx(shared, domain, tls).await;
+                    deliver_smtp(shared, sending, hops, security, envelope, rcpts, message).await
                 }
                 Err(e) => lookup_failure(rcpts, &e),
             }
@@ -307,7 +315,7 @@ async fn deliver_smtp(
     shared: &Arc<Shared>,
     sending: &Sending<'_>,
     hops: Vec<NextHop>,
-    tls: TlsPolicy,
+    security: Security,
     envelope: &Envelope,
     rcpts: &[usize],
     message: &MessageOctets,
@@ -335,7 +343,19 @@ async fn deliver_smtp(
     // some host could not be asked at all (then a later attempt may find it).
     let mut unsupported: Option<(Option<String>, String, String)> = None;
     let mut unreachable_host = false;
+    // Why the mail waits when no host took it: 4.7.5 when a host was unusable for its
+    // security (a bogus DANE answer), else 4.4.1.
+    let mut waiting_status = "4.4.1";
     for hop in &hops {
+        let tls = match security.for_hop(shared, hop).await {
+            Ok(tls) => tls,
+            Err(why) => {
+                last_error = format!("{}: {why}", hop.name);
+                unreachable_host = true;
+                waiting_status = "4.7.5";
+                continue;
+            }
+        };
         for &addr in &hop.addrs {
             let (source, helo) = match sending.source(shared, addr, &helo) {
                 Ok(chosen) => chosen,
@@ -348,7 +368,7 @@ async fn deliver_smtp(
             let connection = Connection {
                 addr,
                 host: &hop.name,
-                tls,
+                tls: &tls,
                 source,
                 helo: &helo,
                 max_transactions: sending.policy.messages_per_connection,
@@ -418,7 +438,7 @@ async fn deliver_smtp(
         rcpts,
         Outcome::Deferred,
         &last_error,
-        Some("4.4.1".into()),
+        Some(waiting_status.into()),
         None,
     )
 }
@@ -427,7 +447,7 @@ async fn deliver_smtp(
 struct Connection<'a> {
     addr: SocketAddr,
     host: &'a str,
-    tls: TlsPolicy,
+    tls: &'a HopTls,
     /// The egress address, if any.
     source: Option<std::net::IpAddr>,
     helo: &'a str,
@@ -457,11 +477,15 @@ async fn transact(
     }
     // A pooled connection serves only deliveries with the TLS requirements it met, from
     // the address it was opened from.
-    let key = PoolKey::new(addr, host, tls).from_source(source);
+    let mut key = PoolKey::new(addr, host, tls.policy).from_source(source);
+    if let Some(tag) = &tls.tag {
+        // Verified by DANE or presenting a client certificate: not interchangeable.
+        key.verified_name = Some(format!("{tag}:{host}"));
+    }
     let pooled = shared
         .pool
         .take(&key)
-        .filter(|s| tls != TlsPolicy::Required || s.is_tls());
+        .filter(|s| tls.policy != TlsPolicy::Required || s.is_tls());
     if let Some(mut session) = pooled {
         let result = session.send(outgoing).await;
         // `send` leaves a usable session clean for the next transaction.
@@ -503,7 +527,7 @@ pub(super) async fn open(
     tls: TlsPolicy,
     helo: &str,
 ) -> Result<ClientSession, ClientError> {
-    open_from(shared, addr, None, host, tls, helo).await
+    open_from(shared, addr, None, host, &HopTls::plain(tls), helo).await
 }
 
 /// [`open`] from the local address `source`.
@@ -512,7 +536,7 @@ async fn open_from(
     addr: SocketAddr,
     source: Option<std::net::IpAddr>,
     host: &str,
-    tls: TlsPolicy,
+    tls: &HopTls,
     helo: &str,
 ) -> Result<ClientSession, ClientError> {
     let session = ClientSession::connect_from(addr, source, helo, timeouts(shared)).await?;
@@ -538,7 +562,7 @@ async fn open_from(
         }
         session
     };
-    match tls {
+    match tls.policy {
         TlsPolicy::None => Ok(session),
         TlsPolicy::Opportunistic if !offered => Ok(session),
         TlsPolicy::Required if !offered => {
@@ -549,7 +573,8 @@ async fn open_from(
         }
         TlsPolicy::Opportunistic => {
             let name = server_name(host, addr);
-            match session.starttls(&shared.tls_any, name, helo).await {
+            let connector = tls.connector.as_ref().unwrap_or(&shared.tls_any);
+            match session.starttls(connector, name, helo).await {
                 Ok(session) => Ok(counted(session)),
                 Err(error) => {
                     // RFC 7435: opportunistic encryption must not make delivery worse
@@ -561,10 +586,19 @@ async fn open_from(
         }
         TlsPolicy::Required => {
             let name = server_name(host, addr);
-            session
-                .starttls(&shared.tls_verified, name, helo)
-                .await
-                .map(counted)
+            let connector = tls.connector.as_ref().unwrap_or(&shared.tls_verified);
+            let started = session.starttls(connector, name, helo).await;
+            if tls.dane {
+                match &started {
+                    Ok(_) => {
+                        tracing::info!(%host, %addr, "DANE: TLS authenticated by TLSA records")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%host, %addr, %error, "DANE: TLS failed, not delivering in the clear")
+                    }
+                }
+            }
+            started.map(counted)
         }
     }
 }

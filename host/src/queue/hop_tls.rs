@@ -1,0 +1,191 @@
+//! How one next hop is secured: the one decision delivery asks for before it connects.
+//! MX hosts get DANE (RFC 7672, [`crate::outbound::dane`]) when it applies, else the
+//! policy MTA-STS or `[delivery] tls` gave the domain; smarthosts get their route's policy,
+//! with the route's client certificate when it has one. The answer is the TLS policy, the
+//! connector that verifies (when it is not one of the queue's two shared ones), and a tag
+//! that keeps pooled connections apart when they were verified differently.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+use std::time::SystemTime;
+
+use tokio_rustls::TlsConnector;
+
+use super::Shared;
+use crate::config::TlsPolicy;
+use crate::outbound::dane::{self, DaneVerifier, Decision};
+use crate::outbound::lookup::NextHop;
+
+/// Client-certificate connectors kept (one per route and verification).
+const MAX_CONNECTORS: usize = 64;
+
+/// What a hop's connection must do.
+#[derive(Clone)]
+pub(super) struct HopTls {
+    /// Whether TLS is skipped, tried or required.
+    pub(super) policy: TlsPolicy,
+    /// The connector for STARTTLS; the queue's shared one for `policy` when `None`.
+    pub(super) connector: Option<TlsConnector>,
+    /// Set when the connection is verified or authenticated otherwise than the shared
+    /// connectors would (DANE, a client certificate): pooled connections are kept apart.
+    pub(super) tag: Option<String>,
+    /// DANE applies: the outcome is logged.
+    pub(super) dane: bool,
+}
+
+impl HopTls {
+    /// The policy with the queue's shared connectors.
+    pub(super) fn plain(policy: TlsPolicy) -> HopTls {
+        HopTls {
+            policy,
+            connector: None,
+            tag: None,
+            dane: false,
+        }
+    }
+}
+
+/// How the hops of one delivery are secured.
+#[derive(Debug, Clone)]
+pub(super) enum Security {
+    /// A smarthost route (`route` names it, for its client certificate).
+    Route {
+        policy: TlsPolicy,
+        route: Option<String>,
+    },
+    /// MX hosts: `policy` unless DANE applies (`dane`: enabled, and the MX RRset secure).
+    Mx { policy: TlsPolicy, dane: bool },
+}
+
+impl Security {
+    /// The policy for MX delivery to `domain` under `policy` (MTA-STS's or the default):
+    /// DANE is looked at only when enabled and the domain's MX RRset is secure.
+    pub(super) async fn mx(shared: &Shared, domain: &str, policy: TlsPolicy) -> Security {
+        let dane = shared.config().delivery.dane
+            && shared.dns.validating()
+            && dane::mx_secure(&shared.dns, domain).await;
+        Security::Mx { policy, dane }
+    }
+
+    /// What connecting to `hop` must do; `Err` when the hop cannot be used now.
+    pub(super) async fn for_hop(&self, shared: &Shared, hop: &NextHop) -> Result<HopTls, String> {
+        match self {
+            Security::Mx {
+                policy,
+                dane: false,
+            } => Ok(HopTls::plain(*policy)),
+            Security::Mx { policy, dane: true } => {
+                let port = hop.addrs.first().map_or(25, |a| a.port());
+                match dane::decide(&shared.dns, &hop.name, port).await {
+                    Decision::NotApplicable => Ok(HopTls::plain(*policy)),
+                    Decision::Defer(why) => {
+                        tracing::warn!(host = %hop.name, %why, "DANE: host unusable for now");
+                        Err(format!("DANE: {why}"))
+                    }
+                    Decision::Verify(records) => {
+                        tracing::info!(host = %hop.name, records = records.len(), "DANE: TLS required, the certificate must match the TLSA records");
+                        let config = DaneVerifier::client_config(records)
+                            .map_err(|e| format!("DANE: {e}"))?;
+                        Ok(HopTls {
+                            policy: TlsPolicy::Required,
+                            connector: Some(TlsConnector::from(config)),
+                            tag: Some("dane".into()),
+                            dane: true,
+                        })
+                    }
+                }
+            }
+            Security::Route { policy, route } => {
+                let config = shared.config();
+                let Some(route) = route
+                    .as_ref()
+                    .and_then(|name| config.routes.iter().find(|r| &r.name == name))
+                else {
+                    return Ok(HopTls::plain(*policy));
+                };
+                let (Some(certificate), Some(key)) = (&route.client_certificate, &route.client_key)
+                else {
+                    return Ok(HopTls::plain(*policy));
+                };
+                if *policy == TlsPolicy::None {
+                    return Ok(HopTls::plain(*policy));
+                }
+                let connector = shared.client_identities.connector(
+                    certificate,
+                    key,
+                    (*policy == TlsPolicy::Required).then_some(config.delivery.tls_ca.as_ref()),
+                )?;
+                Ok(HopTls {
+                    policy: *policy,
+                    connector: Some(connector),
+                    tag: Some(format!("client-certificate:{}", route.name)),
+                    dane: false,
+                })
+            }
+        }
+    }
+}
+
+/// Connectors that present a route's client certificate, built once per files.
+#[derive(Default)]
+pub(crate) struct ClientIdentities {
+    connectors: Mutex<HashMap<IdentityKey, TlsConnector>>,
+}
+
+impl std::fmt::Debug for ClientIdentities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentities").finish_non_exhaustive()
+    }
+}
+
+/// The files (and when they changed, so new files are read) and the verification.
+type IdentityKey = (
+    PathBuf,
+    PathBuf,
+    Option<SystemTime>,
+    Option<SystemTime>,
+    Option<Option<PathBuf>>,
+);
+
+impl ClientIdentities {
+    /// The connector presenting `certificate`/`key`; verifying the server against
+    /// `verify` (`Some(None)`: the web PKI, `Some(Some(ca))`: that CA file) or not at all
+    /// (`None`: opportunistic).
+    fn connector(
+        &self,
+        certificate: &std::path::Path,
+        key: &std::path::Path,
+        verify: Option<Option<&PathBuf>>,
+    ) -> Result<TlsConnector, String> {
+        let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let id: IdentityKey = (
+            certificate.to_owned(),
+            key.to_owned(),
+            modified(certificate),
+            modified(key),
+            verify.map(|ca| ca.cloned()),
+        );
+        let mut connectors = self
+            .connectors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(connector) = connectors.get(&id) {
+            return Ok(connector.clone());
+        }
+        let mode = match verify {
+            None => crate::tls::VerifyMode::AcceptAny,
+            Some(None) => crate::tls::VerifyMode::WebPki,
+            Some(Some(ca)) => crate::tls::VerifyMode::CustomCa(ca.clone()),
+        };
+        let identity = crate::tls::ClientIdentity { certificate, key };
+        let config = crate::tls::client_config_with_identity(&mode, Some(identity))
+            .map_err(|e| format!("client certificate: {e}"))?;
+        let connector = TlsConnector::from(config);
+        if connectors.len() >= MAX_CONNECTORS {
+            connectors.clear();
+        }
+        connectors.insert(id, connector.clone());
+        Ok(connector)
+    }
+}
