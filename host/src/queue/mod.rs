@@ -168,6 +168,7 @@ impl Queue {
                 tls_verified.clone(),
                 config.delivery.mta_sts_port,
             )
+            .stored_in(spool_dir.join("mta-sts.json"))
         });
         let index = Arc::new(Index::default());
         let shared = Arc::new(Shared {
