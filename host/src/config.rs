@@ -90,6 +90,10 @@ pub struct Config {
     /// How fast, how much at once and when each destination is sent to.
     #[serde(default)]
     pub shaping: Vec<ShapingConfig>,
+    /// SMTP TLS Reporting (RFC 8460): aggregate reports of MX deliveries' TLS to the
+    /// recipient domains that publish a `_smtp._tls` record; off when absent.
+    #[serde(default)]
+    pub tls_report: Option<TlsReportConfig>,
     /// Pools of local addresses mail leaves from.
     #[serde(default)]
     pub egress: Vec<EgressConfig>,
@@ -877,6 +881,28 @@ pub struct AdminConfig {
     /// logged with every change it makes); relative to the configuration file. Without
     /// it only `/metrics`, `/healthz` and `/readyz` are served.
     pub token_file: Option<PathBuf>,
+}
+
+/// `[tls_report]`: SMTP TLS Reporting (RFC 8460).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsReportConfig {
+    /// How long one report covers (24h, as RFC 8460 §4.1 asks; shorter in a lab).
+    pub period: Duration,
+    /// The report's `organization-name`; the `hostname` when absent.
+    pub organization: Option<String>,
+    /// The report's `contact-info`; `postmaster@<hostname>` when absent.
+    pub contact: Option<String>,
+}
+
+impl Default for TlsReportConfig {
+    fn default() -> Self {
+        TlsReportConfig {
+            period: Duration(std::time::Duration::from_secs(86_400)),
+            organization: None,
+            contact: None,
+        }
+    }
 }
 
 /// DNS settings.
@@ -1708,6 +1734,30 @@ impl Config {
                     ));
                 }
                 _ => {}
+            }
+        }
+        if let Some(report) = &self.tls_report {
+            let period = report.period.0;
+            if period < std::time::Duration::from_secs(1)
+                || period > std::time::Duration::from_secs(7 * 86_400)
+            {
+                return Err((
+                    "tls_report.period".into(),
+                    "between 1s and 7d (RFC 8460 reports cover a day)".into(),
+                ));
+            }
+            for (key, value) in [
+                ("organization", &report.organization),
+                ("contact", &report.contact),
+            ] {
+                if let Some(text) = value
+                    && (text.is_empty() || text.len() > 200 || text.chars().any(|c| c.is_control()))
+                {
+                    return Err((
+                        format!("tls_report.{key}"),
+                        "1 to 200 characters, no control characters".into(),
+                    ));
+                }
             }
         }
         if self.delivery.dane && !self.dns.validates() {

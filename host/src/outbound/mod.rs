@@ -10,3 +10,4 @@ pub mod loops;
 pub mod maildir;
 pub mod mta_sts;
 pub mod pool;
+pub mod tlsrpt;

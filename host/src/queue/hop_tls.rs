@@ -16,6 +16,21 @@ use super::Shared;
 use crate::config::TlsPolicy;
 use crate::outbound::dane::{self, DaneVerifier, Decision};
 use crate::outbound::lookup::NextHop;
+use crate::outbound::tlsrpt::{PolicyRef, PolicyType};
+
+/// An MTA-STS policy as the lines of its file (the `policy-string` of a TLS report).
+fn policy_lines(policy: &crate::outbound::mta_sts::Policy) -> Vec<String> {
+    use crate::outbound::mta_sts::Mode;
+    let mode = match policy.mode {
+        Mode::Enforce => "enforce",
+        Mode::Testing => "testing",
+        Mode::None => "none",
+    };
+    let mut lines = vec!["version: STSv1".to_owned(), format!("mode: {mode}")];
+    lines.extend(policy.mx.iter().map(|mx| format!("mx: {mx}")));
+    lines.push(format!("max_age: {}", policy.max_age.as_secs()));
+    lines
+}
 
 /// Client-certificate connectors kept (one per route and verification).
 const MAX_CONNECTORS: usize = 64;
@@ -32,6 +47,8 @@ pub(super) struct HopTls {
     pub(super) tag: Option<String>,
     /// DANE applies: the outcome is logged.
     pub(super) dane: bool,
+    /// The policy TLS reporting counts this hop's sessions under (MX delivery only).
+    pub(super) report: Option<PolicyRef>,
 }
 
 impl HopTls {
@@ -42,6 +59,27 @@ impl HopTls {
             connector: None,
             tag: None,
             dane: false,
+            report: None,
+        }
+    }
+
+    /// Counts a session's TLS outcome for TLS reporting: `Ok` when TLS was established,
+    /// else the RFC 8460 result type and the reason.
+    pub(super) fn record(
+        &self,
+        shared: &Shared,
+        host: &str,
+        addr: std::net::SocketAddr,
+        outcome: Result<(), (&'static str, String)>,
+    ) {
+        let (Some(collector), Some(policy)) = (&shared.tls_reports, &self.report) else {
+            return;
+        };
+        match outcome {
+            Ok(()) => collector.success(policy),
+            Err((result_type, reason)) => {
+                collector.failure(policy, result_type, host, Some(addr.ip()), &reason)
+            }
         }
     }
 }
@@ -54,36 +92,110 @@ pub(super) enum Security {
         policy: TlsPolicy,
         route: Option<String>,
     },
-    /// MX hosts: `policy` unless DANE applies (`dane`: enabled, and the MX RRset secure).
-    Mx { policy: TlsPolicy, dane: bool },
+    /// MX hosts of `domain`: `policy` unless DANE applies (`dane`: enabled, and the MX
+    /// RRset secure); `sts` holds the lines of the domain's MTA-STS policy, if it has one.
+    Mx {
+        domain: String,
+        policy: TlsPolicy,
+        dane: bool,
+        sts: Option<Vec<String>>,
+    },
 }
 
 impl Security {
     /// The policy for MX delivery to `domain` under `policy` (MTA-STS's or the default):
     /// DANE is looked at only when enabled and the domain's MX RRset is secure.
-    pub(super) async fn mx(shared: &Shared, domain: &str, policy: TlsPolicy) -> Security {
+    pub(super) async fn mx(
+        shared: &Shared,
+        domain: &str,
+        policy: TlsPolicy,
+        sts: Option<&crate::outbound::mta_sts::Policy>,
+    ) -> Security {
         let dane = shared.config().delivery.dane
             && shared.dns.validating()
             && dane::mx_secure(&shared.dns, domain).await;
-        Security::Mx { policy, dane }
+        Security::Mx {
+            domain: domain.to_owned(),
+            policy,
+            dane,
+            sts: sts.map(policy_lines),
+        }
+    }
+
+    /// The policy TLS reports name for MX delivery without DANE.
+    fn mx_report(domain: &str, sts: &Option<Vec<String>>) -> PolicyRef {
+        match sts {
+            Some(lines) => PolicyRef {
+                domain: domain.to_owned(),
+                policy_type: PolicyType::Sts,
+                policy_string: lines.clone(),
+                mx_host: None,
+            },
+            None => PolicyRef {
+                domain: domain.to_owned(),
+                policy_type: PolicyType::NoPolicyFound,
+                policy_string: Vec::new(),
+                mx_host: None,
+            },
+        }
     }
 
     /// What connecting to `hop` must do; `Err` when the hop cannot be used now.
     pub(super) async fn for_hop(&self, shared: &Shared, hop: &NextHop) -> Result<HopTls, String> {
         match self {
             Security::Mx {
+                domain,
                 policy,
                 dane: false,
-            } => Ok(HopTls::plain(*policy)),
-            Security::Mx { policy, dane: true } => {
+                sts,
+            } => Ok(HopTls {
+                report: Some(Security::mx_report(domain, sts)),
+                ..HopTls::plain(*policy)
+            }),
+            Security::Mx {
+                domain,
+                policy,
+                dane: true,
+                sts,
+            } => {
                 let port = hop.addrs.first().map_or(25, |a| a.port());
                 match dane::decide(&shared.dns, &hop.name, port).await {
-                    Decision::NotApplicable => Ok(HopTls::plain(*policy)),
+                    Decision::NotApplicable => Ok(HopTls {
+                        report: Some(Security::mx_report(domain, sts)),
+                        ..HopTls::plain(*policy)
+                    }),
                     Decision::Defer(why) => {
                         tracing::warn!(host = %hop.name, %why, "DANE: host unusable for now");
+                        if let Some(collector) = &shared.tls_reports {
+                            let policy = PolicyRef {
+                                domain: domain.clone(),
+                                policy_type: PolicyType::Tlsa,
+                                policy_string: Vec::new(),
+                                mx_host: Some(hop.name.clone()),
+                            };
+                            let result = if why.contains("bogus") {
+                                "dnssec-invalid"
+                            } else {
+                                "tlsa-invalid"
+                            };
+                            collector.failure(&policy, result, &hop.name, None, &why);
+                        }
                         Err(format!("DANE: {why}"))
                     }
                     Decision::Verify(records) => {
+                        let report = PolicyRef {
+                            domain: domain.clone(),
+                            policy_type: PolicyType::Tlsa,
+                            policy_string: records
+                                .iter()
+                                .map(|r| {
+                                    let hex: String =
+                                        r.data.iter().map(|b| format!("{b:02x}")).collect();
+                                    format!("{} {} {} {hex}", r.usage, r.selector, r.matching)
+                                })
+                                .collect(),
+                            mx_host: Some(hop.name.clone()),
+                        };
                         tracing::info!(host = %hop.name, records = records.len(), "DANE: TLS required, the certificate must match the TLSA records");
                         let config = DaneVerifier::client_config(records)
                             .map_err(|e| format!("DANE: {e}"))?;
@@ -92,6 +204,7 @@ impl Security {
                             connector: Some(TlsConnector::from(config)),
                             tag: Some("dane".into()),
                             dane: true,
+                            report: Some(report),
                         })
                     }
                 }
@@ -121,6 +234,7 @@ impl Security {
                     connector: Some(connector),
                     tag: Some(format!("client-certificate:{}", route.name)),
                     dane: false,
+                    report: None,
                 })
             }
         }

@@ -36,6 +36,7 @@ pub mod recipients;
 mod routing;
 mod shaping;
 pub mod state;
+mod tls_reports;
 mod transport;
 pub mod verify;
 
@@ -86,6 +87,8 @@ pub(crate) struct Shared {
     /// Plugin sessions of the delivery side, kept between attempts so on-route and
     /// on-delivery reuse warm instances instead of instantiating per message.
     plugin_sessions: Mutex<Vec<crate::plugins::chain::SessionPlugins>>,
+    /// TLS reporting's counts (`[tls_report]`), when enabled.
+    pub(crate) tls_reports: Option<crate::outbound::tlsrpt::Collector>,
     /// Connectors presenting routes' client certificates.
     pub(crate) client_identities: hop_tls::ClientIdentities,
     /// MTA-STS policies, when enabled.
@@ -174,6 +177,10 @@ impl Queue {
         let shared = Arc::new(Shared {
             plugin_sessions: Mutex::new(Vec::new()),
             client_identities: hop_tls::ClientIdentities::default(),
+            tls_reports: config
+                .tls_report
+                .is_some()
+                .then(crate::outbound::tlsrpt::Collector::default),
             mta_sts,
             tls_any,
             tls_verified,
@@ -203,6 +210,9 @@ impl Queue {
             metrics,
         });
         tokio::spawn(reap_idle_connections(Arc::clone(&shared), shutdown.clone()));
+        if shared.tls_reports.is_some() {
+            tokio::spawn(tls_reports::run(Arc::clone(&shared), shutdown.clone()));
+        }
         tokio::spawn(pace(Arc::clone(&shared.destinations), shutdown.clone()));
         let queue = Queue { shared };
         tokio::spawn(recover(Arc::clone(&queue.shared), recovered));

@@ -15,6 +15,7 @@ use crate::config::TlsPolicy;
 use crate::outbound::client::{ClientError, ClientSession, Outgoing, Stage, Timeouts};
 use crate::outbound::lookup::{self, LookupError, NextHop};
 use crate::outbound::maildir;
+use crate::outbound::mta_sts::Mode;
 use crate::outbound::pool::PoolKey;
 use crate::spool::envelope::Envelope;
 use crate::spool::outgoing::MessageOctets;
@@ -204,10 +205,11 @@ async fn deliver_group(
             match lookup::mx_hosts(&shared.dns, domain, shared.config().delivery.mx_port).await {
                 Ok(mut hops) => {
                     let mut tls = shared.config().delivery.tls;
-                    if let Some(sts) = &shared.mta_sts
-                        && let Some(policy) = sts.policy(&shared.dns, domain).await
-                    {
-                        use crate::outbound::mta_sts::Mode;
+                    let sts_policy = match &shared.mta_sts {
+                        Some(sts) => sts.policy(&shared.dns, domain).await,
+                        None => None,
+                    };
+                    if let Some(policy) = &sts_policy {
                         let allowed: Vec<NextHop> = hops
                             .iter()
                             .filter(|hop| policy.allows(&hop.name))
@@ -231,7 +233,13 @@ async fn deliver_group(
                             Mode::Testing | Mode::None => {}
                         }
                     }
-                    let security = Security::mx(shared, domain, tls).await;
+                    let security = Security::mx(
+                        shared,
+                        domain,
+                        tls,
+                        sts_policy.as_deref().filter(|p| p.mode != Mode::None),
+                    )
+                    .await;
                     deliver_smtp(shared, sending, hops, security, envelope, rcpts, message).await
                 }
                 Err(e) => lookup_failure(rcpts, &e),
@@ -487,6 +495,10 @@ async fn transact(
         .take(&key)
         .filter(|s| tls.policy != TlsPolicy::Required || s.is_tls());
     if let Some(mut session) = pooled {
+        if session.is_tls() {
+            // A session reused for this delivery is one under this delivery's policy.
+            tls.record(shared, host, addr, Ok(()));
+        }
         let result = session.send(outgoing).await;
         // `send` leaves a usable session clean for the next transaction.
         keep_for(shared, key.clone(), session, max_transactions).await;
@@ -567,15 +579,23 @@ async fn open_from(
         TlsPolicy::Opportunistic if !offered => Ok(session),
         TlsPolicy::Required if !offered => {
             session.quit().await;
-            Err(ClientError::Tls(format!(
-                "{host} does not offer STARTTLS and TLS is required"
-            )))
+            let why = format!("{host} does not offer STARTTLS and TLS is required");
+            tls.record(
+                shared,
+                host,
+                addr,
+                Err(("starttls-not-supported", why.clone())),
+            );
+            Err(ClientError::Tls(why))
         }
         TlsPolicy::Opportunistic => {
             let name = server_name(host, addr);
             let connector = tls.connector.as_ref().unwrap_or(&shared.tls_any);
             match session.starttls(connector, name, helo).await {
-                Ok(session) => Ok(counted(session)),
+                Ok(session) => {
+                    tls.record(shared, host, addr, Ok(()));
+                    Ok(counted(session))
+                }
                 Err(error) => {
                     // RFC 7435: opportunistic encryption must not make delivery worse
                     // than plain text. Start over without it.
@@ -588,6 +608,18 @@ async fn open_from(
             let name = server_name(host, addr);
             let connector = tls.connector.as_ref().unwrap_or(&shared.tls_verified);
             let started = session.starttls(connector, name, helo).await;
+            tls.record(
+                shared,
+                host,
+                addr,
+                match &started {
+                    Ok(_) => Ok(()),
+                    Err(error) => {
+                        let why = error.to_string();
+                        Err((crate::outbound::tlsrpt::result_type(&why), why))
+                    }
+                },
+            );
             if tls.dane {
                 match &started {
                     Ok(_) => {
