@@ -1721,15 +1721,16 @@ impl Config {
                         "only a `smarthost` route presents a client certificate".into(),
                     ));
                 }
+                // The key that is there is named: it has a line.
                 (Some(_), None) => {
                     return Err((
-                        format!("route[{i}].client_key"),
+                        format!("route[{i}].client_certificate"),
                         "a `client_certificate` needs its `client_key`".into(),
                     ));
                 }
                 (None, Some(_)) => {
                     return Err((
-                        format!("route[{i}].client_certificate"),
+                        format!("route[{i}].client_key"),
                         "a `client_key` needs its `client_certificate`".into(),
                     ));
                 }
