@@ -323,6 +323,16 @@ impl MtaSts {
     /// fall back to a cached one, or to none (RFC 8461 §5: a sender without a policy
     /// delivers as usual).
     pub async fn policy(&self, dns: &Dns, domain: &str) -> Option<Arc<Policy>> {
+        self.policy_and_fetch_error(dns, domain).await.0
+    }
+
+    /// [`policy`](MtaSts::policy), and why fetching a policy the domain announces failed
+    /// this time, if it did (TLS reporting's `sts-policy-fetch-error`).
+    pub async fn policy_and_fetch_error(
+        &self,
+        dns: &Dns,
+        domain: &str,
+    ) -> (Option<Arc<Policy>>, Option<String>) {
         let id = txt_id(dns, domain).await;
         let cached = self
             .cache
@@ -334,10 +344,10 @@ impl MtaSts {
             && Instant::now() < *expires
             && id.as_ref().is_none_or(|id| id == cached_id)
         {
-            return Some(Arc::clone(policy));
+            return (Some(Arc::clone(policy)), None);
         }
         let Some(id) = id else {
-            return cached.map(|(policy, ..)| policy);
+            return (cached.map(|(policy, ..)| policy), None);
         };
         match self.fetch(dns, domain).await {
             Ok(policy) => {
@@ -358,11 +368,11 @@ impl MtaSts {
                     cache.insert(domain.to_owned(), (Arc::clone(&policy), id, expires));
                 }
                 self.persist();
-                Some(policy)
+                (Some(policy), None)
             }
             Err(e) => {
                 tracing::warn!(%domain, error = %e, "MTA-STS policy fetch failed");
-                cached.map(|(policy, ..)| policy)
+                (cached.map(|(policy, ..)| policy), Some(e))
             }
         }
     }

@@ -104,13 +104,25 @@ pub(super) enum Security {
 
 impl Security {
     /// The policy for MX delivery to `domain` under `policy` (MTA-STS's or the default):
-    /// DANE is looked at only when enabled and the domain's MX RRset is secure.
+    /// DANE is looked at only when enabled and the domain's MX RRset is secure. A failed
+    /// MTA-STS policy fetch (`sts_fetch_error`) is counted for TLS reporting.
     pub(super) async fn mx(
         shared: &Shared,
         domain: &str,
         policy: TlsPolicy,
         sts: Option<&crate::outbound::mta_sts::Policy>,
+        sts_fetch_error: Option<&str>,
     ) -> Security {
+        if let (Some(collector), Some(why)) = (&shared.tls_reports, sts_fetch_error) {
+            let policy = PolicyRef {
+                domain: domain.to_owned(),
+                policy_type: PolicyType::Sts,
+                policy_string: Vec::new(),
+                mx_host: None,
+            };
+            let host = format!("mta-sts.{domain}");
+            collector.failure(&policy, "sts-policy-fetch-error", &host, None, why);
+        }
         let dane = shared.config().delivery.dane
             && shared.dns.validating()
             && dane::mx_secure(&shared.dns, domain).await;

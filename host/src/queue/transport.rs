@@ -205,9 +205,9 @@ async fn deliver_group(
             match lookup::mx_hosts(&shared.dns, domain, shared.config().delivery.mx_port).await {
                 Ok(mut hops) => {
                     let mut tls = shared.config().delivery.tls;
-                    let sts_policy = match &shared.mta_sts {
-                        Some(sts) => sts.policy(&shared.dns, domain).await,
-                        None => None,
+                    let (sts_policy, sts_error) = match &shared.mta_sts {
+                        Some(sts) => sts.policy_and_fetch_error(&shared.dns, domain).await,
+                        None => (None, None),
                     };
                     if let Some(policy) = &sts_policy {
                         let allowed: Vec<NextHop> = hops
@@ -238,6 +238,7 @@ async fn deliver_group(
                         domain,
                         tls,
                         sts_policy.as_deref().filter(|p| p.mode != Mode::None),
+                        sts_error.as_deref(),
                     )
                     .await;
                     deliver_smtp(shared, sending, hops, security, envelope, rcpts, message).await
