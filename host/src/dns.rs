@@ -1,25 +1,31 @@
 //! The gateway's one resolver and DNS cache (`hickory-resolver`, configured by `[dns]`):
 //! delivery (MX, addresses, MTA-STS), plugins and sender authentication all ask through it,
 //! so every answer is cached once, by its TTL, and every lookup has the same timeouts.
+//! With `[dns] dnssec` it also gives DNSSEC-validated answers, with their proof, to DANE
+//! ([`Dns::authenticated`]), from a validating resolver of its own.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::DnsConfig;
-use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::{ResolverBuilder, TokioResolver};
 
 /// The resolver, or why there is none.
 #[derive(Debug, Default)]
 pub struct Dns {
     resolver: Option<TokioResolver>,
-    /// Answers are validated with DNSSEC (`[dns] dnssec`).
-    validating: bool,
+    /// The DNSSEC-validating resolver (`[dns] dnssec`), which only DANE asks.
+    validating: Option<TokioResolver>,
+    /// The zones of a private trust anchor (`dnssec_trust_anchor`): names outside them
+    /// have no chain of trust, so they are insecure without asking (the validator would
+    /// call them bogus). Empty with the root's anchors.
+    anchored: Vec<String>,
 }
 
 /// The largest trust anchor file read (a handful of DNSKEY records).
@@ -27,6 +33,12 @@ const MAX_TRUST_ANCHOR_FILE: u64 = 64 * 1024;
 
 /// Reads `[dns] dnssec_trust_anchor`: DNSKEY records in zone-file syntax.
 pub fn trust_anchors(path: &Path) -> Result<TrustAnchors, String> {
+    read_trust_anchors(path).map(|(anchors, _)| anchors)
+}
+
+/// The trust anchors of the file, and the zones they are for (lowercase, without the
+/// final dot; the root is the empty name).
+fn read_trust_anchors(path: &Path) -> Result<(TrustAnchors, Vec<String>), String> {
     let shown = path.display();
     let size = std::fs::metadata(path)
         .map_err(|e| format!("{shown}: cannot read: {e}"))?
@@ -40,10 +52,17 @@ pub fn trust_anchors(path: &Path) -> Result<TrustAnchors, String> {
     let anchors: TrustAnchors = text
         .parse()
         .map_err(|e| format!("{shown}: not DNSKEY records: {e}"))?;
-    if anchors.is_empty() && !text.contains("DNSKEY") {
+    let zones: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with(';') && line.contains("DNSKEY"))
+        .filter_map(|line| line.split_whitespace().next())
+        .map(|name| name.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    if zones.is_empty() {
         return Err(format!("{shown}: no DNSKEY record in it"));
     }
-    Ok(anchors)
+    Ok((anchors, zones))
 }
 
 /// What DNSSEC says about one RRset (RFC 4035 §4.3).
@@ -62,53 +81,76 @@ pub enum Authenticated {
     Failed(String),
 }
 
+/// A resolver builder for `[dns]`: its name servers (or the system's), timeouts, cache.
+fn builder(config: &DnsConfig) -> Result<ResolverBuilder<TokioRuntimeProvider>, String> {
+    let mut builder = if config.nameservers.is_empty() {
+        TokioResolver::builder_tokio().map_err(|e| format!("system DNS configuration: {e}"))?
+    } else {
+        let servers = config
+            .nameservers
+            .iter()
+            .map(|addr| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = addr.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = addr.port();
+                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(servers),
+            TokioRuntimeProvider::default(),
+        )
+    };
+    let options = builder.options_mut();
+    options.timeout = Duration::from_millis(config.timeout_ms.unwrap_or(2000));
+    options.attempts = 2;
+    // One cache for every user of the resolver; entries live as long as their TTL.
+    options.cache_size = 8192;
+    if !config.nameservers.is_empty() {
+        // Name servers given explicitly are the whole truth: /etc/hosts is the local
+        // machine's business, not the mail system's (Postfix's smtp_host_lookup = dns).
+        options.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+    }
+    Ok(builder)
+}
+
 impl Dns {
-    /// Builds a resolver from `[dns]`: the configured name servers, or the system's.
+    /// Builds a resolver from `[dns]`: the configured name servers, or the system's; and
+    /// beside it, when `[dns] dnssec` asks, a validating one.
     pub fn new(config: &DnsConfig) -> Result<Dns, String> {
-        let builder = if config.nameservers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| format!("system DNS configuration: {e}"))?
-        } else {
-            let servers = config
-                .nameservers
-                .iter()
-                .map(|addr| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = addr.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = addr.port();
-                    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-                })
-                .collect();
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                TokioRuntimeProvider::default(),
-            )
-        };
-        let mut builder = builder;
-        let options = builder.options_mut();
-        options.timeout = Duration::from_millis(config.timeout_ms.unwrap_or(2000));
-        options.attempts = 2;
-        // One cache for every user of the resolver; entries live as long as their TTL.
-        options.cache_size = 8192;
-        if !config.nameservers.is_empty() {
-            // Name servers given explicitly are the whole truth: /etc/hosts is the local
-            // machine's business, not the mail system's (Postfix's smtp_host_lookup = dns).
-            options.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
-        }
-        if config.validates() {
-            // DNSSEC (RFC 4035): every answer is checked up to a trust anchor, each record
-            // comes back marked secure, insecure (no chain: an unsigned zone) or, for a
-            // failed check, as an error. Users that only need data get it as before; DANE
-            // asks for the proof (`authenticated`).
-            options.validate = true;
+        let resolver = builder(config)?
+            .build()
+            .map_err(|e| format!("DNS resolver: {e}"))?;
+        let mut anchored = Vec::new();
+        let validating = if config.validates() {
+            // DNSSEC (RFC 4035) on its own resolver (same servers, timeouts, its own
+            // cache): every answer it gives is checked up to a trust anchor and marked
+            // secure or insecure, or refused as bogus. Only DANE asks it
+            // (`authenticated`); every other lookup stays as it was, so a zone with broken
+            // signatures, or names outside a private trust anchor's zones, can still be
+            // mailed without DANE, as RFC 7672 wants.
+            let mut builder = builder(config)?;
+            builder.options_mut().validate = true;
             if let Some(path) = &config.dnssec_trust_anchor {
-                builder = builder.with_trust_anchor(Arc::new(trust_anchors(path)?));
+                let (trusted, zones) = read_trust_anchors(path)?;
+                builder = builder.with_trust_anchor(Arc::new(trusted));
+                if !zones.iter().any(String::is_empty) {
+                    anchored = zones;
+                }
             }
-        }
-        let resolver = builder.build().map_err(|e| format!("DNS resolver: {e}"))?;
+            Some(
+                builder
+                    .build()
+                    .map_err(|e| format!("DNSSEC-validating resolver: {e}"))?,
+            )
+        } else {
+            None
+        };
         Ok(Dns {
             resolver: Some(resolver),
-            validating: config.validates(),
+            validating,
+            anchored,
         })
     }
 
@@ -117,17 +159,29 @@ impl Dns {
         self.resolver.as_ref()
     }
 
-    /// Whether answers are validated with DNSSEC.
+    /// Whether DNSSEC-validated answers can be had ([`Dns::authenticated`]).
     pub fn validating(&self) -> bool {
-        self.validating
+        self.validating.is_some()
     }
 
     /// The records of `name` (absolute) of `record_type`, with what DNSSEC proves about
     /// them. Without validation everything is [`Authenticated::Insecure`].
     pub async fn authenticated(&self, name: &str, record_type: RecordType) -> Authenticated {
-        let Some(resolver) = self.resolver.as_ref().filter(|_| self.validating) else {
+        let Some(resolver) = self.validating.as_ref() else {
             return Authenticated::Insecure;
         };
+        if !self.anchored.is_empty() {
+            let lower = name.trim_end_matches('.').to_ascii_lowercase();
+            let under = |zone: &String| {
+                lower == *zone
+                    || lower
+                        .strip_suffix(zone.as_str())
+                        .is_some_and(|head| head.ends_with('.'))
+            };
+            if !self.anchored.iter().any(under) {
+                return Authenticated::Insecure;
+            }
+        }
         match resolver.lookup(name, record_type).await {
             Ok(lookup) => {
                 let wanted: Vec<_> = lookup

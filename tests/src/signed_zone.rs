@@ -48,6 +48,16 @@ impl SignedZone {
     /// with one of `break_signatures` (relative names, e.g. `_25._tcp.mx-bogus`) is made
     /// invalid after signing.
     pub fn start(origin: &str, records: &str, break_signatures: &[&str]) -> SignedZone {
+        SignedZone::start_with_unsigned(origin, records, break_signatures, &[])
+    }
+
+    /// [`start`](SignedZone::start), also serving the unsigned zones `(origin, records)`.
+    pub fn start_with_unsigned(
+        origin: &str,
+        records: &str,
+        break_signatures: &[&str],
+        unsigned: &[(&str, &str)],
+    ) -> SignedZone {
         let origin = origin.trim_end_matches('.');
         let mut dir = tempfile::tempdir().unwrap();
         let keygen = run(Command::new(bind_tool("dnssec-keygen"))
@@ -110,6 +120,19 @@ impl SignedZone {
             .map(|line| format!("{line}\n"))
             .collect();
         std::fs::write(dir.path().join("trust-anchor"), anchor).unwrap();
+        let mut unsigned_zones = String::new();
+        for (i, (zone, records)) in unsigned.iter().enumerate() {
+            let zone = zone.trim_end_matches('.');
+            let text = format!(
+                "$TTL 300\n$ORIGIN {zone}.\n@ IN SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 300\n@ IN NS ns.{zone}.\nns IN A 127.0.0.1\n{records}\n"
+            );
+            let file = dir.path().join(format!("unsigned-{i}"));
+            std::fs::write(&file, text).unwrap();
+            unsigned_zones.push_str(&format!(
+                "zone \"{zone}\" {{ type primary; file \"{}\"; }};\n",
+                file.display()
+            ));
+        }
 
         let mut last_log = String::new();
         for _ in 0..10 {
@@ -117,7 +140,7 @@ impl SignedZone {
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
             let d = dir.path().display();
             let conf = format!(
-                "options {{\n  directory \"{d}\";\n  pid-file \"{d}/named.pid\";\n  session-keyfile \"{d}/session.key\";\n  managed-keys-directory \"{d}\";\n  listen-on port {port} {{ 127.0.0.1; }};\n  listen-on-v6 {{ none; }};\n  recursion no;\n  dnssec-validation no;\n  allow-query {{ any; }};\n  notify no;\n}};\ncontrols {{ }};\nzone \"{origin}\" {{ type primary; file \"{d}/signed\"; }};\n"
+                "options {{\n  directory \"{d}\";\n  pid-file \"{d}/named.pid\";\n  session-keyfile \"{d}/session.key\";\n  managed-keys-directory \"{d}\";\n  listen-on port {port} {{ 127.0.0.1; }};\n  listen-on-v6 {{ none; }};\n  recursion no;\n  dnssec-validation no;\n  allow-query {{ any; }};\n  notify no;\n}};\ncontrols {{ }};\nzone \"{origin}\" {{ type primary; file \"{d}/signed\"; }};\n{unsigned_zones}"
             );
             std::fs::write(dir.path().join("named.conf"), conf).unwrap();
             let mut child = Command::new(bind_tool("named"))

@@ -3,7 +3,8 @@
 //! matches its certificate gets the mail over TLS (even with `[delivery] tls = "none"`);
 //! a TLSA record that does not match keeps the mail waiting, and nothing crosses in the
 //! clear; a TLSA record whose signature is broken (bogus) keeps the mail waiting without a
-//! connection; a host without TLSA records gets the usual policy.
+//! connection, and so do bogus MX records; a host without TLSA records, and a domain in an
+//! unsigned zone (whatever its TLSA records say), get the usual policy.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,13 +55,25 @@ fn lab() -> Lab {
          mx-bogus IN A 127.0.0.1\n\
          _{port}._tcp.mx-bogus IN TLSA 3 1 1 {right}\n\
          plain IN MX 10 mx-plain\n\
-         mx-plain IN A 127.0.0.1\n"
+         mx-plain IN A 127.0.0.1\n\
+         bogusmx IN MX 10 mx-pass\n"
     );
     let bogus = format!("_{port}._tcp.mx-bogus");
-    let zone = SignedZone::start("dane.test", &records, &[&bogus]);
+    // An unsigned zone beside the signed one, outside the trust anchor.
+    let unsigned = format!(
+        "@ IN MX 10 mx\n\
+         mx IN A 127.0.0.1\n\
+         _{port}._tcp.mx IN TLSA 3 1 1 {wrong}\n"
+    );
+    let zone = SignedZone::start_with_unsigned(
+        "dane.test",
+        &records,
+        &[&bogus, "bogusmx"],
+        &[("unsigned.test", &unsigned)],
+    );
     let gateway = Gateway::start_with(
         &GatewayConfig {
-            accept_domains: vec!["dane.test".into()],
+            accept_domains: vec!["dane.test".into(), "unsigned.test".into()],
             ..GatewayConfig::default()
         }
         .deliver()
@@ -147,4 +160,23 @@ fn a_host_without_tlsa_records_gets_the_usual_policy() {
         !received[0].tls,
         "no TLSA records: `tls = \"none\"` applies"
     );
+}
+
+#[test]
+fn bogus_mx_records_keep_the_mail_waiting() {
+    let lab = lab();
+    send(&lab.gateway, "user@bogusmx.dane.test");
+    lab.gateway.wait_for_log("MX records are DNSSEC-bogus");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.sink.connections(), 0);
+    assert_eq!(lab.gateway.spool_list().len(), 1, "the message waits");
+}
+
+#[test]
+fn an_unsigned_domain_is_delivered_without_dane_whatever_its_tlsa_records_say() {
+    // Its TLSA record does not match, but nothing proves it: it must be ignored.
+    let lab = lab();
+    send(&lab.gateway, "user@unsigned.test");
+    let received = lab.sink.wait_for(1, Duration::from_secs(30));
+    assert!(!received[0].tls, "no DANE: `tls = \"none\"` applies");
 }

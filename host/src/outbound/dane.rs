@@ -88,15 +88,26 @@ pub enum Decision {
     Defer(String),
 }
 
-/// Whether the MX RRset of `domain` (absolute or not) is secure, so that DANE may apply
-/// to its hosts at all (RFC 7672 §2.2.1). A secure denial (no MX: the domain is its own
-/// host) counts as secure.
-pub async fn mx_secure(dns: &Dns, domain: &str) -> bool {
+/// What DNSSEC says about a domain's MX RRset, which decides whether DANE may apply to
+/// its hosts at all (RFC 7672 §2.2.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MxSecurity {
+    /// Secure (a secure denial too: no MX, the domain is its own host): DANE may apply.
+    Secure,
+    /// Unsigned, or not known: no DANE.
+    Insecure,
+    /// Bogus: a lookup error (§2.1.1), the mail waits.
+    Bogus(String),
+}
+
+/// The DNSSEC status of the MX RRset of `domain` (absolute or not).
+pub async fn mx_security(dns: &Dns, domain: &str) -> MxSecurity {
     let name = crate::outbound::lookup::absolute(domain);
-    matches!(
-        dns.authenticated(&name, RecordType::MX).await,
-        Authenticated::Secure(_)
-    )
+    match dns.authenticated(&name, RecordType::MX).await {
+        Authenticated::Secure(_) => MxSecurity::Secure,
+        Authenticated::Bogus(why) => MxSecurity::Bogus(why),
+        Authenticated::Insecure | Authenticated::Failed(_) => MxSecurity::Insecure,
+    }
 }
 
 /// DANE's decision for the MX host `host` reached on `port`, its MX RRset being secure.

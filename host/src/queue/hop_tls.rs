@@ -94,11 +94,13 @@ pub(super) enum Security {
     },
     /// MX hosts of `domain`: `policy` unless DANE applies (`dane`: enabled, and the MX
     /// RRset secure); `sts` holds the lines of the domain's MTA-STS policy, if it has one.
+    /// `bogus`: the MX RRset failed DNSSEC validation, and no host may be used.
     Mx {
         domain: String,
         policy: TlsPolicy,
         dane: bool,
         sts: Option<Vec<String>>,
+        bogus: Option<String>,
     },
 }
 
@@ -123,14 +125,21 @@ impl Security {
             let host = format!("mta-sts.{domain}");
             collector.failure(&policy, "sts-policy-fetch-error", &host, None, why);
         }
-        let dane = shared.config().delivery.dane
-            && shared.dns.validating()
-            && dane::mx_secure(&shared.dns, domain).await;
+        let mut dane = false;
+        let mut bogus = None;
+        if shared.config().delivery.dane && shared.dns.validating() {
+            match dane::mx_security(&shared.dns, domain).await {
+                dane::MxSecurity::Secure => dane = true,
+                dane::MxSecurity::Insecure => {}
+                dane::MxSecurity::Bogus(why) => bogus = Some(why),
+            }
+        }
         Security::Mx {
             domain: domain.to_owned(),
             policy,
             dane,
             sts: sts.map(policy_lines),
+            bogus,
         }
     }
 
@@ -156,10 +165,17 @@ impl Security {
     pub(super) async fn for_hop(&self, shared: &Shared, hop: &NextHop) -> Result<HopTls, String> {
         match self {
             Security::Mx {
+                bogus: Some(why), ..
+            } => {
+                tracing::warn!(host = %hop.name, %why, "DANE: the MX records are DNSSEC-bogus, not delivering");
+                Err(format!("DANE: DNSSEC-bogus MX records: {why}"))
+            }
+            Security::Mx {
                 domain,
                 policy,
                 dane: false,
                 sts,
+                ..
             } => Ok(HopTls {
                 report: Some(Security::mx_report(domain, sts)),
                 ..HopTls::plain(*policy)
@@ -169,6 +185,7 @@ impl Security {
                 policy,
                 dane: true,
                 sts,
+                ..
             } => {
                 let port = hop.addrs.first().map_or(25, |a| a.port());
                 match dane::decide(&shared.dns, &hop.name, port).await {
