@@ -263,3 +263,53 @@ impl Dns {
             .flatten()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trust_anchor_file_names_its_zones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("anchor.key");
+        std::fs::write(
+            &path,
+            "; a comment\nDane.Test. 3600 IN DNSKEY 257 3 13 mdsswUyr3DPW132mOi8V9xESWE8jTo0dxCjjnopKl+GqJxpVXckHAeF+KkxLbxILfDLUT0rAK9iUzy1L53eKGQ==\n",
+        )
+        .unwrap();
+        let (_, zones) = read_trust_anchors(&path).unwrap();
+        assert_eq!(zones, vec!["dane.test".to_owned()]);
+        std::fs::write(&path, "; nothing\n").unwrap();
+        assert!(trust_anchors(&path).is_err());
+        std::fs::write(&path, "dane.test. IN DNSKEY not a key\n").unwrap();
+        assert!(trust_anchors(&path).is_err());
+    }
+
+    #[tokio::test]
+    async fn names_outside_a_private_anchor_are_insecure_without_asking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("anchor.key");
+        std::fs::write(
+            &path,
+            "dane.test. 3600 IN DNSKEY 257 3 13 mdsswUyr3DPW132mOi8V9xESWE8jTo0dxCjjnopKl+GqJxpVXckHAeF+KkxLbxILfDLUT0rAK9iUzy1L53eKGQ==\n",
+        )
+        .unwrap();
+        // A name server nobody answers on: only names under dane.test would be asked.
+        let config = DnsConfig {
+            nameservers: vec!["127.0.0.1:9".parse().unwrap()],
+            timeout_ms: Some(100),
+            dnssec: false,
+            dnssec_trust_anchor: Some(path),
+        };
+        let dns = Dns::new(&config).unwrap();
+        assert!(dns.validating());
+        assert_eq!(
+            dns.authenticated("evildane.test.", RecordType::MX).await,
+            Authenticated::Insecure
+        );
+        assert!(matches!(
+            dns.authenticated("mx.dane.test.", RecordType::MX).await,
+            Authenticated::Failed(_) | Authenticated::Bogus(_)
+        ));
+    }
+}

@@ -96,7 +96,7 @@ pub enum MxSecurity {
     Secure,
     /// Unsigned, or not known: no DANE.
     Insecure,
-    /// Bogus: a lookup error (§2.1.1), the mail waits.
+    /// Bogus, or no answer: a lookup error (§2.1.1), the mail waits.
     Bogus(String),
 }
 
@@ -106,7 +106,10 @@ pub async fn mx_security(dns: &Dns, domain: &str) -> MxSecurity {
     match dns.authenticated(&name, RecordType::MX).await {
         Authenticated::Secure(_) => MxSecurity::Secure,
         Authenticated::Bogus(why) => MxSecurity::Bogus(why),
-        Authenticated::Insecure | Authenticated::Failed(_) => MxSecurity::Insecure,
+        // No answer from the validating resolver where the plain one had one: waiting is
+        // safer than a downgrade an attacker could cause by dropping DNSSEC queries.
+        Authenticated::Failed(why) => MxSecurity::Bogus(format!("no DNSSEC answer: {why}")),
+        Authenticated::Insecure => MxSecurity::Insecure,
     }
 }
 
