@@ -238,35 +238,58 @@ impl Security {
                     }
                 }
             }
-            Security::Route { policy, route } => {
-                let config = shared.config();
-                let Some(route) = route
-                    .as_ref()
-                    .and_then(|name| config.routes.iter().find(|r| &r.name == name))
-                else {
-                    return Ok(HopTls::plain(*policy));
-                };
-                let (Some(certificate), Some(key)) = (&route.client_certificate, &route.client_key)
-                else {
-                    return Ok(HopTls::plain(*policy));
-                };
-                if *policy == TlsPolicy::None {
-                    return Ok(HopTls::plain(*policy));
-                }
-                let connector = shared.client_identities.connector(
-                    certificate,
-                    key,
-                    (*policy == TlsPolicy::Required).then_some(config.delivery.tls_ca.as_ref()),
-                )?;
-                Ok(HopTls {
-                    policy: *policy,
-                    connector: Some(connector),
-                    tag: Some(format!("client-certificate:{}", route.name)),
-                    dane: false,
-                    report: None,
-                })
-            }
+            Security::Route { policy, route } => route_tls(shared, route.as_deref(), *policy),
         }
+    }
+}
+
+/// What a connection to the smarthost of `route` (by name) under `policy` must do: the
+/// route's client certificate, if it has one (recipient verification asks this too).
+pub(super) fn route_tls(
+    shared: &Shared,
+    route: Option<&str>,
+    policy: TlsPolicy,
+) -> Result<HopTls, String> {
+    let config = shared.config();
+    let Some(route) = route.and_then(|name| config.routes.iter().find(|r| r.name == name)) else {
+        return Ok(HopTls::plain(policy));
+    };
+    let (Some(certificate), Some(key)) = (&route.client_certificate, &route.client_key) else {
+        return Ok(HopTls::plain(policy));
+    };
+    if policy == TlsPolicy::None {
+        return Ok(HopTls::plain(policy));
+    }
+    let connector = shared.client_identities.connector(
+        certificate,
+        key,
+        (policy == TlsPolicy::Required).then_some(config.delivery.tls_ca.as_ref()),
+    )?;
+    Ok(HopTls {
+        policy,
+        connector: Some(connector),
+        tag: Some(format!("client-certificate:{}", route.name)),
+        dane: false,
+        report: None,
+    })
+}
+
+impl HopTls {
+    /// The pool key of a connection to `addr` (known as `host`) from `source` secured
+    /// like this: connections verified or authenticated otherwise than the shared
+    /// connectors would (DANE, a client certificate) are kept apart.
+    pub(super) fn pool_key(
+        &self,
+        addr: std::net::SocketAddr,
+        host: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> crate::outbound::pool::PoolKey {
+        let mut key =
+            crate::outbound::pool::PoolKey::new(addr, host, self.policy).from_source(source);
+        if let Some(tag) = &self.tag {
+            key.verified_name = Some(format!("{tag}:{host}"));
+        }
+        key
     }
 }
 

@@ -486,11 +486,7 @@ async fn transact(
     }
     // A pooled connection serves only deliveries with the TLS requirements it met, from
     // the address it was opened from.
-    let mut key = PoolKey::new(addr, host, tls.policy).from_source(source);
-    if let Some(tag) = &tls.tag {
-        // Verified by DANE or presenting a client certificate: not interchangeable.
-        key.verified_name = Some(format!("{tag}:{host}"));
-    }
+    let key = tls.pool_key(addr, host, source);
     let pooled = shared
         .pool
         .take(&key)
@@ -537,10 +533,10 @@ pub(super) async fn open(
     shared: &Arc<Shared>,
     addr: SocketAddr,
     host: &str,
-    tls: TlsPolicy,
+    tls: &HopTls,
     helo: &str,
 ) -> Result<ClientSession, ClientError> {
-    open_from(shared, addr, None, host, &HopTls::plain(tls), helo).await
+    open_from(shared, addr, None, host, tls, helo).await
 }
 
 /// [`open`] from the local address `source`.
