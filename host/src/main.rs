@@ -330,6 +330,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             tidegate::events::Events::check(&config.events)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            if let Some(anchor) = &config.dns.dnssec_trust_anchor {
+                tidegate::dns::trust_anchors(anchor).map_err(|e| {
+                    anyhow::anyhow!("{}: dns.dnssec_trust_anchor {e}", path.display())
+                })?;
+            }
+            for route in &config.routes {
+                if let (Some(certificate), Some(key)) =
+                    (&route.client_certificate, &route.client_key)
+                {
+                    let identity = tidegate::tls::ClientIdentity { certificate, key };
+                    tidegate::tls::client_config_with_identity(
+                        &tidegate::tls::VerifyMode::AcceptAny,
+                        Some(identity),
+                    )
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "{}: route `{}` client_certificate: {e}",
+                            path.display(),
+                            route.name
+                        )
+                    })?;
+                }
+            }
             if !config.plugin_list.is_empty() {
                 // Every plugin is loaded as the gateway would load it (compiled, linked,
                 // initialised with its configuration), so a configuration that `check`

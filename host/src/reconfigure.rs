@@ -43,6 +43,7 @@ const RESTART: &[&str] = &[
     "kv",
     "shutdown_grace",
     "drain_delay",
+    "tls_report",
 ];
 
 /// Keys inside live tables that only a restart applies (they sized something at start).

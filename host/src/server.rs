@@ -47,7 +47,7 @@ pub async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         Ok(dns) => Arc::new(dns),
         // Configured name servers that cannot be used are a configuration error; a host
         // without a usable /etc/resolv.conf can still accept mail and use smarthosts.
-        Err(e) if config.dns.nameservers.is_empty() => {
+        Err(e) if config.dns.nameservers.is_empty() && config.dns.dnssec_trust_anchor.is_none() => {
             tracing::warn!(error = %e, "no DNS resolver: MX delivery and plugin lookups will fail temporarily");
             Arc::new(Dns::default())
         }

@@ -546,19 +546,78 @@ pub enum VerifyMode {
 /// A client configuration for delivery: TLS 1.2 and 1.3, the provider's default cipher
 /// suites, the given verification. Build it once and share it; `CustomCa` reads the file.
 pub fn client_config(mode: &VerifyMode) -> Result<Arc<ClientConfig>, TlsError> {
-    client_config_with_versions(mode, VERSIONS)
+    client_config_with_versions(mode, VERSIONS, None)
+}
+
+/// A client certificate and its key (PEM files) that a next hop authenticates us by.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIdentity<'a> {
+    /// The certificate chain, leaf first.
+    pub certificate: &'a Path,
+    /// Its private key.
+    pub key: &'a Path,
+}
+
+/// [`client_config`], presenting `identity` when the server asks for a certificate
+/// (`[[route]] client_certificate`). The files are read now and checked to belong together.
+pub fn client_config_with_identity(
+    mode: &VerifyMode,
+    identity: Option<ClientIdentity<'_>>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_with_versions(mode, VERSIONS, identity)
+}
+
+/// A client configuration whose server certificates `verifier` judges (DANE: the TLSA
+/// records of the MX host decide, not a CA).
+pub fn client_config_with_verifier(
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let builder =
+        ClientConfig::builder_with_provider(provider()).with_protocol_versions(VERSIONS)?;
+    Ok(Arc::new(
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    ))
+}
+
+/// The crypto provider of every TLS configuration (ring), for verifiers built elsewhere.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    provider()
 }
 
 fn client_config_with_versions(
     mode: &VerifyMode,
     versions: &[&'static SupportedProtocolVersion],
+    identity: Option<ClientIdentity<'_>>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let builder =
         ClientConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
+    let identity = match identity {
+        Some(ClientIdentity { certificate, key }) => {
+            let chain = parse_certificates(certificate, &read_file(certificate)?)?;
+            let private = parse_key(key, &read_file(key)?)?;
+            Some((chain, private, certificate.to_owned()))
+        }
+        None => None,
+    };
+    let finish =
+        |builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>| {
+            match identity {
+                Some((chain, private, path)) => builder
+                    .with_client_auth_cert(chain, private)
+                    .map_err(|e| TlsError::BadKey {
+                        path,
+                        message: e.to_string(),
+                    }),
+                None => Ok(builder.with_no_client_auth()),
+            }
+        };
     let config = match mode {
         VerifyMode::WebPki => {
             let roots: RootCertStore = webpki_roots::TLS_SERVER_ROOTS.iter().cloned().collect();
-            builder.with_root_certificates(roots).with_no_client_auth()
+            finish(builder.with_root_certificates(roots))?
         }
         VerifyMode::CustomCa(path) => {
             let mut roots = RootCertStore::empty();
@@ -570,14 +629,13 @@ fn client_config_with_versions(
                         message: e.to_string(),
                     })?;
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            finish(builder.with_root_certificates(roots))?
         }
-        VerifyMode::AcceptAny => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate {
+        VerifyMode::AcceptAny => finish(builder.dangerous().with_custom_certificate_verifier(
+            Arc::new(AcceptAnyCertificate {
                 provider: provider(),
-            }))
-            .with_no_client_auth(),
+            }),
+        ))?,
     };
     Ok(Arc::new(config))
 }
@@ -1098,6 +1156,7 @@ key = "mx.key"
         let client = client_config_with_versions(
             &ca_bundle(dir.path(), &[&pair]),
             &[&rustls::version::TLS12],
+            None,
         )
         .unwrap();
         let seen = handshake(tls.acceptor(), client, Some("relay.example.test"))

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod redis;
+pub mod signed_zone;
 pub mod sink;
 
 /// How long the harness waits for the gateway to do anything before failing the test.

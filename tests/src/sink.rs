@@ -218,7 +218,19 @@ impl Behaviour {
     /// the session starts over inside TLS: HELO/EHLO is required again. Panics if the
     /// files cannot be read or do not hold a usable certificate and key.
     pub fn starttls(mut self, cert_pem_path: &Path, key_pem_path: &Path) -> Self {
-        self.tls = Some(server_tls_config(cert_pem_path, key_pem_path));
+        self.tls = Some(server_tls_config(cert_pem_path, key_pem_path, false));
+        self
+    }
+
+    /// [`starttls`](Behaviour::starttls), and the handshake requires a client certificate:
+    /// any certificate is accepted (its handshake signature is checked) and recorded in
+    /// [`ReceivedMessage::client_certificate`]; a client without one fails the handshake.
+    pub fn starttls_requiring_client_certificate(
+        mut self,
+        cert_pem_path: &Path,
+        key_pem_path: &Path,
+    ) -> Self {
+        self.tls = Some(server_tls_config(cert_pem_path, key_pem_path, true));
         self
     }
 
@@ -274,6 +286,8 @@ pub struct ReceivedMessage {
     pub tls: bool,
     /// The address the connection came from.
     pub peer: Option<SocketAddr>,
+    /// The DER of the certificate the client presented in the TLS handshake, if any.
+    pub client_certificate: Option<Vec<u8>>,
 }
 
 impl ReceivedMessage {
@@ -528,6 +542,8 @@ struct Session<'a> {
     closing: bool,
     /// Whether the connection is inside TLS.
     tls: bool,
+    /// The client's certificate (DER), if it presented one.
+    client_certificate: Option<Vec<u8>>,
     /// STARTTLS was answered with 220: the handshake comes once the reply is out.
     upgrade: bool,
     /// The client's address.
@@ -599,7 +615,11 @@ impl Write for SinkStream {
 
 /// The server configuration for STARTTLS: ring, TLS 1.2 and 1.3, no client certificates,
 /// the chain and key from the PEM files. Panics on unreadable or unusable files.
-fn server_tls_config(cert_pem_path: &Path, key_pem_path: &Path) -> Arc<rustls::ServerConfig> {
+fn server_tls_config(
+    cert_pem_path: &Path,
+    key_pem_path: &Path,
+    client_certificate: bool,
+) -> Arc<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -614,19 +634,78 @@ fn server_tls_config(cert_pem_path: &Path, key_pem_path: &Path) -> Arc<rustls::S
     let key = PrivateKeyDer::from_pem_file(key_pem_path)
         .unwrap_or_else(|e| panic!("sink private key {}: {e}", key_pem_path.display()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
-        .expect("TLS 1.2 and 1.3 with the ring provider")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap_or_else(|e| {
-            panic!(
-                "sink certificate {} and key {}: {e}",
-                cert_pem_path.display(),
-                key_pem_path.display()
-            )
-        });
+        .expect("TLS 1.2 and 1.3 with the ring provider");
+    let builder = if client_certificate {
+        builder.with_client_cert_verifier(Arc::new(AnyClientCertificate { provider }))
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder.with_single_cert(chain, key).unwrap_or_else(|e| {
+        panic!(
+            "sink certificate {} and key {}: {e}",
+            cert_pem_path.display(),
+            key_pem_path.display()
+        )
+    });
     Arc::new(config)
+}
+
+/// Requires a client certificate and accepts any (the test looks at what was presented);
+/// the handshake signatures are verified, so the client must hold the certificate's key.
+#[derive(Debug)]
+struct AnyClientCertificate {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCertificate {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// The server side of the TLS handshake after the 220 to STARTTLS went out; `None` if it
@@ -693,6 +772,7 @@ fn serve(tcp: TcpStream, connection: usize, shared: &Shared) {
         out: format!("220 {} ESMTP Tidegate test sink\r\n", behaviour.hostname).into_bytes(),
         closing: false,
         tls: false,
+        client_certificate: None,
         upgrade: false,
         chunk: None,
     };
@@ -771,6 +851,13 @@ fn serve(tcp: TcpStream, connection: usize, shared: &Shared) {
             let Some(tls) = accept_tls(tcp, config, shared) else {
                 return;
             };
+            if let SinkStream::Tls(tls) = &tls {
+                session.client_certificate = tls
+                    .conn
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|c| c.to_vec());
+            }
             stream = tls;
             session.start_over_in_tls();
         }
@@ -1104,6 +1191,7 @@ impl Session<'_> {
             connection: self.connection,
             tls: self.tls,
             peer: self.peer,
+            client_certificate: self.client_certificate.clone(),
         });
         drop(state);
         self.shared.changed.notify_all();
@@ -1176,6 +1264,7 @@ impl Session<'_> {
             connection: self.connection,
             tls: self.tls,
             peer: self.peer,
+            client_certificate: self.client_certificate.clone(),
         });
         drop(state);
         self.shared.changed.notify_all();

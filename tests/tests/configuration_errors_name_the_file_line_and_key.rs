@@ -236,6 +236,16 @@ fn files_the_configuration_names_are_checked_too() {
             "recipients.txt:2",
             Some(("recipients.txt", "alice@example.test\nnot an address\n")),
         ),
+        (
+            "\n[dns]\ndnssec_trust_anchor = \"anchor.key\"\n",
+            "anchor.key",
+            Some(("anchor.key", "not a DNSKEY record\n")),
+        ),
+        (
+            "\n[[route]]\nname = \"in\"\ndomains = [\"example.test\"]\nsmarthost = \"127.0.0.1:2526\"\nclient_certificate = \"client.pem\"\nclient_key = \"client.key\"\n",
+            "client.pem",
+            None,
+        ),
     ];
     for (extra, named, file) in cases {
         let config = ConfigFile::new(&format!("{EXAMPLE}{extra}"));
@@ -278,4 +288,25 @@ fn shaping_and_egress_mistakes_are_named() {
         "{EXAMPLE}\n[[egress]]\nname = \"out\"\naddresses = [{{ address = \"0.0.0.0\" }}]\n"
     );
     assert_refused(&text, "egress[0].addresses[0].address", "addresses = [");
+}
+
+#[test]
+fn transport_security_settings_are_checked_together() {
+    assert_refused(
+        &format!("{EXAMPLE}\n[delivery]\ndane = true\n"),
+        "delivery.dane",
+        "dane = true",
+    );
+    assert_refused(
+        &format!(
+            "{EXAMPLE}\n[[route]]\nname = \"in\"\ndomains = [\"example.test\"]\nsmarthost = \"127.0.0.1:2526\"\nclient_certificate = \"c.pem\"\n"
+        ),
+        "route[0].client_certificate",
+        "client_certificate",
+    );
+    assert_refused(
+        &format!("{EXAMPLE}\n[tls_report]\nperiod = \"0s\"\n"),
+        "tls_report.period",
+        "period",
+    );
 }

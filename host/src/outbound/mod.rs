@@ -3,9 +3,11 @@
 //! [`egress`] pools), and the local maildir transport ([`maildir`]).
 
 pub mod client;
+pub mod dane;
 pub mod egress;
 pub mod lookup;
 pub mod loops;
 pub mod maildir;
 pub mod mta_sts;
 pub mod pool;
+pub mod tlsrpt;

@@ -3,12 +3,18 @@
 //! `enforce` policy goes only to listed MX hosts, only over TLS with a certificate valid
 //! for the MX name; `testing` policies are only logged.
 //!
-//! Policies are cached in memory for their `max_age` (capped), keyed by domain, and
-//! refreshed when the `_mta-sts` TXT record's `id` changes.
+//! Policies are cached for their `max_age` (capped), keyed by domain, and refreshed when
+//! the `_mta-sts` TXT record's `id` changes. RFC 8461 §5 has senders keep them across
+//! restarts (an attacker who blocks the policy fetch after a restart must not be able to
+//! downgrade delivery): the cache is also written, atomically and bounded, to
+//! `<spool>/mta-sts.json` and read back at start, expired policies left out.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
 
 use hickory_resolver::proto::rr::{RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,6 +29,13 @@ const MAX_POLICY: usize = 64 * 1024;
 const MAX_AGE_CAP: Duration = Duration::from_secs(31_557_600);
 /// How long a fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Policies kept (in memory and in the file); past it the soonest to expire go first.
+const MAX_POLICIES: usize = 10_000;
+/// The largest policy file read back at start.
+const MAX_STORE: u64 = 16 * 1024 * 1024;
+/// MX patterns kept per policy, and the longest pattern or id.
+const MAX_MX: usize = 64;
+const MAX_NAME: usize = 253;
 
 /// What a policy asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +57,110 @@ pub struct Policy {
     pub mx: Vec<String>,
     /// How long the policy may be cached.
     pub max_age: Duration,
+}
+
+/// One policy as the store file keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    id: String,
+    mode: String,
+    mx: Vec<String>,
+    max_age: u64,
+    /// When it expires, in seconds since the epoch.
+    expires: u64,
+}
+
+/// The store file: `{"version": 1, "policies": {domain: Stored}}`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StoreFile {
+    version: u32,
+    policies: HashMap<String, Stored>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Whether a name read back from the file is one delivery could have stored.
+fn plausible_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'*' | b'_'))
+}
+
+/// The policies of a store file still valid now, checked like anything read from disk.
+fn read_store(path: &Path) -> HashMap<String, Cached> {
+    let mut cache = HashMap::new();
+    let text = match std::fs::metadata(path) {
+        Ok(meta) if meta.len() > MAX_STORE => {
+            tracing::warn!(file = %path.display(), "MTA-STS policy store too large, ignored");
+            return cache;
+        }
+        Ok(_) => match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read the MTA-STS policy store");
+                return cache;
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return cache,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot read the MTA-STS policy store");
+            return cache;
+        }
+    };
+    let file: StoreFile = match serde_json::from_str(&text) {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "MTA-STS policy store unreadable, ignored");
+            return cache;
+        }
+    };
+    let now = unix_now();
+    for (domain, stored) in file.policies.into_iter().take(MAX_POLICIES) {
+        let mode = match stored.mode.as_str() {
+            "enforce" => Mode::Enforce,
+            "testing" => Mode::Testing,
+            "none" => Mode::None,
+            _ => continue,
+        };
+        let valid = plausible_name(&domain)
+            && !stored.id.is_empty()
+            && stored.id.len() <= 64
+            && stored.id.bytes().all(|b| b.is_ascii_graphic())
+            && stored.mx.len() <= MAX_MX
+            && stored.mx.iter().all(|mx| plausible_name(mx))
+            && stored.expires > now;
+        if !valid {
+            continue;
+        }
+        let remaining = Duration::from_secs(stored.expires - now).min(MAX_AGE_CAP);
+        let policy = Policy {
+            mode,
+            mx: stored.mx,
+            max_age: Duration::from_secs(stored.max_age).min(MAX_AGE_CAP),
+        };
+        cache.insert(
+            domain,
+            (Arc::new(policy), stored.id, Instant::now() + remaining),
+        );
+    }
+    cache
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a crash leaves the
+/// old file or the new one, never half of one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temporary = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
 }
 
 impl Policy {
@@ -111,6 +228,9 @@ pub struct MtaSts {
     https: TlsConnector,
     port: u16,
     cache: Mutex<HashMap<String, Cached>>,
+    /// The file the cache is kept in, and the generation last written to it.
+    store: Option<(PathBuf, Arc<Mutex<u64>>)>,
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for MtaSts {
@@ -128,13 +248,91 @@ impl MtaSts {
             https,
             port,
             cache: Mutex::new(HashMap::new()),
+            store: None,
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Keeps the policies in `path` too, starting from those it holds.
+    pub fn stored_in(mut self, path: PathBuf) -> MtaSts {
+        let loaded = read_store(&path);
+        if !loaded.is_empty() {
+            tracing::info!(policies = loaded.len(), file = %path.display(), "MTA-STS policies read back");
+        }
+        self.cache = Mutex::new(loaded);
+        self.store = Some((path, Arc::new(Mutex::new(0))));
+        self
+    }
+
+    /// Writes the cache to the store file (in the background, newest generation wins).
+    fn persist(&self) {
+        let Some((path, written)) = &self.store else {
+            return;
+        };
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let now_instant = Instant::now();
+        let now = unix_now();
+        let file = {
+            let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            StoreFile {
+                version: 1,
+                policies: cache
+                    .iter()
+                    .filter(|(_, (_, _, expires))| *expires > now_instant)
+                    .map(|(domain, (policy, id, expires))| {
+                        let mode = match policy.mode {
+                            Mode::Enforce => "enforce",
+                            Mode::Testing => "testing",
+                            Mode::None => "none",
+                        };
+                        let stored = Stored {
+                            id: id.clone(),
+                            mode: mode.to_owned(),
+                            mx: policy.mx.clone(),
+                            max_age: policy.max_age.as_secs(),
+                            expires: now + (*expires - now_instant).as_secs(),
+                        };
+                        (domain.clone(), stored)
+                    })
+                    .collect(),
+            }
+        };
+        let Ok(bytes) = serde_json::to_vec(&file) else {
+            return;
+        };
+        let path = path.clone();
+        let written = Arc::clone(written);
+        tokio::task::spawn_blocking(move || {
+            let mut last = written.lock().unwrap_or_else(PoisonError::into_inner);
+            if *last >= generation {
+                return;
+            }
+            match write_atomically(&path, &bytes) {
+                Ok(()) => *last = generation,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot write the MTA-STS policy store")
+                }
+            }
+        });
     }
 
     /// The policy of `domain`, if it has one. Failures to fetch a policy announced in DNS
     /// fall back to a cached one, or to none (RFC 8461 §5: a sender without a policy
     /// delivers as usual).
     pub async fn policy(&self, dns: &Dns, domain: &str) -> Option<Arc<Policy>> {
+        self.policy_and_fetch_error(dns, domain).await.0
+    }
+
+    /// [`policy`](MtaSts::policy), and why fetching a policy the domain announces failed
+    /// this time, if it did (TLS reporting's `sts-policy-fetch-error`).
+    pub async fn policy_and_fetch_error(
+        &self,
+        dns: &Dns,
+        domain: &str,
+    ) -> (Option<Arc<Policy>>, Option<String>) {
         let id = txt_id(dns, domain).await;
         let cached = self
             .cache
@@ -146,24 +344,35 @@ impl MtaSts {
             && Instant::now() < *expires
             && id.as_ref().is_none_or(|id| id == cached_id)
         {
-            return Some(Arc::clone(policy));
+            return (Some(Arc::clone(policy)), None);
         }
         let Some(id) = id else {
-            return cached.map(|(policy, ..)| policy);
+            return (cached.map(|(policy, ..)| policy), None);
         };
         match self.fetch(dns, domain).await {
             Ok(policy) => {
                 let policy = Arc::new(policy);
                 let expires = Instant::now() + policy.max_age;
-                self.cache
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(domain.to_owned(), (Arc::clone(&policy), id, expires));
-                Some(policy)
+                {
+                    let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+                    let now = Instant::now();
+                    cache.retain(|_, (_, _, expires)| *expires > now);
+                    if cache.len() >= MAX_POLICIES
+                        && let Some(soonest) = cache
+                            .iter()
+                            .min_by_key(|(_, (_, _, expires))| *expires)
+                            .map(|(domain, _)| domain.clone())
+                    {
+                        cache.remove(&soonest);
+                    }
+                    cache.insert(domain.to_owned(), (Arc::clone(&policy), id, expires));
+                }
+                self.persist();
+                (Some(policy), None)
             }
             Err(e) => {
                 tracing::warn!(%domain, error = %e, "MTA-STS policy fetch failed");
-                cached.map(|(policy, ..)| policy)
+                (cached.map(|(policy, ..)| policy), Some(e))
             }
         }
     }
@@ -317,6 +526,29 @@ async fn txt_id(dns: &Dns, domain: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_store_keeps_valid_policies_and_drops_expired_or_hostile_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mta-sts.json");
+        let later = unix_now() + 3600;
+        let text = format!(
+            r#"{{"version":1,"policies":{{
+            "good.test":{{"id":"abc1","mode":"enforce","mx":["mx.good.test"],"max_age":86400,"expires":{later}}},
+            "old.test":{{"id":"abc1","mode":"enforce","mx":["mx.old.test"],"max_age":86400,"expires":1}},
+            "bad mode.test":{{"id":"abc1","mode":"enforce","mx":["mx"],"max_age":1,"expires":{later}}},
+            "weird.test":{{"id":"abc1","mode":"sometimes","mx":["mx"],"max_age":1,"expires":{later}}}
+            }}}}"#
+        );
+        std::fs::write(&path, text).unwrap();
+        let cache = read_store(&path);
+        assert_eq!(cache.keys().collect::<Vec<_>>(), vec!["good.test"]);
+        assert!(cache["good.test"].0.allows("mx.good.test"));
+        // Garbage is ignored, not fatal.
+        std::fs::write(&path, "{not json").unwrap();
+        assert!(read_store(&path).is_empty());
+        assert!(read_store(&dir.path().join("missing.json")).is_empty());
+    }
 
     #[test]
     fn policies_parse_and_match() {

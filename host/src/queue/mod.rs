@@ -29,6 +29,7 @@ mod destinations;
 pub mod dsn;
 mod fleet;
 pub mod holds;
+mod hop_tls;
 mod index;
 mod message;
 mod notify;
@@ -37,6 +38,7 @@ pub mod recipients;
 mod routing;
 mod shaping;
 pub mod state;
+mod tls_reports;
 mod transport;
 pub mod verify;
 
@@ -87,6 +89,10 @@ pub(crate) struct Shared {
     /// Plugin sessions of the delivery side, kept between attempts so on-route and
     /// on-delivery reuse warm instances instead of instantiating per message.
     plugin_sessions: Mutex<Vec<crate::plugins::chain::SessionPlugins>>,
+    /// TLS reporting's counts (`[tls_report]`), when enabled.
+    pub(crate) tls_reports: Option<crate::outbound::tlsrpt::Collector>,
+    /// Connectors presenting routes' client certificates.
+    pub(crate) client_identities: hop_tls::ClientIdentities,
     /// MTA-STS policies, when enabled.
     pub(crate) mta_sts: Option<crate::outbound::mta_sts::MtaSts>,
     /// What the queue knows of each message.
@@ -167,10 +173,16 @@ impl Queue {
                 tls_verified.clone(),
                 config.delivery.mta_sts_port,
             )
+            .stored_in(spool_dir.join("mta-sts.json"))
         });
         let index = Arc::new(Index::default());
         let shared = Arc::new(Shared {
             plugin_sessions: Mutex::new(Vec::new()),
+            client_identities: hop_tls::ClientIdentities::default(),
+            tls_reports: config
+                .tls_report
+                .is_some()
+                .then(crate::outbound::tlsrpt::Collector::default),
             mta_sts,
             tls_any,
             tls_verified,
@@ -203,6 +215,9 @@ impl Queue {
         let gates: std::sync::Weak<dyn crate::plugins::services::DestinationControl> = gates;
         let _ = shared.plugins.services().destinations.set(gates);
         tokio::spawn(reap_idle_connections(Arc::clone(&shared), shutdown.clone()));
+        if shared.tls_reports.is_some() {
+            tokio::spawn(tls_reports::run(Arc::clone(&shared), shutdown.clone()));
+        }
         tokio::spawn(pace(Arc::clone(&shared.destinations), shutdown.clone()));
         let queue = Queue { shared };
         tokio::spawn(recover(Arc::clone(&queue.shared), recovered));

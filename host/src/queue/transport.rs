@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::Shared;
 use super::dsn::Action;
+use super::hop_tls::{HopTls, Security};
 use super::routing::Destination;
 use super::shaping::Policy;
 use super::state::Outcome;
@@ -15,6 +16,7 @@ use crate::config::TlsPolicy;
 use crate::outbound::client::{ClientError, ClientSession, Outgoing, Stage, Timeouts};
 use crate::outbound::lookup::{self, LookupError, NextHop};
 use crate::outbound::maildir;
+use crate::outbound::mta_sts::Mode;
 use crate::outbound::pool::PoolKey;
 use crate::spool::envelope::Envelope;
 use crate::spool::outgoing::MessageOctets;
@@ -206,7 +208,10 @@ async fn deliver_group(
             deliver_maildir(shared, root, envelope, rcpts, message).await
         }
         Destination::Smarthost {
-            host, port, tls, ..
+            host,
+            port,
+            tls,
+            route,
         } => match lookup::resolve_host(&shared.dns, host, *port).await {
             Ok(addrs) => {
                 let tls = if *tls == TlsPolicy::Required && tls_not_required(envelope, message) {
@@ -221,7 +226,10 @@ async fn deliver_group(
                         name: host.clone(),
                         addrs,
                     }],
-                    tls,
+                    Security::Route {
+                        policy: tls,
+                        route: Some(route.clone()),
+                    },
                     envelope,
                     rcpts,
                     message,
@@ -234,17 +242,19 @@ async fn deliver_group(
             match lookup::mx_hosts(&shared.dns, domain, shared.config().delivery.mx_port).await {
                 Ok(mut hops) => {
                     let mut tls = shared.config().delivery.tls;
-                    // RFC 8689 §5: `TLS-Required: No` asks that TLS policy (MTA-STS here)
-                    // not stop delivery; REQUIRETLS on MAIL overrides it.
+                    // RFC 8689 §5: `TLS-Required: No` asks that TLS policy (MTA-STS, DANE
+                    // here) not stop delivery; REQUIRETLS on MAIL overrides it.
                     let tls_optional = tls_not_required(envelope, message);
                     if tls_optional && tls == TlsPolicy::Required {
                         tls = TlsPolicy::Opportunistic;
                     }
-                    if !tls_optional
-                        && let Some(sts) = &shared.mta_sts
-                        && let Some(policy) = sts.policy(&shared.dns, domain).await
-                    {
-                        use crate::outbound::mta_sts::Mode;
+                    let (sts_policy, sts_error) = match &shared.mta_sts {
+                        Some(sts) if !tls_optional => {
+                            sts.policy_and_fetch_error(&shared.dns, domain).await
+                        }
+                        _ => (None, None),
+                    };
+                    if let Some(policy) = &sts_policy {
                         let allowed: Vec<NextHop> = hops
                             .iter()
                             .filter(|hop| policy.allows(&hop.name))
@@ -268,7 +278,22 @@ async fn deliver_group(
                             Mode::Testing | Mode::None => {}
                         }
                     }
-                    deliver_smtp(shared, sending, hops, tls, envelope, rcpts, message).await
+                    let security = if tls_optional {
+                        Security::Route {
+                            policy: tls,
+                            route: None,
+                        }
+                    } else {
+                        Security::mx(
+                            shared,
+                            domain,
+                            tls,
+                            sts_policy.as_deref().filter(|p| p.mode != Mode::None),
+                            sts_error.as_deref(),
+                        )
+                        .await
+                    };
+                    deliver_smtp(shared, sending, hops, security, envelope, rcpts, message).await
                 }
                 Err(e) => lookup_failure(rcpts, &e),
             }
@@ -392,7 +417,7 @@ async fn deliver_smtp(
     shared: &Arc<Shared>,
     sending: &Sending<'_>,
     hops: Vec<NextHop>,
-    tls: TlsPolicy,
+    security: Security,
     envelope: &Envelope,
     rcpts: &[usize],
     message: &MessageOctets,
@@ -429,7 +454,11 @@ async fn deliver_smtp(
     };
     // RFC 8689 §4.2.1: a REQUIRETLS message goes only over TLS with a verified
     // certificate, whatever the route or MTA-STS would allow.
-    let tls = if requiretls { TlsPolicy::Required } else { tls };
+    let security = if requiretls {
+        security.requiring_verified_tls()
+    } else {
+        security
+    };
     let helo = shared
         .config()
         .delivery
@@ -441,7 +470,19 @@ async fn deliver_smtp(
     // some host could not be asked at all (then a later attempt may find it).
     let mut unsupported: Option<(Option<String>, String, String)> = None;
     let mut unreachable_host = false;
+    // Why the mail waits when no host took it: 4.7.5 when a host was unusable for its
+    // security (a bogus DANE answer), else 4.4.1.
+    let mut waiting_status = "4.4.1";
     for hop in &hops {
+        let tls = match security.for_hop(shared, hop).await {
+            Ok(tls) => tls,
+            Err(why) => {
+                last_error = format!("{}: {why}", hop.name);
+                unreachable_host = true;
+                waiting_status = "4.7.5";
+                continue;
+            }
+        };
         for &addr in &hop.addrs {
             let (source, helo) = match sending.source(shared, addr, &helo) {
                 Ok(chosen) => chosen,
@@ -454,7 +495,7 @@ async fn deliver_smtp(
             let connection = Connection {
                 addr,
                 host: &hop.name,
-                tls,
+                tls: &tls,
                 source,
                 helo: &helo,
                 max_transactions: sending.policy.messages_per_connection,
@@ -538,7 +579,7 @@ async fn deliver_smtp(
         rcpts,
         Outcome::Deferred,
         &last_error,
-        Some("4.4.1".into()),
+        Some(waiting_status.into()),
         None,
     )
 }
@@ -547,7 +588,7 @@ async fn deliver_smtp(
 struct Connection<'a> {
     addr: SocketAddr,
     host: &'a str,
-    tls: TlsPolicy,
+    tls: &'a HopTls,
     /// The egress address, if any.
     source: Option<std::net::IpAddr>,
     helo: &'a str,
@@ -577,12 +618,16 @@ async fn transact(
     }
     // A pooled connection serves only deliveries with the TLS requirements it met, from
     // the address it was opened from.
-    let key = PoolKey::new(addr, host, tls).from_source(source);
+    let key = tls.pool_key(addr, host, source);
     let pooled = shared
         .pool
         .take(&key)
-        .filter(|s| tls != TlsPolicy::Required || s.is_tls());
+        .filter(|s| tls.policy != TlsPolicy::Required || s.is_tls());
     if let Some(mut session) = pooled {
+        if session.is_tls() {
+            // A session reused for this delivery is one under this delivery's policy.
+            tls.record(shared, host, addr, Ok(()));
+        }
         let result = session.send(outgoing).await;
         // `send` leaves a usable session clean for the next transaction.
         keep_for(shared, key.clone(), session, max_transactions).await;
@@ -620,7 +665,7 @@ pub(super) async fn open(
     shared: &Arc<Shared>,
     addr: SocketAddr,
     host: &str,
-    tls: TlsPolicy,
+    tls: &HopTls,
     helo: &str,
 ) -> Result<ClientSession, ClientError> {
     open_from(shared, addr, None, host, tls, helo).await
@@ -632,7 +677,7 @@ async fn open_from(
     addr: SocketAddr,
     source: Option<std::net::IpAddr>,
     host: &str,
-    tls: TlsPolicy,
+    tls: &HopTls,
     helo: &str,
 ) -> Result<ClientSession, ClientError> {
     let session = ClientSession::connect_from(addr, source, helo, timeouts(shared)).await?;
@@ -658,19 +703,28 @@ async fn open_from(
         }
         session
     };
-    match tls {
+    match tls.policy {
         TlsPolicy::None => Ok(session),
         TlsPolicy::Opportunistic if !offered => Ok(session),
         TlsPolicy::Required if !offered => {
             session.quit().await;
-            Err(ClientError::Tls(format!(
-                "{host} does not offer STARTTLS and TLS is required"
-            )))
+            let why = format!("{host} does not offer STARTTLS and TLS is required");
+            tls.record(
+                shared,
+                host,
+                addr,
+                Err(("starttls-not-supported", why.clone())),
+            );
+            Err(ClientError::Tls(why))
         }
         TlsPolicy::Opportunistic => {
             let name = server_name(host, addr);
-            match session.starttls(&shared.tls_any, name, helo).await {
-                Ok(session) => Ok(counted(session)),
+            let connector = tls.connector.as_ref().unwrap_or(&shared.tls_any);
+            match session.starttls(connector, name, helo).await {
+                Ok(session) => {
+                    tls.record(shared, host, addr, Ok(()));
+                    Ok(counted(session))
+                }
                 Err(error) => {
                     // RFC 7435: opportunistic encryption must not make delivery worse
                     // than plain text. Start over without it.
@@ -681,10 +735,31 @@ async fn open_from(
         }
         TlsPolicy::Required => {
             let name = server_name(host, addr);
-            session
-                .starttls(&shared.tls_verified, name, helo)
-                .await
-                .map(counted)
+            let connector = tls.connector.as_ref().unwrap_or(&shared.tls_verified);
+            let started = session.starttls(connector, name, helo).await;
+            tls.record(
+                shared,
+                host,
+                addr,
+                match &started {
+                    Ok(_) => Ok(()),
+                    Err(error) => {
+                        let why = error.to_string();
+                        Err((crate::outbound::tlsrpt::result_type(&why), why))
+                    }
+                },
+            );
+            if tls.dane {
+                match &started {
+                    Ok(_) => {
+                        tracing::info!(%host, %addr, "DANE: TLS authenticated by TLSA records")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%host, %addr, %error, "DANE: TLS failed, not delivering in the clear")
+                    }
+                }
+            }
+            started.map(counted)
         }
     }
 }

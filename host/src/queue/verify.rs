@@ -19,7 +19,6 @@ use super::Queue;
 use super::transport::{keep, open};
 use crate::config::{RouteConfig, VerifyUnreachable};
 use crate::outbound::lookup;
-use crate::outbound::pool::PoolKey;
 
 /// Cached answers at most; past that, expired entries go, then everything (a flood of
 /// made-up addresses must not grow memory without bound).
@@ -145,6 +144,11 @@ impl Queue {
             Err(e) => return unverifiable(e.to_string()),
         };
         let tls = route.tls.unwrap_or(shared.config().delivery.tls);
+        // The route's client certificate, as its deliveries present it.
+        let tls = match super::hop_tls::route_tls(shared, Some(&route.name), tls) {
+            Ok(tls) => tls,
+            Err(why) => return unverifiable(why),
+        };
         let helo = shared
             .config()
             .delivery
@@ -158,11 +162,11 @@ impl Queue {
                 last = format!("{host} [{addr}] is one of this gateway's listeners");
                 continue;
             }
-            let key = PoolKey::new(addr, &host, tls);
+            let key = tls.pool_key(addr, &host, None);
             let pooled = shared.pool.take(&key);
             let session = match pooled {
                 Some(session) => Ok(session),
-                None => open(shared, addr, &host, tls, &helo).await,
+                None => open(shared, addr, &host, &tls, &helo).await,
             };
             let mut session = match session {
                 Ok(session) => session,
