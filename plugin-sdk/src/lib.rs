@@ -29,6 +29,7 @@
 extern crate self as tidegate_plugin_sdk;
 
 pub mod http;
+pub mod net;
 pub mod pattern;
 pub mod types;
 

@@ -42,6 +42,7 @@
 use std::net::IpAddr;
 
 use serde::Deserialize;
+use tidegate_plugin_sdk::net::{Network, mask};
 use tidegate_plugin_sdk::prelude::*;
 
 const DAY_MS: u64 = 86_400_000;
@@ -95,67 +96,6 @@ pub enum Whitelist {
     Client,
     /// Only the triplet that retried.
     Triplet,
-}
-
-/// An address (`192.0.2.1`) or a network (`10.0.0.0/8`, `2001:db8::/32`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct Network {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl TryFrom<String> for Network {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Network, String> {
-        Network::parse(&text)
-    }
-}
-
-impl Network {
-    /// Parses an address or a CIDR network.
-    pub fn parse(text: &str) -> Result<Network, String> {
-        let bad = || format!("`{text}` is not an IP address or network");
-        let (addr, prefix) = match text.trim().split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (text.trim(), None),
-        };
-        let addr = addr.parse::<IpAddr>().map_err(|_| bad())?.to_canonical();
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
-            None => max,
-        };
-        Ok(Network {
-            addr: mask(addr, prefix),
-            prefix,
-        })
-    }
-
-    /// Whether `ip` is inside the network.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix) == self.addr
-    }
-}
-
-/// `ip` with every bit after the first `prefix` cleared.
-fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            let kept = u32::MAX
-                .checked_shl(32 - u32::from(prefix.min(32)))
-                .unwrap_or(0);
-            IpAddr::V4((u32::from(v4) & kept).into())
-        }
-        IpAddr::V6(v6) => {
-            let kept = u128::MAX
-                .checked_shl(128 - u32::from(prefix.min(128)))
-                .unwrap_or(0);
-            IpAddr::V6((u128::from(v6) & kept).into())
-        }
-    }
 }
 
 /// The network a client is greylisted by: its /24 or /64, written as `net/len`.
