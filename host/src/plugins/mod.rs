@@ -4,10 +4,13 @@
 //! [`chain`] holds loaded plugins and runs a listener's chain for a session; [`services`]
 //! implements the host functions of the contract (with [`kv`] and [`dns`]); [`reload`]
 //! swaps plugin versions while mail keeps flowing. The set of loaded plugins is an
-//! `ArcSwap` snapshot: a session takes its chain at connect and keeps it.
+//! `ArcSwap` snapshot: a session takes its chain at connect and keeps it. [`shadow`] and
+//! [`canary`] run new versions beside (or instead of, for some sessions) the ones they may
+//! replace.
 
 pub mod bindings;
 pub mod cache;
+pub mod canary;
 pub mod chain;
 pub mod compat;
 pub mod dns;
@@ -16,13 +19,14 @@ pub mod http;
 pub mod kv;
 pub mod limits;
 pub mod services;
+pub mod shadow;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, PluginConfig};
+use crate::config::{Config, PluginConfig, PluginMode};
 use crate::filters::Filter;
 use crate::metrics::Metrics;
 use chain::{Chain, Element, LoadedPlugin, SessionPlugins};
@@ -42,6 +46,10 @@ pub struct PluginSet {
     pub queue_chain: Arc<Chain>,
     /// Milters and policy services by name.
     pub filters: HashMap<String, Arc<Filter>>,
+    /// Shadow plugins' counts, by name.
+    pub shadows: HashMap<String, Arc<shadow::ShadowStats>>,
+    /// Canaries' states, by name.
+    pub canaries: HashMap<String, Arc<canary::CanaryState>>,
 }
 
 /// The plugin runtime of a running server.
@@ -50,6 +58,9 @@ pub struct PluginHost {
     engine: Arc<PluginEngine>,
     services: Arc<HostServices>,
     current: ArcSwap<PluginSet>,
+    /// Serialises building sets, so that shadow counts and canary states carried from one
+    /// set to the next are never forked by two reloads at once.
+    building: tokio::sync::Mutex<()>,
 }
 
 impl PluginHost {
@@ -100,6 +111,7 @@ impl PluginHost {
             engine,
             services,
             current: ArcSwap::from_pointee(PluginSet::default()),
+            building: tokio::sync::Mutex::new(()),
         };
         let set = host
             .build_set(config, &PluginSet::default())
@@ -119,6 +131,39 @@ impl PluginHost {
             .cloned()
             .unwrap_or_default();
         SessionPlugins::new(chain, Arc::clone(&self.engine), Arc::clone(&self.services))
+    }
+
+    /// The plugins for a new session on `listener` from `client`: canaries take the
+    /// clients that fall in their share.
+    pub fn session_for(&self, listener: &str, client: std::net::IpAddr) -> SessionPlugins {
+        let chain = self
+            .current
+            .load()
+            .chains
+            .get(listener)
+            .cloned()
+            .unwrap_or_default();
+        let (chain, canaries) = canary::pick(&chain, client);
+        let mut session =
+            SessionPlugins::new(chain, Arc::clone(&self.engine), Arc::clone(&self.services));
+        session.set_canaries(canaries);
+        session
+    }
+
+    /// A shadow's counts and sample of disagreements.
+    pub fn shadow_report(&self, name: &str) -> Option<shadow::ShadowReport> {
+        self.current.load().shadows.get(name).map(|s| s.report())
+    }
+
+    /// Makes canary `name` take every new session (until a reload changes it).
+    pub fn promote(&self, name: &str) -> Result<canary::CanaryStatus, String> {
+        let set = self.current.load();
+        let state = set
+            .canaries
+            .get(name)
+            .ok_or_else(|| format!("no canary is named `{name}`"))?;
+        state.promote("by the operator");
+        Ok(state.status())
     }
 
     /// The plugins for the delivery queue: every loaded plugin, in configuration order
@@ -183,6 +228,7 @@ impl PluginHost {
     }
 
     async fn build_set(&self, config: &Config, old: &PluginSet) -> Result<PluginSet, String> {
+        let _building = self.building.lock().await;
         let mut plugins = HashMap::new();
         for plugin_config in &config.plugin_list {
             let previous = old.plugins.get(&plugin_config.name);
@@ -204,8 +250,12 @@ impl PluginHost {
         );
         // Without a `plugins` list a listener runs every plugin, then every policy
         // service, then every milter, each in configuration order.
-        let mut default_order: Vec<String> =
-            config.plugin_list.iter().map(|p| p.name.clone()).collect();
+        let mut default_order: Vec<String> = config
+            .plugin_list
+            .iter()
+            .filter(|p| p.mode == PluginMode::Enforce)
+            .map(|p| p.name.clone())
+            .collect();
         for filter in built {
             let name = filter.name().to_string();
             default_order.push(name.clone());
@@ -217,6 +267,7 @@ impl PluginHost {
             };
             filters.insert(name, filter);
         }
+        let mut rollout = Rollout::new(config, &plugins, old, &self.services.metrics);
         let mut chains = HashMap::new();
         for listener in &config.listeners {
             let names: Vec<&str> = match &listener.plugins {
@@ -233,13 +284,17 @@ impl PluginHost {
                     chain.filters.push(Arc::clone(filter));
                 }
             }
+            rollout.attach(&mut chain);
             chains.insert(listener.name.clone(), Arc::new(chain));
         }
         let order: Vec<String> = config.plugin_list.iter().map(|p| p.name.clone()).collect();
+        // The delivery side runs the enforcing versions only.
         let queue_chain = Arc::new(Chain::of_plugins(
-            order
+            config
+                .plugin_list
                 .iter()
-                .filter_map(|n| plugins.get(n).cloned())
+                .filter(|p| p.mode == PluginMode::Enforce)
+                .filter_map(|p| plugins.get(&p.name).cloned())
                 .collect(),
         ));
         Ok(PluginSet {
@@ -248,6 +303,8 @@ impl PluginHost {
             order,
             queue_chain,
             filters,
+            shadows: rollout.shadow_stats,
+            canaries: rollout.canary_states,
         })
     }
 
@@ -273,5 +330,122 @@ impl PluginHost {
         let loaded = LoadedPlugin::load(&self.engine, config, &self.services).await?;
         tracing::info!(plugin = %loaded.name, hash = &loaded.hash[..12], hooks = ?loaded.hooks, ms = started.elapsed().as_millis() as u64, "plugin loaded");
         Ok(loaded)
+    }
+}
+
+/// The shadows and canaries of a set being built: their counts and states carried over from
+/// the running set where they still fit, and attached to each chain that runs their primary.
+struct Rollout {
+    shadows: Vec<(
+        Arc<chain::LoadedPlugin>,
+        Option<String>,
+        Arc<tokio::sync::Semaphore>,
+    )>,
+    canaries: Vec<(Arc<chain::LoadedPlugin>, String)>,
+    shadow_stats: HashMap<String, Arc<shadow::ShadowStats>>,
+    canary_states: HashMap<String, Arc<canary::CanaryState>>,
+}
+
+impl Rollout {
+    fn new(
+        config: &Config,
+        plugins: &HashMap<String, Arc<LoadedPlugin>>,
+        old: &PluginSet,
+        metrics: &Arc<Metrics>,
+    ) -> Rollout {
+        let mut rollout = Rollout {
+            shadows: Vec::new(),
+            canaries: Vec::new(),
+            shadow_stats: HashMap::new(),
+            canary_states: HashMap::new(),
+        };
+        for plugin_config in &config.plugin_list {
+            let Some(plugin) = plugins.get(&plugin_config.name) else {
+                continue;
+            };
+            let name = &plugin_config.name;
+            match plugin_config.mode {
+                PluginMode::Enforce => {}
+                PluginMode::Shadow => {
+                    let of = plugin_config.shadow_of.clone();
+                    let stats = match old.shadows.get(name) {
+                        Some(stats) if stats.compares_with(of.as_deref()) => Arc::clone(stats),
+                        _ => Arc::new(shadow::ShadowStats::new(name, of.as_deref())),
+                    };
+                    rollout.shadow_stats.insert(name.clone(), stats);
+                    let sessions =
+                        usize::try_from(plugin_config.shadow_max_sessions).unwrap_or(usize::MAX);
+                    rollout.shadows.push((
+                        Arc::clone(plugin),
+                        of,
+                        Arc::new(tokio::sync::Semaphore::new(sessions)),
+                    ));
+                }
+                PluginMode::Canary => {
+                    let Some(primary) = plugin_config.canary_of.clone() else {
+                        continue;
+                    };
+                    let policy = plugin_config.canary_policy();
+                    // An unchanged canary keeps its counts and its state (rolled back or
+                    // promoted) over a reload; a new version of it starts afresh.
+                    let kept = old.canaries.get(name).filter(|state| {
+                        state.fits(&primary, &policy)
+                            && old
+                                .plugins
+                                .get(name)
+                                .is_some_and(|p| Arc::ptr_eq(p, plugin))
+                    });
+                    let state = match kept {
+                        Some(state) => Arc::clone(state),
+                        None => Arc::new(canary::CanaryState::new(
+                            name,
+                            &primary,
+                            policy,
+                            Arc::clone(metrics),
+                        )),
+                    };
+                    rollout.canary_states.insert(name.clone(), state);
+                    rollout.canaries.push((Arc::clone(plugin), primary));
+                }
+            }
+        }
+        rollout
+    }
+
+    /// Puts each shadow beside its primary in `chain` (or beside the chain), and each
+    /// canary on its primary.
+    fn attach(&mut self, chain: &mut Chain) {
+        let position =
+            |chain: &Chain, name: &str| chain.plugins.iter().position(|p| &*p.name == name);
+        for (plugin, of, gate) in &self.shadows {
+            let primary = match of {
+                Some(of) => match position(chain, of) {
+                    Some(index) => Some(index),
+                    None => continue,
+                },
+                None => None,
+            };
+            let Some(stats) = self.shadow_stats.get(&*plugin.name) else {
+                continue;
+            };
+            chain.shadows.push(shadow::Shadow {
+                plugin: Arc::clone(plugin),
+                primary,
+                stats: Arc::clone(stats),
+                gate: Arc::clone(gate),
+            });
+        }
+        for (plugin, of) in &self.canaries {
+            let (Some(index), Some(state)) =
+                (position(chain, of), self.canary_states.get(&*plugin.name))
+            else {
+                continue;
+            };
+            chain.canaries.push(canary::Canary {
+                position: index,
+                plugin: Arc::clone(plugin),
+                state: Arc::clone(state),
+            });
+        }
     }
 }

@@ -259,7 +259,10 @@ async fn deliver_group(
                         }
                     }
                     let chunking = shared.config().delivery.chunking;
-                    deliver_smtp(shared, sending, chunking, hops, tls, envelope, rcpts, message).await
+                    deliver_smtp(
+                        shared, sending, chunking, hops, tls, envelope, rcpts, message,
+                    )
+                    .await
                 }
                 Err(e) => lookup_failure(rcpts, &e),
             }

@@ -1,0 +1,222 @@
+//! How a `[[plugin]]` enters service: enforcing (the default), as a shadow beside the
+//! plugin it may replace (run on a copy of the same inputs, compared, never applied), or
+//! as a canary that takes a fraction of new sessions in place of its primary and is rolled
+//! back on its own when it does worse.
+//!
+//! # Placement
+//! A shadow or a canary is never listed in a listener's `plugins`: it goes wherever its
+//! primary (`shadow_of`, `canary_of`) goes, in every chain that runs it. A shadow without
+//! `shadow_of` runs beside every listener's whole chain and is compared with the chain's
+//! decision.
+
+use serde::Deserialize;
+
+use super::{Duration, ListenerConfig, PluginConfig};
+
+/// `mode` of a `[[plugin]]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginMode {
+    /// Its verdicts and edits are applied.
+    #[default]
+    Enforce,
+    /// It runs on a copy of its primary's inputs; its answers are only compared.
+    Shadow,
+    /// It takes `canary` of new sessions in place of its primary.
+    Canary,
+}
+
+impl PluginMode {
+    /// The mode's name, as in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginMode::Enforce => "enforce",
+            PluginMode::Shadow => "shadow",
+            PluginMode::Canary => "canary",
+        }
+    }
+}
+
+pub(super) fn default_canary_min_sessions() -> u64 {
+    100
+}
+
+pub(super) fn default_canary_fault_margin() -> f64 {
+    0.01
+}
+
+pub(super) fn default_canary_refusal_margin() -> f64 {
+    0.05
+}
+
+pub(super) fn default_shadow_max_sessions() -> u32 {
+    64
+}
+
+/// The rollback policy of a canary, from its `[[plugin]]` table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CanaryPolicy {
+    /// The share of new sessions it takes, 0 to 1.
+    pub fraction: f64,
+    /// Sessions it must have served before its rates are judged.
+    pub min_sessions: u64,
+    /// How much its fault rate may exceed its primary's.
+    pub max_fault_rate_margin: f64,
+    /// How much its refusal (reject, tempfail, disconnect) rate may exceed its primary's.
+    pub max_refusal_rate_margin: f64,
+    /// Promote it after this long without a regression (and at least `min_sessions`).
+    pub soak: Option<std::time::Duration>,
+}
+
+impl PluginConfig {
+    /// A canary's rollback policy.
+    pub fn canary_policy(&self) -> CanaryPolicy {
+        CanaryPolicy {
+            fraction: self.canary.unwrap_or(0.0),
+            min_sessions: self.canary_min_sessions,
+            max_fault_rate_margin: self.canary_max_fault_rate_margin,
+            max_refusal_rate_margin: self.canary_max_refusal_rate_margin,
+            soak: self.canary_soak.map(|d: Duration| d.0),
+        }
+    }
+}
+
+/// Checks the rollout keys of every `[[plugin]]` and that listeners leave shadows and
+/// canaries out of their chains; returns the key path and the problem.
+pub(super) fn validate(
+    plugins: &[PluginConfig],
+    listeners: &[ListenerConfig],
+) -> Result<(), (String, String)> {
+    let enforcing = |name: &str| {
+        plugins
+            .iter()
+            .any(|p| p.name == name && p.mode == PluginMode::Enforce)
+    };
+    let mut canaried = std::collections::HashSet::new();
+    for (i, plugin) in plugins.iter().enumerate() {
+        let key = |k: &str| format!("plugin[{i}].{k}");
+        let misplaced = |k: &str| {
+            Err((
+                key(k),
+                format!(
+                    "`{k}` belongs to a plugin with mode = \"{}\", not \"{}\"",
+                    if k.starts_with("shadow") {
+                        "shadow"
+                    } else {
+                        "canary"
+                    },
+                    plugin.mode.as_str()
+                ),
+            ))
+        };
+        if plugin.mode != PluginMode::Shadow && plugin.shadow_of.is_some() {
+            return misplaced("shadow_of");
+        }
+        if plugin.mode != PluginMode::Canary {
+            if plugin.canary_of.is_some() {
+                return misplaced("canary_of");
+            }
+            if plugin.canary.is_some() {
+                return misplaced("canary");
+            }
+        }
+        match plugin.mode {
+            PluginMode::Enforce => {}
+            PluginMode::Shadow => {
+                if let Some(primary) = &plugin.shadow_of
+                    && !enforcing(primary)
+                {
+                    return Err((
+                        key("shadow_of"),
+                        format!("no enforcing [[plugin]] is named `{primary}`"),
+                    ));
+                }
+                if !(1..=10_000).contains(&plugin.shadow_max_sessions) {
+                    return Err((
+                        key("shadow_max_sessions"),
+                        "must be between 1 and 10000".into(),
+                    ));
+                }
+            }
+            PluginMode::Canary => {
+                let Some(primary) = &plugin.canary_of else {
+                    return Err((
+                        key("mode"),
+                        "a canary names the enforcing plugin it stands in for: add canary_of"
+                            .into(),
+                    ));
+                };
+                if !enforcing(primary) {
+                    return Err((
+                        key("canary_of"),
+                        format!("no enforcing [[plugin]] is named `{primary}`"),
+                    ));
+                }
+                if !canaried.insert(primary.as_str()) {
+                    return Err((
+                        key("canary_of"),
+                        format!("`{primary}` already has a canary: one at a time"),
+                    ));
+                }
+                match plugin.canary {
+                    Some(share) if share > 0.0 && share <= 1.0 => {}
+                    Some(_) => {
+                        return Err((
+                            key("canary"),
+                            "the share of sessions is above 0 and at most 1 (e.g. 0.05)".into(),
+                        ));
+                    }
+                    None => {
+                        return Err((
+                            key("mode"),
+                            "a canary needs its share of sessions: add canary = 0.05 (say)".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        if !(1..=100_000_000).contains(&plugin.canary_min_sessions) {
+            return Err((
+                key("canary_min_sessions"),
+                "must be between 1 and 100000000".into(),
+            ));
+        }
+        for (k, margin) in [
+            (
+                "canary_max_fault_rate_margin",
+                plugin.canary_max_fault_rate_margin,
+            ),
+            (
+                "canary_max_refusal_rate_margin",
+                plugin.canary_max_refusal_rate_margin,
+            ),
+        ] {
+            if !(0.0..=1.0).contains(&margin) {
+                return Err((key(k), "a rate margin is between 0 and 1".into()));
+            }
+        }
+    }
+    for (i, listener) in listeners.iter().enumerate() {
+        for name in listener.plugins.iter().flatten() {
+            if let Some(plugin) = plugins
+                .iter()
+                .find(|p| p.name == *name && p.mode != PluginMode::Enforce)
+            {
+                let primary = plugin.shadow_of.as_deref().or(plugin.canary_of.as_deref());
+                let beside = match primary {
+                    Some(primary) => format!("beside `{primary}` wherever that runs"),
+                    None => "beside every listener's whole chain".into(),
+                };
+                return Err((
+                    format!("listener[{i}].plugins"),
+                    format!(
+                        "`{name}` is a {} (mode = \"{}\"): it runs {beside}; leave it out of `plugins`",
+                        plugin.mode.as_str(),
+                        plugin.mode.as_str()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
