@@ -873,10 +873,18 @@ impl Config {
             .map(|l| {
                 // Milters and policy services in a chain take no plugin instance.
                 l.plugins.as_ref().map_or(self.plugin_list.len(), |names| {
+                    // A shadow is never listed but takes an instance of its own beside
+                    // the chain's plugins.
+                    let shadows = self
+                        .plugin_list
+                        .iter()
+                        .filter(|p| p.mode == PluginMode::Shadow)
+                        .count();
                     names
                         .iter()
                         .filter(|n| self.plugin_list.iter().any(|p| &p.name == *n))
                         .count()
+                        + shadows
                 })
             })
             .max()
