@@ -554,6 +554,10 @@ pub struct PluginConfig {
     /// Promote a canary after this long without a regression.
     #[serde(default)]
     pub canary_soak: Option<Duration>,
+    /// An enforcing plugin whose file or settings change at a reload enters as a canary of
+    /// the running version, with this share of new sessions, instead of taking them all.
+    #[serde(default)]
+    pub reload_as_canary: Option<f64>,
     /// The plugin's own configuration, handed to it as JSON.
     #[serde(default)]
     pub config: toml::Table,

@@ -1,7 +1,9 @@
 //! A new plugin version as a canary takes its share of new sessions in place of its
 //! primary, by client address (one client always sees one version); a canary that traps
 //! is rolled back automatically under a stream of sessions, failing no more sessions than
-//! its policy allows; an operator can promote a canary with `tidegate plugins promote`.
+//! its policy allows; an operator can promote a canary with `tidegate plugins promote`; a
+//! hot reload of a plugin with `reload_as_canary` enters as a canary of the running
+//! version.
 //! The versions are the test plugin under different `[plugin.config]` tables.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -299,4 +301,61 @@ fn tidegate_check_refuses_a_canary_without_an_enforcing_primary_or_listed_in_a_c
     assert!(said.contains("leave it out of `plugins`"), "{said}");
     let (ok, said) = check(&listed.replace(", \"content-next\"]", "]"));
     assert!(ok, "{said}");
+}
+
+#[test]
+fn a_hot_reload_enters_as_a_canary_and_a_trapping_new_version_is_rolled_back() {
+    const MIN_SESSIONS: usize = 3;
+    let secrets = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start_with(&GatewayConfig {
+        top: vec![admin(secrets.path())],
+        plugins: vec![
+            test_plugin("content", "tag")
+                .setting(r#"on_error = "tempfail""#)
+                .setting("reload_as_canary = 0.5")
+                .setting(&format!("canary_min_sessions = {MIN_SESSIONS}"))
+                .setting("canary_max_fault_rate_margin = 0.1"),
+        ],
+        ..GatewayConfig::default()
+    });
+    let clients: Vec<IpAddr> = (10..50).map(|n| client(7, n)).collect();
+    for from in &clients {
+        assert_eq!(rcpt_from(&gateway, *from).0, 250);
+    }
+    // The new settings make the plugin trap at every RCPT TO.
+    let text = std::fs::read_to_string(gateway.config_path()).unwrap();
+    assert_eq!(text.matches(r#"mode = "tag""#).count(), 1);
+    std::fs::write(
+        gateway.config_path(),
+        text.replace(r#"mode = "tag""#, r#"mode = "trap""#),
+    )
+    .unwrap();
+    gateway.wait_for_log("plugin reloaded as a canary");
+    let listed = gateway.cli_ok(&["plugins"]);
+    assert!(
+        listed.contains("enforce; its reload as canary 50%"),
+        "{listed}"
+    );
+    let mut failed = 0;
+    for from in &clients {
+        match rcpt_from(&gateway, *from) {
+            (250, _) => {}
+            (451, _) => failed += 1,
+            other => panic!("{from}: {other:?}"),
+        }
+    }
+    // One session at a time: exactly its minimum of sessions failed, then it was rolled
+    // back and the running version took every session.
+    assert_eq!(failed, MIN_SESSIONS, "{}", gateway.log());
+    let status = counted(&gateway, "content", clients.len() as u64);
+    assert_eq!(status["state"], "rolled back", "{status:#}");
+    assert_eq!(status["canary"]["sessions"], MIN_SESSIONS as u64);
+    for from in &clients {
+        assert_eq!(rcpt_from(&gateway, *from).0, 250, "{from}");
+    }
+    let listed = gateway.cli_ok(&["plugins"]);
+    assert!(
+        listed.contains("enforce; its reload rolled back (fault rate 100.0%"),
+        "{listed}"
+    );
 }

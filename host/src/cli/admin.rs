@@ -717,6 +717,14 @@ fn mode(p: &PluginStatus) -> String {
             c.primary.refusals
         );
         let share = c.fraction * 100.0;
+        // A reload's canary stands in for the running version of the same plugin.
+        if c.canary_of == p.name {
+            return match (c.state.as_str(), &c.why) {
+                ("canary", _) => format!("enforce; its reload as canary {share}% ({counts})"),
+                (state, Some(why)) => format!("enforce; its reload {state} ({why}) ({counts})"),
+                (state, None) => format!("enforce; its reload {state} ({counts})"),
+            };
+        }
         return match (c.state.as_str(), &c.why) {
             ("canary", _) => format!("canary {share}% of {} ({counts})", c.canary_of),
             (state, Some(why)) => format!("{state} ({why}) from {} ({counts})", c.canary_of),

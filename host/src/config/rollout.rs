@@ -69,10 +69,11 @@ pub struct CanaryPolicy {
 }
 
 impl PluginConfig {
-    /// A canary's rollback policy.
+    /// A canary's rollback policy (for a reload that enters as a canary, its share is
+    /// `reload_as_canary`).
     pub fn canary_policy(&self) -> CanaryPolicy {
         CanaryPolicy {
-            fraction: self.canary.unwrap_or(0.0),
+            fraction: self.canary.or(self.reload_as_canary).unwrap_or(0.0),
             min_sessions: self.canary_min_sessions,
             max_fault_rate_margin: self.canary_max_fault_rate_margin,
             max_refusal_rate_margin: self.canary_max_refusal_rate_margin,
@@ -111,6 +112,32 @@ pub(super) fn validate(
         };
         if plugin.mode != PluginMode::Shadow && plugin.shadow_of.is_some() {
             return misplaced("shadow_of");
+        }
+        if let Some(share) = plugin.reload_as_canary {
+            if plugin.mode != PluginMode::Enforce {
+                return Err((
+                    key("reload_as_canary"),
+                    "only an enforcing plugin enters a reload as a canary".into(),
+                ));
+            }
+            if !(share > 0.0 && share <= 1.0) {
+                return Err((
+                    key("reload_as_canary"),
+                    "the share of sessions is above 0 and at most 1 (e.g. 0.1)".into(),
+                ));
+            }
+            if let Some(j) = plugins
+                .iter()
+                .position(|p| p.canary_of.as_deref() == Some(plugin.name.as_str()))
+            {
+                return Err((
+                    format!("plugin[{j}].canary_of"),
+                    format!(
+                        "`{}` enters reloads as a canary (reload_as_canary): one canary at a time",
+                        plugin.name
+                    ),
+                ));
+            }
         }
         if plugin.mode != PluginMode::Canary {
             if plugin.canary_of.is_some() {

@@ -48,8 +48,11 @@ pub struct PluginSet {
     pub filters: HashMap<String, Arc<Filter>>,
     /// Shadow plugins' counts, by name.
     pub shadows: HashMap<String, Arc<shadow::ShadowStats>>,
-    /// Canaries' states, by name.
+    /// Canaries' states, by name (a reload's canary under its primary's name).
     pub canaries: HashMap<String, Arc<canary::CanaryState>>,
+    /// New versions that entered a reload as canaries (`reload_as_canary`), by the name
+    /// of the plugin they stand in for, which keeps running its previous version.
+    pub candidates: HashMap<String, Arc<LoadedPlugin>>,
 }
 
 /// The plugin runtime of a running server.
@@ -215,6 +218,12 @@ impl PluginHost {
             .map(|(name, _)| name.clone())
             .collect();
         changed.extend(
+            set.candidates
+                .iter()
+                .filter(|(name, c)| old.candidates.get(*name).is_none_or(|o| !Arc::ptr_eq(o, c)))
+                .map(|(name, _)| format!("{name} (as a canary)")),
+        );
+        changed.extend(
             set.filters
                 .iter()
                 .filter(|(name, f)| old.filters.get(*name).is_none_or(|o| !Arc::ptr_eq(o, f)))
@@ -230,9 +239,9 @@ impl PluginHost {
     async fn build_set(&self, config: &Config, old: &PluginSet) -> Result<PluginSet, String> {
         let _building = self.building.lock().await;
         let mut plugins = HashMap::new();
+        let mut candidates = HashMap::new();
         for plugin_config in &config.plugin_list {
-            let previous = old.plugins.get(&plugin_config.name);
-            let loaded = self.load_one(plugin_config, previous).await.map_err(|e| {
+            let (loaded, candidate) = self.load_entry(plugin_config, old).await.map_err(|e| {
                 format!(
                     "plugin `{}` ({}): {e}",
                     plugin_config.name,
@@ -240,6 +249,9 @@ impl PluginHost {
                 )
             })?;
             plugins.insert(plugin_config.name.clone(), loaded);
+            if let Some(candidate) = candidate {
+                candidates.insert(plugin_config.name.clone(), candidate);
+            }
         }
         let mut filters = HashMap::new();
         let built = config.policy_services.iter().map(Filter::policy).chain(
@@ -267,7 +279,7 @@ impl PluginHost {
             };
             filters.insert(name, filter);
         }
-        let mut rollout = Rollout::new(config, &plugins, old, &self.services.metrics);
+        let mut rollout = Rollout::new(config, &plugins, &candidates, old, &self.services.metrics);
         let mut chains = HashMap::new();
         for listener in &config.listeners {
             let names: Vec<&str> = match &listener.plugins {
@@ -305,7 +317,48 @@ impl PluginHost {
             filters,
             shadows: rollout.shadow_stats,
             canaries: rollout.canary_states,
+            candidates,
         })
+    }
+
+    /// Loads one `[[plugin]]`: the version that runs, and the new version that enters as
+    /// its canary when the plugin has `reload_as_canary` and its file or settings changed
+    /// (a canary already under way is kept while its file is unchanged, and a promoted one
+    /// becomes the running version at the next reload).
+    async fn load_entry(
+        &self,
+        config: &PluginConfig,
+        old: &PluginSet,
+    ) -> Result<(Arc<LoadedPlugin>, Option<Arc<LoadedPlugin>>), String> {
+        let previous = old.plugins.get(&config.name);
+        let (Some(_), Some(previous)) = (config.reload_as_canary, previous) else {
+            return Ok((self.load_one(config, previous).await?, None));
+        };
+        if config.mode != PluginMode::Enforce {
+            return Ok((self.load_one(config, Some(previous)).await?, None));
+        }
+        if let Some(candidate) = old.candidates.get(&config.name) {
+            let loaded = self.load_one(config, Some(candidate)).await?;
+            if Arc::ptr_eq(&loaded, candidate) {
+                let promoted = old
+                    .canaries
+                    .get(&config.name)
+                    .is_some_and(|state| state.status().state == "promoted");
+                if promoted {
+                    tracing::info!(plugin = %config.name, hash = &loaded.hash[..12], "promoted canary is now the running version");
+                    return Ok((loaded, None));
+                }
+                return Ok((Arc::clone(previous), Some(loaded)));
+            }
+            tracing::info!(plugin = %config.name, hash = &loaded.hash[..12], "plugin reloaded as a canary, replacing the previous canary");
+            return Ok((Arc::clone(previous), Some(loaded)));
+        }
+        let loaded = self.load_one(config, Some(previous)).await?;
+        if Arc::ptr_eq(&loaded, previous) {
+            return Ok((loaded, None));
+        }
+        tracing::info!(plugin = %config.name, hash = &loaded.hash[..12], running = &previous.hash[..12], share = config.reload_as_canary, "plugin reloaded as a canary");
+        Ok((Arc::clone(previous), Some(loaded)))
     }
 
     async fn load_one(
@@ -350,6 +403,7 @@ impl Rollout {
     fn new(
         config: &Config,
         plugins: &HashMap<String, Arc<LoadedPlugin>>,
+        candidates: &HashMap<String, Arc<LoadedPlugin>>,
         old: &PluginSet,
         metrics: &Arc<Metrics>,
     ) -> Rollout {
@@ -365,7 +419,32 @@ impl Rollout {
             };
             let name = &plugin_config.name;
             match plugin_config.mode {
-                PluginMode::Enforce => {}
+                PluginMode::Enforce => {
+                    let Some(candidate) = candidates.get(name) else {
+                        continue;
+                    };
+                    // A reload's canary stands in for the running version of its own
+                    // name; it keeps its state while it is the same candidate.
+                    let policy = plugin_config.canary_policy();
+                    let kept = old.canaries.get(name).filter(|state| {
+                        state.fits(name, &policy)
+                            && old
+                                .candidates
+                                .get(name)
+                                .is_some_and(|c| Arc::ptr_eq(c, candidate))
+                    });
+                    let state = match kept {
+                        Some(state) => Arc::clone(state),
+                        None => Arc::new(canary::CanaryState::new(
+                            name,
+                            name,
+                            policy,
+                            Arc::clone(metrics),
+                        )),
+                    };
+                    rollout.canary_states.insert(name.clone(), state);
+                    rollout.canaries.push((Arc::clone(candidate), name.clone()));
+                }
                 PluginMode::Shadow => {
                     let of = plugin_config.shadow_of.clone();
                     let stats = match old.shadows.get(name) {
