@@ -247,3 +247,94 @@ pub(super) fn validate(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::Config;
+
+    const BASE: &str = r#"
+hostname = "relay.example.test"
+
+[[listener]]
+name = "mx"
+address = "127.0.0.1:2525"
+
+[spool]
+path = "var/spool"
+
+[relay]
+accept_domains = ["example.test"]
+
+[[plugin]]
+name = "content"
+path = "content.wasm"
+"#;
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        Config::parse(&format!("{BASE}{extra}"), Path::new("t.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_documented_shadow_and_canary_tables_are_accepted() {
+        let config = parse(
+            r#"
+[[plugin]]
+name = "content-next"
+path = "plugins/dist/content_filter_v2.wasm"
+mode = "shadow"
+shadow_of = "content"
+
+[[plugin]]
+name = "content-canary"
+path = "v3.wasm"
+mode = "canary"
+canary_of = "content"
+canary = 0.05
+canary_min_sessions = 50
+canary_soak = "1h"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.plugin_list[1].mode, super::PluginMode::Shadow);
+        let policy = config.plugin_list[2].canary_policy();
+        assert_eq!(policy.fraction, 0.05);
+        assert_eq!(policy.min_sessions, 50);
+        assert_eq!(policy.soak, Some(std::time::Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn misplaced_or_dangling_rollout_keys_name_their_key() {
+        let cases = [
+            (
+                "[[plugin]]\nname = \"n\"\npath = \"n.wasm\"\nshadow_of = \"content\"\n",
+                "plugin[1].shadow_of",
+            ),
+            (
+                "[[plugin]]\nname = \"n\"\npath = \"n.wasm\"\nmode = \"shadow\"\nshadow_of = \"nope\"\n",
+                "plugin[1].shadow_of: no enforcing [[plugin]] is named `nope`",
+            ),
+            (
+                "[[plugin]]\nname = \"n\"\npath = \"n.wasm\"\nmode = \"canary\"\ncanary = 0.1\n",
+                "plugin[1].mode: a canary names",
+            ),
+            (
+                "[[plugin]]\nname = \"n\"\npath = \"n.wasm\"\nmode = \"canary\"\ncanary_of = \"content\"\ncanary = 1.5\n",
+                "plugin[1].canary:",
+            ),
+            (
+                "[[plugin]]\nname = \"n\"\npath = \"n.wasm\"\nmode = \"canary\"\ncanary_of = \"content\"\ncanary = 0.1\ncanary_max_fault_rate_margin = 2.0\n",
+                "plugin[1].canary_max_fault_rate_margin",
+            ),
+            (
+                "[[plugin]]\nname = \"n\"\npath = \"n.wasm\"\nmode = \"shadow\"\nreload_as_canary = 0.1\n",
+                "plugin[1].reload_as_canary",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let err = parse(extra).unwrap_err();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+    }
+}

@@ -487,6 +487,12 @@ async fn serve(
         if instance.is_none() {
             match plugin.check_out(&engine, &services).await {
                 Ok(fresh) => instance = Some(fresh),
+                // No instance free: the pool belongs to enforcing plugins first, and
+                // this stage goes uncompared.
+                Err(error) if error.kind == super::limits::Failure::PoolFull => {
+                    shadow.stats.skipped(&services);
+                    continue;
+                }
                 Err(error) => {
                     shadow.stats.failed(&services, job.hook, &error);
                     continue;
