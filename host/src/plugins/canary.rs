@@ -403,6 +403,27 @@ mod tests {
     }
 
     #[test]
+    fn a_canary_past_its_soak_without_a_regression_is_promoted_on_its_own() {
+        let soaked = CanaryPolicy {
+            soak: Some(std::time::Duration::ZERO),
+            ..policy()
+        };
+        let state = CanaryState::new("next", "content", soaked, Arc::new(Metrics::new()));
+        for _ in 0..9 {
+            state.report(true, false, false);
+        }
+        // Not before its minimum of sessions, however long it has run.
+        assert_eq!(state.status().state, "canary");
+        state.report(true, false, false);
+        let status = state.status();
+        assert_eq!(status.state, "promoted");
+        assert_eq!(
+            status.why.as_deref(),
+            Some("after its soak time without a regression")
+        );
+    }
+
+    #[test]
     fn a_canary_within_its_margins_keeps_serving_and_promotion_takes_everyone() {
         let state = CanaryState::new("next", "content", policy(), Arc::new(Metrics::new()));
         for n in 0..100 {
