@@ -153,3 +153,54 @@ fn a_stricter_shadow_is_counted_and_sampled_and_a_trapping_one_never_touches_a_s
         assert!(!shown.contains("content-next"), "{shown}");
     }
 }
+
+#[test]
+fn a_shadows_header_edits_are_compared_and_sampled_with_the_queue_id_but_never_applied() {
+    let secrets = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start_with(&GatewayConfig {
+        top: vec![admin(secrets.path())],
+        plugins: vec![
+            test_plugin("content", "none"),
+            // Adds `X-Test-content-next` and removes `X-Remove-Me` at on-data.
+            test_plugin("content-next", "header")
+                .setting(r#"mode = "shadow""#)
+                .setting(r#"shadow_of = "content""#),
+        ],
+        ..GatewayConfig::default()
+    });
+    let mut client = SmtpClient::ehlo(gateway.addr());
+    let message = format!(
+        "X-Remove-Me: still here\r\n{}",
+        sample_message("edited", "body")
+    );
+    let reply = client.send_mail("sender@example.org", &["user@example.test"], &message);
+    reply.expect(250, "2.0.0");
+    let id = reply.queue_id().unwrap();
+    let report = shadow_report(&gateway, "content-next", |r| {
+        r["samples"].as_array().is_some_and(|s| !s.is_empty())
+    });
+    let sample = &report["samples"][0];
+    assert_eq!(sample["hook"], "on-data");
+    assert_eq!(sample["queue_id"], id.as_str(), "{report:#}");
+    // Same verdict, different edits: a disagreement all the same.
+    assert_eq!(sample["enforced"], "continue");
+    assert_eq!(sample["shadow"], "continue");
+    assert_eq!(sample["enforced_edits"], serde_json::json!([]));
+    assert_eq!(
+        sample["shadow_edits"],
+        serde_json::json!([
+            "add-header X-Test-content-next: subject=edited calls=1 tag=",
+            "remove-header X-Remove-Me"
+        ]),
+        "{report:#}"
+    );
+    assert!(
+        sample["input"].as_str().unwrap().starts_with(
+            "data from <sender@example.org> to <user@example.test> subject \"edited\""
+        ),
+        "{report:#}"
+    );
+    let shown = String::from_utf8(gateway.spool_show(&id)).unwrap();
+    assert!(shown.contains("X-Remove-Me: still here"), "{shown}");
+    assert!(!shown.contains("X-Test-content-next"), "{shown}");
+}
