@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+mod rollout;
 mod shaping;
+pub use rollout::{CanaryPolicy, PluginMode};
 pub use shaping::{EgressAddress, EgressConfig, Pattern, Reaction, ShapingConfig, Window};
 
 pub use crate::inbound::body::BareLineEndings;
@@ -529,6 +531,37 @@ pub struct PluginConfig {
     /// HTTP calls one hook call may make.
     #[serde(default = "default_http_calls_per_hook")]
     pub http_max_calls_per_hook: u32,
+    /// `enforce` (the default), `shadow` or `canary` (see `config/rollout.rs`).
+    #[serde(default)]
+    pub mode: PluginMode,
+    /// A shadow's primary: the enforcing plugin it is compared with (absent: the chain).
+    #[serde(default)]
+    pub shadow_of: Option<String>,
+    /// Sessions a shadow runs in at once, over the gateway; past it, skipped and counted.
+    #[serde(default = "rollout::default_shadow_max_sessions")]
+    pub shadow_max_sessions: u32,
+    /// A canary's primary: the enforcing plugin it stands in for.
+    #[serde(default)]
+    pub canary_of: Option<String>,
+    /// The share of new sessions a canary takes, by a stable hash of the client address.
+    #[serde(default)]
+    pub canary: Option<f64>,
+    /// Sessions a canary must have served before its rates are judged.
+    #[serde(default = "rollout::default_canary_min_sessions")]
+    pub canary_min_sessions: u64,
+    /// How much a canary's fault rate may exceed its primary's before it is rolled back.
+    #[serde(default = "rollout::default_canary_fault_margin")]
+    pub canary_max_fault_rate_margin: f64,
+    /// How much a canary's refusal rate may exceed its primary's before it is rolled back.
+    #[serde(default = "rollout::default_canary_refusal_margin")]
+    pub canary_max_refusal_rate_margin: f64,
+    /// Promote a canary after this long without a regression.
+    #[serde(default)]
+    pub canary_soak: Option<Duration>,
+    /// An enforcing plugin whose file or settings change at a reload enters as a canary of
+    /// the running version, with this share of new sessions, instead of taking them all.
+    #[serde(default)]
+    pub reload_as_canary: Option<f64>,
     /// The plugin's own configuration, handed to it as JSON.
     #[serde(default)]
     pub config: toml::Table,
@@ -848,10 +881,18 @@ impl Config {
             .map(|l| {
                 // Milters and policy services in a chain take no plugin instance.
                 l.plugins.as_ref().map_or(self.plugin_list.len(), |names| {
+                    // A shadow is never listed but takes an instance of its own beside
+                    // the chain's plugins.
+                    let shadows = self
+                        .plugin_list
+                        .iter()
+                        .filter(|p| p.mode == PluginMode::Shadow)
+                        .count();
                     names
                         .iter()
                         .filter(|n| self.plugin_list.iter().any(|p| &p.name == *n))
                         .count()
+                        + shadows
                 })
             })
             .max()
@@ -1982,6 +2023,7 @@ impl Config {
                 ));
             }
         }
+        rollout::validate(&self.plugin_list, &self.listeners)?;
         let route_list: Vec<String> = self.routes.iter().map(|r| r.name.clone()).collect();
         shaping::validate(
             &self.shaping,

@@ -85,10 +85,17 @@ enum Command {
         #[command(subcommand)]
         command: tidegate::cli::admin::QuarantineCommand,
     },
-    /// Each plugin of a running gateway: version hash, load time, place, calls, failures.
+    /// Each plugin of a running gateway: version hash, load time, place, calls, failures,
+    /// mode (a canary's state); `shadow NAME` shows a shadow's disagreements, `promote
+    /// NAME` makes a canary take every new session.
     Plugins {
         #[command(flatten)]
         client: tidegate::cli::admin::ClientArgs,
+        /// `shadow` or `promote`.
+        #[arg(value_enum)]
+        action: Option<tidegate::cli::admin::PluginsAction>,
+        /// The shadow or canary plugin.
+        name: Option<String>,
     },
     /// Reload a running gateway (as SIGHUP does) and say what changed, what failed and
     /// what needs a restart.
@@ -449,8 +456,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tidegate::cli::admin::quarantine(command)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugins { client } => {
-            tidegate::cli::admin::plugins(client)?;
+        Command::Plugins {
+            client,
+            action,
+            name,
+        } => {
+            tidegate::cli::admin::plugins(client, action, name)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { client } => {

@@ -4,6 +4,8 @@
 //! (listener names, plugin names and hooks from the configuration, plugin counter names
 //! capped by the host functions).
 
+pub mod rollout;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -271,6 +273,8 @@ pub struct Metrics {
     pub webhook_failures: Family<WebhookFailureLabels, Counter>,
     /// Webhook batches acknowledged (2xx).
     pub webhook_deliveries: Family<EventSinkLabels, Counter>,
+    /// Shadow and canary plugins.
+    pub rollout: rollout::RolloutMetrics,
 }
 
 impl Default for Metrics {
@@ -510,7 +514,9 @@ impl Metrics {
             "HTTP calls made by plugins, by outcome",
             plugin_http_calls.clone(),
         );
+        let rollout = rollout::RolloutMetrics::register(&mut registry);
         Metrics {
+            rollout,
             registry,
             sessions,
             sessions_active,

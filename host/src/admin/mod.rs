@@ -134,6 +134,8 @@ fn router(state: Arc<AdminState>) -> Router {
             "/v1/kv/{plugin}",
             get(kv_list).put(kv_put).delete(kv_delete),
         )
+        .route("/v1/plugins/{name}/shadow", get(plugin_shadow))
+        .route("/v1/plugins/{name}/promote", post(plugin_promote))
         .route("/v1/reload", post(reload))
         .route("/v1/log-level", put(log_level))
         .route_layer(middleware::from_fn_with_state(
@@ -580,6 +582,46 @@ pub struct PluginStatus {
     /// Where a milter or policy service listens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// `enforce`, `shadow` or `canary`.
+    #[serde(default = "enforce")]
+    pub mode: String,
+    /// A shadow's primary (absent: the chain's decision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_of: Option<String>,
+    /// A canary's state and counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<crate::plugins::canary::CanaryStatus>,
+}
+
+fn enforce() -> String {
+    "enforce".to_owned()
+}
+
+async fn plugin_shadow(State(state): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
+    match state.plugins.shadow_report(&name) {
+        Some(report) => Json(report).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            &format!("no shadow plugin is named `{name}`"),
+        ),
+    }
+}
+
+async fn plugin_promote(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
+    match state.plugins.promote(&name) {
+        Ok(status) => {
+            tracing::info!(by = %caller.0, action = "promote canary", target = %name, "admin change");
+            Json(status).into_response()
+        }
+        Err(why) => {
+            tracing::info!(by = %caller.0, action = "promote canary", target = %name, error = %why, "admin change refused");
+            error(StatusCode::NOT_FOUND, &why)
+        }
+    }
 }
 
 fn plugin_kind() -> String {
@@ -621,6 +663,9 @@ async fn plugins(State(state): State<Arc<AdminState>>) -> Response {
                 memory_bytes: sum("tidegate_plugin_memory_high_water_bytes"),
                 kind: plugin_kind(),
                 address: None,
+                mode: plugin.config.mode.as_str().to_owned(),
+                shadow_of: plugin.config.shadow_of.clone(),
+                canary: snapshot.canaries.get(name).map(|c| c.status()),
             })
         })
         .collect();
@@ -653,6 +698,9 @@ async fn plugins(State(state): State<Arc<AdminState>>) -> Response {
             kind: filter.kind().to_owned(),
             address: Some(filter.address().to_string()),
             name,
+            mode: enforce(),
+            shadow_of: None,
+            canary: None,
         });
     }
     Json(statuses).into_response()

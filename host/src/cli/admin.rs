@@ -638,8 +638,30 @@ pub fn quarantine(command: QuarantineCommand) -> anyhow::Result<()> {
     })
 }
 
-/// Runs `tidegate plugins`.
-pub fn plugins(args: ClientArgs) -> anyhow::Result<()> {
+/// What `tidegate plugins` does besides listing.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PluginsAction {
+    /// A shadow's agreements, disagreements and the latest disagreeing transactions.
+    Shadow,
+    /// Make a canary take every new session (until a reload changes it).
+    Promote,
+}
+
+/// Runs `tidegate plugins [shadow NAME | promote NAME]`.
+pub fn plugins(
+    args: ClientArgs,
+    action: Option<PluginsAction>,
+    name: Option<String>,
+) -> anyhow::Result<()> {
+    if let Some(action) = action {
+        let Some(name) = name else {
+            bail!("name the plugin: tidegate plugins {action:?} NAME");
+        };
+        return match action {
+            PluginsAction::Shadow => plugin_shadow(args, name),
+            PluginsAction::Promote => plugin_promote(args, name),
+        };
+    }
     block_on(async move {
         let client = Client::new(&args)?;
         let (statuses, body): (Vec<PluginStatus>, _) = client.get("/v1/plugins").await?;
@@ -667,16 +689,142 @@ pub fn plugins(args: ClientArgs) -> anyhow::Result<()> {
                     p.calls.to_string(),
                     p.fuel.to_string(),
                     p.memory_bytes.to_string(),
-                    failures.join(","),
+                    if failures.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        failures.join(",")
+                    },
+                    mode(p),
                 ]
             })
             .collect();
         table(
             &[
                 "#", "PLUGIN", "HASH", "CONTRACT", "LOADED", "CALLS", "FUEL", "MEMORY", "FAILURES",
+                "MODE",
             ],
             &rows,
         );
+        Ok(())
+    })
+}
+
+/// A plugin's mode, with a canary's state and counts.
+fn mode(p: &PluginStatus) -> String {
+    if let Some(c) = &p.canary {
+        let counts = format!(
+            "{} sessions, {} faults, {} refusals; primary {} sessions, {} faults, {} refusals",
+            c.canary.sessions,
+            c.canary.faults,
+            c.canary.refusals,
+            c.primary.sessions,
+            c.primary.faults,
+            c.primary.refusals
+        );
+        let share = c.fraction * 100.0;
+        // A reload's canary stands in for the running version of the same plugin.
+        if c.canary_of == p.name {
+            return match (c.state.as_str(), &c.why) {
+                ("canary", _) => format!("enforce; its reload as canary {share}% ({counts})"),
+                (state, Some(why)) => format!("enforce; its reload {state} ({why}) ({counts})"),
+                (state, None) => format!("enforce; its reload {state} ({counts})"),
+            };
+        }
+        return match (c.state.as_str(), &c.why) {
+            ("canary", _) => format!("canary {share}% of {} ({counts})", c.canary_of),
+            (state, Some(why)) => format!("{state} ({why}) from {} ({counts})", c.canary_of),
+            (state, None) => format!("{state} from {} ({counts})", c.canary_of),
+        };
+    }
+    match (p.mode.as_str(), &p.shadow_of) {
+        ("shadow", Some(of)) => format!("shadow of {of}"),
+        ("shadow", None) => "shadow of the chain".to_owned(),
+        (mode, _) => mode.to_owned(),
+    }
+}
+
+/// Runs `tidegate plugins shadow NAME`.
+fn plugin_shadow(args: ClientArgs, name: String) -> anyhow::Result<()> {
+    block_on(async move {
+        let client = Client::new(&args)?;
+        let path = format!("/v1/plugins/{}/shadow", url_encode(&name));
+        let (report, body): (crate::plugins::shadow::ShadowReport, _) = client.get(&path).await?;
+        if args.json {
+            print_json(&body);
+            return Ok(());
+        }
+        println!(
+            "shadow {} of {}: {} agreements, {} disagreements, {} skipped, {} failures",
+            report.plugin,
+            report.shadow_of.as_deref().unwrap_or("the chain"),
+            report.agreements,
+            report.disagreements.iter().map(|d| d.count).sum::<u64>(),
+            report.skipped,
+            report.failures
+        );
+        let rows: Vec<Vec<String>> = report
+            .disagreements
+            .iter()
+            .map(|d| {
+                vec![
+                    d.hook.clone(),
+                    d.enforced.clone(),
+                    d.shadow.clone(),
+                    d.count.to_string(),
+                ]
+            })
+            .collect();
+        table(&["HOOK", "ENFORCED", "SHADOW", "COUNT"], &rows);
+        if !report.samples.is_empty() {
+            println!();
+            let rows: Vec<Vec<String>> = report
+                .samples
+                .iter()
+                .map(|s| {
+                    let edits = |e: &[String]| {
+                        if e.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" [{}]", e.join("; "))
+                        }
+                    };
+                    vec![
+                        s.at.to_string(),
+                        s.queue_id.clone().unwrap_or_else(|| "-".into()),
+                        s.hook.clone(),
+                        format!("{}{}", s.enforced, edits(&s.enforced_edits)),
+                        format!("{}{}", s.shadow, edits(&s.shadow_edits)),
+                        s.input.clone(),
+                    ]
+                })
+                .collect();
+            table(
+                &["AT", "QUEUE ID", "HOOK", "ENFORCED", "SHADOW", "INPUT"],
+                &rows,
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Runs `tidegate plugins promote NAME`.
+fn plugin_promote(args: ClientArgs, name: String) -> anyhow::Result<()> {
+    block_on(async move {
+        let client = Client::new(&args)?;
+        let path = format!("/v1/plugins/{}/promote", url_encode(&name));
+        let (status, body): (crate::plugins::canary::CanaryStatus, _) = client
+            .send(hyper::Method::POST, &path, serde_json::json!({}))
+            .await?;
+        if args.json {
+            print_json(&body);
+        } else {
+            println!(
+                "{name}: {} ({}), in place of {} for every new session until a reload changes it",
+                status.state,
+                status.why.as_deref().unwrap_or_default(),
+                status.canary_of
+            );
+        }
         Ok(())
     })
 }

@@ -138,7 +138,7 @@ impl Session {
     ) -> Self {
         let live = ctx.live.load_full();
         let may_relay = live.relay.is_relay_client(peer.ip());
-        let plugins = ctx.plugins.session(&listener);
+        let plugins = ctx.plugins.session_for(&listener, peer.ip());
         Session {
             plugins,
             tags: BTreeMap::new(),

@@ -256,8 +256,13 @@ impl LoadedPlugin {
         self.config.cpu_limit_ms.saturating_mul(FUEL_PER_MS)
     }
 
+    /// Whether it declared this hook.
+    pub fn subscribes(&self, hook: Hook) -> bool {
+        self.hooks.contains(hook.flag())
+    }
+
     /// An instance for a new session: a recycled one, re-initialised, or a new one.
-    async fn check_out(
+    pub(super) async fn check_out(
         &self,
         engine: &PluginEngine,
         services: &Arc<HostServices>,
@@ -296,7 +301,7 @@ impl LoadedPlugin {
     }
 
     /// Takes back the instance of a finished session, if it is fit to serve another.
-    fn check_in(&self, instance: Instance, metrics: &crate::metrics::Metrics) {
+    pub(super) fn check_in(&self, instance: Instance, metrics: &crate::metrics::Metrics) {
         let high_water = instance.store.data().limits.high_water;
         let gauge = metrics.plugin_memory_bytes.get_or_create(&PluginLabels {
             plugin: self.name.to_string(),
@@ -321,7 +326,7 @@ impl LoadedPlugin {
 const MAX_SESSIONS_PER_INSTANCE: u32 = 1000;
 
 /// One live instance of a plugin, serving one session at a time.
-struct Instance {
+pub(super) struct Instance {
     store: Store<PluginState>,
     bindings: Bindings,
     hooks: w::Hooks,
@@ -584,6 +589,10 @@ pub struct Chain {
     pub filters: Vec<Arc<Filter>>,
     /// The order of the chain's elements.
     pub order: Vec<Element>,
+    /// Shadows beside its plugins (or beside the whole chain).
+    pub shadows: Vec<super::shadow::Shadow>,
+    /// Canaries that may stand in for its plugins.
+    pub canaries: Vec<super::canary::Canary>,
 }
 
 /// One element of a chain: an index into its plugins or its filters.
@@ -603,11 +612,14 @@ impl Chain {
             plugins,
             filters: Vec::new(),
             order,
+            shadows: Vec::new(),
+            canaries: Vec::new(),
         }
     }
 }
 
 /// What the session gives a stage.
+#[derive(Clone)]
 pub enum StageInput {
     /// on-connect
     Connect(w::ConnectInfo),
@@ -624,7 +636,8 @@ pub enum StageInput {
 }
 
 impl StageInput {
-    fn hook(&self) -> Hook {
+    /// The stage's hook.
+    pub fn hook(&self) -> Hook {
         match self {
             StageInput::Connect(_) => Hook::Connect,
             StageInput::Helo(_) => Hook::Helo,
@@ -691,6 +704,10 @@ pub struct SessionPlugins {
     /// When the call under way must be answered (its plugin's and the stage's deadline),
     /// for host calls that wait (HTTP) to stay inside it.
     call_deadline: Instant,
+    /// The session's shadow tasks.
+    shadows: super::shadow::SessionShadows,
+    /// What the session notes for its chain's canaries.
+    canaries: super::canary::SessionCanaries,
 }
 
 /// The most verdicts kept for one log line.
@@ -710,7 +727,10 @@ impl SessionPlugins {
     pub fn new(chain: Arc<Chain>, engine: Arc<PluginEngine>, services: Arc<HostServices>) -> Self {
         let instances = chain.plugins.iter().map(|_| None).collect();
         let filter_sessions = chain.filters.iter().map(|_| None).collect();
+        let shadows = super::shadow::SessionShadows::new(&chain.shadows);
         SessionPlugins {
+            shadows,
+            canaries: super::canary::SessionCanaries::default(),
             chain,
             engine,
             services,
@@ -725,6 +745,11 @@ impl SessionPlugins {
             verdicts: Vec::new(),
             call_deadline: Instant::now(),
         }
+    }
+
+    /// What the session notes for the canaries it runs (or stands beside).
+    pub fn set_canaries(&mut self, canaries: super::canary::SessionCanaries) {
+        self.canaries = canaries;
     }
 
     /// The plugins' verdicts since the last call, as `plugin:hook=verdict` words (for the
@@ -815,6 +840,43 @@ impl SessionPlugins {
         tags: &mut BTreeMap<String, String>,
     ) -> StageOutcome {
         let hook = input.hook();
+        // A shadow of the whole chain sees the tags as the chain found them.
+        let before = self.shadows.wants(None, hook).then(|| tags.clone());
+        let outcome = self.run_chain(&input, tags).await;
+        if let Some(before) = before {
+            let (verdict, code) = decision_verdict(&outcome.decision);
+            let enforced = super::shadow::Judged::new(verdict, code, &outcome.edits);
+            self.offer_shadows(None, &input, before, enforced);
+        }
+        outcome
+    }
+
+    /// Hands a stage to the shadows of `primary` (`None`: of the chain).
+    fn offer_shadows(
+        &mut self,
+        primary: Option<usize>,
+        input: &StageInput,
+        tags: BTreeMap<String, String>,
+        enforced: super::shadow::Judged,
+    ) {
+        let offer = super::shadow::Offer {
+            input,
+            tags,
+            session: &self.session,
+            auth_results: &self.auth_results,
+            enforced,
+            queue_id: self.queue_id.clone(),
+        };
+        self.shadows
+            .offer(primary, input.hook(), offer, &self.engine, &self.services);
+    }
+
+    async fn run_chain(
+        &mut self,
+        input: &StageInput,
+        tags: &mut BTreeMap<String, String>,
+    ) -> StageOutcome {
+        let hook = input.hook();
         let deadline = Instant::now() + self.engine.stage_time_limit();
         if hook == Hook::MailFrom {
             for session in self.filter_sessions.iter_mut().flatten() {
@@ -829,7 +891,7 @@ impl SessionPlugins {
                     if !filter.wants(hook) {
                         continue;
                     }
-                    let result = self.filter_call(index, &filter, &input, deadline).await;
+                    let result = self.filter_call(index, &filter, input, deadline).await;
                     match result
                         .and_then(|r| validate(hook, r))
                         .and_then(|r| check_tag_room(r, tags))
@@ -852,7 +914,20 @@ impl SessionPlugins {
                     }
                 }
                 Element::Plugin(index) => {
-                    match self.plugin_stage(index, hook, &input, tags, deadline).await {
+                    // A shadow of this plugin sees the tags as the plugin found them.
+                    let before = self.shadows.wants(Some(index), hook).then(|| tags.clone());
+                    let step = self.plugin_stage(index, hook, input, tags, deadline).await;
+                    if let Some(before) = before {
+                        let enforced = match &step {
+                            Step::Answer(response) => super::shadow::Judged::of(response, true),
+                            Step::Skip if !self.chain.plugins[index].subscribes(hook) => {
+                                super::shadow::Judged::new("continue", None, &[])
+                            }
+                            _ => super::shadow::Judged::new("failed", None, &[]),
+                        };
+                        self.offer_shadows(Some(index), input, before, enforced);
+                    }
+                    match step {
                         Step::Skip => continue,
                         Step::Tempfail => {
                             return StageOutcome {
@@ -861,6 +936,14 @@ impl SessionPlugins {
                             };
                         }
                         Step::Answer(response) => {
+                            if matches!(
+                                response.verdict,
+                                w::Verdict::Reject(_)
+                                    | w::Verdict::Tempfail(_)
+                                    | w::Verdict::Disconnect(_)
+                            ) {
+                                self.canaries.refused(index);
+                            }
                             (Arc::clone(&self.chain.plugins[index].name), response)
                         }
                     }
@@ -916,6 +999,7 @@ impl SessionPlugins {
         if !plugin.hooks.contains(hook.flag()) {
             return Step::Skip;
         }
+        self.canaries.called(index);
         let result = self
             .timed(&plugin, hook.name(), deadline, |this| {
                 this.call(index, &plugin, input, tags)
@@ -1088,6 +1172,7 @@ impl SessionPlugins {
         policy: Option<OnError>,
     ) {
         self.instances[index] = None;
+        self.canaries.fault(index);
         match policy {
             Some(policy) => {
                 tracing::warn!(plugin = %plugin.name, hook, kind = error.kind.as_str(), error = %error, ?policy, "plugin failed")
@@ -1263,6 +1348,7 @@ impl SessionPlugins {
     /// the next session. Also done on drop; a session calls it before closing its
     /// connection, so a client's next connection finds them.
     pub fn release(&mut self) {
+        self.canaries.finish();
         for (plugin, instance) in self.chain.plugins.iter().zip(self.instances.iter_mut()) {
             if let Some(instance) = instance.take() {
                 plugin.check_in(instance, &self.services.metrics);
@@ -1303,6 +1389,45 @@ enum Other<'a> {
 enum OtherResult {
     Route(Option<w::Route>),
     Done,
+}
+
+/// A decision's verdict name and reply code, as a shadow's answer is compared with it.
+fn decision_verdict(decision: &Decision) -> (&'static str, Option<u16>) {
+    match decision {
+        Decision::Continue => ("continue", None),
+        Decision::Accept => ("accept", None),
+        Decision::Reject(r) => ("reject", Some(r.code)),
+        Decision::Tempfail(r) => ("tempfail", Some(r.code)),
+        Decision::Discard(_) => ("discard", None),
+        Decision::Quarantine(_) => ("quarantine", None),
+        Decision::Disconnect(r) => ("disconnect", Some(r.code)),
+    }
+}
+
+/// One call of a shadow's instance on a copy of a stage's inputs, validated like any
+/// plugin's answer (its failure is the caller's to count).
+pub(super) async fn shadow_call(
+    plugin: &LoadedPlugin,
+    instance: &mut Instance,
+    input: &StageInput,
+    tags: &BTreeMap<String, String>,
+    session: &Arc<w::SessionInfo>,
+    auth_results: &Arc<Vec<w::AuthResult>>,
+) -> Result<w::Response, CallError> {
+    let hook = input.hook();
+    if !instance.hooks.contains(hook.flag()) {
+        return Ok(w::Response {
+            verdict: w::Verdict::Continue,
+            edits: Vec::new(),
+        });
+    }
+    instance.store.data_mut().tags.clone_from(tags);
+    instance.store.data_mut().session = Arc::clone(session);
+    instance.store.data_mut().auth_results = Arc::clone(auth_results);
+    instance.start_call(plugin, Instant::now() + plugin.limits.time)?;
+    let response = instance.call_stage(input).await?;
+    instance.end_call(plugin);
+    validate(hook, response).and_then(|r| check_tag_room(r, tags))
 }
 
 fn invalid(why: impl Into<String>) -> CallError {

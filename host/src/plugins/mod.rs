@@ -4,10 +4,13 @@
 //! [`chain`] holds loaded plugins and runs a listener's chain for a session; [`services`]
 //! implements the host functions of the contract (with [`kv`] and [`dns`]); [`reload`]
 //! swaps plugin versions while mail keeps flowing. The set of loaded plugins is an
-//! `ArcSwap` snapshot: a session takes its chain at connect and keeps it.
+//! `ArcSwap` snapshot: a session takes its chain at connect and keeps it. [`shadow`] and
+//! [`canary`] run new versions beside (or instead of, for some sessions) the ones they may
+//! replace.
 
 pub mod bindings;
 pub mod cache;
+pub mod canary;
 pub mod chain;
 pub mod compat;
 pub mod dns;
@@ -16,13 +19,14 @@ pub mod http;
 pub mod kv;
 pub mod limits;
 pub mod services;
+pub mod shadow;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, PluginConfig};
+use crate::config::{Config, PluginConfig, PluginMode};
 use crate::filters::Filter;
 use crate::metrics::Metrics;
 use chain::{Chain, Element, LoadedPlugin, SessionPlugins};
@@ -42,6 +46,13 @@ pub struct PluginSet {
     pub queue_chain: Arc<Chain>,
     /// Milters and policy services by name.
     pub filters: HashMap<String, Arc<Filter>>,
+    /// Shadow plugins' counts, by name.
+    pub shadows: HashMap<String, Arc<shadow::ShadowStats>>,
+    /// Canaries' states, by name (a reload's canary under its primary's name).
+    pub canaries: HashMap<String, Arc<canary::CanaryState>>,
+    /// New versions that entered a reload as canaries (`reload_as_canary`), by the name
+    /// of the plugin they stand in for, which keeps running its previous version.
+    pub candidates: HashMap<String, Arc<LoadedPlugin>>,
 }
 
 /// The plugin runtime of a running server.
@@ -50,6 +61,9 @@ pub struct PluginHost {
     engine: Arc<PluginEngine>,
     services: Arc<HostServices>,
     current: ArcSwap<PluginSet>,
+    /// Serialises building sets, so that shadow counts and canary states carried from one
+    /// set to the next are never forked by two reloads at once.
+    building: tokio::sync::Mutex<()>,
 }
 
 impl PluginHost {
@@ -100,6 +114,7 @@ impl PluginHost {
             engine,
             services,
             current: ArcSwap::from_pointee(PluginSet::default()),
+            building: tokio::sync::Mutex::new(()),
         };
         let set = host
             .build_set(config, &PluginSet::default())
@@ -119,6 +134,39 @@ impl PluginHost {
             .cloned()
             .unwrap_or_default();
         SessionPlugins::new(chain, Arc::clone(&self.engine), Arc::clone(&self.services))
+    }
+
+    /// The plugins for a new session on `listener` from `client`: canaries take the
+    /// clients that fall in their share.
+    pub fn session_for(&self, listener: &str, client: std::net::IpAddr) -> SessionPlugins {
+        let chain = self
+            .current
+            .load()
+            .chains
+            .get(listener)
+            .cloned()
+            .unwrap_or_default();
+        let (chain, canaries) = canary::pick(&chain, client);
+        let mut session =
+            SessionPlugins::new(chain, Arc::clone(&self.engine), Arc::clone(&self.services));
+        session.set_canaries(canaries);
+        session
+    }
+
+    /// A shadow's counts and sample of disagreements.
+    pub fn shadow_report(&self, name: &str) -> Option<shadow::ShadowReport> {
+        self.current.load().shadows.get(name).map(|s| s.report())
+    }
+
+    /// Makes canary `name` take every new session (until a reload changes it).
+    pub fn promote(&self, name: &str) -> Result<canary::CanaryStatus, String> {
+        let set = self.current.load();
+        let state = set
+            .canaries
+            .get(name)
+            .ok_or_else(|| format!("no canary is named `{name}`"))?;
+        state.promote("by the operator");
+        Ok(state.status())
     }
 
     /// The plugins for the delivery queue: every loaded plugin, in configuration order
@@ -170,6 +218,12 @@ impl PluginHost {
             .map(|(name, _)| name.clone())
             .collect();
         changed.extend(
+            set.candidates
+                .iter()
+                .filter(|(name, c)| old.candidates.get(*name).is_none_or(|o| !Arc::ptr_eq(o, c)))
+                .map(|(name, _)| format!("{name} (as a canary)")),
+        );
+        changed.extend(
             set.filters
                 .iter()
                 .filter(|(name, f)| old.filters.get(*name).is_none_or(|o| !Arc::ptr_eq(o, f)))
@@ -183,10 +237,11 @@ impl PluginHost {
     }
 
     async fn build_set(&self, config: &Config, old: &PluginSet) -> Result<PluginSet, String> {
+        let _building = self.building.lock().await;
         let mut plugins = HashMap::new();
+        let mut candidates = HashMap::new();
         for plugin_config in &config.plugin_list {
-            let previous = old.plugins.get(&plugin_config.name);
-            let loaded = self.load_one(plugin_config, previous).await.map_err(|e| {
+            let (loaded, candidate) = self.load_entry(plugin_config, old).await.map_err(|e| {
                 format!(
                     "plugin `{}` ({}): {e}",
                     plugin_config.name,
@@ -194,6 +249,9 @@ impl PluginHost {
                 )
             })?;
             plugins.insert(plugin_config.name.clone(), loaded);
+            if let Some(candidate) = candidate {
+                candidates.insert(plugin_config.name.clone(), candidate);
+            }
         }
         let mut filters = HashMap::new();
         let built = config.policy_services.iter().map(Filter::policy).chain(
@@ -204,8 +262,12 @@ impl PluginHost {
         );
         // Without a `plugins` list a listener runs every plugin, then every policy
         // service, then every milter, each in configuration order.
-        let mut default_order: Vec<String> =
-            config.plugin_list.iter().map(|p| p.name.clone()).collect();
+        let mut default_order: Vec<String> = config
+            .plugin_list
+            .iter()
+            .filter(|p| p.mode == PluginMode::Enforce)
+            .map(|p| p.name.clone())
+            .collect();
         for filter in built {
             let name = filter.name().to_string();
             default_order.push(name.clone());
@@ -217,6 +279,7 @@ impl PluginHost {
             };
             filters.insert(name, filter);
         }
+        let mut rollout = Rollout::new(config, &plugins, &candidates, old, &self.services.metrics);
         let mut chains = HashMap::new();
         for listener in &config.listeners {
             let names: Vec<&str> = match &listener.plugins {
@@ -233,13 +296,17 @@ impl PluginHost {
                     chain.filters.push(Arc::clone(filter));
                 }
             }
+            rollout.attach(&mut chain);
             chains.insert(listener.name.clone(), Arc::new(chain));
         }
         let order: Vec<String> = config.plugin_list.iter().map(|p| p.name.clone()).collect();
+        // The delivery side runs the enforcing versions only.
         let queue_chain = Arc::new(Chain::of_plugins(
-            order
+            config
+                .plugin_list
                 .iter()
-                .filter_map(|n| plugins.get(n).cloned())
+                .filter(|p| p.mode == PluginMode::Enforce)
+                .filter_map(|p| plugins.get(&p.name).cloned())
                 .collect(),
         ));
         Ok(PluginSet {
@@ -248,7 +315,50 @@ impl PluginHost {
             order,
             queue_chain,
             filters,
+            shadows: rollout.shadow_stats,
+            canaries: rollout.canary_states,
+            candidates,
         })
+    }
+
+    /// Loads one `[[plugin]]`: the version that runs, and the new version that enters as
+    /// its canary when the plugin has `reload_as_canary` and its file or settings changed
+    /// (a canary already under way is kept while its file is unchanged, and a promoted one
+    /// becomes the running version at the next reload).
+    async fn load_entry(
+        &self,
+        config: &PluginConfig,
+        old: &PluginSet,
+    ) -> Result<(Arc<LoadedPlugin>, Option<Arc<LoadedPlugin>>), String> {
+        let previous = old.plugins.get(&config.name);
+        let (Some(_), Some(previous)) = (config.reload_as_canary, previous) else {
+            return Ok((self.load_one(config, previous).await?, None));
+        };
+        if config.mode != PluginMode::Enforce {
+            return Ok((self.load_one(config, Some(previous)).await?, None));
+        }
+        if let Some(candidate) = old.candidates.get(&config.name) {
+            let loaded = self.load_one(config, Some(candidate)).await?;
+            if Arc::ptr_eq(&loaded, candidate) {
+                let promoted = old
+                    .canaries
+                    .get(&config.name)
+                    .is_some_and(|state| state.status().state == "promoted");
+                if promoted {
+                    tracing::info!(plugin = %config.name, hash = &loaded.hash[..12], "promoted canary is now the running version");
+                    return Ok((loaded, None));
+                }
+                return Ok((Arc::clone(previous), Some(loaded)));
+            }
+            tracing::info!(plugin = %config.name, hash = &loaded.hash[..12], "plugin reloaded as a canary, replacing the previous canary");
+            return Ok((Arc::clone(previous), Some(loaded)));
+        }
+        let loaded = self.load_one(config, Some(previous)).await?;
+        if Arc::ptr_eq(&loaded, previous) {
+            return Ok((loaded, None));
+        }
+        tracing::info!(plugin = %config.name, hash = &loaded.hash[..12], running = &previous.hash[..12], share = config.reload_as_canary, "plugin reloaded as a canary");
+        Ok((Arc::clone(previous), Some(loaded)))
     }
 
     async fn load_one(
@@ -273,5 +383,148 @@ impl PluginHost {
         let loaded = LoadedPlugin::load(&self.engine, config, &self.services).await?;
         tracing::info!(plugin = %loaded.name, hash = &loaded.hash[..12], hooks = ?loaded.hooks, ms = started.elapsed().as_millis() as u64, "plugin loaded");
         Ok(loaded)
+    }
+}
+
+/// The shadows and canaries of a set being built: their counts and states carried over from
+/// the running set where they still fit, and attached to each chain that runs their primary.
+struct Rollout {
+    shadows: Vec<(
+        Arc<chain::LoadedPlugin>,
+        Option<String>,
+        Arc<tokio::sync::Semaphore>,
+    )>,
+    canaries: Vec<(Arc<chain::LoadedPlugin>, String)>,
+    shadow_stats: HashMap<String, Arc<shadow::ShadowStats>>,
+    canary_states: HashMap<String, Arc<canary::CanaryState>>,
+}
+
+impl Rollout {
+    fn new(
+        config: &Config,
+        plugins: &HashMap<String, Arc<LoadedPlugin>>,
+        candidates: &HashMap<String, Arc<LoadedPlugin>>,
+        old: &PluginSet,
+        metrics: &Arc<Metrics>,
+    ) -> Rollout {
+        let mut rollout = Rollout {
+            shadows: Vec::new(),
+            canaries: Vec::new(),
+            shadow_stats: HashMap::new(),
+            canary_states: HashMap::new(),
+        };
+        for plugin_config in &config.plugin_list {
+            let Some(plugin) = plugins.get(&plugin_config.name) else {
+                continue;
+            };
+            let name = &plugin_config.name;
+            match plugin_config.mode {
+                PluginMode::Enforce => {
+                    let Some(candidate) = candidates.get(name) else {
+                        continue;
+                    };
+                    // A reload's canary stands in for the running version of its own
+                    // name; it keeps its state while it is the same candidate.
+                    let policy = plugin_config.canary_policy();
+                    let kept = old.canaries.get(name).filter(|state| {
+                        state.fits(name, &policy)
+                            && old
+                                .candidates
+                                .get(name)
+                                .is_some_and(|c| Arc::ptr_eq(c, candidate))
+                    });
+                    let state = match kept {
+                        Some(state) => Arc::clone(state),
+                        None => Arc::new(canary::CanaryState::new(
+                            name,
+                            name,
+                            policy,
+                            Arc::clone(metrics),
+                        )),
+                    };
+                    rollout.canary_states.insert(name.clone(), state);
+                    rollout.canaries.push((Arc::clone(candidate), name.clone()));
+                }
+                PluginMode::Shadow => {
+                    let of = plugin_config.shadow_of.clone();
+                    let stats = match old.shadows.get(name) {
+                        Some(stats) if stats.compares_with(of.as_deref()) => Arc::clone(stats),
+                        _ => Arc::new(shadow::ShadowStats::new(name, of.as_deref())),
+                    };
+                    rollout.shadow_stats.insert(name.clone(), stats);
+                    let sessions =
+                        usize::try_from(plugin_config.shadow_max_sessions).unwrap_or(usize::MAX);
+                    rollout.shadows.push((
+                        Arc::clone(plugin),
+                        of,
+                        Arc::new(tokio::sync::Semaphore::new(sessions)),
+                    ));
+                }
+                PluginMode::Canary => {
+                    let Some(primary) = plugin_config.canary_of.clone() else {
+                        continue;
+                    };
+                    let policy = plugin_config.canary_policy();
+                    // An unchanged canary keeps its counts and its state (rolled back or
+                    // promoted) over a reload; a new version of it starts afresh.
+                    let kept = old.canaries.get(name).filter(|state| {
+                        state.fits(&primary, &policy)
+                            && old
+                                .plugins
+                                .get(name)
+                                .is_some_and(|p| Arc::ptr_eq(p, plugin))
+                    });
+                    let state = match kept {
+                        Some(state) => Arc::clone(state),
+                        None => Arc::new(canary::CanaryState::new(
+                            name,
+                            &primary,
+                            policy,
+                            Arc::clone(metrics),
+                        )),
+                    };
+                    rollout.canary_states.insert(name.clone(), state);
+                    rollout.canaries.push((Arc::clone(plugin), primary));
+                }
+            }
+        }
+        rollout
+    }
+
+    /// Puts each shadow beside its primary in `chain` (or beside the chain), and each
+    /// canary on its primary.
+    fn attach(&mut self, chain: &mut Chain) {
+        let position =
+            |chain: &Chain, name: &str| chain.plugins.iter().position(|p| &*p.name == name);
+        for (plugin, of, gate) in &self.shadows {
+            let primary = match of {
+                Some(of) => match position(chain, of) {
+                    Some(index) => Some(index),
+                    None => continue,
+                },
+                None => None,
+            };
+            let Some(stats) = self.shadow_stats.get(&*plugin.name) else {
+                continue;
+            };
+            chain.shadows.push(shadow::Shadow {
+                plugin: Arc::clone(plugin),
+                primary,
+                stats: Arc::clone(stats),
+                gate: Arc::clone(gate),
+            });
+        }
+        for (plugin, of) in &self.canaries {
+            let (Some(index), Some(state)) =
+                (position(chain, of), self.canary_states.get(&*plugin.name))
+            else {
+                continue;
+            };
+            chain.canaries.push(canary::Canary {
+                position: index,
+                plugin: Arc::clone(plugin),
+                state: Arc::clone(state),
+            });
+        }
     }
 }
