@@ -4,3 +4,4 @@
 pub mod admin;
 pub mod dkim;
 pub mod plugin;
+pub mod replay;

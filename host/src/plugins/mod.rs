@@ -15,6 +15,8 @@ pub mod engine;
 pub mod http;
 pub mod kv;
 pub mod limits;
+pub mod record;
+pub mod replay;
 pub mod services;
 
 use std::collections::HashMap;
@@ -50,6 +52,9 @@ pub struct PluginHost {
     engine: Arc<PluginEngine>,
     services: Arc<HostServices>,
     current: ArcSwap<PluginSet>,
+    /// The records writer of each listener with `record` (made at start; a reload does
+    /// not change it).
+    recorders: HashMap<String, Arc<record::RecordWriter>>,
 }
 
 impl PluginHost {
@@ -96,10 +101,25 @@ impl PluginHost {
         let mut services = HostServices::new(dns, metrics, kv);
         services.http = http::HttpServices::new(own);
         let services = Arc::new(services);
+        let mut recorders = HashMap::new();
+        for listener in &config.listeners {
+            if let Some(settings) = &listener.record {
+                let writer = record::RecordWriter::start(settings, Arc::clone(&services.metrics))
+                    .map_err(|e| {
+                    anyhow::anyhow!(
+                        "listener `{}`: records directory {}: {e}",
+                        listener.name,
+                        settings.path.display()
+                    )
+                })?;
+                recorders.insert(listener.name.clone(), writer);
+            }
+        }
         let host = PluginHost {
             engine,
             services,
             current: ArcSwap::from_pointee(PluginSet::default()),
+            recorders,
         };
         let set = host
             .build_set(config, &PluginSet::default())
@@ -118,7 +138,16 @@ impl PluginHost {
             .get(listener)
             .cloned()
             .unwrap_or_default();
-        SessionPlugins::new(chain, Arc::clone(&self.engine), Arc::clone(&self.services))
+        let mut plugins =
+            SessionPlugins::new(chain, Arc::clone(&self.engine), Arc::clone(&self.services));
+        if let Some(writer) = self.recorders.get(listener) {
+            plugins.set_recorder(record::SessionRecorder::new(
+                listener,
+                Some(Arc::clone(writer)),
+                writer.body_bytes,
+            ));
+        }
+        plugins
     }
 
     /// The plugins for the delivery queue: every loaded plugin, in configuration order

@@ -1,0 +1,382 @@
+//! Recording a listener's plugin calls (`record = { ... }` in a `[[listener]]`) for
+//! `tidegate replay` and the SDK's harness: what each call got as input, what the host
+//! answered it, and what came of it. The format is `tidegate_plugin_sdk::record`'s (JSON
+//! lines, one session a line, versioned); this module fills it and writes it.
+//!
+//! Writing never slows a session: a finished session's record is handed to the listener's
+//! writer thread through a bounded channel, and when the channel is full it is dropped and
+//! counted (`tidegate_records_dropped_total`). The writer starts a new file past
+//! `max_file_bytes` and deletes the oldest past `keep_files`.
+
+pub mod convert;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+
+use tidegate_plugin_sdk::record::{
+    Answer, Bytes, CallRecord, DataRecord, FORMAT_VERSION, Outcome, SessionRecord, StageRecord,
+    Tape,
+};
+
+use super::bindings::tidegate::plugin::types as w;
+use super::chain::StageInput;
+use super::limits::CallError;
+use crate::config::RecordConfig;
+use crate::metrics::Metrics;
+
+/// The most answers recorded for one call (a plugin's DNS and KV calls are bounded by
+/// its budgets; this bounds the rest).
+const MAX_ANSWERS_PER_CALL: usize = 256;
+/// The most calls recorded for one session; more are counted in `calls_dropped`.
+const MAX_CALLS_PER_SESSION: usize = 1024;
+/// Finished sessions waiting for the writer; past this they are dropped.
+const QUEUE: usize = 1024;
+
+/// What one call does with its host answers: write them down, or take them from a
+/// recording.
+#[derive(Debug)]
+pub enum CallTape {
+    /// Recording: the answers so far.
+    Record(Vec<Answer>),
+    /// Replaying: the recorded answers.
+    Replay(Tape),
+}
+
+impl CallTape {
+    /// The recording to answer from, when replaying.
+    pub fn replaying(tape: &mut Option<CallTape>) -> Option<&mut Tape> {
+        match tape {
+            Some(CallTape::Replay(tape)) => Some(tape),
+            _ => None,
+        }
+    }
+
+    /// Notes an answer, when recording (`answer` is only built then).
+    pub fn note(tape: &mut Option<CallTape>, answer: impl FnOnce() -> Answer) {
+        if let Some(CallTape::Record(answers)) = tape
+            && answers.len() < MAX_ANSWERS_PER_CALL
+        {
+            answers.push(answer());
+        }
+    }
+}
+
+/// One session's record in the making.
+#[derive(Debug)]
+pub struct SessionRecorder {
+    record: SessionRecord,
+    body_bytes: usize,
+    writer: Option<Arc<RecordWriter>>,
+    /// (In a replay) questions the recording had no answer for.
+    pub misses: u32,
+}
+
+impl SessionRecorder {
+    /// A recorder for a session on `listener`; without a writer it only collects (a
+    /// replay's).
+    pub fn new(listener: &str, writer: Option<Arc<RecordWriter>>, body_bytes: u64) -> Self {
+        let started_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        SessionRecorder {
+            record: SessionRecord {
+                version: FORMAT_VERSION,
+                listener: listener.to_owned(),
+                started_ms,
+                calls: Vec::new(),
+                calls_dropped: 0,
+            },
+            body_bytes: usize::try_from(body_bytes).unwrap_or(usize::MAX),
+            writer,
+            misses: 0,
+        }
+    }
+
+    /// Records one call of `plugin`: its input, the facts it could ask for, the host's
+    /// answers and the validated outcome.
+    #[allow(clippy::too_many_arguments)]
+    pub fn call(
+        &mut self,
+        plugin: &str,
+        input: &StageInput,
+        session: &w::SessionInfo,
+        auth_results: &[w::AuthResult],
+        tags: &BTreeMap<String, String>,
+        tape: Option<CallTape>,
+        result: Result<&w::Response, &CallError>,
+    ) {
+        let answers = match tape {
+            Some(CallTape::Record(answers)) => answers,
+            Some(CallTape::Replay(tape)) => {
+                self.misses += tape.misses();
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        if self.record.calls.len() >= MAX_CALLS_PER_SESSION {
+            self.record.calls_dropped = self.record.calls_dropped.saturating_add(1);
+            return;
+        }
+        let outcome = match result {
+            Ok(response) => Outcome::Answer(convert::response_to(response)),
+            Err(error) => Outcome::Failed(error.kind.as_str().to_owned()),
+        };
+        self.record.calls.push(CallRecord {
+            plugin: plugin.to_owned(),
+            input: self.stage(input),
+            session: convert::session_to(session),
+            auth_results: auth_results.iter().map(convert::auth_result_to).collect(),
+            tags: tags.clone(),
+            answers,
+            outcome,
+        });
+    }
+
+    fn stage(&self, input: &StageInput) -> StageRecord {
+        match input {
+            StageInput::Connect(i) => StageRecord::Connect(convert::connect_to(i)),
+            StageInput::Helo(i) => StageRecord::Helo(convert::helo_to(i)),
+            StageInput::Auth(i) => StageRecord::Auth(convert::auth_to(i)),
+            StageInput::MailFrom(i) => StageRecord::MailFrom(convert::mail_from_to(i)),
+            StageInput::RcptTo(i) => StageRecord::RcptTo(convert::rcpt_to_to(i)),
+            StageInput::Data(envelope, message) => {
+                use tidegate_plugin_sdk::Message as _;
+                let raw = message.raw();
+                let keep = header_len(raw)
+                    .saturating_add(self.body_bytes)
+                    .min(raw.len());
+                StageRecord::Data(DataRecord {
+                    envelope: convert::envelope_to(envelope),
+                    size: message.raw_size(),
+                    message: Bytes(raw[..keep].to_vec()),
+                    truncated: keep < raw.len(),
+                })
+            }
+        }
+    }
+
+    /// The calls collected so far (a replay reads them back).
+    pub fn calls(&self) -> &[CallRecord] {
+        &self.record.calls
+    }
+
+    /// The session ended: its record goes to the writer (a session no plugin was called
+    /// in writes nothing).
+    pub fn finish(self) {
+        if let Some(writer) = &self.writer
+            && !self.record.calls.is_empty()
+        {
+            writer.send(self.record);
+        }
+    }
+}
+
+/// The length of a message's header, its blank line included (the whole message when it
+/// has no body).
+fn header_len(raw: &[u8]) -> usize {
+    let crlf = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+    let lf = raw.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => raw.len(),
+    }
+}
+
+/// A listener's records writer: a thread that owns the files.
+#[derive(Debug)]
+pub struct RecordWriter {
+    queue: SyncSender<SessionRecord>,
+    metrics: Arc<Metrics>,
+    /// How much of a body is recorded.
+    pub body_bytes: u64,
+}
+
+impl RecordWriter {
+    /// Creates the records directory and starts the writer.
+    pub fn start(config: &RecordConfig, metrics: Arc<Metrics>) -> std::io::Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.path)?;
+        let (queue, received) = std::sync::mpsc::sync_channel(QUEUE);
+        let files = Files {
+            dir: config.path.clone(),
+            max_file_bytes: config.max_file_bytes,
+            keep_files: usize::try_from(config.keep_files).unwrap_or(usize::MAX),
+            current: None,
+            written: 0,
+            sequence: 0,
+        };
+        let thread_metrics = Arc::clone(&metrics);
+        std::thread::Builder::new()
+            .name("tidegate-records".into())
+            .spawn(move || write_loop(received, files, &thread_metrics))?;
+        Ok(Arc::new(RecordWriter {
+            queue,
+            metrics,
+            body_bytes: config.body_bytes,
+        }))
+    }
+
+    /// Hands a finished session to the writer, or drops and counts it when the writer is
+    /// behind: a session never waits for a disk.
+    pub fn send(&self, record: SessionRecord) {
+        match self.queue.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.metrics.records_dropped.inc();
+            }
+        }
+    }
+}
+
+/// The records files of one directory.
+struct Files {
+    dir: PathBuf,
+    max_file_bytes: u64,
+    keep_files: usize,
+    current: Option<std::io::BufWriter<std::fs::File>>,
+    written: u64,
+    sequence: u32,
+}
+
+impl Files {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
+        let length = line.len() as u64 + 1;
+        if self.current.is_some() && self.written + length > self.max_file_bytes {
+            self.rotate()?;
+        }
+        if self.current.is_none() {
+            self.open()?;
+        }
+        if let Some(file) = self.current.as_mut() {
+            file.write_all(line)?;
+            file.write_all(b"\n")?;
+            self.written += length;
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        if let Some(mut file) = self.current.take() {
+            file.flush()?;
+        }
+        Ok(())
+    }
+
+    fn open(&mut self) -> std::io::Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        self.sequence = self.sequence.wrapping_add(1);
+        // Fixed-width numbers: name order is age order (what readers and pruning rely on).
+        let name = format!("records-{now:015}-{:06}.jsonl", self.sequence % 1_000_000);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(name))?;
+        self.current = Some(std::io::BufWriter::with_capacity(64 * 1024, file));
+        self.written = 0;
+        prune(&self.dir, self.keep_files);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.current.as_mut() {
+            Some(file) => file.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Deletes the oldest records files past `keep` (the one just opened counts).
+fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("records-") && n.ends_with(".jsonl"))
+        })
+        .collect();
+    files.sort();
+    let excess = files.len().saturating_sub(keep);
+    for old in &files[..excess] {
+        if let Err(e) = std::fs::remove_file(old) {
+            tracing::warn!(file = %old.display(), error = %e, "cannot delete an old records file");
+        }
+    }
+}
+
+fn write_loop(received: Receiver<SessionRecord>, mut files: Files, metrics: &Metrics) {
+    let mut failing = false;
+    let mut write = |files: &mut Files, record: SessionRecord| {
+        let result = serde_json::to_vec(&record)
+            .map_err(std::io::Error::other)
+            .and_then(|line| files.write(&line));
+        match result {
+            Ok(()) => {
+                metrics.records_written.inc();
+                failing = false;
+            }
+            Err(e) => {
+                metrics.records_dropped.inc();
+                if !failing {
+                    tracing::warn!(dir = %files.dir.display(), error = %e, "cannot write session records, dropping them");
+                }
+                failing = true;
+                files.current = None;
+            }
+        }
+    };
+    while let Ok(record) = received.recv() {
+        write(&mut files, record);
+        // Whatever else is waiting goes in the same buffered write, then one flush.
+        while let Ok(record) = received.try_recv() {
+            write(&mut files, record);
+        }
+        if let Err(e) = files.flush() {
+            tracing::warn!(dir = %files.dir.display(), error = %e, "cannot flush session records");
+            files.current = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_ends_at_the_first_blank_line() {
+        assert_eq!(header_len(b"A: b\r\n\r\nbody"), 8);
+        assert_eq!(header_len(b"A: b\n\nbody"), 6);
+        assert_eq!(header_len(b"A: b\r\n"), 6);
+    }
+
+    #[test]
+    fn a_records_directory_rotates_by_size_and_keeps_its_bound() {
+        let dir = std::env::temp_dir().join(format!("tidegate-records-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut files = Files {
+            dir: dir.clone(),
+            max_file_bytes: 100,
+            keep_files: 3,
+            current: None,
+            written: 0,
+            sequence: 0,
+        };
+        for _ in 0..10 {
+            files.write(&[b'x'; 60]).unwrap();
+        }
+        files.flush().unwrap();
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(names.len(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
