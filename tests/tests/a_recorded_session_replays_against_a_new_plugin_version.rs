@@ -210,3 +210,181 @@ fn a_records_directory_rotates_by_size_and_keeps_its_last_files() {
         assert!(size <= 4096, "{} is {size} bytes", file.display());
     }
 }
+
+fn users_line(user: &str, password: &str) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new(binary())
+        .args(["hash-password", "--user", user])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run hash-password");
+    writeln!(child.stdin.take().expect("stdin"), "{password}").expect("write the password");
+    let output = child.wait_with_output().expect("hash-password");
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+/// `AUTH PLAIN` initial response: base64 of NUL user NUL password.
+fn plain(user: &str, password: &str) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let raw = format!("\0{user}\0{password}");
+    let mut out = String::new();
+    for chunk in raw.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn replay_plugin(
+    records: &Path,
+    file: &str,
+    name: &str,
+    config: &serde_json::Value,
+) -> (Option<i32>, String) {
+    let config_file = records
+        .parent()
+        .expect("a parent")
+        .join(format!("{name}.json"));
+    std::fs::write(&config_file, config.to_string()).expect("write the config");
+    let output = Command::new(binary())
+        .arg("replay")
+        .arg("--plugin")
+        .arg(plugin_dist().join(file))
+        .arg("--config")
+        .arg(&config_file)
+        .arg("--records")
+        .arg(records)
+        .args(["--as", name])
+        .output()
+        .expect("run tidegate replay");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), text)
+}
+
+#[test]
+fn kv_answers_are_replayed_and_no_password_is_recorded() {
+    const PASSWORD: &str = "s3cret-pass-phrase";
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let users = dir.path().join("users.txt");
+    std::fs::write(&users, users_line("alice@example.test", PASSWORD)).expect("users file");
+    let config = GatewayConfig {
+        plugins: vec![
+            PluginEntry::new("auth-check", "test_plugin.wasm").config(r#"mode = "auth""#),
+            PluginEntry::new("rate-limit", "rate_limit.wasm")
+                .config(r#"per_ip = { limit = 2, window = "1m" }"#),
+        ],
+        ..GatewayConfig::default()
+    };
+    let mut text = config.render().replacen(
+        "verify = []\n",
+        "verify = []\nrecord = { path = \"records\", body_bytes = 16 }\n",
+        1,
+    );
+    text.push_str(&format!(
+        "\n[auth]\nusers_file = {:?}\nallow_plaintext = true\n",
+        users.display().to_string()
+    ));
+    let gateway = Gateway::start_with_text(&text, 1);
+
+    let mut client = SmtpClient::connect(gateway.addr());
+    client.command("EHLO client.example.org").expect_code(250);
+    client
+        .command(&format!("AUTH PLAIN {}", plain("alice@example.test", PASSWORD)))
+        .expect(235, "2.7.0");
+    let body = "a body line that is longer than sixteen octets\r\n".repeat(4);
+    for _ in 0..2 {
+        client
+            .send_mail(
+                "alice@example.test",
+                &["bob@example.test"],
+                &sample_message("counted", &body),
+            )
+            .expect(250, "2.0.0");
+    }
+    client
+        .command("MAIL FROM:<alice@example.test>")
+        .expect(250, "2.1.0");
+    client
+        .command("RCPT TO:<bob@example.test>")
+        .expect(451, "4.7.1");
+    client.command("QUIT");
+    drop(client);
+
+    let records_dir = gateway.dir().join("records");
+    let session = records(&records_dir, 1).remove(0);
+    let text = session.to_string();
+    assert!(
+        !text.contains(PASSWORD) && !text.contains(&plain("alice@example.test", PASSWORD)),
+        "the password is in the record: {text}"
+    );
+    let calls = session["calls"].as_array().expect("calls");
+    let auth = calls
+        .iter()
+        .find(|c| c["input"]["auth"].is_object())
+        .expect("the on-auth call");
+    assert_eq!(auth["input"]["auth"]["username"], "alice@example.test");
+    assert!(auth["input"]["auth"].get("password").is_none(), "{auth}");
+    let data = calls
+        .iter()
+        .find(|c| c["input"]["data"].is_object() && c["plugin"] == "rate-limit")
+        .expect("an on-data call");
+    assert_eq!(data["session"]["auth_identity"], "alice@example.test");
+    assert_eq!(data["input"]["data"]["truncated"], true, "{data}");
+    let kept = data["input"]["data"]["message"].as_str().expect("text");
+    let size = data["input"]["data"]["size"].as_u64().expect("size");
+    assert!(kept.ends_with(&body[..16]), "{kept:?}");
+    assert!((kept.len() as u64) < size, "{kept:?} of {size}");
+    assert!(
+        text.contains(r#""call":"kv-incr""#) && text.contains(r#""call":"kv-get""#),
+        "the KV answers are not in the record: {text}"
+    );
+
+    // The replay's own KV store is empty: only the recorded answers make the third
+    // message's RCPT come out deferred again.
+    let same = serde_json::json!({ "per_ip": { "limit": 2, "window": "1m" } });
+    let (code, out) = replay_plugin(&records_dir, "rate_limit.wasm", "rate-limit", &same);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("0 different, 0 answers not in the recording"), "{out}");
+    // The same session recorded twice: a replay counting in a KV store of its own would
+    // find the second one over the limit at its first message.
+    let twice = dir.path().join("twice.jsonl");
+    let line = session.to_string();
+    std::fs::write(&twice, format!("{line}\n{line}\n")).expect("write twice.jsonl");
+    let (code, out) = replay_plugin(&twice, "rate_limit.wasm", "rate-limit", &same);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("2 sessions, 12 calls replayed: 12 same"), "{out}");
+    let (code, out) = replay_plugin(
+        &records_dir,
+        "test_plugin.wasm",
+        "auth-check",
+        &serde_json::json!({ "mode": "auth" }),
+    );
+    assert_eq!(code, Some(0), "{out}");
+
+    let raised = serde_json::json!({ "per_ip": { "limit": 5, "window": "1m" } });
+    let (code, out) = replay_plugin(&records_dir, "rate_limit.wasm", "rate-limit", &raised);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("on-rcpt-to:\n  - recorded: tempfail 451 4.7.1")
+            && out.contains("+ replayed: continue")
+            && out.contains("1 different"),
+        "{out}"
+    );
+}
