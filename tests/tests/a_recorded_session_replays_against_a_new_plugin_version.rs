@@ -306,7 +306,10 @@ fn kv_answers_are_replayed_and_no_password_is_recorded() {
     let mut client = SmtpClient::connect(gateway.addr());
     client.command("EHLO client.example.org").expect_code(250);
     client
-        .command(&format!("AUTH PLAIN {}", plain("alice@example.test", PASSWORD)))
+        .command(&format!(
+            "AUTH PLAIN {}",
+            plain("alice@example.test", PASSWORD)
+        ))
         .expect(235, "2.7.0");
     let body = "a body line that is longer than sixteen octets\r\n".repeat(4);
     for _ in 0..2 {
@@ -361,7 +364,10 @@ fn kv_answers_are_replayed_and_no_password_is_recorded() {
     let same = serde_json::json!({ "per_ip": { "limit": 2, "window": "1m" } });
     let (code, out) = replay_plugin(&records_dir, "rate_limit.wasm", "rate-limit", &same);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("0 different, 0 answers not in the recording"), "{out}");
+    assert!(
+        out.contains("0 different, 0 answers not in the recording"),
+        "{out}"
+    );
     // The same session recorded twice: a replay counting in a KV store of its own would
     // find the second one over the limit at its first message.
     let twice = dir.path().join("twice.jsonl");
@@ -369,7 +375,10 @@ fn kv_answers_are_replayed_and_no_password_is_recorded() {
     std::fs::write(&twice, format!("{line}\n{line}\n")).expect("write twice.jsonl");
     let (code, out) = replay_plugin(&twice, "rate_limit.wasm", "rate-limit", &same);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("2 sessions, 12 calls replayed: 12 same"), "{out}");
+    assert!(
+        out.contains("2 sessions, 12 calls replayed: 12 same"),
+        "{out}"
+    );
     let (code, out) = replay_plugin(
         &records_dir,
         "test_plugin.wasm",
