@@ -459,25 +459,37 @@ impl Recording {
         for file in files {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| LoadError(format!("{}: {e}", file.display())))?;
-            for (number, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let place = format!("{}:{}", file.display(), number + 1);
-                let value: serde_json::Value = serde_json::from_str(line)
-                    .map_err(|e| LoadError(format!("{place}: not JSON: {e}")))?;
-                let version = value.get("version").and_then(serde_json::Value::as_u64);
-                if version != Some(u64::from(FORMAT_VERSION)) {
-                    return Err(LoadError(format!(
-                        "{place}: record version {version:?}, this reader knows {FORMAT_VERSION}"
-                    )));
-                }
-                let session: SessionRecord = serde_json::from_value(value)
-                    .map_err(|e| LoadError(format!("{place}: {e}")))?;
-                recording.sessions.push((place, session));
-            }
+            recording.add_lines(&file.display().to_string(), &text)?;
         }
         Ok(recording)
+    }
+
+    /// Reads records from text (JSON lines); `source` names it in places and errors.
+    pub fn from_lines(source: &str, text: &str) -> Result<Recording, LoadError> {
+        let mut recording = Recording::default();
+        recording.add_lines(source, text)?;
+        Ok(recording)
+    }
+
+    fn add_lines(&mut self, source: &str, text: &str) -> Result<(), LoadError> {
+        for (number, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let place = format!("{source}:{}", number + 1);
+            let value: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| LoadError(format!("{place}: not JSON: {e}")))?;
+            let version = value.get("version").and_then(serde_json::Value::as_u64);
+            if version != Some(u64::from(FORMAT_VERSION)) {
+                return Err(LoadError(format!(
+                    "{place}: record version {version:?}, this reader knows {FORMAT_VERSION}"
+                )));
+            }
+            let session: SessionRecord =
+                serde_json::from_value(value).map_err(|e| LoadError(format!("{place}: {e}")))?;
+            self.sessions.push((place, session));
+        }
+        Ok(())
     }
 
     /// The calls of `plugin` in the recording.
