@@ -2250,6 +2250,27 @@ command_timeout_secs = 300
     }
 
     #[test]
+    fn a_listeners_record_is_read_with_its_defaults_and_checked() {
+        let text = EXAMPLE.replace(
+            "protocol = \"smtp\"            # later also \"submission\" and \"smtps\"",
+            "protocol = \"smtp\"\nrecord = { path = \"var/records\", body_bytes = 65536 }",
+        );
+        let config = parse(&text).expect("record parses");
+        let record = config.listeners[0].record.as_ref().expect("record");
+        assert_eq!(record.path, Path::new("var/records"));
+        assert_eq!(
+            (record.body_bytes, record.max_file_bytes, record.keep_files),
+            (65536, 64 * 1024 * 1024, 10)
+        );
+
+        let err = parse(&text.replace("body_bytes = 65536", "keep_files = 0")).unwrap_err();
+        assert_eq!(err.key, "listener[0].record.keep_files", "{err}");
+        assert_eq!(err.line, Some(8), "{err}");
+        let err = parse(&text.replace("body_bytes", "body_size")).unwrap_err();
+        assert!(err.message.contains("body_size"), "{err}");
+    }
+
+    #[test]
     fn cross_key_problems_point_at_a_line() {
         let text =
             format!("{EXAMPLE}\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2526\"\n");
