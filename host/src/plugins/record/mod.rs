@@ -359,6 +359,24 @@ mod tests {
     }
 
     #[test]
+    fn a_writer_that_cannot_keep_up_drops_and_counts_rather_than_wait() {
+        let metrics = Arc::new(Metrics::default());
+        // A writer whose thread never reads: the queue fills, then records are dropped.
+        let (queue, _stalled) = std::sync::mpsc::sync_channel(2);
+        let writer = RecordWriter {
+            queue,
+            metrics: Arc::clone(&metrics),
+            body_bytes: 0,
+        };
+        let started = std::time::Instant::now();
+        for _ in 0..5 {
+            writer.send(SessionRecorder::new("mx", None, 0).record);
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(metrics.records_dropped.get(), 3);
+    }
+
+    #[test]
     fn a_records_directory_rotates_by_size_and_keeps_its_bound() {
         let dir = std::env::temp_dir().join(format!("tidegate-records-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
