@@ -17,6 +17,9 @@
 //!    "outcome":{"answer":{"verdict":{"reject":{"code":554,...}},"edits":[]}}}]}
 //! ```
 //!
+//! - A session with more than [`MAX_CALLS_PER_LINE`] calls (many messages in one
+//!   connection) continues on later lines with the same `id` and the next `part`; a
+//!   replay runs the parts of a session in one plugin instance.
 //! - `calls` are the plugin calls of the session's stages (on-connect to on-data), in the
 //!   order they ran: the plugin, the stage's input, what `session()`, `auth-results()` and
 //!   `tag()` answered during the call, every answer the host gave the call (DNS, KV reads
@@ -46,24 +49,40 @@ use crate::types::*;
 /// The format version this SDK writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// One SMTP session's plugin calls.
+/// One SMTP session's plugin calls (or a part of them: a long session is written in
+/// parts of at most [`MAX_CALLS_PER_LINE`] calls, consecutive lines with the same `id`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
     /// [`FORMAT_VERSION`].
     pub version: u32,
+    /// The session's id, the same in each of its parts.
+    #[serde(default)]
+    pub id: u64,
+    /// Which part of the session this line is (from 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub part: u32,
     /// The listener the session came in on.
     pub listener: String,
     /// When the session started, ms since the Unix epoch.
     pub started_ms: u64,
     /// The plugin calls, in order.
     pub calls: Vec<CallRecord>,
-    /// Calls not recorded because the session had more than the bound.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub calls_dropped: u32,
 }
+
+/// The most calls one line holds; a longer session continues on the next line.
+pub const MAX_CALLS_PER_LINE: usize = 256;
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+impl SessionRecord {
+    /// Whether this line continues the session of `previous` (a replay keeps one plugin
+    /// instance over a session's parts, as the gateway did).
+    pub fn continues(&self, previous: Option<&SessionRecord>) -> bool {
+        self.part > 0
+            && previous.is_some_and(|p| p.id == self.id && p.part.checked_add(1) == Some(self.part))
+    }
 }
 
 /// One call of one plugin at one stage.

@@ -540,7 +540,17 @@ impl Recording {
         config: serde_json::Value,
     ) -> Result<Report, String> {
         let mut report = Report::default();
+        let host = ReplayHost {
+            config: config.to_string(),
+            call: RefCell::new(None),
+            tape: RefCell::new(Tape::default()),
+            tags: RefCell::new(Default::default()),
+        };
+        let mut plugin: Option<P> = None;
+        let mut previous = None;
         for (place, session) in &self.sessions {
+            let continued = session.continues(previous);
+            previous = Some(session);
             let calls: Vec<(usize, &CallRecord)> = session
                 .calls
                 .iter()
@@ -550,19 +560,21 @@ impl Recording {
             if calls.is_empty() {
                 continue;
             }
-            report.sessions += 1;
-            let host = ReplayHost {
-                config: config.to_string(),
-                call: RefCell::new(None),
-                tape: RefCell::new(Tape::default()),
-                tags: RefCell::new(Default::default()),
+            // A fresh value per session, as a gateway instance starts each session anew;
+            // the parts of one session share it.
+            let plugin = match plugin.as_mut() {
+                Some(plugin) if continued => plugin,
+                _ => {
+                    report.sessions += 1;
+                    *host.call.borrow_mut() = None;
+                    plugin.insert(P::init(&host)?)
+                }
             };
-            let mut plugin = P::init(&host)?;
             for (index, call) in calls {
                 *host.tape.borrow_mut() = Tape::new(&call.answers, session.started_ms);
                 host.tags.borrow_mut().clone_from(&call.tags);
                 *host.call.borrow_mut() = Some(call.clone());
-                let replayed = replay_call(&mut plugin, &host, &call.input);
+                let replayed = replay_call(plugin, &host, &call.input);
                 report.misses += host.tape.borrow().misses();
                 report.compare(place, index, call, replayed);
             }

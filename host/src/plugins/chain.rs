@@ -739,8 +739,8 @@ impl SessionPlugins {
     }
 
     /// The session's record so far.
-    pub fn recorder(&self) -> Option<&super::record::SessionRecorder> {
-        self.recorder.as_ref()
+    pub fn recorder_mut(&mut self) -> Option<&mut super::record::SessionRecorder> {
+        self.recorder.as_mut()
     }
 
     /// In a replay: the next call's host answers come from this tape.

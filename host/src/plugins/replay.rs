@@ -26,7 +26,11 @@ pub async fn replay(
 ) -> Report {
     let mut report = Report::default();
     let chain = Arc::new(Chain::of_plugins(vec![Arc::clone(&plugin)]));
+    let mut current: Option<SessionPlugins> = None;
+    let mut previous = None;
     for (place, session) in &recording.sessions {
+        let continued = session.continues(previous);
+        previous = Some(session);
         let calls: Vec<_> = session
             .calls
             .iter()
@@ -36,10 +40,24 @@ pub async fn replay(
         if calls.is_empty() {
             continue;
         }
-        report.sessions += 1;
-        let mut plugins =
-            SessionPlugins::new(Arc::clone(&chain), Arc::clone(engine), Arc::clone(services));
-        plugins.set_recorder(SessionRecorder::new(&session.listener, None, u64::MAX));
+        // The parts of one session run in one plugin session, as they did.
+        let plugins = match current.as_mut() {
+            Some(plugins) if continued => plugins,
+            _ => {
+                if let Some(mut done) = current.take() {
+                    report.misses += done.recorder_mut().map_or(0, |r| r.misses);
+                    done.release();
+                }
+                report.sessions += 1;
+                let mut plugins = SessionPlugins::new(
+                    Arc::clone(&chain),
+                    Arc::clone(engine),
+                    Arc::clone(services),
+                );
+                plugins.set_recorder(SessionRecorder::new(&session.listener, None, u64::MAX));
+                current.insert(plugins)
+            }
+        };
         for (index, call) in calls {
             plugins.set_session(convert::session_from(&call.session));
             plugins.set_auth_results(
@@ -50,16 +68,18 @@ pub async fn replay(
             );
             plugins.set_replay_tape(Tape::new(&call.answers, session.started_ms));
             let mut tags = call.tags.clone();
-            let before = plugins.recorder().map_or(0, |r| r.calls().len());
             plugins.run(stage_input(&call.input), &mut tags).await;
+            // Each replayed call is read back at once (one chain element: at most one).
             let replayed = plugins
-                .recorder()
-                .and_then(|r| r.calls().get(before))
-                .map_or(Outcome::NotCalled, |c| c.outcome.clone());
+                .recorder_mut()
+                .and_then(SessionRecorder::take_last)
+                .unwrap_or(Outcome::NotCalled);
             report.compare(place, index, call, replayed);
         }
-        report.misses += plugins.recorder().map_or(0, |r| r.misses);
-        plugins.release();
+    }
+    if let Some(mut done) = current {
+        report.misses += done.recorder_mut().map_or(0, |r| r.misses);
+        done.release();
     }
     report
 }

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
 use tidegate_plugin_sdk::record::{
-    Answer, Bytes, CallRecord, DataRecord, FORMAT_VERSION, Outcome, SessionRecord, StageRecord,
-    Tape,
+    Answer, Bytes, CallRecord, DataRecord, FORMAT_VERSION, MAX_CALLS_PER_LINE, Outcome,
+    SessionRecord, StageRecord, Tape,
 };
 
 use super::bindings::tidegate::plugin::types as w;
@@ -30,8 +30,8 @@ use crate::metrics::Metrics;
 /// The most answers recorded for one call (a plugin's DNS and KV calls are bounded by
 /// its budgets; this bounds the rest).
 const MAX_ANSWERS_PER_CALL: usize = 256;
-/// The most calls recorded for one session; more are counted in `calls_dropped`.
-const MAX_CALLS_PER_SESSION: usize = 1024;
+/// Sessions recorded by this process, for their ids.
+static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// Finished sessions waiting for the writer; past this they are dropped.
 const QUEUE: usize = 1024;
 
@@ -81,13 +81,16 @@ impl SessionRecorder {
         let started_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let count = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         SessionRecorder {
             record: SessionRecord {
                 version: FORMAT_VERSION,
+                // Unique enough: lines of one session follow each other in a file.
+                id: started_ms.wrapping_mul(1000).wrapping_add(count % 1000),
+                part: 0,
                 listener: listener.to_owned(),
                 started_ms,
                 calls: Vec::new(),
-                calls_dropped: 0,
             },
             body_bytes: usize::try_from(body_bytes).unwrap_or(usize::MAX),
             writer,
@@ -116,10 +119,6 @@ impl SessionRecorder {
             }
             None => Vec::new(),
         };
-        if self.record.calls.len() >= MAX_CALLS_PER_SESSION {
-            self.record.calls_dropped = self.record.calls_dropped.saturating_add(1);
-            return;
-        }
         let outcome = match result {
             Ok(response) => Outcome::Answer(convert::response_to(response)),
             Err(error) => Outcome::Failed(error.kind.as_str().to_owned()),
@@ -133,6 +132,21 @@ impl SessionRecorder {
             answers,
             outcome,
         });
+        // A long session (many messages on one connection) is written in parts, so a line
+        // and what waits in memory for it stay bounded.
+        if let Some(writer) = &self.writer
+            && self.record.calls.len() >= MAX_CALLS_PER_LINE
+        {
+            let next = SessionRecord {
+                version: self.record.version,
+                id: self.record.id,
+                part: self.record.part.saturating_add(1),
+                listener: self.record.listener.clone(),
+                started_ms: self.record.started_ms,
+                calls: Vec::new(),
+            };
+            writer.send(std::mem::replace(&mut self.record, next));
+        }
     }
 
     fn stage(&self, input: &StageInput) -> StageRecord {
@@ -158,9 +172,9 @@ impl SessionRecorder {
         }
     }
 
-    /// The calls collected so far (a replay reads them back).
-    pub fn calls(&self) -> &[CallRecord] {
-        &self.record.calls
+    /// Takes the outcome of the last call recorded (a replay reads each back).
+    pub fn take_last(&mut self) -> Option<Outcome> {
+        self.record.calls.pop().map(|c| c.outcome)
     }
 
     /// The session ended: its record goes to the writer (a session no plugin was called
@@ -374,6 +388,45 @@ mod tests {
         }
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
         assert_eq!(metrics.records_dropped.get(), 3);
+    }
+
+    #[test]
+    fn a_long_session_is_written_in_parts_that_replay_as_one_session() {
+        let (queue, written) = std::sync::mpsc::sync_channel(10);
+        let writer = Arc::new(RecordWriter {
+            queue,
+            metrics: Arc::new(Metrics::default()),
+            body_bytes: 0,
+        });
+        let mut recorder = SessionRecorder::new("mx", Some(writer), 0);
+        let input = StageInput::Helo(w::HeloInfo {
+            name: "client.example.org".into(),
+            extended: true,
+        });
+        let answer = w::Response {
+            verdict: w::Verdict::Continue,
+            edits: Vec::new(),
+        };
+        let session = super::super::services::no_session();
+        for _ in 0..MAX_CALLS_PER_LINE + 10 {
+            recorder.call(
+                "p",
+                &input,
+                &session,
+                &[],
+                &BTreeMap::new(),
+                None,
+                Ok(&answer),
+            );
+        }
+        recorder.finish();
+        let first = written.try_recv().expect("the first part");
+        let second = written.try_recv().expect("the second part");
+        assert_eq!((first.part, first.calls.len()), (0, MAX_CALLS_PER_LINE));
+        assert_eq!((second.part, second.calls.len()), (1, 10));
+        assert_eq!(first.id, second.id);
+        assert!(second.continues(Some(&first)));
+        assert!(!first.continues(None));
     }
 
     #[test]
