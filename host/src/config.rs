@@ -1160,7 +1160,7 @@ pub struct ListenerConfig {
 
 /// `record = { path = "var/records", body_bytes = 65536 }` in a `[[listener]]`: where and
 /// how much of its sessions' plugin calls are written (format: `tidegate_plugin_sdk::record`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordConfig {
     /// The records directory; relative to the configuration file.
@@ -1174,6 +1174,13 @@ pub struct RecordConfig {
     /// Records files kept; the oldest is deleted past it.
     #[serde(default = "default_record_keep_files")]
     pub keep_files: u32,
+    /// The fraction of sessions recorded (evenly spread: 0.1 is every tenth).
+    #[serde(default = "default_record_sample")]
+    pub sample: f64,
+}
+
+fn default_record_sample() -> f64 {
+    1.0
 }
 
 fn default_record_body_bytes() -> u64 {
@@ -1773,6 +1780,12 @@ impl Config {
                         "between 4096 and 1 TiB".into(),
                     ));
                 }
+                if !(record.sample > 0.0 && record.sample <= 1.0) {
+                    return Err((
+                        format!("listener[{i}].record.sample"),
+                        "a fraction of sessions above 0 and at most 1".into(),
+                    ));
+                }
                 if !(1..=10_000).contains(&record.keep_files) {
                     return Err((
                         format!("listener[{i}].record.keep_files"),
@@ -2266,6 +2279,8 @@ command_timeout_secs = 300
         let err = parse(&text.replace("body_bytes = 65536", "keep_files = 0")).unwrap_err();
         assert_eq!(err.key, "listener[0].record.keep_files", "{err}");
         assert_eq!(err.line, Some(8), "{err}");
+        let err = parse(&text.replace("body_bytes = 65536", "sample = 0.0")).unwrap_err();
+        assert_eq!(err.key, "listener[0].record.sample", "{err}");
         let err = parse(&text.replace("body_bytes", "body_size")).unwrap_err();
         assert!(err.message.contains("body_size"), "{err}");
     }

@@ -140,7 +140,7 @@ impl PluginHost {
             .unwrap_or_default();
         let mut plugins =
             SessionPlugins::new(chain, Arc::clone(&self.engine), Arc::clone(&self.services));
-        if let Some(writer) = self.recorders.get(listener) {
+        if let Some(writer) = self.recorders.get(listener).filter(|w| w.sampled()) {
             plugins.set_recorder(record::SessionRecorder::new(
                 listener,
                 Some(Arc::clone(writer)),

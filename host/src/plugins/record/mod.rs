@@ -207,6 +207,8 @@ pub struct RecordWriter {
     metrics: Arc<Metrics>,
     /// How much of a body is recorded.
     pub body_bytes: u64,
+    sample: f64,
+    sessions: std::sync::atomic::AtomicU64,
 }
 
 impl RecordWriter {
@@ -230,7 +232,18 @@ impl RecordWriter {
             queue,
             metrics,
             body_bytes: config.body_bytes,
+            sample: config.sample,
+            sessions: std::sync::atomic::AtomicU64::new(0),
         }))
+    }
+
+    /// Whether a new session is recorded: `sample` of them, evenly spread (the n-th is
+    /// when n x sample passes a whole number), with no randomness to make a test flaky.
+    pub fn sampled(&self) -> bool {
+        let n = self
+            .sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed) as f64;
+        ((n + 1.0) * self.sample).floor() > (n * self.sample).floor()
     }
 
     /// Hands a finished session to the writer, or drops and counts it when the writer is
@@ -381,7 +394,11 @@ mod tests {
             queue,
             metrics: Arc::clone(&metrics),
             body_bytes: 0,
+            sample: 0.25,
+            sessions: std::sync::atomic::AtomicU64::new(0),
         };
+        let sampled = (0..100).filter(|_| writer.sampled()).count();
+        assert_eq!(sampled, 25);
         let started = std::time::Instant::now();
         for _ in 0..5 {
             writer.send(SessionRecorder::new("mx", None, 0).record);
@@ -397,6 +414,8 @@ mod tests {
             queue,
             metrics: Arc::new(Metrics::default()),
             body_bytes: 0,
+            sample: 1.0,
+            sessions: std::sync::atomic::AtomicU64::new(0),
         });
         let mut recorder = SessionRecorder::new("mx", Some(writer), 0);
         let input = StageInput::Helo(w::HeloInfo {
