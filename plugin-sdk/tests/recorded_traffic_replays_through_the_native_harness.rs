@@ -106,3 +106,44 @@ fn a_record_of_an_unknown_version_is_refused_with_its_place() {
     assert!(error.to_string().contains("records-1.jsonl:1"), "{error}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Counts the session's recipients in a tag: state that lives across a session's calls.
+struct Counter {
+    seen: u32,
+}
+
+impl Plugin for Counter {
+    fn init(_host: &dyn Host) -> Result<Self, String> {
+        Ok(Counter { seen: 0 })
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            rcpt_to: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn on_rcpt_to(&mut self, _host: &dyn Host, _info: &RcptToInfo) -> Response {
+        self.seen += 1;
+        Response::next().tag("seen", &self.seen.to_string())
+    }
+}
+
+fn rcpt_line(id: u64, part: u32, seen: u32) -> String {
+    format!(
+        r#"{{"version":1,"id":{id},"part":{part},"listener":"mx","started_ms":0,"calls":[{{"plugin":"counter","input":{{"rcpt-to":{{"recipient":"bob@example.test","params":[]}}}},"session":{{"client_ip":"192.0.2.1","client_port":1,"listener":"mx","reverse_dns":null,"helo":null,"tls":null,"auth_identity":null}},"outcome":{{"answer":{{"verdict":"continue","edits":[{{"set-tag":["seen","{seen}"]}}]}}}}}}]}}"#
+    )
+}
+
+#[test]
+fn the_parts_of_a_long_session_replay_in_one_plugin_value() {
+    // Session 7 in two parts (its second recipient counted 2), then session 8 anew.
+    let text = [rcpt_line(7, 0, 1), rcpt_line(7, 1, 2), rcpt_line(8, 0, 1)].join("\n");
+    let recording = Recording::from_lines("parts", &text).expect("parses");
+    let report = recording
+        .replay::<Counter>("counter", serde_json::json!({}))
+        .expect("replay");
+    assert!(report.is_identical(), "{}", report.render());
+    assert_eq!((report.sessions, report.calls), (2, 3));
+}
