@@ -1246,6 +1246,46 @@ pub struct ListenerConfig {
     /// closed. Required with `proxy_protocol`.
     #[serde(default)]
     pub proxy_trusted: Vec<ipnet::IpNet>,
+    /// Record the plugin calls of this listener's sessions for `tidegate replay`.
+    #[serde(default)]
+    pub record: Option<RecordConfig>,
+}
+
+/// `record = { path = "var/records", body_bytes = 65536 }` in a `[[listener]]`: where and
+/// how much of its sessions' plugin calls are written (format: `tidegate_plugin_sdk::record`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    /// The records directory; relative to the configuration file.
+    pub path: PathBuf,
+    /// How much of a message's body (after its header) is recorded.
+    #[serde(default = "default_record_body_bytes")]
+    pub body_bytes: u64,
+    /// A records file is closed and a new one started past this size.
+    #[serde(default = "default_record_max_file_bytes")]
+    pub max_file_bytes: u64,
+    /// Records files kept; the oldest is deleted past it.
+    #[serde(default = "default_record_keep_files")]
+    pub keep_files: u32,
+    /// The fraction of sessions recorded (evenly spread: 0.1 is every tenth).
+    #[serde(default = "default_record_sample")]
+    pub sample: f64,
+}
+
+fn default_record_sample() -> f64 {
+    1.0
+}
+
+fn default_record_body_bytes() -> u64 {
+    65_536
+}
+
+fn default_record_max_file_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+fn default_record_keep_files() -> u32 {
+    10
 }
 
 /// A sender authentication check.
@@ -1645,6 +1685,15 @@ impl Config {
         if config.plugins.cache_dir.is_relative() {
             config.plugins.cache_dir = base.join(&config.plugins.cache_dir);
         }
+        for record in config
+            .listeners
+            .iter_mut()
+            .filter_map(|l| l.record.as_mut())
+        {
+            if record.path.is_relative() {
+                record.path = base.join(&record.path);
+            }
+        }
         if let Some(tls) = &mut config.tls {
             tls.resolve_paths(base);
         }
@@ -1822,6 +1871,32 @@ impl Config {
                     format!("listener[{i}].protocol"),
                     "`submission` and `smtps` listeners require AUTH: add an [auth] table".into(),
                 ));
+            }
+            if let Some(record) = &listener.record {
+                if record.body_bytes > 16 * 1024 * 1024 {
+                    return Err((
+                        format!("listener[{i}].record.body_bytes"),
+                        "at most 16777216 (16 MiB)".into(),
+                    ));
+                }
+                if !(4096..=(1 << 40)).contains(&record.max_file_bytes) {
+                    return Err((
+                        format!("listener[{i}].record.max_file_bytes"),
+                        "between 4096 and 1 TiB".into(),
+                    ));
+                }
+                if !(record.sample > 0.0 && record.sample <= 1.0) {
+                    return Err((
+                        format!("listener[{i}].record.sample"),
+                        "a fraction of sessions above 0 and at most 1".into(),
+                    ));
+                }
+                if !(1..=10_000).contains(&record.keep_files) {
+                    return Err((
+                        format!("listener[{i}].record.keep_files"),
+                        "between 1 and 10000".into(),
+                    ));
+                }
             }
             if listener.proxy_protocol && listener.proxy_trusted.is_empty() {
                 return Err((
@@ -2344,6 +2419,29 @@ command_timeout_secs = 300
         let err = parse(&text).unwrap_err();
         assert!(err.key.starts_with("relay.relay_networks"), "{err}");
         assert_eq!(err.line, Some(14), "{err}");
+    }
+
+    #[test]
+    fn a_listeners_record_is_read_with_its_defaults_and_checked() {
+        let text = EXAMPLE.replace(
+            "protocol = \"smtp\"            # later also \"submission\" and \"smtps\"",
+            "protocol = \"smtp\"\nrecord = { path = \"var/records\", body_bytes = 65536 }",
+        );
+        let config = parse(&text).expect("record parses");
+        let record = config.listeners[0].record.as_ref().expect("record");
+        assert_eq!(record.path, Path::new("var/records"));
+        assert_eq!(
+            (record.body_bytes, record.max_file_bytes, record.keep_files),
+            (65536, 64 * 1024 * 1024, 10)
+        );
+
+        let err = parse(&text.replace("body_bytes = 65536", "keep_files = 0")).unwrap_err();
+        assert_eq!(err.key, "listener[0].record.keep_files", "{err}");
+        assert_eq!(err.line, Some(8), "{err}");
+        let err = parse(&text.replace("body_bytes = 65536", "sample = 0.0")).unwrap_err();
+        assert_eq!(err.key, "listener[0].record.sample", "{err}");
+        let err = parse(&text.replace("body_bytes", "body_size")).unwrap_err();
+        assert!(err.message.contains("body_size"), "{err}");
     }
 
     #[test]

@@ -110,6 +110,25 @@ enum Command {
         /// The new level.
         level: String,
     },
+    /// Replay recorded sessions (a listener's `record`) against a plugin version and print
+    /// the calls whose verdict or edits differ; exits 0 when none does, 1 otherwise.
+    Replay {
+        /// The plugin component to run.
+        #[arg(long, value_name = "FILE")]
+        plugin: PathBuf,
+        /// Its `[plugin.config]` as a JSON file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// A records file, or a listener's records directory.
+        #[arg(long, value_name = "PATH")]
+        records: PathBuf,
+        /// The plugin's name in the recording (default: the file's stem).
+        #[arg(long = "as", value_name = "NAME")]
+        name: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hash a password read from standard input (one line) for the SMTP AUTH users file.
     ///
     /// Prints the argon2id PHC string, or the whole `NAME:hash` users-file line with
@@ -439,6 +458,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", report.render());
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            plugin,
+            config,
+            records,
+            name,
+            json,
+        } => {
+            let settings = tidegate::cli::replay::ReplaySettings {
+                plugin,
+                config_json: config,
+                records,
+                name,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let report = runtime.block_on(tidegate::cli::replay::replay(&settings))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(if report.is_identical() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Queue { command } => {
             tidegate::cli::admin::queue(command)?;

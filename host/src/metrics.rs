@@ -222,6 +222,10 @@ pub struct Metrics {
     pub plugin_log_dropped: Family<PluginLabels, Counter>,
     /// Reloads that changed nothing because a plugin failed to load.
     pub plugin_reload_failures: Counter,
+    /// Session records written by `record` listeners.
+    pub records_written: Counter,
+    /// Session records dropped because the writer could not keep up (or could not write).
+    pub records_dropped: Counter,
     /// KV operations the backend (Redis) failed: unreachable, too slow, a bad reply.
     pub kv_backend_errors: Counter,
     /// Instances handed to sessions, new or recycled.
@@ -301,6 +305,8 @@ impl Metrics {
         let plugin_kv_bytes = Family::default();
         let plugin_log_dropped = Family::default();
         let plugin_reload_failures = Counter::default();
+        let records_written = Counter::default();
+        let records_dropped = Counter::default();
         let kv_backend_errors = Counter::default();
         let plugin_counters = Family::default();
         let plugin_http_calls = Family::default();
@@ -495,6 +501,16 @@ impl Metrics {
             plugin_reload_failures.clone(),
         );
         registry.register(
+            "records_written",
+            "Session records written by listeners with `record`",
+            records_written.clone(),
+        );
+        registry.register(
+            "records_dropped",
+            "Session records dropped because the record writer could not keep up or write",
+            records_dropped.clone(),
+        );
+        registry.register(
             "kv_backend_errors",
             "Plugin KV operations the backend (Redis) failed: unreachable, too slow, a bad reply",
             kv_backend_errors.clone(),
@@ -532,6 +548,8 @@ impl Metrics {
             plugin_kv_bytes,
             plugin_log_dropped,
             plugin_reload_failures,
+            records_written,
+            records_dropped,
             kv_backend_errors,
             plugin_instances,
             plugin_counters,

@@ -30,6 +30,13 @@ impl ParsedMessage {
         ParsedMessage { parsed, raw_len }
     }
 
+    /// The same message, saying it is `size` octets long: a message recorded cut short
+    /// (see [`crate::record`]) still tells a replayed plugin its real size.
+    pub fn with_size(mut self, size: u64) -> ParsedMessage {
+        self.raw_len = size;
+        self
+    }
+
     /// The raw octets.
     pub fn raw(&self) -> &[u8] {
         self.parsed.raw_message()

@@ -43,6 +43,8 @@ pub mod testing;
 pub mod check;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod inspect;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod record;
 
 pub use http::{HttpError, HttpRequest, HttpResponse, Method};
 pub use types::*;

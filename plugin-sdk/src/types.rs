@@ -4,7 +4,7 @@
 //! logic can be written and unit-tested natively without any WebAssembly in sight.
 
 /// An SMTP reply a plugin chooses: basic code, RFC 3463 enhanced code, text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Reply {
     /// 4xx for a temporary failure, 5xx for a permanent one.
     pub code: u16,
@@ -15,7 +15,8 @@ pub struct Reply {
 }
 
 /// What a plugin decides at a stage.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Verdict {
     /// No opinion: the next plugin in the chain decides.
     Continue,
@@ -64,7 +65,8 @@ impl Verdict {
 }
 
 /// A change a plugin asks the host to make.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Edit {
     /// Add a header field at the top of the message (on-data).
     AddHeader(String, String),
@@ -85,7 +87,7 @@ pub enum Edit {
 }
 
 /// A plugin's answer at a stage: a verdict and the edits to apply.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Response {
     /// The decision.
     pub verdict: Verdict,
@@ -149,7 +151,7 @@ pub struct Hooks {
 }
 
 /// TLS on the session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TlsInfo {
     /// `TLSv1.2` or `TLSv1.3`.
     pub version: String,
@@ -160,7 +162,7 @@ pub struct TlsInfo {
 }
 
 /// The session as the host knows it now (read-only).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct SessionInfo {
     /// The client's address.
     pub client_ip: String,
@@ -212,7 +214,8 @@ pub struct SessionSummary {
 }
 
 /// A sender authentication method (RFC 8601).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum AuthMethod {
     /// SPF for the MAIL FROM identity.
     Spf,
@@ -227,7 +230,8 @@ pub enum AuthMethod {
 }
 
 /// What a method found (RFC 8601 §2.7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum AuthVerdict {
     /// pass
     Pass,
@@ -248,7 +252,7 @@ pub enum AuthVerdict {
 }
 
 /// One method's result, as the gateway verified it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuthResult {
     /// The method.
     pub method: AuthMethod,
@@ -266,7 +270,8 @@ pub struct AuthResult {
 }
 
 /// Why a key/value write failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum KvError {
     /// The key or the value is over its size limit.
     TooLarge(String),
@@ -283,7 +288,7 @@ impl std::fmt::Display for KvError {
 }
 
 /// An ESMTP parameter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Param {
     /// The keyword, upper-cased.
     pub keyword: String,
@@ -292,7 +297,7 @@ pub struct Param {
 }
 
 /// A new connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConnectInfo {
     /// The client's IP address as text.
     pub client_ip: String,
@@ -307,7 +312,7 @@ pub struct ConnectInfo {
 }
 
 /// HELO or EHLO.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HeloInfo {
     /// The name the client gave.
     pub name: String,
@@ -340,7 +345,7 @@ impl std::fmt::Debug for AuthInfo {
 }
 
 /// MAIL FROM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MailFromInfo {
     /// The sender; `None` is the null reverse path `<>`.
     pub sender: Option<String>,
@@ -349,7 +354,7 @@ pub struct MailFromInfo {
 }
 
 /// RCPT TO.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RcptToInfo {
     /// The recipient.
     pub recipient: String,
@@ -358,7 +363,7 @@ pub struct RcptToInfo {
 }
 
 /// The envelope when the message data is complete.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Envelope {
     /// The sender; `None` is `<>`.
     pub sender: Option<String>,
@@ -417,7 +422,8 @@ pub struct Attachment {
 }
 
 /// DNS record types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RecordType {
     /// IPv4 addresses.
     A,
@@ -432,7 +438,8 @@ pub enum RecordType {
 }
 
 /// Why a DNS lookup failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DnsError {
     /// NXDOMAIN.
     NotFound,

@@ -119,6 +119,28 @@ mod tests {
         );
     }
 
+    /// Real traffic as a test case: a listener with `record = { path = "var/records" }`
+    /// writes what its plugins did; commit a records file and replay it here with
+    /// `Recording::load("tests/fixtures/recorded.jsonl")`. (This one is inline.)
+    #[test]
+    fn a_recorded_session_replays_the_same() {
+        use tidegate_plugin_sdk::testing::Recording;
+        let line = r#"{"version":1,"listener":"mx","started_ms":0,"calls":[{"plugin":"template",
+            "input":{"rcpt-to":{"recipient":"noreply@example.test","params":[]}},
+            "session":{"client_ip":"192.0.2.1","client_port":40000,"listener":"mx",
+              "reverse_dns":null,"helo":"client.example.org","tls":null,"auth_identity":null},
+            "outcome":{"answer":{"verdict":{"reject":{"code":550,"enhanced":"5.1.1",
+              "text":"This address does not take mail"}},"edits":[]}}}]}"#;
+        let recording = Recording::from_lines("inline", &line.replace('\n', "")).unwrap();
+        let report = recording
+            .replay::<Template>("template", json!({ "refuse_local_parts": ["noreply"] }))
+            .unwrap();
+        assert!(report.is_identical(), "{}", report.render());
+        // The same traffic against a configuration that refuses nothing: one difference.
+        let report = recording.replay::<Template>("template", json!({})).unwrap();
+        assert_eq!(report.differences.len(), 1, "{}", report.render());
+    }
+
     #[test]
     fn adds_a_header_at_data() {
         let mut session = Harness::<Template>::new(TestHost::new()).unwrap();

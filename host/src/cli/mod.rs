@@ -5,3 +5,4 @@ pub mod admin;
 pub mod dkim;
 pub mod kv;
 pub mod plugin;
+pub mod replay;

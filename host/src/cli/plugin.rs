@@ -481,7 +481,7 @@ pub struct CheckSettings {
 }
 
 /// The `[[plugin]]` settings to check `file` with.
-fn plugin_settings(
+pub(crate) fn plugin_settings(
     file: &Path,
     settings: &CheckSettings,
 ) -> anyhow::Result<(PluginConfig, PluginRuntimeConfig)> {

@@ -708,6 +708,12 @@ pub struct SessionPlugins {
     shadows: super::shadow::SessionShadows,
     /// What the session notes for its chain's canaries.
     canaries: super::canary::SessionCanaries,
+    /// A recorded (or replayed) session's record ([`super::record`]).
+    recorder: Option<super::record::SessionRecorder>,
+    /// In a replay: the recorded answers for the next call.
+    replay_tape: Option<tidegate_plugin_sdk::record::Tape>,
+    /// The host answers of the call that just returned, for the recorder.
+    last_tape: Option<super::record::CallTape>,
 }
 
 /// The most verdicts kept for one log line.
@@ -744,12 +750,30 @@ impl SessionPlugins {
             egress_choice: None,
             verdicts: Vec::new(),
             call_deadline: Instant::now(),
+            recorder: None,
+            replay_tape: None,
+            last_tape: None,
         }
     }
 
     /// What the session notes for the canaries it runs (or stands beside).
     pub fn set_canaries(&mut self, canaries: super::canary::SessionCanaries) {
         self.canaries = canaries;
+    }
+
+    /// Records this session's plugin calls (a `record` listener's, or a replay's).
+    pub fn set_recorder(&mut self, recorder: super::record::SessionRecorder) {
+        self.recorder = Some(recorder);
+    }
+
+    /// The session's record so far.
+    pub fn recorder_mut(&mut self) -> Option<&mut super::record::SessionRecorder> {
+        self.recorder.as_mut()
+    }
+
+    /// In a replay: the next call's host answers come from this tape.
+    pub fn set_replay_tape(&mut self, tape: tidegate_plugin_sdk::record::Tape) {
+        self.replay_tape = Some(tape);
     }
 
     /// The plugins' verdicts since the last call, as `plugin:hook=verdict` words (for the
@@ -1000,15 +1024,30 @@ impl SessionPlugins {
             return Step::Skip;
         }
         self.canaries.called(index);
+        self.last_tape = None;
         let result = self
             .timed(&plugin, hook.name(), deadline, |this| {
                 this.call(index, &plugin, input, tags)
             })
             .await;
-        let response = match result
+        let result = result
             .and_then(|r| validate(hook, r))
-            .and_then(|r| check_tag_room(r, tags))
-        {
+            .and_then(|r| check_tag_room(r, tags));
+        if let Some(recorder) = self.recorder.as_mut() {
+            let tape = self.last_tape.take();
+            let session = &self.session;
+            let auth = &self.auth_results;
+            recorder.call(
+                &plugin.name,
+                input,
+                session,
+                auth,
+                tags,
+                tape,
+                result.as_ref(),
+            );
+        }
+        let response = match result {
             Ok(response) => response,
             Err(error) => {
                 let policy = if error.kind == Failure::PoolFull {
@@ -1313,6 +1352,11 @@ impl SessionPlugins {
         let session = Arc::clone(&self.session);
         let auth_results = Arc::clone(&self.auth_results);
         let deadline = self.call_deadline;
+        let tape = match self.replay_tape.take() {
+            Some(tape) => Some(super::record::CallTape::Replay(tape)),
+            None if self.recorder.is_some() => Some(super::record::CallTape::Record(Vec::new())),
+            None => None,
+        };
         let instance = self.instance(index, plugin).await?;
         if !instance.hooks.contains(input.hook().flag()) {
             // This instance declared otherwise than the probe at load time: treat it as
@@ -1325,9 +1369,13 @@ impl SessionPlugins {
         instance.store.data_mut().tags.clone_from(tags);
         instance.store.data_mut().session = session;
         instance.store.data_mut().auth_results = auth_results;
+        instance.store.data_mut().tape = tape;
         instance.start_call(plugin, deadline)?;
-        let response = instance.call_stage(input).await?;
-        let fuel = instance.end_call(plugin);
+        let response = instance.call_stage(input).await;
+        let taped = instance.store.data_mut().tape.take();
+        let response = response.map(|r| (r, instance.end_call(plugin)));
+        self.last_tape = taped;
+        let (response, fuel) = response?;
         count_fuel(&metrics, plugin, input.hook().name(), fuel);
         Ok(response)
     }
@@ -1349,6 +1397,9 @@ impl SessionPlugins {
     /// connection, so a client's next connection finds them.
     pub fn release(&mut self) {
         self.canaries.finish();
+        if let Some(recorder) = self.recorder.take() {
+            recorder.finish();
+        }
         for (plugin, instance) in self.chain.plugins.iter().zip(self.instances.iter_mut()) {
             if let Some(instance) = instance.take() {
                 plugin.check_in(instance, &self.services.metrics);

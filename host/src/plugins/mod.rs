@@ -18,6 +18,8 @@ pub mod engine;
 pub mod http;
 pub mod kv;
 pub mod limits;
+pub mod record;
+pub mod replay;
 pub mod services;
 pub mod shadow;
 
@@ -64,6 +66,9 @@ pub struct PluginHost {
     /// Serialises building sets, so that shadow counts and canary states carried from one
     /// set to the next are never forked by two reloads at once.
     building: tokio::sync::Mutex<()>,
+    /// The records writer of each listener with `record` (made at start; a reload does
+    /// not change it).
+    recorders: HashMap<String, Arc<record::RecordWriter>>,
 }
 
 impl PluginHost {
@@ -110,11 +115,26 @@ impl PluginHost {
         let mut services = HostServices::new(dns, metrics, kv);
         services.http = http::HttpServices::new(own);
         let services = Arc::new(services);
+        let mut recorders = HashMap::new();
+        for listener in &config.listeners {
+            if let Some(settings) = &listener.record {
+                let writer = record::RecordWriter::start(settings, Arc::clone(&services.metrics))
+                    .map_err(|e| {
+                    anyhow::anyhow!(
+                        "listener `{}`: records directory {}: {e}",
+                        listener.name,
+                        settings.path.display()
+                    )
+                })?;
+                recorders.insert(listener.name.clone(), writer);
+            }
+        }
         let host = PluginHost {
             engine,
             services,
             current: ArcSwap::from_pointee(PluginSet::default()),
             building: tokio::sync::Mutex::new(()),
+            recorders,
         };
         let set = host
             .build_set(config, &PluginSet::default())
@@ -124,7 +144,7 @@ impl PluginHost {
         Ok(Arc::new(host))
     }
 
-    /// The plugins for a new session on `listener`.
+    /// The plugins for a new session on `listener` (from an unknown client: no canary).
     pub fn session(&self, listener: &str) -> SessionPlugins {
         let chain = self
             .current
@@ -133,11 +153,13 @@ impl PluginHost {
             .get(listener)
             .cloned()
             .unwrap_or_default();
-        SessionPlugins::new(chain, Arc::clone(&self.engine), Arc::clone(&self.services))
+        let plugins =
+            SessionPlugins::new(chain, Arc::clone(&self.engine), Arc::clone(&self.services));
+        self.recorded(listener, plugins)
     }
 
     /// The plugins for a new session on `listener` from `client`: canaries take the
-    /// clients that fall in their share.
+    /// clients that fall in their share, and a `record` listener records the session.
     pub fn session_for(&self, listener: &str, client: std::net::IpAddr) -> SessionPlugins {
         let chain = self
             .current
@@ -150,7 +172,19 @@ impl PluginHost {
         let mut session =
             SessionPlugins::new(chain, Arc::clone(&self.engine), Arc::clone(&self.services));
         session.set_canaries(canaries);
-        session
+        self.recorded(listener, session)
+    }
+
+    /// `plugins` with a recorder when `listener` records (and this session is sampled).
+    fn recorded(&self, listener: &str, mut plugins: SessionPlugins) -> SessionPlugins {
+        if let Some(writer) = self.recorders.get(listener).filter(|w| w.sampled()) {
+            plugins.set_recorder(record::SessionRecorder::new(
+                listener,
+                Some(Arc::clone(writer)),
+                writer.body_bytes,
+            ));
+        }
+        plugins
     }
 
     /// A shadow's counts and sample of disagreements.

@@ -21,8 +21,10 @@ use super::limits::{
     Admit, Failure, MAX_LOG_FIELD, MAX_LOG_FIELDS, MAX_LOG_LINE, MemoryLimiter, OverLimit,
     PluginLimits,
 };
+use super::record::{CallTape, convert};
 use crate::dns::Dns;
 use crate::metrics::{Metrics, PluginCounterLabels, PluginHttpLabels, PluginLabels};
+use tidegate_plugin_sdk::record::{Answer, Bytes};
 
 /// Services shared by every plugin instance.
 #[derive(Debug, Default)]
@@ -260,6 +262,9 @@ pub struct PluginState {
     /// HTTP calls made in the current call, and when the current call must be answered.
     http_in_call: u32,
     call_deadline: std::time::Instant,
+    /// A recorded session: the current call's host answers are written down here, or (in
+    /// a replay) taken from here instead of DNS, KV, the clock and HTTP.
+    pub tape: Option<CallTape>,
 }
 
 impl PluginState {
@@ -305,6 +310,7 @@ impl PluginState {
             dns_in_session: 0,
             http_in_call: 0,
             call_deadline: std::time::Instant::now(),
+            tape: None,
         }
     }
 
@@ -440,7 +446,16 @@ impl PluginState {
         kind: types::RecordType,
     ) -> Result<Vec<String>, types::DnsError> {
         self.take_dns_query()?;
-        super::dns::lookup(&self.services.dns, name, kind).await
+        if let Some(tape) = CallTape::replaying(&mut self.tape) {
+            return convert::dns_from(tape.resolve(name, convert::record_type_to(kind)));
+        }
+        let result = super::dns::lookup(&self.services.dns, name, kind).await;
+        CallTape::note(&mut self.tape, || Answer::Resolve {
+            name: name.to_owned(),
+            kind: convert::record_type_to(kind),
+            result: convert::dns_to(&result),
+        });
+        result
     }
 
     pub(super) async fn kv_write(
@@ -488,25 +503,102 @@ impl PluginState {
     }
 
     pub(super) async fn kv_read(&mut self, key: &str) -> wasmtime::Result<Option<Vec<u8>>> {
-        match self.services.kv.get(&self.plugin, key).await {
+        if let Some(tape) = CallTape::replaying(&mut self.tape) {
+            return tape
+                .kv_get(key)
+                .map_err(|e| kv_failure(KvError::Backend(e)));
+        }
+        let result = match self.services.kv.get(&self.plugin, key).await {
             Ok(value) => Ok(value),
             // An over-long key is never stored, so it is simply absent.
             Err(KvError::KeyTooLong(_)) => Ok(None),
-            Err(e) => Err(kv_failure(e)),
-        }
+            Err(e) => Err(e),
+        };
+        CallTape::note(&mut self.tape, || Answer::KvGet {
+            key: key.to_owned(),
+            result: match &result {
+                Ok(value) => Ok(value.clone().map(Bytes)),
+                Err(e) => Err(e.to_string()),
+            },
+        });
+        result.map_err(kv_failure)
     }
 
     pub(super) async fn kv_remove(&mut self, key: &str) -> wasmtime::Result<()> {
-        match self.services.kv.delete(&self.plugin, key).await {
-            Ok(()) | Err(KvError::KeyTooLong(_)) => Ok(()),
-            Err(e) => Err(kv_failure(e)),
+        if let Some(tape) = CallTape::replaying(&mut self.tape) {
+            return tape
+                .kv_delete(key)
+                .map_err(|e| kv_failure(KvError::Backend(e)));
         }
+        let result = match self.services.kv.delete(&self.plugin, key).await {
+            Ok(()) | Err(KvError::KeyTooLong(_)) => Ok(()),
+            Err(e) => Err(e),
+        };
+        CallTape::note(&mut self.tape, || Answer::KvDelete {
+            key: key.to_owned(),
+            result: result.as_ref().map(|_| ()).map_err(ToString::to_string),
+        });
+        result.map_err(kv_failure)
     }
 
-    pub(super) fn now(&self) -> u64 {
-        std::time::SystemTime::now()
+    /// `kv-set` of the current contract, through the tape.
+    async fn kv_set_taped(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<(), types::KvError>> {
+        if let Some(tape) = CallTape::replaying(&mut self.tape) {
+            return match tape.kv_set(key) {
+                Ok(result) => Ok(result.map_err(convert::kv_error_from)),
+                Err(e) => Err(kv_failure(KvError::Backend(e))),
+            };
+        }
+        let result = kv_error(self.kv_write(key, value, ttl_ms).await);
+        CallTape::note(&mut self.tape, || Answer::KvSet {
+            key: key.to_owned(),
+            result: match &result {
+                Ok(r) => Ok(r.as_ref().map(|_| ()).map_err(convert::kv_error_to)),
+                Err(e) => Err(format!("{e:#}")),
+            },
+        });
+        result
+    }
+
+    /// `kv-incr` of the current contract, through the tape.
+    async fn kv_incr_taped(
+        &mut self,
+        key: &str,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<i64, types::KvError>> {
+        if let Some(tape) = CallTape::replaying(&mut self.tape) {
+            return match tape.kv_incr(key, delta) {
+                Ok(result) => Ok(result.map_err(convert::kv_error_from)),
+                Err(e) => Err(kv_failure(KvError::Backend(e))),
+            };
+        }
+        let result = kv_error(self.kv_add(key, delta, ttl_ms).await);
+        CallTape::note(&mut self.tape, || Answer::KvIncr {
+            key: key.to_owned(),
+            delta,
+            result: match &result {
+                Ok(r) => Ok(r.clone().map_err(|e| convert::kv_error_to(&e))),
+                Err(e) => Err(format!("{e:#}")),
+            },
+        });
+        result
+    }
+
+    pub(super) fn now(&mut self) -> u64 {
+        if let Some(tape) = CallTape::replaying(&mut self.tape) {
+            return tape.now_ms();
+        }
+        let ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        CallTape::note(&mut self.tape, || Answer::NowMs { ms });
+        ms
     }
 
     pub(super) fn add_to_counter(&self, name: String, delta: u64) -> wasmtime::Result<()> {
@@ -553,6 +645,24 @@ impl PluginState {
         &mut self,
         request: types::HttpRequest,
     ) -> Result<types::HttpResponse, types::HttpError> {
+        let method = convert::method_name(request.method);
+        if let Some(tape) = CallTape::replaying(&mut self.tape) {
+            return convert::http_from(tape.http(method, &request.url));
+        }
+        let url = request.url.clone();
+        let result = self.http_uncached(request).await;
+        CallTape::note(&mut self.tape, || Answer::Http {
+            method: method.to_owned(),
+            url,
+            result: convert::http_to(&result),
+        });
+        result
+    }
+
+    async fn http_uncached(
+        &mut self,
+        request: types::HttpRequest,
+    ) -> Result<types::HttpResponse, types::HttpError> {
         let grant = &self.bounds.http;
         let result = if grant.allow.is_empty() {
             // The common case, said plainly: nothing is granted unless configured.
@@ -589,6 +699,16 @@ impl PluginState {
             .inc();
         result
     }
+}
+
+/// One query of a `resolve-many`: sent (its name, type and task) or answered already.
+enum Lookup {
+    Sent(
+        String,
+        types::RecordType,
+        tokio::task::JoinHandle<Result<Vec<String>, types::DnsError>>,
+    ),
+    Done(Result<Vec<String>, types::DnsError>),
 }
 
 /// A KV operation that failed as a call: the backend could not answer (Redis down or slow),
@@ -644,25 +764,43 @@ impl host::Host for PluginState {
         queries: Vec<(String, types::RecordType)>,
     ) -> wasmtime::Result<Vec<Result<Vec<String>, types::DnsError>>> {
         // Each query takes from the budget first; those within it run concurrently.
+        // (A recorded session notes each query sent; a replay answers it from the tape.)
         let mut lookups = Vec::with_capacity(queries.len());
         for (name, kind) in queries {
             match self.take_dns_query() {
                 Ok(()) => {
+                    if let Some(tape) = CallTape::replaying(&mut self.tape) {
+                        let answer =
+                            convert::dns_from(tape.resolve(&name, convert::record_type_to(kind)));
+                        lookups.push(Lookup::Done(answer));
+                        continue;
+                    }
                     let dns = Arc::clone(&self.services.dns);
-                    lookups.push(Ok(tokio::spawn(async move {
-                        super::dns::lookup(&dns, &name, kind).await
-                    })));
+                    let asked = name.clone();
+                    lookups.push(Lookup::Sent(
+                        asked,
+                        kind,
+                        tokio::spawn(async move { super::dns::lookup(&dns, &name, kind).await }),
+                    ));
                 }
-                Err(over) => lookups.push(Err(over)),
+                Err(over) => lookups.push(Lookup::Done(Err(over))),
             }
         }
         let mut answers = Vec::with_capacity(lookups.len());
         for lookup in lookups {
             answers.push(match lookup {
-                Ok(task) => task.await.unwrap_or_else(|e| {
-                    Err(types::DnsError::Temporary(format!("lookup failed: {e}")))
-                }),
-                Err(over) => Err(over),
+                Lookup::Sent(name, kind, task) => {
+                    let result = task.await.unwrap_or_else(|e| {
+                        Err(types::DnsError::Temporary(format!("lookup failed: {e}")))
+                    });
+                    CallTape::note(&mut self.tape, || Answer::Resolve {
+                        name,
+                        kind: convert::record_type_to(kind),
+                        result: convert::dns_to(&result),
+                    });
+                    result
+                }
+                Lookup::Done(result) => result,
             });
         }
         Ok(answers)
@@ -678,7 +816,7 @@ impl host::Host for PluginState {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<(), types::KvError>> {
-        kv_error(self.kv_write(&key, &value, ttl_ms).await)
+        self.kv_set_taped(&key, &value, ttl_ms).await
     }
 
     async fn kv_incr(
@@ -687,7 +825,7 @@ impl host::Host for PluginState {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<i64, types::KvError>> {
-        kv_error(self.kv_add(&key, delta, ttl_ms).await)
+        self.kv_incr_taped(&key, delta, ttl_ms).await
     }
 
     async fn kv_delete(&mut self, key: String) -> wasmtime::Result<()> {
