@@ -31,6 +31,7 @@ fn main() {
             reply: "250 2.0.0 ok".into(),
             status: None,
             remote: None,
+            owed_notice: None,
         };
         let Ok(tail) = encode_append(data.last().copied(), std::slice::from_ref(&new)) else {
             return;
