@@ -75,7 +75,7 @@ fn scaffold_test_build_check_serve_change_and_reload() {
     // 2. Its tests, natively.
     let tested = cargo(&crate_dir, &target, &["test"]);
     let tested = text(&tested.stdout);
-    assert!(tested.contains("test result: ok. 4 passed"), "{tested}");
+    assert!(tested.contains("test result: ok. 5 passed"), "{tested}");
 
     // 3. The component.
     let build = ["build", "--release", "--target", "wasm32-wasip2"];
