@@ -228,9 +228,9 @@ fn two_nodes_behind_one_balancer_each_see_the_real_client() {
     );
     let balancer = SocketAddr::from(([127, 0, 0, 1], port));
 
-    // Round robin: four sessions, two on each node; the relay client (127.0.0.5) relays
+    // Round robin: six sessions over the two nodes; the relay client (127.0.0.5) relays
     // through either, the other (127.0.0.6) through neither.
-    for round in 0..4 {
+    for round in 0..6 {
         let relay = round % 2 == 0;
         let from = IpAddr::from([127, 0, 0, if relay { 5 } else { 6 }]);
         let mut client = SmtpClient::connect_from(from, balancer);
@@ -256,7 +256,9 @@ fn two_nodes_behind_one_balancer_each_see_the_real_client() {
     let mut seen = Vec::new();
     for gateway in [&a, &b] {
         let entries = gateway.spool_list();
-        assert_eq!(entries.len(), 2, "round robin gives each node two sessions");
+        // Round robin spreads the sessions over both nodes (not strictly alternately:
+        // HAProxy's threads each take their turn).
+        assert!(!entries.is_empty(), "the balancer gave a node no session");
         for entry in entries {
             let stored = String::from_utf8(gateway.spool_message(&entry.id)).unwrap();
             let client = if stored.contains("[127.0.0.5]") {
@@ -275,7 +277,7 @@ fn two_nodes_behind_one_balancer_each_see_the_real_client() {
         }
     }
     seen.sort();
-    assert_eq!(seen, vec![5, 5, 6, 6]);
+    assert_eq!(seen, vec![5, 5, 5, 6, 6, 6]);
 
     // A PROXY v2 header from an address that is not the balancer: closed, no greeting.
     let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
