@@ -1,8 +1,9 @@
 //! Bounces that teach: a recipient that bounces with "no such user" is classified
 //! `bad-mailbox` (in the delivery event and the metrics), the shipped `suppression` plugin
 //! lists it from on-delivery, and mail to it from the submission listener is refused at
-//! RCPT with 550 5.1.1 while the MX listener still takes it; the operator lists, adds and
-//! removes entries with `tidegate suppression`.
+//! RCPT with 550 5.1.1 while the MX listener still takes it; a feedback loop's ARF
+//! complaint lists the recipient it names; the operator lists, adds and removes entries
+//! with `tidegate suppression`.
 
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,8 @@ fn a_hard_bounce_suppresses_the_address_for_the_submission_listener() {
         ],
         plugins: vec![
             PluginEntry::new("suppression", "suppression.wasm")
-                .config("listeners = [\"submission\"]"),
+                .config("listeners = [\"submission\"]")
+                .config("complaint_addresses = [\"fbl@remote.test\"]"),
         ],
         ..GatewayConfig::default()
     }
@@ -125,6 +127,29 @@ fn a_hard_bounce_suppresses_the_address_for_the_submission_listener() {
     client
         .command("RCPT TO:<gone@remote.test>")
         .expect(250, "2.1.5");
+    // A feedback loop's complaint (an ARF report to the complaint address) lists the
+    // recipient it names.
+    let report = "From: fbl@isp.test\r\nTo: fbl@remote.test\r\nSubject: complaint\r\n\
+        MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=\"b\"\r\n\r\n\
+        --b\r\nContent-Type: text/plain\r\n\r\nA complaint.\r\n\
+        --b\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\n\
+        Original-Rcpt-To: <angry@remote.test>\r\n\r\n--b--\r\n";
+    let mut isp = SmtpClient::ehlo(gateway.addr_of("mx"));
+    isp.send_mail("fbl@isp.test", &["fbl@remote.test"], report)
+        .expect(250, "2.0.0");
+    let listed = gateway.cli_ok(&["suppression", "list"]);
+    assert!(
+        listed.contains("angry@remote.test") && listed.contains("complaint"),
+        "{listed}"
+    );
+    let mut client = SmtpClient::ehlo(submission);
+    client
+        .command("MAIL FROM:<app@remote.test>")
+        .expect(250, "2.1.0");
+    client
+        .command("RCPT TO:<angry@remote.test>")
+        .expect(550, "5.1.1");
+
     let refused = gateway.cli(&["suppression", "add", "not an address"]);
     assert!(!refused.status.success());
     let unknown = gateway.cli(&["kv", "list", "--plugin", "nobody"]);
