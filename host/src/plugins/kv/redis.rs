@@ -211,6 +211,20 @@ struct Keys {
     value_prefix: String,
 }
 
+impl Keys {
+    /// `script` with the namespace's four keys (value, expiry ZSET, size HASH, bytes) as
+    /// its KEYS, in the order the scripts read them.
+    fn invocation<'a>(&self, script: &'a redis::Script) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&self.value)
+            .key(&self.expiry)
+            .key(&self.size)
+            .key(&self.bytes);
+        invocation
+    }
+}
+
 impl RedisKv {
     /// A store over `config.url`; connections are made on first use.
     pub fn new(config: &KvConfig, metrics: Arc<Metrics>) -> Result<RedisKv, KvError> {
@@ -258,6 +272,15 @@ impl RedisKv {
             bytes: format!("{base}:bytes"),
             value_prefix: format!("{base}:v:"),
         }
+    }
+
+    /// Runs a prepared script under [`RedisKv::run`].
+    async fn invoke(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value, KvError> {
+        self.run(|| {
+            let mut conn = self.connection();
+            async move { invocation.invoke_async(&mut conn).await }
+        })
+        .await
     }
 
     fn connection(&self) -> ConnectionManager {
@@ -355,12 +378,8 @@ impl RedisKv {
         check_key(key)?;
         check_value(value)?;
         let keys = self.keys(ns, key);
-        let mut invocation = self.set.prepare_invoke();
+        let mut invocation = keys.invocation(&self.set);
         invocation
-            .key(&keys.value)
-            .key(&keys.expiry)
-            .key(&keys.size)
-            .key(&keys.bytes)
             .arg(key)
             .arg(value)
             .arg(ttl_ms(ttl))
@@ -369,13 +388,7 @@ impl RedisKv {
             .arg(cost(key, value.len(), ttl.is_some()))
             .arg(&keys.value_prefix)
             .arg(SWEEP);
-        let reply: Value = self
-            .run(|| {
-                let mut conn = self.connection();
-                let invocation = &invocation;
-                async move { invocation.invoke_async(&mut conn).await }
-            })
-            .await?;
+        let reply = self.invoke(&invocation).await?;
         let (usage, _) = written(&reply, quota)?;
         Ok(usage)
     }
@@ -391,12 +404,8 @@ impl RedisKv {
     ) -> Result<(i64, Usage), KvError> {
         check_key(key)?;
         let keys = self.keys(ns, key);
-        let mut invocation = self.incr.prepare_invoke();
+        let mut invocation = keys.invocation(&self.incr);
         invocation
-            .key(&keys.value)
-            .key(&keys.expiry)
-            .key(&keys.size)
-            .key(&keys.bytes)
             .arg(key)
             .arg(delta)
             .arg(ttl_ms(ttl))
@@ -406,13 +415,7 @@ impl RedisKv {
             .arg(ENTRY_OVERHEAD)
             .arg(&keys.value_prefix)
             .arg(SWEEP);
-        let reply: Value = self
-            .run(|| {
-                let mut conn = self.connection();
-                let invocation = &invocation;
-                async move { invocation.invoke_async(&mut conn).await }
-            })
-            .await?;
+        let reply = self.invoke(&invocation).await?;
         let (usage, value) = written(&reply, quota)?;
         let value = value
             .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
@@ -424,20 +427,9 @@ impl RedisKv {
     pub async fn delete(&self, ns: &str, key: &str) -> Result<(), KvError> {
         check_key(key)?;
         let keys = self.keys(ns, key);
-        let mut invocation = self.delete.prepare_invoke();
-        invocation
-            .key(&keys.value)
-            .key(&keys.expiry)
-            .key(&keys.size)
-            .key(&keys.bytes)
-            .arg(key);
-        let reply: Value = self
-            .run(|| {
-                let mut conn = self.connection();
-                let invocation = &invocation;
-                async move { invocation.invoke_async(&mut conn).await }
-            })
-            .await?;
+        let mut invocation = keys.invocation(&self.delete);
+        invocation.arg(key);
+        let reply = self.invoke(&invocation).await?;
         match &reply {
             Value::Array(items) if items.len() == 2 && items.iter().all(|i| count(i).is_some()) => {
                 Ok(())
@@ -563,13 +555,7 @@ impl RedisKv {
             .arg(limit)
             .arg(ttl_ms(Some(ttl)))
             .arg(member);
-        let reply: Value = self
-            .run(|| {
-                let mut conn = self.connection();
-                let invocation = &invocation;
-                async move { invocation.invoke_async(&mut conn).await }
-            })
-            .await?;
+        let reply = self.invoke(&invocation).await?;
         match reply {
             Value::Int(1) => Ok(true),
             Value::Int(0) => Ok(false),
@@ -584,13 +570,7 @@ impl RedisKv {
             .key(self.limit_key(name))
             .arg(ttl_ms(Some(ttl)))
             .arg(member);
-        let reply: Value = self
-            .run(|| {
-                let mut conn = self.connection();
-                let invocation = &invocation;
-                async move { invocation.invoke_async(&mut conn).await }
-            })
-            .await?;
+        let reply = self.invoke(&invocation).await?;
         match reply {
             Value::Int(n) => Ok(n == 1),
             other => Err(unexpected(&other)),
