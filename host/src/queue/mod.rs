@@ -253,8 +253,10 @@ impl Queue {
     /// Applies a reloaded configuration: routes, retry settings and the like apply to
     /// every attempt from now on, queued mail included.
     pub fn reconfigure(&self, config: Arc<Config>) {
-        let reshaped = self.shared.config().shaping.len() != config.shaping.len()
-            || format!("{:?}", self.shared.config().shaping) != format!("{:?}", config.shaping);
+        // The shaping tables hold compiled patterns, which cannot be compared: their
+        // printed forms (patterns as written) can.
+        let reshaped =
+            format!("{:?}", self.shared.config().shaping) != format!("{:?}", config.shaping);
         self.shared.config.store(config);
         if reshaped {
             // Parked mail waits under the policy its gate had: let it ask again under the
